@@ -1,0 +1,1 @@
+"""The pure protocol core: no sockets, clocks, environment variables or disk."""
