@@ -1,0 +1,199 @@
+"""Protocol parameters, gathered in presets.
+
+A preset is data: every constant of the protocol that a deployment may choose lives here, and
+nowhere else. ``mainnet`` and ``local`` share the 1024-block epoch of the design (``local`` runs
+on a fast block clock); ``test`` is small and exists only to keep tests quick.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dnanet.errors import ConfigError
+
+WEI_PER_DNA = 10**18
+SCORE_ONE = 1_000_000
+"""Fixed-point one for scores: a sub-score or a challenge score lies in [0, SCORE_ONE]."""
+BPS_ONE = 10_000
+
+
+@dataclass(frozen=True)
+class ChallengeSizes:
+    """How much work one challenge asks of a node of a given hardware class."""
+
+    compute_n: int
+    compute_rows: int
+    compute_checks: int
+    download_bytes: int
+    upload_bytes: int
+    latency_echoes: int
+
+
+@dataclass(frozen=True)
+class ScoringParams:
+    """Reference points of the saturating sub-scores and the weights of the sum (in bps)."""
+
+    latency_ref_us: int = 20_000
+    """An RTT equal to this scores half of SCORE_ONE on latency."""
+    compute_ref_flops: int = 20 * 10**9
+    """Verified FLOP/s equal to this scores half of SCORE_ONE on compute."""
+    bandwidth_ref_bps: int = 50 * 10**6
+    """Throughput (bytes/s) equal to this scores half of SCORE_ONE on bandwidth."""
+    weight_compute_bps: int = 5_000
+    weight_bandwidth_bps: int = 2_500
+    weight_latency_bps: int = 2_500
+
+    def __post_init__(self) -> None:
+        total = self.weight_compute_bps + self.weight_bandwidth_bps + self.weight_latency_bps
+        if total != BPS_ONE:
+            raise ConfigError(f"scoring weights must add up to {BPS_ONE} bps, got {total}")
+        if min(self.latency_ref_us, self.compute_ref_flops, self.bandwidth_ref_bps) <= 0:
+            raise ConfigError("scoring reference points must be positive")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """All protocol parameters of one network."""
+
+    name: str
+    epoch_blocks: int
+    round_blocks: int
+    block_interval_ms: int
+    """Target time between blocks; only the devnet's block clock uses it."""
+    settlement_grace_blocks: int
+    challenges_per_round: int
+    """Expected challenges per node per round across the whole committee."""
+    hardware_classes: tuple[ChallengeSizes, ...]
+    """Challenge sizes indexed by a node's declared hardware class."""
+    challenge_timeout_ms: int
+    initial_emission: int
+    """Wei minted for epoch 0; halves every ``halving_epochs``."""
+    halving_epochs: int
+    min_stake: int
+    unbond_epochs: int
+    fail_fraction_bps: int = 3_333
+    """A node failing more than this share of its epoch's challenges earns nothing, gets a strike."""
+    strikes_to_punish: int = 3
+    """This many strikes within ``strike_window_epochs`` lead to a punishment."""
+    strike_window_epochs: int = 8
+    strike_slash_bps: int = 500
+    fraud_slash_bps: int = 5_000
+    scoring: ScoringParams = field(default_factory=ScoringParams)
+
+    def __post_init__(self) -> None:
+        if self.epoch_blocks <= 0 or self.round_blocks <= 0:
+            raise ConfigError("epoch_blocks and round_blocks must be positive")
+        if self.epoch_blocks % self.round_blocks:
+            raise ConfigError("epoch_blocks must be a multiple of round_blocks")
+        if not self.hardware_classes:
+            raise ConfigError("a preset needs at least one hardware class")
+
+    @property
+    def rounds_per_epoch(self) -> int:
+        return self.epoch_blocks // self.round_blocks
+
+    def epoch_emission(self, epoch: int) -> int:
+        """Wei minted for ``epoch``: ``initial_emission >> (epoch // halving_epochs)``."""
+        return self.initial_emission >> (epoch // self.halving_epochs)
+
+    def sizes_for_class(self, hardware_class: int) -> ChallengeSizes:
+        if not 0 <= hardware_class < len(self.hardware_classes):
+            raise ConfigError(
+                f"unknown hardware class {hardware_class} (preset {self.name} has "
+                f"{len(self.hardware_classes)})",
+                field="hardwareClass",
+            )
+        return self.hardware_classes[hardware_class]
+
+
+HARDWARE_CLASS_NAMES = ("cpu", "gpu")
+
+_CPU = ChallengeSizes(
+    compute_n=1024, compute_rows=4096, compute_checks=16,
+    download_bytes=4 * 1024 * 1024, upload_bytes=4 * 1024 * 1024, latency_echoes=5,
+)
+_GPU = ChallengeSizes(
+    compute_n=2048, compute_rows=65536, compute_checks=16,
+    download_bytes=16 * 1024 * 1024, upload_bytes=16 * 1024 * 1024, latency_echoes=5,
+)
+_LOCAL_CPU = ChallengeSizes(
+    compute_n=256, compute_rows=512, compute_checks=16,
+    download_bytes=256 * 1024, upload_bytes=256 * 1024, latency_echoes=5,
+)
+_TINY = ChallengeSizes(
+    compute_n=32, compute_rows=64, compute_checks=8,
+    download_bytes=4096, upload_bytes=4096, latency_echoes=3,
+)
+
+MAINNET = Preset(
+    name="mainnet",
+    epoch_blocks=1024,
+    round_blocks=64,
+    block_interval_ms=12_000,
+    settlement_grace_blocks=64,
+    challenges_per_round=1,
+    hardware_classes=(_CPU, _GPU),
+    challenge_timeout_ms=30_000,
+    initial_emission=100_000 * WEI_PER_DNA,
+    halving_epochs=2**14,
+    min_stake=1_000 * WEI_PER_DNA,
+    unbond_epochs=7,
+)
+
+LOCAL = Preset(
+    name="local",
+    epoch_blocks=1024,
+    round_blocks=64,
+    block_interval_ms=50,
+    settlement_grace_blocks=16,
+    challenges_per_round=1,
+    hardware_classes=(_LOCAL_CPU, _LOCAL_CPU),
+    challenge_timeout_ms=5_000,
+    initial_emission=10_000 * WEI_PER_DNA,
+    halving_epochs=2**14,
+    min_stake=100 * WEI_PER_DNA,
+    unbond_epochs=1,
+    scoring=ScoringParams(
+        latency_ref_us=2_000, compute_ref_flops=5 * 10**9, bandwidth_ref_bps=200 * 10**6
+    ),
+)
+
+TEST = Preset(
+    name="test",
+    epoch_blocks=32,
+    round_blocks=8,
+    block_interval_ms=10,
+    settlement_grace_blocks=2,
+    challenges_per_round=1,
+    hardware_classes=(_TINY, _TINY),
+    challenge_timeout_ms=2_000,
+    initial_emission=1_000 * WEI_PER_DNA,
+    halving_epochs=100,
+    min_stake=10 * WEI_PER_DNA,
+    unbond_epochs=1,
+)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (MAINNET, LOCAL, TEST)}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+__all__ = [
+    "BPS_ONE",
+    "HARDWARE_CLASS_NAMES",
+    "LOCAL",
+    "MAINNET",
+    "PRESETS",
+    "SCORE_ONE",
+    "TEST",
+    "WEI_PER_DNA",
+    "ChallengeSizes",
+    "Preset",
+    "ScoringParams",
+    "get_preset",
+]

@@ -1,0 +1,361 @@
+"""Canonical JSON wire codec with strict validation, and EIP-712 hashing of the same messages.
+
+A message class is a frozen dataclass whose fields carry a wire type in their metadata
+(``wire(Uint(64))``). One declaration gives:
+
+* the canonical JSON form: sorted keys, no whitespace, integers as JSON numbers, bytes and
+  addresses as lower-case ``0x`` hex;
+* strict decoding: unknown or missing fields, wrong types, out-of-range integers and oversized
+  values raise :class:`~dnanet.errors.CodecError` naming the field (``report.response.computeRoot``);
+* the EIP-712 struct type and ``hashStruct`` for messages that are signed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from functools import cache
+from typing import Any, ClassVar, Generic, Self, TypeVar
+
+from dnanet.crypto.eip712 import StructType
+from dnanet.errors import CodecError
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+"""No wire message may be larger than this (a batch of reports included)."""
+
+T = TypeVar("T")
+
+
+class WireType(Generic[T]):
+    """How one field is written, read, validated and EIP-712-typed."""
+
+    eip712: str | None = None
+
+    def to_wire(self, value: T) -> Any:
+        raise NotImplementedError
+
+    def from_wire(self, data: Any, path: str) -> T:
+        raise NotImplementedError
+
+    def check(self, value: Any, path: str) -> None:
+        """Validate a Python value (used when a message is constructed in code)."""
+        self.from_wire(self.to_wire(value), path)
+
+
+class Uint(WireType[int]):
+    """An unsigned integer of at most ``bits`` bits (or up to ``maximum``).
+
+    Its EIP-712 type is always ``uint256``, the type the contracts use; the narrower range is
+    a wire-level bound.
+    """
+
+    eip712 = "uint256"
+
+    def __init__(self, bits: int, *, maximum: int | None = None) -> None:
+        self.bits = bits
+        self.maximum = (1 << bits) - 1 if maximum is None else maximum
+
+    def to_wire(self, value: int) -> Any:
+        return value
+
+    def from_wire(self, data: Any, path: str) -> int:
+        if not isinstance(data, int) or isinstance(data, bool):
+            raise CodecError(f"expected an integer, got {type(data).__name__}", field=path)
+        if data < 0 or data > self.maximum:
+            raise CodecError(f"integer {data} out of range [0, {self.maximum}]", field=path)
+        return data
+
+
+class Bool(WireType[bool]):
+    eip712 = "bool"
+
+    def to_wire(self, value: bool) -> Any:
+        return value
+
+    def from_wire(self, data: Any, path: str) -> bool:
+        if not isinstance(data, bool):
+            raise CodecError(f"expected true or false, got {type(data).__name__}", field=path)
+        return data
+
+
+def _hex_to_bytes(data: Any, path: str) -> bytes:
+    if not isinstance(data, str) or not data.startswith("0x"):
+        raise CodecError("expected a 0x-prefixed hex string", field=path)
+    try:
+        return bytes.fromhex(data[2:])
+    except ValueError:
+        raise CodecError("invalid hex", field=path) from None
+
+
+class FixedBytes(WireType[bytes]):
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.eip712 = "bytes32" if length == 32 else "bytes"
+
+    def to_wire(self, value: bytes) -> Any:
+        return "0x" + value.hex()
+
+    def from_wire(self, data: Any, path: str) -> bytes:
+        raw = _hex_to_bytes(data, path)
+        if len(raw) != self.length:
+            raise CodecError(f"expected {self.length} bytes, got {len(raw)}", field=path)
+        return raw
+
+
+class Bytes(WireType[bytes]):
+    """Variable-length bytes, at most ``max_length``; ``allowed`` restricts the lengths."""
+
+    eip712 = "bytes"
+
+    def __init__(self, max_length: int, *, allowed: tuple[int, ...] | None = None) -> None:
+        self.max_length = max_length
+        self.allowed = allowed
+
+    def to_wire(self, value: bytes) -> Any:
+        return "0x" + value.hex()
+
+    def from_wire(self, data: Any, path: str) -> bytes:
+        if isinstance(data, str) and len(data) > 2 + 2 * self.max_length:
+            raise CodecError(f"longer than {self.max_length} bytes", field=path)
+        raw = _hex_to_bytes(data, path)
+        if len(raw) > self.max_length:
+            raise CodecError(f"longer than {self.max_length} bytes", field=path)
+        if self.allowed is not None and len(raw) not in self.allowed:
+            raise CodecError(f"length must be one of {self.allowed}, got {len(raw)}", field=path)
+        return raw
+
+
+class Address(WireType[str]):
+    """A 20-byte account, canonical as lower-case ``0x`` hex (input in any case)."""
+
+    eip712 = "address"
+
+    def to_wire(self, value: str) -> Any:
+        return value
+
+    def from_wire(self, data: Any, path: str) -> str:
+        if not isinstance(data, str) or len(data) != 42 or not data.startswith("0x"):
+            raise CodecError("expected a 0x-prefixed 20-byte hex address", field=path)
+        try:
+            bytes.fromhex(data[2:])
+        except ValueError:
+            raise CodecError("invalid hex in address", field=path) from None
+        return data.lower()
+
+    def check(self, value: Any, path: str) -> None:
+        if self.from_wire(value, path) != value:
+            raise CodecError("addresses are stored lower-case", field=path)
+
+
+class Text(WireType[str]):
+    eip712 = "string"
+
+    def __init__(self, max_length: int) -> None:
+        self.max_length = max_length
+
+    def to_wire(self, value: str) -> Any:
+        return value
+
+    def from_wire(self, data: Any, path: str) -> str:
+        if not isinstance(data, str):
+            raise CodecError(f"expected a string, got {type(data).__name__}", field=path)
+        if len(data.encode()) > self.max_length:
+            raise CodecError(f"longer than {self.max_length} bytes", field=path)
+        return data
+
+
+M = TypeVar("M", bound="Message")
+
+
+class Nested(WireType[M]):
+    def __init__(self, cls: type[M]) -> None:
+        self.cls = cls
+        self.eip712 = cls.__name__ if cls.EIP712 else None
+
+    def to_wire(self, value: M) -> Any:
+        return value.to_wire()
+
+    def from_wire(self, data: Any, path: str) -> M:
+        return self.cls.from_wire(data, path)
+
+    def check(self, value: Any, path: str) -> None:
+        if not isinstance(value, self.cls):
+            raise CodecError(f"expected a {self.cls.__name__}", field=path)
+
+
+class ListOf(WireType[tuple[T, ...]]):
+    """A list of at most ``max_items`` items (a tuple in Python); not EIP-712 typed."""
+
+    def __init__(self, item: WireType[T], max_items: int) -> None:
+        self.item = item
+        self.max_items = max_items
+
+    def to_wire(self, value: tuple[T, ...]) -> Any:
+        return [self.item.to_wire(v) for v in value]
+
+    def from_wire(self, data: Any, path: str) -> tuple[T, ...]:
+        if not isinstance(data, list):
+            raise CodecError(f"expected a list, got {type(data).__name__}", field=path)
+        if len(data) > self.max_items:
+            raise CodecError(f"more than {self.max_items} items", field=path)
+        return tuple(self.item.from_wire(v, f"{path}[{i}]") for i, v in enumerate(data))
+
+    def check(self, value: Any, path: str) -> None:
+        if not isinstance(value, tuple):
+            raise CodecError("expected a tuple", field=path)
+        if len(value) > self.max_items:
+            raise CodecError(f"more than {self.max_items} items", field=path)
+        for i, v in enumerate(value):
+            self.item.check(v, f"{path}[{i}]")
+
+
+def wire(kind: WireType[Any], *, name: str | None = None) -> Any:
+    """Declare a message field: its wire type and (optionally) its wire/EIP-712 name."""
+    return dataclasses.field(metadata={"wire": kind, "name": name})
+
+
+@cache
+def _spec(cls: type[Message]) -> tuple[tuple[str, str, WireType[Any]], ...]:
+    """(python attribute, wire name, type) per field, in declaration order."""
+    out = []
+    for f in dataclasses.fields(cls):
+        kind = f.metadata.get("wire")
+        if kind is None:
+            raise TypeError(f"{cls.__name__}.{f.name} has no wire type")
+        out.append((f.name, f.metadata.get("name") or _camel(f.name), kind))
+    return tuple(out)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+class Message:
+    """Base of every wire message. Subclasses are frozen dataclasses with ``wire()`` fields."""
+
+    EIP712: ClassVar[bool] = False
+    """True for messages that are signed or hashed as EIP-712 structs."""
+
+    def __post_init__(self) -> None:
+        for attr, wname, kind in _spec(type(self)):
+            kind.check(getattr(self, attr), f"{type(self).__name__}.{wname}")
+
+    # -- JSON -----------------------------------------------------------------------------
+    def to_wire(self) -> dict[str, Any]:
+        return {wname: kind.to_wire(getattr(self, attr)) for attr, wname, kind in _spec(type(self))}
+
+    def to_json(self) -> bytes:
+        """Canonical JSON bytes."""
+        return canonical_json(self.to_wire())
+
+    @classmethod
+    def from_wire(cls, data: Any, path: str | None = None) -> Self:
+        path = path or cls.__name__
+        if not isinstance(data, dict):
+            raise CodecError(f"expected an object, got {type(data).__name__}", field=path)
+        spec = _spec(cls)
+        names = {wname for _, wname, _ in spec}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise CodecError(f"unknown field {unknown[0]!r}", field=path)
+        kwargs = {}
+        for attr, wname, kind in spec:
+            if wname not in data:
+                raise CodecError("missing field", field=f"{path}.{wname}")
+            kwargs[attr] = kind.from_wire(data[wname], f"{path}.{wname}")
+        obj = cls.__new__(cls)
+        for k, v in kwargs.items():  # already validated: skip __post_init__ re-checks
+            object.__setattr__(obj, k, v)
+        return obj
+
+    @classmethod
+    def from_json(cls, raw: bytes | str, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Self:
+        return cls.from_wire(parse_json(raw, max_bytes=max_bytes))
+
+    # -- EIP-712 --------------------------------------------------------------------------
+    @classmethod
+    def struct_type(cls) -> StructType:
+        return _struct_type(cls)
+
+    def hash_struct(self) -> bytes:
+        """EIP-712 ``hashStruct`` of this message (cached on the instance)."""
+        cached: bytes | None = self.__dict__.get("_hash_struct")
+        if cached is None:
+            st = _struct_type(type(self))
+            values = {}
+            for attr, wname, kind in _spec(type(self)):
+                value = getattr(self, attr)
+                values[wname] = value.hash_struct() if isinstance(kind, Nested) else value
+            cached = st.hash_struct(values)
+            object.__setattr__(self, "_hash_struct", cached)
+        return cached
+
+
+@cache
+def _struct_type(cls: type[Message]) -> StructType:
+    if not cls.EIP712:
+        raise TypeError(f"{cls.__name__} is not an EIP-712 struct")
+    fields = []
+    deps = []
+    for _, wname, kind in _spec(cls):
+        if kind.eip712 is None:
+            raise TypeError(f"{cls.__name__}.{wname} has no EIP-712 type")
+        fields.append((wname, kind.eip712))
+        if isinstance(kind, Nested):
+            deps.append(_struct_type(kind.cls))
+    return StructType(cls.__name__, tuple(fields), tuple(deps))
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _reject_constant(name: str) -> Any:
+    raise CodecError(f"invalid JSON number {name}")
+
+
+def _reject_float(text: str) -> Any:
+    raise CodecError(f"non-integer number {text} (dnanet uses integers only)")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise CodecError(f"duplicate field {k!r}")
+        out[k] = v
+    return out
+
+
+def parse_json(raw: bytes | str, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+    """Parse JSON strictly: size-limited, no floats, NaN or duplicate keys."""
+    if len(raw) > max_bytes:
+        raise CodecError(f"message of {len(raw)} bytes exceeds the limit of {max_bytes}")
+    try:
+        return json.loads(
+            raw,
+            parse_float=_reject_float,
+            parse_constant=_reject_constant,
+            object_pairs_hook=_no_duplicates,
+        )
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CodecError(f"invalid JSON: {exc}") from None
+
+
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "Address",
+    "Bool",
+    "Bytes",
+    "FixedBytes",
+    "ListOf",
+    "Message",
+    "Nested",
+    "Text",
+    "Uint",
+    "canonical_json",
+    "parse_json",
+    "wire",
+]

@@ -1,0 +1,259 @@
+"""The protocol's messages.
+
+Signed messages are EIP-712 structs (``EIP712 = True``) under the network's domain
+(:class:`dnanet.crypto.eip712.Domain`); the others are wire-only envelopes. Field names on the
+wire and in EIP-712 are the camelCase forms of the attributes.
+
+==================  ==========  ==========================================================
+message             signed by   purpose
+==================  ==========  ==========================================================
+Challenge           mixer       what a mixer asks of a node in one challenge session
+ChallengeResponse   node        the node's commitment to what it answered
+ScoreReport         (batch)     one challenge's measurements, outcome and score
+ScoreBatch          mixers      Merkle root over reports; co-signed by the committee
+QuorumCertificate   -           a batch, its reports and >= threshold signatures
+EpochSettlement     mixers      an epoch's reward root, total and reports digest
+Punishment          mixers      jail and/or slash a node, with the evidence digest
+==================  ==========  ==========================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from dnanet.params import BPS_ONE, SCORE_ONE
+from dnanet.protocol.codec import (
+    Address,
+    Bool,
+    Bytes,
+    FixedBytes,
+    ListOf,
+    Message,
+    Nested,
+    Text,
+    Uint,
+    wire,
+)
+
+ZERO32 = b"\x00" * 32
+MAX_BATCH_REPORTS = 4096
+MAX_SIGNATURES = 256
+MAX_EVIDENCE_BYTES = 64 * 1024
+MAX_REASON_BYTES = 200
+VRF_PROOF_BYTES = 80
+SIGNATURE_BYTES = 65
+
+
+class Outcome(IntEnum):
+    """How a challenge ended. Anything but OK scores zero."""
+
+    OK = 0
+    TIMEOUT = 1
+    """The node did not answer within the challenge timeout."""
+    UNREACHABLE = 2
+    """The node's endpoint refused the connection or answered with an error."""
+    WRONG_ANSWER = 3
+    """The node signed an answer that fails verification: fraud evidence."""
+    BAD_RESPONSE = 4
+    """The node answered something malformed or unsigned."""
+    CANARY_FAILED = 5
+    """The node answered a canary AI request wrongly."""
+
+    @property
+    def is_fraud(self) -> bool:
+        return self is Outcome.WRONG_ANSWER
+
+    @property
+    def has_node_signature(self) -> bool:
+        """Outcomes that carry the node's signed ChallengeResponse."""
+        return self in (Outcome.OK, Outcome.WRONG_ANSWER)
+
+
+U64 = Uint(64)
+U32 = Uint(32)
+U16 = Uint(16)
+U8 = Uint(8)
+B32 = FixedBytes(32)
+SIGNATURE = Bytes(SIGNATURE_BYTES, allowed=(SIGNATURE_BYTES,))
+
+
+@dataclass(frozen=True)
+class Challenge(Message):
+    """A challenge session's parameters, derived from the mixer's VRF output (see
+    :func:`dnanet.protocol.assignment.compute_challenge`) and signed by the mixer.
+
+    The node learns the compute and upload seeds; the download payload and the latency nonces
+    stay secret to the mixer until the report publishes the VRF proof.
+    """
+
+    EIP712 = True
+    epoch: int = wire(U64)
+    round: int = wire(U32)
+    mixer: str = wire(Address())
+    node: str = wire(Address())
+    challenge_id: bytes = wire(B32)
+    hardware_class: int = wire(U8)
+    compute_seed: bytes = wire(B32)
+    compute_n: int = wire(U32)
+    compute_rows: int = wire(U32)
+    compute_checks: int = wire(U16)
+    upload_seed: bytes = wire(B32)
+    upload_bytes: int = wire(U32)
+    download_bytes: int = wire(U32)
+    latency_echoes: int = wire(U16)
+
+
+@dataclass(frozen=True)
+class SignedChallenge(Message):
+    challenge: Challenge = wire(Nested(Challenge))
+    signature: bytes = wire(SIGNATURE)
+
+
+@dataclass(frozen=True)
+class ChallengeResponse(Message):
+    """What the node signs at the end of a session: digests of everything it answered."""
+
+    EIP712 = True
+    epoch: int = wire(U64)
+    round: int = wire(U32)
+    mixer: str = wire(Address())
+    node: str = wire(Address())
+    challenge_digest: bytes = wire(B32)
+    echo_digest: bytes = wire(B32)
+    compute_root: bytes = wire(B32)
+    download_digest: bytes = wire(B32)
+    upload_digest: bytes = wire(B32)
+
+
+@dataclass(frozen=True)
+class SignedChallengeResponse(Message):
+    response: ChallengeResponse = wire(Nested(ChallengeResponse))
+    signature: bytes = wire(SIGNATURE)
+
+
+@dataclass(frozen=True)
+class ScoreReport(Message):
+    """One challenge, scored: the scored transaction of the protocol.
+
+    The response fields repeat the node's ChallengeResponse so that anyone can check the
+    node's signature; for outcomes without a response they are zero and the signature empty.
+    Measurements are integers (microseconds); sizes come from the challenge.
+    """
+
+    EIP712 = True
+    epoch: int = wire(U64)
+    round: int = wire(U32)
+    mixer: str = wire(Address())
+    node: str = wire(Address())
+    hardware_class: int = wire(U8)
+    vrf_proof: bytes = wire(Bytes(VRF_PROOF_BYTES, allowed=(VRF_PROOF_BYTES,)))
+    challenge_digest: bytes = wire(B32)
+    echo_digest: bytes = wire(B32)
+    compute_root: bytes = wire(B32)
+    download_digest: bytes = wire(B32)
+    upload_digest: bytes = wire(B32)
+    response_signature: bytes = wire(Bytes(SIGNATURE_BYTES, allowed=(0, SIGNATURE_BYTES)))
+    rtt_us: int = wire(U32)
+    compute_us: int = wire(U64)
+    download_us: int = wire(U64)
+    upload_us: int = wire(U64)
+    outcome: int = wire(Uint(8, maximum=max(Outcome)))
+    reason: str = wire(Text(MAX_REASON_BYTES))
+    evidence: bytes = wire(Bytes(MAX_EVIDENCE_BYTES))
+    score: int = wire(Uint(32, maximum=SCORE_ONE))
+
+    def response(self) -> ChallengeResponse:
+        """The node's ChallengeResponse as carried in this report."""
+        return ChallengeResponse(
+            epoch=self.epoch,
+            round=self.round,
+            mixer=self.mixer,
+            node=self.node,
+            challenge_digest=self.challenge_digest,
+            echo_digest=self.echo_digest,
+            compute_root=self.compute_root,
+            download_digest=self.download_digest,
+            upload_digest=self.upload_digest,
+        )
+
+
+@dataclass(frozen=True)
+class ScoreBatch(Message):
+    """A mixer's batch of reports for one round: co-signers sign this struct."""
+
+    EIP712 = True
+    epoch: int = wire(U64)
+    round: int = wire(U32)
+    mixer: str = wire(Address())
+    reports_root: bytes = wire(B32)
+    report_count: int = wire(Uint(32, maximum=MAX_BATCH_REPORTS))
+
+
+@dataclass(frozen=True)
+class BatchProposal(Message):
+    """A batch sent to co-signers: the header, its reports and the originator's signature."""
+
+    batch: ScoreBatch = wire(Nested(ScoreBatch))
+    reports: tuple[ScoreReport, ...] = wire(ListOf(Nested(ScoreReport), MAX_BATCH_REPORTS))
+    signature: bytes = wire(SIGNATURE)
+
+
+@dataclass(frozen=True)
+class CoSignature(Message):
+    """One mixer's signature over a struct hash (a batch root or a settlement)."""
+
+    signer: str = wire(Address())
+    signature: bytes = wire(SIGNATURE)
+
+
+@dataclass(frozen=True)
+class QuorumCertificate(Message):
+    """A batch with signatures of at least the threshold of distinct epoch members."""
+
+    batch: ScoreBatch = wire(Nested(ScoreBatch))
+    reports: tuple[ScoreReport, ...] = wire(ListOf(Nested(ScoreReport), MAX_BATCH_REPORTS))
+    signatures: tuple[bytes, ...] = wire(ListOf(SIGNATURE, MAX_SIGNATURES))
+
+
+@dataclass(frozen=True)
+class EpochSettlement(Message):
+    """An epoch's rollup: the reward tree root, the total minted, the digest of its reports."""
+
+    EIP712 = True
+    epoch: int = wire(U64)
+    rewards_root: bytes = wire(B32)
+    total: int = wire(Uint(256))
+    reports_digest: bytes = wire(B32)
+
+
+@dataclass(frozen=True)
+class Punishment(Message):
+    """Jail and/or slash ``slashBps`` of a node's stake, for the evidence behind the digest."""
+
+    EIP712 = True
+    node: str = wire(Address())
+    epoch: int = wire(U64)
+    jail: bool = wire(Bool())
+    slash_bps: int = wire(Uint(16, maximum=BPS_ONE))
+    evidence_digest: bytes = wire(B32)
+
+
+__all__ = [
+    "MAX_BATCH_REPORTS",
+    "MAX_EVIDENCE_BYTES",
+    "MAX_SIGNATURES",
+    "ZERO32",
+    "BatchProposal",
+    "Challenge",
+    "ChallengeResponse",
+    "CoSignature",
+    "EpochSettlement",
+    "Outcome",
+    "Punishment",
+    "QuorumCertificate",
+    "ScoreBatch",
+    "ScoreReport",
+    "SignedChallenge",
+    "SignedChallengeResponse",
+]
