@@ -71,8 +71,10 @@ class Preset:
     halving_epochs: int
     min_stake: int
     unbond_epochs: int
-    fail_fraction_bps: int = 3_333
-    """A node failing more than this share of its epoch's challenges earns nothing, gets a strike."""
+    strike_fail_numerator: int = 1
+    strike_fail_denominator: int = 3
+    """A node failing more than this fraction of its epoch's challenges earns nothing and gets
+    a strike."""
     strikes_to_punish: int = 3
     """This many strikes within ``strike_window_epochs`` lead to a punishment."""
     strike_window_epochs: int = 8

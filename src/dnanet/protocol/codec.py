@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from functools import cache
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from dnanet.crypto.eip712 import StructType
@@ -214,16 +213,23 @@ def wire(kind: WireType[Any], *, name: str | None = None) -> Any:
     return dataclasses.field(metadata={"wire": kind, "name": name})
 
 
-@cache
+_SPECS: dict[type, tuple[tuple[str, str, WireType[Any]], ...]] = {}
+_STRUCT_TYPES: dict[type, StructType] = {}
+
+
 def _spec(cls: type[Message]) -> tuple[tuple[str, str, WireType[Any]], ...]:
     """(python attribute, wire name, type) per field, in declaration order."""
+    cached = _SPECS.get(cls)
+    if cached is not None:
+        return cached
     out = []
-    for f in dataclasses.fields(cls):
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         kind = f.metadata.get("wire")
         if kind is None:
             raise TypeError(f"{cls.__name__}.{f.name} has no wire type")
         out.append((f.name, f.metadata.get("name") or _camel(f.name), kind))
-    return tuple(out)
+    _SPECS[cls] = tuple(out)
+    return _SPECS[cls]
 
 
 def _camel(name: str) -> str:
@@ -292,8 +298,10 @@ class Message:
         return cached
 
 
-@cache
 def _struct_type(cls: type[Message]) -> StructType:
+    cached = _STRUCT_TYPES.get(cls)
+    if cached is not None:
+        return cached
     if not cls.EIP712:
         raise TypeError(f"{cls.__name__} is not an EIP-712 struct")
     fields = []
@@ -304,7 +312,8 @@ def _struct_type(cls: type[Message]) -> StructType:
         fields.append((wname, kind.eip712))
         if isinstance(kind, Nested):
             deps.append(_struct_type(kind.cls))
-    return StructType(cls.__name__, tuple(fields), tuple(deps))
+    _STRUCT_TYPES[cls] = StructType(cls.__name__, tuple(fields), tuple(deps))
+    return _STRUCT_TYPES[cls]
 
 
 def canonical_json(value: Any) -> bytes:

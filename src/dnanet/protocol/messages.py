@@ -163,6 +163,11 @@ class ScoreReport(Message):
     evidence: bytes = wire(Bytes(MAX_EVIDENCE_BYTES))
     score: int = wire(Uint(32, maximum=SCORE_ONE))
 
+    @property
+    def key(self) -> tuple[int, int, str, str]:
+        """At most one report may exist per (epoch, round, mixer, node)."""
+        return (self.epoch, self.round, self.mixer, self.node)
+
     def response(self) -> ChallengeResponse:
         """The node's ChallengeResponse as carried in this report."""
         return ChallengeResponse(

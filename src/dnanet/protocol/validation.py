@@ -1,0 +1,160 @@
+"""A co-signer's checks of a score report, in one place for mixers, the Validator and the auditor.
+
+``verify_score_report`` checks everything that follows from signed inputs and the chain's view
+of the epoch; the stateful checks (the report is for the current window, no report was seen
+before for the same (epoch, round, mixer, node)) belong to the caller, helped by
+``ScoreReport.key`` and ``verify_report_timeliness``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
+
+from dnanet.crypto.eip712 import Domain, recover_typed
+from dnanet.errors import ChallengeError, ProtocolError, ScheduleError, SignatureError
+from dnanet.params import Preset
+from dnanet.protocol.challenge_params import compute_challenge, compute_kind_seeds
+from dnanet.protocol.evidence import verify_fraud_evidence
+from dnanet.protocol.messages import ZERO32, Outcome, ScoreReport
+from dnanet.protocol.schedule import (
+    RoundId,
+    compute_assignment_target,
+    verify_assignment,
+    verify_round_vrf,
+)
+from dnanet.protocol.scoring import ChallengeScore, verify_report_score
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What the chain says about a node at the report's epoch."""
+
+    hardware_class: int
+    active: bool = True
+
+
+@dataclass
+class EpochView:
+    """A verifier's view of one epoch: its mixer set, its nodes and its round seeds.
+
+    ``beta_cache`` memoises VRF verifications: one proof covers every report of a
+    (mixer, round), so a co-signer verifies it once.
+    """
+
+    domain: Domain
+    preset: Preset
+    epoch: int
+    mixers: Mapping[str, bytes]
+    """Members of the epoch's mixer set: address -> Ed25519 VRF public key."""
+    nodes: Mapping[str, NodeInfo]
+    round_seeds: Mapping[int, bytes]
+    """round -> hash of the round's first block."""
+    beta_cache: MutableMapping[tuple[str, int, bytes], bytes] = field(default_factory=dict)
+
+    @property
+    def assignment_target(self) -> int:
+        return compute_assignment_target(len(self.mixers), self.preset.challenges_per_round)
+
+    def verify_vrf(self, mixer: str, round_: int, proof: bytes) -> bytes:
+        key = (mixer, round_, proof)
+        beta = self.beta_cache.get(key)
+        if beta is None:
+            seed = self.round_seeds.get(round_)
+            if seed is None:
+                raise ScheduleError(f"no seed known for round {round_}", field="round")
+            beta = verify_round_vrf(
+                self.mixers[mixer], proof, self.domain.chain_id, self.epoch, round_, seed
+            )
+            self.beta_cache[key] = beta
+        return beta
+
+
+def verify_report_timeliness(report: ScoreReport, current: RoundId, max_age_rounds: int) -> None:
+    """Raise ScheduleError unless the report's round is current or at most a few rounds old."""
+    if report.epoch != current.epoch:
+        raise ScheduleError(f"report is for epoch {report.epoch}, now {current.epoch}", field="epoch")
+    if not current.round - max_age_rounds <= report.round <= current.round:
+        raise ScheduleError(
+            f"report is for round {report.round}, now {current.round} (window {max_age_rounds})",
+            field="round",
+        )
+
+
+def verify_score_report(report: ScoreReport, view: EpochView) -> ChallengeScore:
+    """All stateless checks of a report; returns its recomputed score. Raises ProtocolError.
+
+    Raises for: a wrong epoch, a mixer outside the epoch's set, an unknown or inactive node or
+    a wrong hardware class, an invalid VRF proof, a node not assigned to the mixer, a challenge
+    digest that does not rebuild, a missing or wrong node signature, response fields on a
+    failed outcome, fraud without valid evidence, measurements out of bounds, a wrong score.
+    """
+    if report.epoch != view.epoch:
+        raise ScheduleError(f"report is for epoch {report.epoch}, view is {view.epoch}", field="epoch")
+    if not 0 <= report.round < view.preset.rounds_per_epoch:
+        raise ScheduleError(f"round {report.round} out of range", field="round")
+    # Verify the mixer is a member of the epoch's set and the node is registered and active.
+    if report.mixer not in view.mixers:
+        raise ProtocolError(f"mixer {report.mixer} is not in epoch {view.epoch}'s set", field="mixer")
+    node = view.nodes.get(report.node)
+    if node is None:
+        raise ProtocolError(f"node {report.node} is not registered", field="node")
+    if not node.active:
+        raise ProtocolError(f"node {report.node} is jailed or unbonding", field="node")
+    if node.hardware_class != report.hardware_class:
+        raise ProtocolError(
+            f"node declared class {node.hardware_class}, report says {report.hardware_class}",
+            field="hardwareClass",
+        )
+    # Verify the VRF proof and that it assigns this node to this mixer.
+    beta = view.verify_vrf(report.mixer, report.round, report.vrf_proof)
+    verify_assignment(beta, report.node, view.assignment_target)
+    # Verify the challenge the mixer claims to have sent is the one the VRF output dictates.
+    challenge = compute_challenge(
+        beta=beta,
+        epoch=report.epoch,
+        round_=report.round,
+        mixer=report.mixer,
+        node=report.node,
+        hardware_class=report.hardware_class,
+        preset=view.preset,
+    )
+    if challenge.hash_struct() != report.challenge_digest:
+        raise ChallengeError("does not match the challenge derived from the VRF output",
+                             field="challengeDigest")
+    verify_report_response(report, view.domain)
+    if report.outcome == Outcome.WRONG_ANSWER:
+        seeds = compute_kind_seeds(beta, report.node)
+        verify_fraud_evidence(report, challenge, seeds.compute_seed)
+    elif report.evidence:
+        raise ChallengeError("only a WRONG_ANSWER report carries evidence", field="evidence")
+    return verify_report_score(report, view.preset)
+
+
+def verify_report_response(report: ScoreReport, domain: Domain) -> None:
+    """Verify the node's signature where the outcome needs one, and its absence elsewhere."""
+    outcome = Outcome(report.outcome)
+    if outcome.has_node_signature:
+        # Verify the node signed the response the report carries (a missing signature rejects).
+        try:
+            signer = recover_typed(domain, report.response().hash_struct(), report.response_signature)
+        except SignatureError as exc:
+            raise SignatureError(str(exc), field="responseSignature") from None
+        if signer != report.node:
+            raise SignatureError(f"signed by {signer}, not by the node", field="responseSignature")
+        return
+    # Verify a failed session carries no response, so nothing unsigned looks signed.
+    if report.response_signature:
+        raise ChallengeError(f"{outcome.name} carries no node signature", field="responseSignature")
+    for name in ("echo_digest", "compute_root", "download_digest", "upload_digest"):
+        if getattr(report, name) != ZERO32:
+            raise ChallengeError(f"must be zero when the outcome is {outcome.name}", field=name)
+
+
+__all__ = [
+    "EpochView",
+    "NodeInfo",
+    "verify_report_response",
+    "verify_report_timeliness",
+    "verify_score_report",
+]
