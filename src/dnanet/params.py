@@ -111,11 +111,11 @@ class Preset:
 HARDWARE_CLASS_NAMES = ("cpu", "gpu")
 
 _CPU = ChallengeSizes(
-    compute_n=1024, compute_rows=4096, compute_checks=16,
+    compute_n=2048, compute_rows=8192, compute_checks=32,
     download_bytes=4 * 1024 * 1024, upload_bytes=4 * 1024 * 1024, latency_echoes=5,
 )
 _GPU = ChallengeSizes(
-    compute_n=2048, compute_rows=65536, compute_checks=16,
+    compute_n=4096, compute_rows=32768, compute_checks=32,
     download_bytes=16 * 1024 * 1024, upload_bytes=16 * 1024 * 1024, latency_echoes=5,
 )
 _LOCAL_CPU = ChallengeSizes(

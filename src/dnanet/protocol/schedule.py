@@ -102,7 +102,8 @@ def verify_round_vrf(
     vrf_public_key: bytes, proof: bytes, chain_id: int, epoch: int, round_: int, round_seed: bytes
 ) -> bytes:
     """Verify a mixer's round proof; returns beta. Raises InvalidProof."""
-    return vrf.verify(vrf_public_key, proof, compute_vrf_alpha(chain_id, epoch, round_, round_seed))
+    beta: bytes = vrf.verify(vrf_public_key, proof, compute_vrf_alpha(chain_id, epoch, round_, round_seed))
+    return beta
 
 
 def verify_assignment(beta: bytes, node: str, target: int) -> None:

@@ -16,7 +16,14 @@ from dnanet.errors import ChallengeError, ProtocolError, ScheduleError, Signatur
 from dnanet.params import Preset
 from dnanet.protocol.challenge_params import compute_challenge, compute_kind_seeds
 from dnanet.protocol.evidence import verify_fraud_evidence
-from dnanet.protocol.messages import ZERO32, Outcome, ScoreReport
+from dnanet.protocol.messages import (
+    ZERO32,
+    BatchProposal,
+    Outcome,
+    QuorumCertificate,
+    ScoreReport,
+)
+from dnanet.protocol.quorum import verify_batch_contents, verify_certificate
 from dnanet.protocol.schedule import (
     RoundId,
     compute_assignment_target,
@@ -151,9 +158,75 @@ def verify_report_response(report: ScoreReport, domain: Domain) -> None:
             raise ChallengeError(f"must be zero when the outcome is {outcome.name}", field=name)
 
 
+
+
+class BatchRejected(ProtocolError):
+    """A batch was refused whole; ``reasons`` lists each invalid report and why."""
+
+    def __init__(self, reasons: list[tuple[int, str]]) -> None:
+        self.reasons = reasons
+        summary = "; ".join(f"reports[{i}]: {why}" for i, why in reasons[:5])
+        more = f" (+{len(reasons) - 5} more)" if len(reasons) > 5 else ""
+        super().__init__(f"{len(reasons)} invalid report(s): {summary}{more}", field="reports")
+
+
+def verify_batch_proposal(proposal: BatchProposal, view: EpochView) -> list[ChallengeScore]:
+    """A co-signer's checks of a whole batch: the originator's signature, the batch root, and
+    every report. Raises BatchRejected listing every invalid report (an honest originator drops
+    them and re-forms the batch), or ProtocolError for a bad envelope."""
+    batch = proposal.batch
+    if batch.epoch != view.epoch:
+        raise ScheduleError(f"batch is for epoch {batch.epoch}, view is {view.epoch}", field="epoch")
+    if batch.mixer not in view.mixers:
+        raise ProtocolError(f"mixer {batch.mixer} is not in epoch {view.epoch}'s set", field="mixer")
+    # Verify the originator signed its batch, then that the reports are what it commits to.
+    signer = recover_typed(view.domain, batch.hash_struct(), proposal.signature)
+    if signer != batch.mixer:
+        raise SignatureError(f"batch signed by {signer}, not by its mixer", field="signature")
+    verify_batch_contents(batch, proposal.reports)
+    reasons: list[tuple[int, str]] = []
+    scores: list[ChallengeScore] = []
+    seen: set[tuple[int, int, str, str]] = set()
+    for i, report in enumerate(proposal.reports):
+        if report.key in seen:
+            reasons.append((i, "duplicate report for this node in the batch"))
+            continue
+        seen.add(report.key)
+        try:
+            scores.append(verify_score_report(report, view))
+        except ProtocolError as exc:
+            reasons.append((i, str(exc)))
+    if reasons:
+        raise BatchRejected(reasons)
+    return scores
+
+
+def verify_certified_batch(certificate: QuorumCertificate, view: EpochView) -> tuple[str, ...]:
+    """The Validator's checks: the quorum over the batch, then every report. Returns signers."""
+    if certificate.batch.epoch != view.epoch:
+        raise ScheduleError(
+            f"certificate is for epoch {certificate.batch.epoch}, view is {view.epoch}",
+            field="epoch",
+        )
+    signers = verify_certificate(view.domain, certificate, list(view.mixers))
+    seen: set[tuple[int, int, str, str]] = set()
+    for i, report in enumerate(certificate.reports):
+        if report.key in seen:
+            raise ProtocolError("duplicate report in the batch", field=f"reports[{i}]")
+        seen.add(report.key)
+        try:
+            verify_score_report(report, view)
+        except ProtocolError as exc:
+            raise type(exc)(str(exc), field=f"reports[{i}]") from None
+    return signers
+
+
 __all__ = [
+    "BatchRejected",
     "EpochView",
     "NodeInfo",
+    "verify_batch_proposal",
+    "verify_certified_batch",
     "verify_report_response",
     "verify_report_timeliness",
     "verify_score_report",

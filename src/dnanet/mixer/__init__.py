@@ -1,0 +1,1 @@
+"""The QueryMixer: challenges nodes, scores and co-signs reports, gathers quorums."""

@@ -1,0 +1,1 @@
+"""The AI node: answers challenges, serves AI work, claims rewards."""
