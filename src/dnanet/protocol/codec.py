@@ -40,6 +40,10 @@ class WireType(Generic[T]):
         """Validate a Python value (used when a message is constructed in code)."""
         self.from_wire(self.to_wire(value), path)
 
+    def schema(self) -> dict[str, Any]:
+        """JSON schema of the wire form (for the daemons' OpenAPI specs)."""
+        raise NotImplementedError
+
 
 class Uint(WireType[int]):
     """An unsigned integer of at most ``bits`` bits (or up to ``maximum``).
@@ -57,6 +61,9 @@ class Uint(WireType[int]):
     def to_wire(self, value: int) -> Any:
         return value
 
+    def schema(self) -> dict[str, Any]:
+        return {"type": "integer", "minimum": 0, "maximum": self.maximum}
+
     def from_wire(self, data: Any, path: str) -> int:
         if not isinstance(data, int) or isinstance(data, bool):
             raise CodecError(f"expected an integer, got {type(data).__name__}", field=path)
@@ -71,19 +78,35 @@ class Bool(WireType[bool]):
     def to_wire(self, value: bool) -> Any:
         return value
 
+    def schema(self) -> dict[str, Any]:
+        return {"type": "boolean"}
+
     def from_wire(self, data: Any, path: str) -> bool:
         if not isinstance(data, bool):
             raise CodecError(f"expected true or false, got {type(data).__name__}", field=path)
         return data
 
 
+def _is_hex_digits(text: str) -> bool:
+    # bytes.fromhex skips ASCII whitespace; a canonical message has none, so refuse it here.
+    return not text or (text.isascii() and text.isalnum())
+
+
 def _hex_to_bytes(data: Any, path: str) -> bytes:
     if not isinstance(data, str) or not data.startswith("0x"):
         raise CodecError("expected a 0x-prefixed hex string", field=path)
     try:
+        if not _is_hex_digits(data[2:]):
+            raise ValueError(data)
         return bytes.fromhex(data[2:])
     except ValueError:
         raise CodecError("invalid hex", field=path) from None
+
+
+def _check_bytes(value: Any, path: str) -> None:
+    # to_wire calls value.hex(): refuse str/int (AttributeError) and mutable bytearray up front.
+    if not isinstance(value, bytes):
+        raise CodecError(f"expected bytes, got {type(value).__name__}", field=path)
 
 
 class FixedBytes(WireType[bytes]):
@@ -94,11 +117,18 @@ class FixedBytes(WireType[bytes]):
     def to_wire(self, value: bytes) -> Any:
         return "0x" + value.hex()
 
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "pattern": f"^0x[0-9a-fA-F]{{{2 * self.length}}}$"}
+
     def from_wire(self, data: Any, path: str) -> bytes:
         raw = _hex_to_bytes(data, path)
         if len(raw) != self.length:
             raise CodecError(f"expected {self.length} bytes, got {len(raw)}", field=path)
         return raw
+
+    def check(self, value: Any, path: str) -> None:
+        _check_bytes(value, path)
+        super().check(value, path)
 
 
 class Bytes(WireType[bytes]):
@@ -113,6 +143,10 @@ class Bytes(WireType[bytes]):
     def to_wire(self, value: bytes) -> Any:
         return "0x" + value.hex()
 
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "pattern": "^0x([0-9a-fA-F]{2})*$",
+                "maxLength": 2 + 2 * self.max_length}
+
     def from_wire(self, data: Any, path: str) -> bytes:
         if isinstance(data, str) and len(data) > 2 + 2 * self.max_length:
             raise CodecError(f"longer than {self.max_length} bytes", field=path)
@@ -123,6 +157,10 @@ class Bytes(WireType[bytes]):
             raise CodecError(f"length must be one of {self.allowed}, got {len(raw)}", field=path)
         return raw
 
+    def check(self, value: Any, path: str) -> None:
+        _check_bytes(value, path)
+        super().check(value, path)
+
 
 class Address(WireType[str]):
     """A 20-byte account, canonical as lower-case ``0x`` hex (input in any case)."""
@@ -132,10 +170,15 @@ class Address(WireType[str]):
     def to_wire(self, value: str) -> Any:
         return value
 
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"}
+
     def from_wire(self, data: Any, path: str) -> str:
         if not isinstance(data, str) or len(data) != 42 or not data.startswith("0x"):
             raise CodecError("expected a 0x-prefixed 20-byte hex address", field=path)
         try:
+            if not _is_hex_digits(data[2:]):
+                raise ValueError(data)
             bytes.fromhex(data[2:])
         except ValueError:
             raise CodecError("invalid hex in address", field=path) from None
@@ -155,10 +198,17 @@ class Text(WireType[str]):
     def to_wire(self, value: str) -> Any:
         return value
 
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "maxLength": self.max_length}
+
     def from_wire(self, data: Any, path: str) -> str:
         if not isinstance(data, str):
             raise CodecError(f"expected a string, got {type(data).__name__}", field=path)
-        if len(data.encode()) > self.max_length:
+        try:
+            encoded = data.encode()
+        except UnicodeEncodeError:  # a lone surrogate from a JSON escape such as "\ud800"
+            raise CodecError("not valid Unicode text", field=path) from None
+        if len(encoded) > self.max_length:
             raise CodecError(f"longer than {self.max_length} bytes", field=path)
         return data
 
@@ -173,6 +223,9 @@ class Nested(WireType[M]):
 
     def to_wire(self, value: M) -> Any:
         return value.to_wire()
+
+    def schema(self) -> dict[str, Any]:
+        return self.cls.json_schema()
 
     def from_wire(self, data: Any, path: str) -> M:
         return self.cls.from_wire(data, path)
@@ -191,6 +244,9 @@ class ListOf(WireType[tuple[T, ...]]):
 
     def to_wire(self, value: tuple[T, ...]) -> Any:
         return [self.item.to_wire(v) for v in value]
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "array", "items": self.item.schema(), "maxItems": self.max_items}
 
     def from_wire(self, data: Any, path: str) -> tuple[T, ...]:
         if not isinstance(data, list):
@@ -279,6 +335,18 @@ class Message:
     def from_json(cls, raw: bytes | str, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Self:
         return cls.from_wire(parse_json(raw, max_bytes=max_bytes))
 
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """JSON schema of the wire form: every field required, nothing else allowed."""
+        spec = _spec(cls)
+        return {
+            "title": cls.__name__,
+            "type": "object",
+            "properties": {wname: kind.schema() for _, wname, kind in spec},
+            "required": [wname for _, wname, _ in spec],
+            "additionalProperties": False,
+        }
+
     # -- EIP-712 --------------------------------------------------------------------------
     @classmethod
     def struct_type(cls) -> StructType:
@@ -348,8 +416,10 @@ def parse_json(raw: bytes | str, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
             parse_constant=_reject_constant,
             object_pairs_hook=_no_duplicates,
         )
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or an int over 4300 digits
         raise CodecError(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise CodecError("invalid JSON: nested too deeply") from None
 
 
 

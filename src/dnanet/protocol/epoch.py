@@ -162,6 +162,30 @@ def process_epoch(
     )
 
 
+
+
+def process_epochs(
+    reports_by_epoch: Sequence[Iterable[ScoreReport]], preset: Preset
+) -> list[EpochRollup]:
+    """Replay epochs 0, 1, ... in order, carrying cumulative totals and strike history.
+
+    The auditor and a co-signing mixer use this to recompute every settlement from the
+    published reports alone.
+    """
+    rollups: list[EpochRollup] = []
+    cumulative: Mapping[str, int] = {}
+    strikes: dict[str, list[int]] = {}
+    for epoch, reports in enumerate(reports_by_epoch):
+        rollup = process_epoch(
+            epoch, reports, previous_cumulative=cumulative, strike_history=strikes, preset=preset
+        )
+        for node in rollup.strikes:
+            strikes.setdefault(node, []).append(epoch)
+        cumulative = rollup.cumulative
+        rollups.append(rollup)
+    return rollups
+
+
 __all__ = [
     "EpochRollup",
     "compute_fraud_evidence",
@@ -169,5 +193,6 @@ __all__ = [
     "compute_reports_digest",
     "compute_strike_evidence",
     "process_epoch",
+    "process_epochs",
     "select_epoch_reports",
 ]

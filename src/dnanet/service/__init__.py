@@ -1,0 +1,1 @@
+"""What every daemon shares: the HTTP app and client, the SQLite store, metrics, logging."""
