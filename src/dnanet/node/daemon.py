@@ -1,0 +1,169 @@
+"""The AI node daemon: registers on chain, answers challenges from current mixers.
+
+A node's behaviour can be shaped for tests and the devnet (``NodeProfile``): a ``throttled``
+node computes more slowly and answers with added delay, an ``offline`` node stops answering
+at a given block. Scores follow from what mixers measure, so these nodes earn less.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import Request, Response
+
+from dnanet.crypto.keys import Identity
+from dnanet.node.hardware import Hardware, probe_hardware
+from dnanet.node.prover import ChallengeProver
+from dnanet.node.server import NODE_SCHEMA, build_node_app
+from dnanet.protocol.challenges.compute import ComputeAnswer, ComputeSize, compute_product
+from dnanet.protocol.schedule import compute_epoch
+from dnanet.service.http import Server
+from dnanet.service.network import ChainGateway
+from dnanet.service.store import Store
+
+log = logging.getLogger("dnanet.node")
+
+PROFILES = ("normal", "throttled", "offline")
+
+
+@dataclass(frozen=True)
+class NodeProfile:
+    name: str = "normal"
+    compute_slowdown: float = 1.0
+    """Compute takes this many times as long (a node with fewer threads)."""
+    added_delay_s: float = 0.0
+    """Added to every HTTP answer (a slow link)."""
+    offline_at_block: int | None = None
+    """From this block on, the node stops answering (it drops out)."""
+
+    @classmethod
+    def named(cls, name: str, *, offline_at_block: int | None = None) -> NodeProfile:
+        if name == "normal":
+            return cls()
+        if name == "throttled":
+            return cls(name, compute_slowdown=3.0, added_delay_s=0.004)
+        if name == "offline":
+            return cls(name, offline_at_block=offline_at_block)
+        raise ValueError(f"unknown node profile {name!r}; choose one of {PROFILES}")
+
+
+class NodeDaemon:
+    """One AI node: HTTP challenge API + chain registration + mixer-set refresh."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        gateway: ChainGateway,
+        data_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        public_url: str | None = None,
+        stake: int | None = None,
+        profile: NodeProfile | None = None,
+        hardware: Hardware | None = None,
+        device: str = "auto",
+    ) -> None:
+        self.identity = identity
+        self.address = identity.address
+        self.gateway = gateway
+        self.profile = profile or NodeProfile()
+        self.hardware = hardware or probe_hardware()
+        self.stake = stake if stake is not None else gateway.preset.min_stake
+        self.device = device
+        self._public_url = public_url
+        self._mixers: dict[str, bytes] = {}
+        self.store = Store(data_dir / "node.db", NODE_SCHEMA)
+        self.prover = ChallengeProver(identity, gateway.domain, lambda: self._mixers,
+                                      compute=self._compute)
+        self.app = build_node_app(self.prover, self.store, status=self._status)
+        self._install_profile_middleware()
+        self.server = Server(self.app, host, port)
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.offline = False
+
+    @property
+    def url(self) -> str:
+        return self._public_url or self.server.url
+
+    def _compute(self, seed: bytes, size: ComputeSize) -> ComputeAnswer:
+        t0 = time.perf_counter()
+        answer = compute_product(seed, size, self.device)
+        if self.profile.compute_slowdown > 1:
+            time.sleep((time.perf_counter() - t0) * (self.profile.compute_slowdown - 1))
+        return answer
+
+    def _install_profile_middleware(self) -> None:
+        profile = self.profile
+
+        @self.app.middleware("http")
+        async def shape(request: Request,
+                        call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+            if self.offline:
+                # An offline node: drop the connection's answer (the mixer sees an error).
+                return Response(status_code=503)
+            if profile.added_delay_s:
+                await asyncio.sleep(profile.added_delay_s)
+            return await call_next(request)
+
+    def _status(self) -> dict[str, object]:
+        return {"hardware": self.hardware.to_dict(), "profile": self.profile.name,
+                "mixers": sorted(self._mixers)}
+
+    async def refresh_mixers(self) -> None:
+        head = await asyncio.to_thread(self.gateway.block_number)
+        genesis = self.gateway.genesis_block
+        epoch = compute_epoch(max(head, genesis), self.gateway.preset, genesis)
+        members: dict[str, bytes] = {}
+        for e in {max(epoch - 1, 0), epoch}:
+            for m in await asyncio.to_thread(self.gateway.mixer_set, e):
+                members[m.address] = m.vrf_public_key
+        self._mixers = members
+        if self.profile.offline_at_block is not None and head >= self.profile.offline_at_block:
+            if not self.offline:
+                log.info("node %s goes offline at block %d", self.address[:10], head)
+            self.offline = True
+
+    async def ensure_registered(self) -> None:
+        record = await asyncio.to_thread(self.gateway.node, self.address)
+        if record is None:
+            await asyncio.to_thread(self.gateway.register_node, self.url,
+                                    self.hardware.hardware_class, self.stake)
+            log.info("node %s registered at %s", self.address[:10], self.url)
+
+    async def start(self, *, register: bool = True) -> None:
+        await self.server.start()
+        if register:
+            await self.ensure_registered()
+        await self.refresh_mixers()
+        self._task = asyncio.create_task(self._loop(), name=f"node-{self.address[:8]}")
+
+    async def _loop(self) -> None:
+        interval = max(0.05, self.gateway.preset.block_interval_ms / 1000 * 8)
+        while not self._stopping.is_set():
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh_mixers()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("node %s: cannot refresh the mixer set: %s", self.address[:10], exc)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self.server.stop()
+        self.store.close()
+
+
+__all__ = ["PROFILES", "NodeDaemon", "NodeProfile"]

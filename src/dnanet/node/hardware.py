@@ -1,0 +1,78 @@
+"""Probe the node's hardware. Only used to pick a declared class (challenge sizes): scores
+come from measured work, never from this."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+CLASS_CPU = 0
+CLASS_GPU = 1
+
+
+@dataclass(frozen=True)
+class Hardware:
+    cpu_model: str
+    cpu_cores: int
+    memory_bytes: int
+    gpu: str | None
+
+    @property
+    def hardware_class(self) -> int:
+        return CLASS_GPU if self.gpu else CLASS_CPU
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_bytes() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _gpu() -> str | None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return str(torch.cuda.get_device_name(0))
+    except Exception:  # torch absent or broken: fall back to nvidia-smi
+        pass
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=5, check=True)
+            name = out.stdout.strip().splitlines()
+            return name[0] if name else None
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return None
+
+
+def probe_hardware(*, with_gpu: bool = True) -> Hardware:
+    return Hardware(cpu_model=_cpu_model(), cpu_cores=os.cpu_count() or 1,
+                    memory_bytes=_memory_bytes(), gpu=_gpu() if with_gpu else None)
+
+
+__all__ = ["CLASS_CPU", "CLASS_GPU", "Hardware", "probe_hardware"]
