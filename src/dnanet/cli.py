@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -86,7 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=_keys_show)
 
     from dnanet.demo import add_demo_command
+    from dnanet.devnet import add_devnet_command
+    from dnanet.roles_cli import add_role_commands
 
+    add_devnet_command(sub)
+    add_role_commands(sub)
+    for module, name in (("dnanet.validator.daemon", "add_validator_commands"),
+                         ("dnanet.audit", "add_audit_command"),
+                         ("dnanet.chain.cli", "add_contracts_commands")):
+        getattr(importlib.import_module(module), name)(sub)
     add_demo_command(sub)
     return parser
 

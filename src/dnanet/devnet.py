@@ -1,0 +1,359 @@
+"""``dnanet devnet``: a whole local network on one machine.
+
+It starts a chain (the embedded in-process EVM by default), deploys the contracts, funds and
+registers nodes and mixers, starts every role on its own loopback port, drives 1024-block
+epochs on a fast block clock, settles each epoch on chain, has the nodes claim, audits each
+epoch, and shows a table per epoch. Nodes differ as real ones do: one ``throttled`` (slower
+compute, added delay) and one ``offline`` (drops out mid-epoch); the rest are ``normal``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dnanet.chain.backends import EmbeddedChain, connect_embedded
+from dnanet.chain.client import ChainClient
+from dnanet.chain.deploy import MixerSpec, deploy
+from dnanet.crypto.keys import Identity
+from dnanet.errors import DnanetError
+from dnanet.keyfiles import derive_vrf_public_key
+from dnanet.mixer.daemon import MixerDaemon
+from dnanet.node.daemon import NodeDaemon, NodeProfile
+from dnanet.node.hardware import Hardware, probe_hardware
+from dnanet.params import WEI_PER_DNA, Preset, get_preset
+from dnanet.protocol.rollup import verify_proof
+from dnanet.protocol.schedule import compute_epoch_end_block, compute_settlement_block
+from dnanet.service.gateway import ClientGateway
+
+log = logging.getLogger("dnanet.devnet")
+
+SETUP_BLOCKS = 400
+"""Blocks between deployment and genesis, room for the setup transactions (each mines one)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def node_profiles(count: int) -> list[str]:
+    """One throttled and one offline node (with at least 3 nodes), the rest normal."""
+    profiles = ["normal"] * count
+    if count >= 3:
+        profiles[-1] = "offline"
+        profiles[-2] = "throttled"
+    return profiles
+
+
+@dataclass
+class NodeRow:
+    address: str
+    profile: str
+    hardware: str
+    latency_ms: float | None = None
+    gflops: float | None = None
+    bandwidth_mbs: float | None = None
+    score: int = 0
+    reward: int = 0
+    cumulative: int = 0
+    claimed: int = 0
+
+
+@dataclass
+class EpochSummary:
+    epoch: int
+    root: str
+    settle_tx: str
+    total: int
+    audit_ok: bool
+    nodes: list[NodeRow] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch, "root": self.root, "settle_tx": self.settle_tx,
+            "total": self.total, "audit_ok": self.audit_ok,
+            "nodes": [{"address": n.address, "profile": n.profile, "score": n.score,
+                       "reward": n.reward, "cumulative": n.cumulative, "claimed": n.claimed}
+                      for n in self.nodes],
+        }
+
+
+class BlockClock:
+    """Mines one block every ``interval_s`` on the embedded chain, in a worker thread."""
+
+    def __init__(self, chain: EmbeddedChain, interval_s: float) -> None:
+        self.chain = chain
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="block-clock")
+
+    async def _run(self) -> None:
+        next_at = time.monotonic()
+        while True:
+            next_at += self.interval_s
+            behind = max(1, int((time.monotonic() - next_at) / self.interval_s) + 1)
+            await asyncio.to_thread(self.chain.mine_blocks, min(behind, 16))
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class Devnet:
+    """All roles of a local network in this process, over real HTTP on loopback."""
+
+    def __init__(self, *, nodes: int, mixers: int, preset: Preset, data_dir: Path,
+                 out: Callable[[str], Any] = print) -> None:
+        if nodes < 1 or mixers < 1:
+            raise DnanetError("a devnet needs at least one node and one mixer")
+        self.n_nodes = nodes
+        self.n_mixers = mixers
+        self.preset = preset
+        self.data_dir = data_dir
+        self.out = out
+        self.chain = connect_embedded()
+        self.deployer = Identity.from_entropy(os.urandom(32))
+        self.mixer_ids = [Identity.from_entropy(os.urandom(32)) for _ in range(mixers)]
+        self.node_ids = [Identity.from_entropy(os.urandom(32)) for _ in range(nodes)]
+        self.validator_id = Identity.from_entropy(os.urandom(32))
+        self.profiles = node_profiles(nodes)
+        self.hardware: Hardware = probe_hardware(with_gpu=False)
+        self.clock = BlockClock(self.chain, preset.block_interval_ms / 1000)
+        self.mixer_daemons: list[MixerDaemon] = []
+        self.node_daemons: list[NodeDaemon] = []
+        self.validator: Any = None
+        self.validator_url = ""
+        self.http = httpx.AsyncClient(timeout=30)
+        self.summaries: list[EpochSummary] = []
+
+    def gateway(self, identity: Identity | None) -> ClientGateway:
+        return ClientGateway(ChainClient(self.chain.w3, self.deployment, identity), self.preset)
+
+    async def setup(self) -> None:
+        """Deploy, fund, and start every role (nodes register themselves)."""
+        for identity in (self.deployer, self.validator_id, *self.mixer_ids, *self.node_ids):
+            self.chain.fund(identity.address, 1_000 * 10**18)
+        mixer_ports = [free_port() for _ in self.mixer_ids]
+        specs = [MixerSpec(m.address, derive_vrf_public_key(m), f"http://127.0.0.1:{p}")
+                 for m, p in zip(self.mixer_ids, mixer_ports, strict=True)]
+        stake = self.preset.min_stake
+        genesis = self.chain.block_number + SETUP_BLOCKS
+        self.deployment = await asyncio.to_thread(
+            deploy, self.chain.w3, self.deployer, self.preset, mixers=specs,
+            genesis_block=genesis, allocations={n.address: 2 * stake for n in self.node_ids})
+        self.genesis = genesis
+        from dnanet.validator.daemon import ValidatorDaemon
+
+        validator_port = free_port()
+        self.validator_url = f"http://127.0.0.1:{validator_port}"
+        self.validator = ValidatorDaemon(self.gateway(self.validator_id),
+                                         self.data_dir / "validator", host="127.0.0.1",
+                                         port=validator_port)
+        await self.validator.start()
+        for identity, port in zip(self.mixer_ids, mixer_ports, strict=True):
+            daemon = MixerDaemon(identity, self.gateway(identity),
+                                 self.data_dir / f"mixer-{identity.address[2:10]}",
+                                 validator_url=self.validator_url, port=port)
+            await daemon.start()
+            self.mixer_daemons.append(daemon)
+        offline_at = genesis + self.preset.epoch_blocks // 2
+        for identity, profile in zip(self.node_ids, self.profiles, strict=True):
+            daemon = NodeDaemon(
+                identity, self.gateway(identity), self.data_dir / f"node-{identity.address[2:10]}",
+                port=free_port(), profile=NodeProfile.named(profile, offline_at_block=offline_at),
+                hardware=self.hardware, stake=stake, device="cpu")
+            await daemon.start()
+            self.node_daemons.append(daemon)
+        head = self.chain.block_number
+        if head >= genesis:
+            raise DnanetError(f"setup used {head - genesis + SETUP_BLOCKS} blocks; raise "
+                              "SETUP_BLOCKS")
+        self.chain.mine_blocks(genesis - head - 1)
+        self.clock.start()
+        self.out(f"devnet: chain {self.deployment.chain_id} (embedded EVM), genesis block "
+                 f"{genesis}, {len(self.node_ids)} nodes, {len(self.mixer_ids)} mixers, "
+                 f"validator {self.validator_url}")
+
+    async def wait_settled(self, epoch: int) -> None:
+        gateway = self.gateway(None)
+        target = compute_settlement_block(epoch, self.preset, self.genesis)
+        end = compute_epoch_end_block(epoch, self.preset, self.genesis)
+        last_print = 0.0
+        while True:
+            if await asyncio.to_thread(gateway.settled_epoch, epoch) is not None:
+                return
+            head = self.chain.block_number
+            if time.monotonic() - last_print > 5:
+                last_print = time.monotonic()
+                done = min(1.0, (head - (end + 1 - self.preset.epoch_blocks)) /
+                           self.preset.epoch_blocks)
+                state = "settling" if head >= target else f"{done:5.1%}"
+                self.out(f"  epoch {epoch}: block {head} ({state})")
+            await asyncio.sleep(0.25)
+
+    async def claim_all(self) -> None:
+        for daemon in self.node_daemons:
+            node = await self._get_json(f"{self.validator_url}/v1/nodes/{daemon.address}")
+            if not node or not node.get("cumulative"):
+                continue
+            proof = [bytes.fromhex(p[2:]) for p in node["proof"]]
+            cumulative = int(node["cumulative"])
+            root = bytes.fromhex(node["root"][2:])
+            if not verify_proof(root, daemon.address, cumulative, proof):
+                raise DnanetError(f"validator served a proof that does not verify for "
+                                  f"{daemon.address}")
+            await asyncio.to_thread(daemon.gateway.claim, daemon.address, cumulative, proof)
+
+    async def _get_json(self, url: str) -> Any:
+        response = await self.http.get(url)
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return response.json()
+
+    async def summarize(self, epoch: int) -> EpochSummary:
+        from dnanet.audit import audit_epoch
+
+        info = await self._get_json(f"{self.validator_url}/v1/epochs/{epoch}")
+        settlement = info["settlement"]
+        audit = await audit_epoch(self.gateway(None), self.validator_url, epoch,
+                                  client=self.http)
+        summary = EpochSummary(epoch=epoch, root=settlement["rewardsRoot"],
+                               settle_tx=info.get("settle_tx") or "", total=settlement["total"],
+                               audit_ok=bool(audit.ok))
+        gateway = self.gateway(None)
+        for daemon in self.node_daemons:
+            row = NodeRow(address=daemon.address, profile=daemon.profile.name,
+                          hardware="gpu" if daemon.hardware.gpu else "cpu")
+            detail = await self._get_json(
+                f"{self.validator_url}/v1/nodes/{daemon.address}/epochs/{epoch}")
+            if detail:
+                ok = [r for r in detail.get("reports", []) if r.get("outcome") == "OK"]
+                if ok:
+                    row.latency_ms = _median([r["rtt_us"] for r in ok]) / 1000
+                    row.gflops = _median([r.get("flops_per_s", 0) for r in ok]) / 1e9
+                    row.bandwidth_mbs = _median([r.get("download_bps", 0) for r in ok]) / 1e6
+                row.score = int(detail.get("epoch_score", 0))
+                row.reward = int(detail.get("reward", 0))
+            row.cumulative = int(detail.get("cumulative", 0)) if detail else 0
+            row.claimed = await asyncio.to_thread(gateway.claimed, daemon.address)
+            summary.nodes.append(row)
+        return summary
+
+    def print_table(self, summary: EpochSummary) -> None:
+        out = self.out
+        out(f"epoch {summary.epoch}: settled in {summary.settle_tx[:12]}.. root "
+            f"{summary.root[:14]}.. total {summary.total / WEI_PER_DNA:,.2f} DNA, audit "
+            f"{'OK' if summary.audit_ok else 'MISMATCH'}")
+        out(f"  {'node':<12} {'profile':<10} {'hw':<4} {'latency':>9} {'GFLOP/s':>8} "
+            f"{'MB/s':>8} {'score':>8} {'reward':>10} {'claimed':>10}")
+        for n in summary.nodes:
+            out(f"  {n.address[:12]} {n.profile:<10} {n.hardware:<4} "
+                f"{_fmt(n.latency_ms, 'ms', 2):>9} {_fmt(n.gflops, '', 2):>8} "
+                f"{_fmt(n.bandwidth_mbs, '', 1):>8} {n.score:>8} "
+                f"{n.reward / WEI_PER_DNA:>10.2f} {n.claimed / WEI_PER_DNA:>10.2f}")
+
+    async def run(self, epochs: int | None) -> list[EpochSummary]:
+        epoch = 0
+        while epochs is None or epoch < epochs:
+            await self.wait_settled(epoch)
+            await self.claim_all()
+            summary = await self.summarize(epoch)
+            self.summaries.append(summary)
+            self.print_table(summary)
+            epoch += 1
+        return self.summaries
+
+    async def stop(self) -> None:
+        await self.clock.stop()
+        for daemon in self.node_daemons:
+            await daemon.stop()
+        for mixer in self.mixer_daemons:
+            await mixer.stop()
+        if self.validator is not None:
+            await self.validator.stop()
+        await self.http.aclose()
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2] if ordered else 0.0
+
+
+def _fmt(value: float | None, unit: str, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}{unit}"
+
+
+async def run_devnet(*, nodes: int, mixers: int, epochs: int | None, preset: Preset,
+                     data_dir: Path, summary: Path | None,
+                     out: Callable[[str], Any] = print) -> list[EpochSummary]:
+    devnet = Devnet(nodes=nodes, mixers=mixers, preset=preset, data_dir=data_dir, out=out)
+    try:
+        await devnet.setup()
+        return await devnet.run(epochs)
+    finally:
+        await devnet.stop()
+        if summary is not None:
+            summary.write_text(json.dumps({
+                "chain_id": devnet.chain.w3.eth.chain_id,
+                "epochs": [s.to_json() for s in devnet.summaries]}, indent=2))
+
+
+def _devnet_command(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=os.environ.get("DNANET_LOG", "WARNING"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.chain != "embedded":
+        raise DnanetError(f"--chain {args.chain}: only the embedded chain is supported so far")
+    data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="dnanet-"))
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(run_devnet(
+        nodes=args.nodes, mixers=args.mixers, epochs=args.epochs,
+        preset=get_preset(args.preset), data_dir=data_dir,
+        summary=Path(args.summary) if args.summary else None))
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGINT, task.cancel)
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        print("devnet: stopped")
+    finally:
+        loop.close()
+    return 0
+
+
+def add_devnet_command(sub: Any) -> None:
+    p = sub.add_parser("devnet", help="run a whole local network (chain, mixers, validator, nodes)")
+    p.add_argument("--nodes", type=int, default=8)
+    p.add_argument("--mixers", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="stop after this many settled epochs (default: run until Ctrl-C)")
+    p.add_argument("--chain", default="embedded", help="embedded (default), anvil, or an RPC URL")
+    p.add_argument("--preset", default="local")
+    p.add_argument("--summary", help="write a JSON summary of every epoch to this file")
+    p.add_argument("--data-dir", help="keep daemon state here (default: a new temp dir)")
+    p.set_defaults(handler=_devnet_command)
+
+
+__all__ = ["Devnet", "add_devnet_command", "node_profiles", "run_devnet"]
