@@ -492,14 +492,22 @@ def test_device_choice(monkeypatch: pytest.MonkeyPatch) -> None:
         compute_product(SEED, TEST_SIZE, device="cuda")
 
 
+def test_torch_path_matches_numpy_when_installed() -> None:
+    torch = compute._import_torch()
+    if torch is None:
+        pytest.skip("needs torch")
+    size = ComputeSize(n=64, rows=100, checks=8)
+    expected = compute_product(SEED, size, device="cpu").product
+    assert np.array_equal(compute._product_torch(SEED, size, "cpu"), expected)
+
+
 def test_cuda_matches_cpu_when_available() -> None:
     torch = compute._import_torch()
     if torch is None or not torch.cuda.is_available():
         pytest.skip("needs torch with a CUDA device")
-    size = ComputeSize(n=256, rows=1000, checks=8)
-    assert (
-        compute_product(SEED, size, device="cuda").root == compute_product(SEED, size, "cpu").root
-    )
+    for size in (ComputeSize(n=256, rows=1000, checks=8), COMPUTE_SIZES["cpu"]):
+        cuda = compute_product(SEED, size, device="cuda")
+        assert cuda.root == compute_product(SEED, size, device="cpu").root
 
 
 # --- kind seeds and domain separation ---------------------------------------------------------
