@@ -1,0 +1,131 @@
+"""The chain client against anvil (npm `@foundry-rs/anvil`) over JSON-RPC.
+
+The pinned package is installed into tests/js_anvil with `npm ci --ignore-scripts` on first
+use: npm takes the prebuilt binary from the platform's optional dependency
+(`@foundry-rs/anvil-linux-amd64`, ...), so no install script and no download beyond the npm
+registry is needed. The tests skip when node or npm is missing, or when the package has no
+binary that runs on this machine (the skip reason says which); a failing `npm ci` fails them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dnanet.chain.anvil import ANVIL_PACKAGE, AnvilProcess, find_anvil, start_anvil
+from dnanet.chain.backends import connect_rpc, fund, mine_blocks
+from dnanet.chain.client import ChainClient, ChainUnavailable, ReorgDetected, TransactionReverted
+from dnanet.chain.transactions import TransactionSender, check_still_canonical
+from dnanet.errors import ConfigError
+from dnanet.protocol.messages import Punishment
+from test_chain_client import FAST, Net, identity, make_net, run_full_flow, settle_epoch_zero
+
+pytestmark = [pytest.mark.npm, pytest.mark.slow]
+
+NPM_DIR = Path(__file__).parent / "js_anvil"
+
+
+def _installed_version() -> str | None:
+    try:
+        manifest = NPM_DIR / "node_modules" / ANVIL_PACKAGE / "package.json"
+        return str(json.loads(manifest.read_text())["version"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+@pytest.fixture(scope="module")
+def anvil_binary() -> Path:
+    """The anvil executable, once tests/js_anvil holds the pinned package."""
+    npm = shutil.which("npm")
+    if shutil.which("node") is None or npm is None:
+        pytest.skip("the anvil integration test needs node and npm on PATH")
+    pinned = json.loads((NPM_DIR / "package.json").read_text())["dependencies"][ANVIL_PACKAGE]
+    # pytest-xdist workers share tests/js_anvil: one installs, the others wait on the lock
+    lock_name = "dnanet-anvil-npm-" + hashlib.sha256(str(NPM_DIR).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / lock_name, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _installed_version() != pinned:
+            result = subprocess.run(
+                [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
+                cwd=NPM_DIR, capture_output=True, text=True, timeout=600, check=False,
+            )
+            if result.returncode != 0:
+                pytest.fail(f"npm ci in {NPM_DIR} failed:\n{result.stdout}\n{result.stderr}")
+        assert _installed_version() == pinned
+    try:
+        binary = find_anvil(NPM_DIR)
+    except ConfigError as exc:
+        pytest.skip(f"{ANVIL_PACKAGE} gives no usable anvil here: {exc}")
+    probe = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                           timeout=60, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"{binary} does not run on this machine (exit {probe.returncode}): "
+                    f"{probe.stderr.strip() or probe.stdout.strip()}")
+    return binary
+
+
+@pytest.fixture
+def anvil(anvil_binary: Path) -> Iterator[AnvilProcess]:
+    with start_anvil(anvil_binary) as process:
+        yield process
+
+
+def anvil_net(process: AnvilProcess) -> Net:
+    w3 = connect_rpc(process.url)
+    return make_net(w3, lambda n: mine_blocks(w3, n), lambda a, wei: fund(w3, a, wei))
+
+
+def test_full_flow_on_anvil(anvil: AnvilProcess) -> None:
+    net = anvil_net(anvil)
+    assert net.deployment.chain_id == anvil.chain_id
+    run_full_flow(net)
+
+
+def test_revert_reason_over_json_rpc(anvil: AnvilProcess) -> None:
+    net = anvil_net(anvil)
+    n0 = net.nodes[0]
+    settlement, tree = settle_epoch_zero(net, {n0.address: 1})
+    client = net.client(n0)
+    client.submit_epoch(settlement, net.sign(settlement.hash_struct()))
+    with pytest.raises(TransactionReverted) as err:
+        client.claim(n0.address, tree.amount(n0.address) + 1, tree.proof(n0.address))
+    assert err.value.reason == "bad proof"
+    with pytest.raises(TransactionReverted, match="unknown node"):
+        client.punish(
+            Punishment(node=n0.address, epoch=0, jail=True, slash_bps=0,
+                       evidence_digest=b"\x01" * 32),
+            net.sign(b"\x02" * 32)[:1],
+        )
+
+
+def test_reorg_on_anvil_is_detected(anvil: AnvilProcess) -> None:
+    net = anvil_net(anvil)
+    snapshot = net.w3.provider.make_request("evm_snapshot", [])["result"]
+    sender = TransactionSender(net.w3, net.nodes[0], FAST)
+    receipt = sender.send(to=net.nodes[1].address, data=b"", value=1, action="transfer")
+    assert receipt is not None
+    check_still_canonical(net.w3, receipt, "transfer")
+    assert net.w3.provider.make_request("evm_revert", [snapshot])["result"] is True
+    mine_blocks(net.w3, 3)
+    with pytest.raises(ReorgDetected):
+        check_still_canonical(net.w3, receipt, "transfer")
+
+
+def test_stopped_anvil_is_chain_unavailable(anvil_binary: Path) -> None:
+    with start_anvil(anvil_binary) as process:
+        net = anvil_net(process)
+        client = ChainClient(net.w3, net.deployment, identity("node0"), policy=FAST)
+        assert client.block_number() > 0
+    with pytest.raises(ChainUnavailable, match="after 4 tries"):
+        client.block_number()
+    with pytest.raises(ChainUnavailable):
+        client.transfer(net.nodes[1].address, 1)
+    assert process.process.poll() is not None
