@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import shutil
 import subprocess
@@ -22,11 +23,24 @@ import pytest
 
 from dnanet.chain.anvil import ANVIL_PACKAGE, AnvilProcess, find_anvil, start_anvil
 from dnanet.chain.backends import connect_rpc, fund, mine_blocks
+from dnanet.chain.cli import _deploy, _show
 from dnanet.chain.client import ChainClient, ChainUnavailable, ReorgDetected, TransactionReverted
+from dnanet.chain.deployment import Deployment
 from dnanet.chain.transactions import TransactionSender, check_still_canonical
+from dnanet.crypto.keys import encrypt_keystore
 from dnanet.errors import ConfigError
+from dnanet.keyfiles import PASSWORD_ENV
+from dnanet.params import MAINNET, WEI_PER_DNA
 from dnanet.protocol.messages import Punishment
-from test_chain_client import FAST, Net, identity, make_net, run_full_flow, settle_epoch_zero
+from test_chain_client import (
+    FAST,
+    Net,
+    contracts_cli,
+    identity,
+    make_net,
+    run_full_flow,
+    settle_epoch_zero,
+)
 
 pytestmark = [pytest.mark.npm, pytest.mark.slow]
 
@@ -129,3 +143,47 @@ def test_stopped_anvil_is_chain_unavailable(anvil_binary: Path) -> None:
     with pytest.raises(ChainUnavailable):
         client.transfer(net.nodes[1].address, 1)
     assert process.process.poll() is not None
+
+
+def test_contracts_deploy_and_show_commands(
+    anvil: AnvilProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deployer = identity("cli deployer")
+    keystore = tmp_path / "deployer.json"
+    keystore.write_text(json.dumps(encrypt_keystore(deployer, "pw", light=True)))
+    monkeypatch.setenv(PASSWORD_ENV, "pw")
+    w3 = connect_rpc(anvil.url)
+    fund(w3, deployer.address, 10**18)
+    mixer = identity("cli mixer")
+    holder = identity("cli holder")
+    out = tmp_path / "deployment.json"
+    args = contracts_cli([
+        "deploy", "--rpc", anvil.url, "--keystore", str(keystore), "--out", str(out),
+        "--mixer", f"{mixer.address}:{'cd' * 32}:http://mixer:8700",
+        "--allocate", f"{holder.address}=1500", "--genesis-supply", "5",
+    ])
+    printed = io.StringIO()
+    assert _deploy(args, printed) == 0
+    deployment = Deployment.load(out)
+    assert json.loads(printed.getvalue()) == deployment.to_json()
+    assert deployment.preset == "mainnet" and deployment.chain_id == anvil.chain_id
+    client = ChainClient(w3, deployment)
+    assert client.balance_of(holder.address) == 1500 * WEI_PER_DNA
+    assert client.balance_of(deployer.address) == 5 * WEI_PER_DNA
+    assert client.min_stake() == MAINNET.min_stake
+
+    shown = io.StringIO()
+    assert _show(contracts_cli(["show", "--deployment", str(out), "--rpc", anvil.url]),
+                 shown) == 0
+    state = json.loads(shown.getvalue())
+    assert state["deployment"] == deployment.to_json()
+    assert state["mixers"]["threshold"] == 1
+    assert state["mixers"]["members"] == [
+        {"address": mixer.address, "vrf_pk": "0x" + "cd" * 32, "endpoint": "http://mixer:8700"}
+    ]
+    assert state["rewards"]["last_settled_epoch"] is None
+    assert state["token"]["total_supply"] == str(1505 * WEI_PER_DNA)
+
+    # a second deploy refuses to overwrite the file
+    with pytest.raises(ConfigError, match="already exists"):
+        _deploy(args, io.StringIO())

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from collections.abc import Callable, Iterator
@@ -746,3 +747,46 @@ def _decode(raw: Any) -> dict[str, Any]:
     from hexbytes import HexBytes
 
     return dict(TypedTransaction.from_bytes(HexBytes(raw)).as_dict())
+
+
+# ---------------------------------------------------------------- command line
+
+
+def contracts_cli(argv: list[str]) -> argparse.Namespace:
+    from dnanet.chain.cli import add_contracts_commands
+
+    parser = argparse.ArgumentParser(prog="dnanet")
+    add_contracts_commands(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["contracts", *argv])
+
+
+def test_contracts_deploy_rejects_bad_arguments_before_touching_the_chain(
+    tmp_path: Path,
+) -> None:
+    from dnanet.chain.anvil import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    keystore = str(tmp_path / "missing-keystore.json")
+    existing = tmp_path / "deployment.json"
+    existing.write_text("{}")
+    base = ["deploy", "--rpc", closed, "--keystore", keystore]
+    cases = [
+        ([*base, "--out", str(existing)], ConfigError, "already exists"),
+        ([*base, "--out", str(tmp_path / "d.json"), "--mixer", "0x12:ab:http://x"], ConfigError,
+         "not an address"),
+        ([*base, "--out", str(tmp_path / "d.json"), "--allocate", "0x" + "11" * 20], ConfigError,
+         "ADDR=DNA"),
+        ([*base, "--out", str(tmp_path / "d.json"), "--confirmations", "-1"], ConfigError,
+         "confirmations"),
+        ([*base, "--out", str(tmp_path / "d.json")], ChainUnavailable, "cannot reach"),
+    ]
+    for argv, error, message in cases:
+        args = contracts_cli(argv)
+        with pytest.raises(error, match=message):
+            args.handler(args)
+    assert existing.read_text() == "{}"
+
+
+def test_contracts_cli_never_takes_a_password_argument() -> None:
+    with pytest.raises(SystemExit):
+        contracts_cli(["deploy", "--rpc", "http://x", "--keystore", "k", "--password", "p"])
