@@ -2,7 +2,7 @@
 
 ``challenge_seed = sha256("dnanet/challenge" || beta || node)`` and every secret of the session
 (compute seed, upload seed, download payload seed, latency nonces) is derived from it by
-:func:`dnanet.protocol.challenges.derive_kind_seeds`. ``challenge_id = sha256("dnanet/challenge-id"
+:func:`dnanet.protocol.challenges.derive_kind_seeds`. ``challenge_id = sha256("dnanet/session-id"
 || challenge_seed)`` names the session without revealing the seed. Sizes come from the preset's
 entry for the node's declared hardware class. Anyone holding the VRF proof can rebuild the
 Challenge and compare its struct hash with the report's ``challengeDigest``.
@@ -47,7 +47,7 @@ def compute_challenge(
         round=round_,
         mixer=mixer.lower(),
         node=node.lower(),
-        challenge_id=sha256(b"dnanet/challenge-id" + challenge_seed),
+        challenge_id=sha256(b"dnanet/session-id" + challenge_seed),
         hardware_class=hardware_class,
         compute_seed=seeds.compute_seed,
         compute_n=sizes.compute_n,
