@@ -12,7 +12,14 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 
 from dnanet.crypto.eip712 import Domain, recover_typed
-from dnanet.errors import ChallengeError, ProtocolError, ScheduleError, SignatureError
+from dnanet.errors import (
+    ChallengeError,
+    DnanetError,
+    InvalidProof,
+    ProtocolError,
+    ScheduleError,
+    SignatureError,
+)
 from dnanet.params import Preset
 from dnanet.protocol.challenge_params import compute_challenge, compute_kind_seeds
 from dnanet.protocol.evidence import verify_fraud_evidence
@@ -70,9 +77,14 @@ class EpochView:
             seed = self.round_seeds.get(round_)
             if seed is None:
                 raise ScheduleError(f"no seed known for round {round_}", field="round")
-            beta = verify_round_vrf(
-                self.mixers[mixer], proof, self.domain.chain_id, self.epoch, round_, seed
-            )
+            try:
+                beta = verify_round_vrf(
+                    self.mixers[mixer], proof, self.domain.chain_id, self.epoch, round_, seed
+                )
+            except InvalidProof as exc:
+                # Name the report's field, not the VRF module's parameter ("pi").
+                why = str(exc).removeprefix(f"{exc.field}: ")
+                raise InvalidProof(why, field="vrfProof") from None
             self.beta_cache[key] = beta
         return beta
 
@@ -153,9 +165,17 @@ def verify_report_response(report: ScoreReport, domain: Domain) -> None:
     # Verify a failed session carries no response, so nothing unsigned looks signed.
     if report.response_signature:
         raise ChallengeError(f"{outcome.name} carries no node signature", field="responseSignature")
-    for name in ("echo_digest", "compute_root", "download_digest", "upload_digest"):
-        if getattr(report, name) != ZERO32:
+    for attr, name in _RESPONSE_FIELDS:
+        if getattr(report, attr) != ZERO32:
             raise ChallengeError(f"must be zero when the outcome is {outcome.name}", field=name)
+
+
+_RESPONSE_FIELDS = (
+    ("echo_digest", "echoDigest"),
+    ("compute_root", "computeRoot"),
+    ("download_digest", "downloadDigest"),
+    ("upload_digest", "uploadDigest"),
+)
 
 
 
@@ -194,7 +214,7 @@ def verify_batch_proposal(proposal: BatchProposal, view: EpochView) -> list[Chal
         seen.add(report.key)
         try:
             scores.append(verify_score_report(report, view))
-        except ProtocolError as exc:
+        except DnanetError as exc:  # a bad VRF proof or signature is a CryptoError
             reasons.append((i, str(exc)))
     if reasons:
         raise BatchRejected(reasons)
@@ -216,7 +236,7 @@ def verify_certified_batch(certificate: QuorumCertificate, view: EpochView) -> t
         seen.add(report.key)
         try:
             verify_score_report(report, view)
-        except ProtocolError as exc:
+        except DnanetError as exc:  # a bad VRF proof or signature is a CryptoError
             raise type(exc)(str(exc), field=f"reports[{i}]") from None
     return signers
 
