@@ -18,7 +18,7 @@ from dnanet.crypto import vrf
 from dnanet.crypto.eip712 import Domain
 from dnanet.crypto.keys import Identity
 from dnanet.keyfiles import derive_vrf_public_key, derive_vrf_secret
-from dnanet.mixer.session import NodeTransport, run_challenge_session
+from dnanet.mixer.session import Clock, NodeTransport, run_challenge_session
 from dnanet.node.local import LocalTransport
 from dnanet.node.prover import ChallengeProver, ComputeFn
 from dnanet.params import TEST, Preset
@@ -151,17 +151,19 @@ def run_session(
     preset: Preset = TEST,
     epoch: int = EPOCH,
     hardware_class: int = 0,
+    clock: Clock | None = None,
     after: Callable[[], None] | None = None,
 ) -> ScoreReport:
     """One real challenge session, driven to its report; ``after`` runs inside the loop."""
     proof, beta = prove_round(mixer, round_, epoch)
+    timing = {} if clock is None else {"clock": clock}
 
     async def go() -> ScoreReport:
         try:
             return await run_challenge_session(
                 transport, identity=mixer.identity, domain=DOMAIN, preset=preset, beta=beta,
                 vrf_proof=proof, epoch=epoch, round_=round_, node=node,
-                hardware_class=hardware_class,
+                hardware_class=hardware_class, **timing,
             )
         finally:
             if after is not None:

@@ -1,0 +1,326 @@
+"""The epoch transition (dnanet.protocol.epoch) over synthetic certified reports.
+
+Epoch processing trusts its input (certificates were verified on intake), so the reports here
+are built directly: well-formed field values, no real signatures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dnanet.errors import RollupError
+from dnanet.params import SCORE_ONE, TEST
+from dnanet.protocol.epoch import (
+    compute_fraud_evidence,
+    compute_reports_digest,
+    compute_strike_evidence,
+    process_epoch,
+    process_epochs,
+    select_epoch_reports,
+)
+from dnanet.protocol.messages import ZERO32, Outcome, Punishment, ScoreReport
+from dnanet.protocol.rollup import verify_proof
+
+
+def address(label: str) -> str:
+    return "0x" + hashlib.sha256(label.encode()).hexdigest()[:40]
+
+
+MIXERS = [address(f"mixer-{i}") for i in range(3)]
+NODES = [address(f"node-{i}") for i in range(6)]
+A, B, C, D = NODES[:4]
+
+
+def report(
+    node: str,
+    *,
+    round_: int = 0,
+    mixer: str = MIXERS[0],
+    epoch: int = 0,
+    outcome: Outcome = Outcome.OK,
+    score: int = 500_000,
+    reason: str = "",
+) -> ScoreReport:
+    """A well-formed report; fields that a failed outcome may not carry are zero."""
+    signed = outcome in (Outcome.OK, Outcome.WRONG_ANSWER)
+    ok = outcome == Outcome.OK
+    digest = hashlib.sha256(f"{epoch}/{round_}/{mixer}/{node}".encode()).digest()
+    return ScoreReport(
+        epoch=epoch, round=round_, mixer=mixer, node=node, hardware_class=0,
+        vrf_proof=b"\x01" * 80, challenge_digest=digest,
+        echo_digest=digest if signed else ZERO32,
+        compute_root=digest if signed else ZERO32,
+        download_digest=digest if signed else ZERO32,
+        upload_digest=digest if signed else ZERO32,
+        response_signature=b"\x1b" * 65 if signed else b"",
+        rtt_us=1_000 if ok else 0, compute_us=2_000 if ok else 0,
+        download_us=3_000 if ok else 0, upload_us=4_000 if ok else 0,
+        outcome=outcome, reason=reason,
+        evidence=b"\x00" * 8 if outcome == Outcome.WRONG_ANSWER else b"",
+        score=score if ok else 0,
+    )
+
+
+def epoch_reports(scores: dict[str, list[int]], epoch: int = 0) -> list[ScoreReport]:
+    """One report per (node, score) in rounds 0, 1, ...; a score of -1 is a TIMEOUT."""
+    return [
+        report(node, round_=r, epoch=epoch,
+               outcome=Outcome.TIMEOUT if s < 0 else Outcome.OK, score=max(s, 0))
+        for node, node_scores in scores.items()
+        for r, s in enumerate(node_scores)
+    ]
+
+
+# -- select_epoch_reports ------------------------------------------------------------------
+
+
+def test_identical_duplicates_collapse() -> None:
+    r = report(A)
+    other = report(B)
+    assert select_epoch_reports(0, [r, other, r, replace(r)]) == sorted(
+        [r, other], key=lambda x: x.key
+    )
+
+
+def test_conflicting_duplicates_keep_the_smaller_hash() -> None:
+    first, second = report(A, score=100), report(A, score=200)
+    smaller = min(first, second, key=lambda x: x.hash_struct())
+    assert select_epoch_reports(0, [first, second]) == [smaller]
+    assert select_epoch_reports(0, [second, first]) == [smaller]
+
+
+def test_selection_is_sorted_by_key_whatever_the_input_order() -> None:
+    reports = [report(n, round_=r, mixer=m) for n in NODES[:3] for r in range(2) for m in MIXERS]
+    shuffled = reports[:]
+    random.Random(7).shuffle(shuffled)
+    selected = select_epoch_reports(0, shuffled)
+    assert [r.key for r in selected] == sorted(r.key for r in reports)
+
+
+def test_report_of_another_epoch_is_rejected() -> None:
+    with pytest.raises(RollupError) as exc:
+        select_epoch_reports(0, [report(A), report(B, epoch=1)])
+    assert exc.value.field == "epoch"
+    with pytest.raises(RollupError):
+        process_epoch(1, [report(A)], previous_cumulative={}, strike_history={}, preset=TEST)
+
+
+# -- process_epoch ------------------------------------------------------------------------------
+
+
+def test_rewards_split_the_whole_emission_by_epoch_score() -> None:
+    reports = epoch_reports({A: [600_000, 400_000, -1], B: [300_000], C: [900_000, 900_000]})
+    rollup = process_epoch(0, reports, previous_cumulative={}, strike_history={}, preset=TEST)
+    # Failures count as zero challenges scored: A has 1 failure of 3, not more than a third.
+    assert rollup.epoch_scores == {A: 1_000_000 // 3, B: 300_000, C: 900_000}
+    assert sum(rollup.rewards.values()) == TEST.epoch_emission(0) == rollup.settlement.total
+    assert rollup.rewards[C] > rollup.rewards[A] > rollup.rewards[B] > 0
+    assert rollup.strikes == () and rollup.punishments == ()
+
+
+def test_settlement_fields() -> None:
+    reports = epoch_reports({A: [600_000], B: [300_000, 100_000]}, epoch=3)
+    rollup = process_epoch(3, reversed(reports), previous_cumulative={A: 5},
+                           strike_history={}, preset=TEST)
+    settlement = rollup.settlement
+    assert settlement.epoch == 3
+    assert rollup.tree is not None
+    assert settlement.rewards_root == rollup.tree.root
+    assert settlement.total == sum(rollup.rewards.values()) == TEST.epoch_emission(3)
+    assert rollup.reports == tuple(select_epoch_reports(3, reports))
+    assert settlement.reports_digest == compute_reports_digest(rollup.reports)
+    assert rollup.cumulative == {A: 5 + rollup.rewards[A], B: rollup.rewards[B]}
+
+
+def test_all_zero_epoch_settles_nothing() -> None:
+    reports = epoch_reports({A: [-1, -1], B: [-1]})
+    rollup = process_epoch(0, reports, previous_cumulative={}, strike_history={}, preset=TEST)
+    assert rollup.rewards == {}
+    assert rollup.settlement.total == 0
+    assert rollup.settlement.rewards_root == ZERO32
+    assert rollup.tree is None
+    with pytest.raises(RollupError):
+        rollup.proof(A)
+    assert rollup.strikes == tuple(sorted((A, B)))
+
+
+def test_empty_epoch_settles_nothing() -> None:
+    rollup = process_epoch(0, [], previous_cumulative={}, strike_history={}, preset=TEST)
+    assert (rollup.settlement.total, rollup.settlement.rewards_root) == (0, ZERO32)
+    assert rollup.settlement.reports_digest == compute_reports_digest([])
+
+
+def test_reports_digest_changes_when_a_report_changes() -> None:
+    reports = epoch_reports({A: [600_000, 200_000], B: [300_000]})
+    digest = process_epoch(0, reports, previous_cumulative={}, strike_history={},
+                           preset=TEST).settlement.reports_digest
+    for i, changed in enumerate(
+        (replace(reports[0], reason="x"), replace(reports[1], score=200_001),
+         replace(reports[2], rtt_us=1_001))
+    ):
+        altered = [*reports[:i], changed, *reports[i + 1 :]]
+        other = process_epoch(0, altered, previous_cumulative={}, strike_history={}, preset=TEST)
+        assert other.settlement.reports_digest != digest
+    dropped = process_epoch(0, reports[1:], previous_cumulative={}, strike_history={},
+                            preset=TEST)
+    assert dropped.settlement.reports_digest != digest
+    shuffled = process_epoch(0, reports[::-1], previous_cumulative={}, strike_history={},
+                             preset=TEST)
+    assert shuffled.settlement.reports_digest == digest
+
+
+# -- process_epochs: cumulative totals and proofs ------------------------------------------------
+
+
+def test_cumulative_totals_carry_across_epochs_and_every_proof_verifies() -> None:
+    by_epoch = [
+        epoch_reports({A: [500_000], B: [250_000]}, epoch=0),
+        epoch_reports({B: [800_000], C: [100_000]}, epoch=1),
+        epoch_reports({A: [-1]}, epoch=2),  # nobody earns: the tree stays, nothing is minted
+        epoch_reports({C: [700_000], D: [700_000]}, epoch=3),
+    ]
+    rollups = process_epochs(by_epoch, TEST)
+    assert [r.epoch for r in rollups] == [0, 1, 2, 3]
+    running: dict[str, int] = {}
+    for rollup in rollups:
+        for node, reward in rollup.rewards.items():
+            running[node] = running.get(node, 0) + reward
+        assert {n: v for n, v in rollup.cumulative.items() if v} == running
+        for node, amount in running.items():
+            assert verify_proof(rollup.settlement.rewards_root, node, amount, rollup.proof(node))
+        expected_total = TEST.epoch_emission(rollup.epoch) if rollup.rewards else 0
+        assert rollup.settlement.total == expected_total
+    assert rollups[2].settlement.total == 0
+    assert rollups[2].settlement.rewards_root == rollups[1].settlement.rewards_root
+    assert sum(running.values()) == sum(TEST.epoch_emission(e) for e in (0, 1, 3))
+    # A proof of an older epoch does not verify an amount of a later one.
+    assert not verify_proof(rollups[3].settlement.rewards_root, A, running[A] + 1,
+                            rollups[3].proof(A))
+
+
+# -- punishments ---------------------------------------------------------------------------------
+
+
+def test_fraud_jails_and_slashes_at_once() -> None:
+    fraud = report(A, round_=1, outcome=Outcome.WRONG_ANSWER)
+    reports = [report(A, round_=0), fraud, report(A, round_=2), report(B)]
+    rollup = process_epoch(0, reports, previous_cumulative={}, strike_history={}, preset=TEST)
+    assert rollup.punishments == (
+        Punishment(node=A, epoch=0, jail=True, slash_bps=TEST.fraud_slash_bps,
+                   evidence_digest=compute_fraud_evidence([fraud.hash_struct()])),
+    )
+    assert rollup.epoch_scores[A] == 0 and A not in rollup.rewards
+    assert rollup.rewards[B] == TEST.epoch_emission(0)
+    assert A not in rollup.strikes  # one failure of three is no strike
+
+
+def test_fraud_takes_precedence_over_a_strike() -> None:
+    reports = [report(A, outcome=Outcome.WRONG_ANSWER), report(B)]
+    rollup = process_epoch(0, reports, previous_cumulative={}, strike_history={A: [0, 0]},
+                           preset=TEST)
+    assert A in rollup.strikes
+    assert [(p.node, p.slash_bps) for p in rollup.punishments] == [(A, TEST.fraud_slash_bps)]
+
+
+def striking_epoch(epoch: int) -> list[ScoreReport]:
+    """A fails 2 of 3 challenges (more than a third); B is fine."""
+    return epoch_reports({A: [900_000, -1, -1], B: [400_000]}, epoch=epoch)
+
+
+def test_third_strike_within_the_window_is_punished_not_before() -> None:
+    assert TEST.strikes_to_punish == 3
+    rollups = process_epochs([striking_epoch(e) for e in range(4)], TEST)
+    assert all(r.strikes == (A,) for r in rollups)
+    assert all(r.epoch_scores[A] == 0 and A not in r.rewards for r in rollups)
+    assert rollups[0].punishments == rollups[1].punishments == ()
+    assert rollups[2].punishments == (
+        Punishment(node=A, epoch=2, jail=True, slash_bps=TEST.strike_slash_bps,
+                   evidence_digest=compute_strike_evidence(A, [0, 1, 2])),
+    )
+    # Every strike still in the window is evidence (the window is 8 epochs long).
+    assert rollups[3].punishments[0].evidence_digest == compute_strike_evidence(A, [0, 1, 2, 3])
+
+
+def test_exactly_a_third_failed_is_no_strike() -> None:
+    rollups = process_epochs(
+        [epoch_reports({A: [900_000, 900_000, -1]}, epoch=e) for e in range(3)], TEST
+    )
+    assert all(r.strikes == () and r.punishments == () for r in rollups)
+
+
+@pytest.mark.parametrize(
+    ("history", "punished"),
+    [
+        ([2, 5], True),  # the window of epoch 9 is [2, 9]
+        ([1, 5], False),  # epoch 1 fell out of it
+        ([0, 1], False),
+        ([5, 5], False),  # one epoch counts once
+        ([5, 9], False),  # this epoch's own strike is counted once
+        ([5, 10, 11], False),  # strikes of later epochs do not count
+        ([3, 5, 7], True),
+    ],
+)
+def test_strikes_count_only_within_the_window(history: list[int], punished: bool) -> None:
+    assert TEST.strike_window_epochs == 8
+    rollup = process_epoch(9, striking_epoch(9), previous_cumulative={},
+                           strike_history={A: history}, preset=TEST)
+    assert rollup.strikes == (A,)
+    assert bool(rollup.punishments) == punished
+    if punished:
+        recent = sorted({e for e in history if 2 <= e < 9} | {9})
+        assert rollup.punishments[0].evidence_digest == compute_strike_evidence(A, recent)
+
+
+def test_strikes_of_other_nodes_do_not_count() -> None:
+    rollup = process_epoch(9, striking_epoch(9), previous_cumulative={},
+                           strike_history={B: [7, 8], C: [8]}, preset=TEST)
+    assert rollup.punishments == ()
+
+
+# -- properties ----------------------------------------------------------------------------------
+
+OUTCOMES = st.sampled_from([Outcome.OK, Outcome.OK, Outcome.OK, Outcome.TIMEOUT,
+                            Outcome.UNREACHABLE, Outcome.BAD_RESPONSE, Outcome.WRONG_ANSWER])
+REPORT = st.builds(
+    lambda node, round_, mixer, outcome, score: report(
+        NODES[node], round_=round_, mixer=MIXERS[mixer], outcome=outcome, score=score
+    ),
+    st.integers(0, len(NODES) - 1),
+    st.integers(0, TEST.rounds_per_epoch - 1),
+    st.integers(0, len(MIXERS) - 1),
+    OUTCOMES,
+    st.integers(0, SCORE_ONE),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(REPORT, max_size=24), min_size=1, max_size=3))
+def test_rewards_are_conserved_and_every_total_has_a_proof(
+    batches: list[list[ScoreReport]],
+) -> None:
+    by_epoch = [[replace(r, epoch=e) for r in batch] for e, batch in enumerate(batches)]
+    rollups = process_epochs(by_epoch, TEST)
+    minted = 0
+    for rollup in rollups:
+        total = sum(rollup.rewards.values())
+        scored = any(s > 0 for s in rollup.epoch_scores.values())
+        assert total == (TEST.epoch_emission(rollup.epoch) if scored else 0)
+        assert rollup.settlement.total == total
+        minted += total
+        # Only a node with a positive epoch score is paid; fraud is always punished.
+        assert all(rollup.epoch_scores[n] > 0 for n in rollup.rewards)
+        fraud = {r.node for r in rollup.reports if r.outcome == Outcome.WRONG_ANSWER}
+        assert fraud <= {p.node for p in rollup.punishments if p.slash_bps == TEST.fraud_slash_bps}
+        assert not fraud & set(rollup.rewards)
+        positive = {n: v for n, v in rollup.cumulative.items() if v > 0}
+        if not positive:
+            assert rollup.tree is None and rollup.settlement.rewards_root == ZERO32
+        for node, amount in positive.items():
+            assert verify_proof(rollup.settlement.rewards_root, node, amount, rollup.proof(node))
+    assert sum(rollups[-1].cumulative.values()) == minted
