@@ -654,6 +654,12 @@ def test_embedded_chain_mines_and_funds(chain: EmbeddedChain) -> None:
     who = identity("funded")
     chain.fund(who.address, 123)
     assert chain.w3.eth.get_balance(chain.w3.to_checksum_address(who.address)) == 123
+    assert chain.block_number == chain.w3.eth.block_number == start + 51
+    # with a filter installed, mining feeds it (the fast path would skip it)
+    block_filter = chain.w3.eth.filter("latest")
+    chain.mine_blocks(3)
+    assert len(block_filter.get_new_entries()) == 3
+    assert chain.w3.eth.uninstall_filter(block_filter.filter_id)
 
 
 def test_embedded_chain_is_safe_across_threads(net: Net) -> None:
@@ -790,3 +796,49 @@ def test_contracts_deploy_rejects_bad_arguments_before_touching_the_chain(
 def test_contracts_cli_never_takes_a_password_argument() -> None:
     with pytest.raises(SystemExit):
         contracts_cli(["deploy", "--rpc", "http://x", "--keystore", "k", "--password", "p"])
+
+
+def test_settlement_found_when_submitted_long_after_its_settle_block(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dnanet.chain.client as client_module
+
+    monkeypatch.setattr(client_module, "FIRST_LOG_WINDOW_BLOCKS", 2)
+    monkeypatch.setattr(client_module, "LOG_WINDOW_BLOCKS", 8)
+    n0 = net.nodes[0]
+    settlement, _ = settle_epoch_zero(net, {n0.address: 1})
+    net.mine(50)  # the validator was late: the event lies several windows away
+    client = net.client(n0)
+    receipt = client.submit_epoch(settlement, net.sign(settlement.hash_struct()))
+    assert receipt is not None
+    net.mine(20)
+    record = client.settlement(0)
+    assert record is not None and record.block_number == receipt.block_number
+    assert client.settlement(0) is record  # cached once settled
+    assert client.settlement(1) is None
+    assert client.submit_epoch(settlement, net.sign(settlement.hash_struct())) is None
+
+
+def test_revert_at_inclusion_reports_the_mined_transaction_and_reason(
+    chain: EmbeddedChain, net: Net
+) -> None:
+    n0 = net.nodes[0]
+    settlement, tree = settle_epoch_zero(net, {n0.address: 1})
+    net.client(n0).submit_epoch(settlement, net.sign(settlement.hash_struct()))
+
+    def estimate_blindly(method: str, params: Any, forward: Callable[[], Any]) -> Any:
+        # as if the state changed between the estimate and the inclusion
+        if method == "eth_estimateGas":
+            return {"jsonrpc": "2.0", "id": 0, "result": 200_000}
+        return forward()
+
+    chain.intercept = estimate_blindly
+    before = nonce(net, n0)
+    with pytest.raises(TransactionReverted) as err:
+        net.client(n0).claim(n0.address, tree.amount(n0.address) + 1, tree.proof(n0.address))
+    chain.intercept = None
+    assert err.value.reason == "bad proof"
+    assert err.value.tx_hash is not None and err.value.tx_hash in str(err.value)
+    assert nonce(net, n0) == before + 1  # it was mined, and failed
+    receipt = net.w3.eth.get_transaction_receipt(err.value.tx_hash)
+    assert receipt["status"] == 0

@@ -2,7 +2,7 @@
 
 - `connect_embedded()`: py-evm inside this process (eth-tester), the default of the devnet;
   needs nothing but Python. It mines a block per transaction and on demand
-  (`EmbeddedChain.mine_blocks`, about 600 empty blocks/s on one core).
+  (`EmbeddedChain.mine_blocks`, about 800 empty blocks/s on one core).
 - `connect_rpc(url)`: any EVM JSON-RPC endpoint over HTTP (anvil, a testnet, mainnet).
 
 Dev-chain helpers `mine_blocks` and `fund` work on both the embedded EVM and anvil (through its
@@ -75,16 +75,28 @@ class EmbeddedChain:
     @property
     def block_number(self) -> int:
         with self._lock:
-            return int(self.tester.get_block_by_number("latest")["number"])
+            return self._head()
 
     def mine_blocks(self, count: int) -> int:
         """Mine ``count`` empty blocks; returns the new head's number."""
         if count < 0:
             raise ConfigError(f"cannot mine {count} blocks", field="count")
         with self._lock:
-            if count:
-                self.tester.mine_blocks(count)
-            return int(self.tester.get_block_by_number("latest")["number"])
+            tester = self.tester
+            if count and tester.auto_mine_transactions and not (
+                tester._log_filters or tester._block_filters
+                or tester._pending_transaction_filters
+            ):
+                # EthereumTester.mine_blocks re-reads every new block to feed filters; with
+                # none installed, the backend alone mines about a third faster
+                tester.backend.mine_blocks(count)
+            elif count:
+                tester.mine_blocks(count)
+            return self._head()
+
+    def _head(self) -> int:
+        # the canonical head is the latest mined block; cheaper than serializing it
+        return int(self.tester.backend.chain.get_canonical_head().block_number)
 
     def fund(self, address: str, wei: int) -> None:
         """Send ``wei`` of ETH to ``address`` from a pre-funded test account."""

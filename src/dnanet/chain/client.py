@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from dnanet.chain.artifacts import load_artifact
@@ -51,6 +52,8 @@ from dnanet.protocol.messages import EpochSettlement, Punishment
 
 MAX_SIGNERS = 32  # MixerSet.MAX_MIXERS
 MAX_PROOF = 32  # RewardsDistributor.MAX_PROOF
+LOG_WINDOW_BLOCKS = 2_000  # most blocks per eth_getLogs request
+FIRST_LOG_WINDOW_BLOCKS = 64  # a settlement usually lands soon after its settle block
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ class ChainClient:
         self.token = self._contract("DNAToken", deployment.token)
         self.mixer_set_contract = self._contract("MixerSet", deployment.mixer_set)
         self.registry = self._contract("NodeRegistry", deployment.registry)
+        self._settled: dict[int, SettlementRecord] = {}
         self.distributor = self._contract("RewardsDistributor", deployment.distributor)
         if check_chain:
             chain_id = self.chain_id()
@@ -357,17 +361,32 @@ class ChainClient:
         return int(self._call(self.distributor, "settle_block", epoch))
 
     def settlement(self, epoch: int) -> SettlementRecord | None:
-        """How ``epoch`` was settled, from its EpochSettled event; None if it is not settled."""
+        """How ``epoch`` was settled, from its EpochSettled event; None if it is not settled.
+
+        Records deeper than ``policy.confirmations`` blocks are cached: they cannot change.
+        """
+        cached = self._settled.get(epoch)
+        if cached is not None:
+            return cached
         if epoch >= self.next_epoch():
             return None
         event = self.distributor.events.EpochSettled
-        logs = self._read(
-            lambda: event.get_logs(
-                from_block=self.deployment.deploy_block,
-                argument_filters={"epoch": epoch},
-            ),
-            f"read the settlement of epoch {epoch}",
-        )
+        # The event cannot precede settle_block(epoch), and usually follows it closely: scan
+        # forward in windows (the embedded EVM reads every block of a range; public RPC
+        # endpoints cap the range of one eth_getLogs).
+        start = max(self.deployment.deploy_block, self.settle_block(epoch))
+        head = self.block_number()
+        logs: list[Any] = []
+        window = FIRST_LOG_WINDOW_BLOCKS
+        while start <= head and not logs:
+            end = min(head, start + window - 1)
+            window = min(2 * window, LOG_WINDOW_BLOCKS)
+            logs = list(self._read(
+                partial(event.get_logs, from_block=start, to_block=end,
+                        argument_filters={"epoch": epoch}),
+                f"read the settlement of epoch {epoch}",
+            ))
+            start = end + 1
         if not logs:
             raise ChainError(
                 f"epoch {epoch} is settled but its EpochSettled event was not found "
@@ -375,7 +394,7 @@ class ChainClient:
             )
         log = logs[-1]
         args = log["args"]
-        return SettlementRecord(
+        record = SettlementRecord(
             epoch=int(args["epoch"]),
             rewards_root=bytes(args["rewards_root"]),
             total=int(args["total"]),
@@ -384,6 +403,9 @@ class ChainClient:
             block_number=int(log["blockNumber"]),
             tx_hash="0x" + bytes(log["transactionHash"]).hex(),
         )
+        if record.block_number + self.policy.confirmations <= head:
+            self._settled[epoch] = record
+        return record
 
     def _settled_as(self, settlement: EpochSettlement) -> bool:
         record = self.settlement(settlement.epoch)
