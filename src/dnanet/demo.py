@@ -101,6 +101,8 @@ async def run_demo(
     *, nodes: int, mixers: int, preset: Preset, out: Callable[[str], Any] = print
 ) -> EpochRollup:
     """Run one epoch; returns the rollup (also printed)."""
+    for cls, sizes in enumerate(preset.hardware_classes):
+        _SIZES[cls] = (sizes.compute_n, sizes.compute_rows, sizes.download_bytes)
     domain = Domain(chain_id=31337, verifying_contract="0x" + "d7" * 20)
     committee = [
         DemoMixer(m, derive_vrf_secret(m))
@@ -236,8 +238,6 @@ def _bandwidth(report: ScoreReport) -> int:
 
 def _demo_command(args: argparse.Namespace) -> int:
     preset = get_preset(args.preset)
-    for cls, sizes in enumerate(preset.hardware_classes):
-        _SIZES[cls] = (sizes.compute_n, sizes.compute_rows, sizes.download_bytes)
     asyncio.run(run_demo(nodes=args.nodes, mixers=args.mixers, preset=preset))
     return 0
 

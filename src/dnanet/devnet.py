@@ -172,11 +172,11 @@ class Devnet:
                                          port=validator_port)
         await self.validator.start()
         for identity, port in zip(self.mixer_ids, mixer_ports, strict=True):
-            daemon = MixerDaemon(identity, self.gateway(identity),
-                                 self.data_dir / f"mixer-{identity.address[2:10]}",
-                                 validator_url=self.validator_url, port=port)
-            await daemon.start()
-            self.mixer_daemons.append(daemon)
+            mixer = MixerDaemon(identity, self.gateway(identity),
+                                self.data_dir / f"mixer-{identity.address[2:10]}",
+                                validator_url=self.validator_url, port=port)
+            await mixer.start()
+            self.mixer_daemons.append(mixer)
         offline_at = genesis + self.preset.epoch_blocks // 2
         for identity, profile in zip(self.node_ids, self.profiles, strict=True):
             daemon = NodeDaemon(

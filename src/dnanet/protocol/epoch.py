@@ -181,6 +181,8 @@ def process_epochs(
         )
         for node in rollup.strikes:
             strikes.setdefault(node, []).append(epoch)
+        for punishment in rollup.punishments:
+            strikes.pop(punishment.node, None)  # a punishment uses up the strikes behind it
         cumulative = rollup.cumulative
         rollups.append(rollup)
     return rollups
