@@ -284,6 +284,12 @@ def test_deploy_rejects_bad_inputs(chain: EmbeddedChain) -> None:
         deploy(chain.w3, deployer, TEST, allocations={spec.address: 5}, genesis_supply=4)
     with pytest.raises(ConfigError, match="positive"):
         deploy(chain.w3, deployer, TEST, allocations={spec.address: 0})
+    with pytest.raises(ConfigError, match="not an address") as err:
+        deploy(chain.w3, deployer, TEST, allocations={"0x12": 1})
+    assert err.value.field == "allocations"
+    with pytest.raises(ConfigError, match="not an address") as err:
+        deploy(chain.w3, deployer, TEST, treasury="treasury")
+    assert err.value.field == "treasury"
     # without ETH for gas the node refuses the first transaction
     with pytest.raises(TransactionRejected):
         deploy(chain.w3, deployer, TEST, policy=FAST)

@@ -103,7 +103,10 @@ def deploy(
     """
     allocations = dict(allocations or {})
     for address, amount in allocations.items():
-        normalize_address(address)
+        try:
+            normalize_address(address)
+        except CryptoError:
+            raise ConfigError(f"not an address: {address!r}", field="allocations") from None
         if type(amount) is not int or amount <= 0:
             raise ConfigError(f"allocation of {address} must be a positive integer",
                               field="allocations")
@@ -114,6 +117,11 @@ def deploy(
             f"genesis supply {supply} is below the allocations' sum {needed}",
             field="genesis_supply",
         )
+    if treasury is not None:
+        try:
+            treasury = normalize_address(treasury)
+        except CryptoError:
+            raise ConfigError(f"not an address: {treasury!r}", field="treasury") from None
     addresses = [m.address for m in mixers]
     if len(set(addresses)) != len(addresses):
         raise ConfigError("the same mixer appears twice", field="mixers")
