@@ -17,11 +17,7 @@ from eth_account.messages import encode_typed_data
 from eth_utils import keccak
 
 from dnanet.chain.artifacts import CONTRACT_NAMES, CONTRACTS_DIR
-
-try:  # the protocol's own tree, once it exists; the contracts must agree with it
-    from dnanet.protocol.rollup import RewardTree as _RewardTree
-except ImportError:  # pragma: no cover - only while dnanet.protocol.rollup is being written
-    _RewardTree = None
+from dnanet.protocol.rollup import RewardTree
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 WEI = 10**18
@@ -71,11 +67,11 @@ def domain(chain_id: int, verifying_contract: str) -> dict[str, Any]:
     }
 
 
-def sign_typed(
-    account: Any, dom: dict[str, Any], primary: str, fields: list[dict[str, str]],
+def sign_typed_many(
+    accounts: Iterable[Any], dom: dict[str, Any], primary: str, fields: list[dict[str, str]],
     message: dict[str, Any],
-) -> bytes:
-    """A 65-byte r || s || v signature of an EIP-712 message, by eth_account."""
+) -> list[bytes]:
+    """65-byte r || s || v signatures of one EIP-712 message by each account, by eth_account."""
     signable = encode_typed_data(
         full_message={
             "types": {"EIP712Domain": DOMAIN_FIELDS, primary: fields},
@@ -84,9 +80,9 @@ def sign_typed(
             "message": message,
         }
     )
-    signature = bytes(Account.sign_message(signable, account.key).signature)
-    assert len(signature) == 65 and signature[64] in (27, 28)
-    return signature
+    signatures = [bytes(Account.sign_message(signable, a.key).signature) for a in accounts]
+    assert all(len(s) == 65 and s[64] in (27, 28) for s in signatures)
+    return signatures
 
 
 def settlement_message(epoch: int, root: bytes, total: int, digest: bytes) -> dict[str, Any]:
@@ -125,7 +121,8 @@ def _pair(a: bytes, b: bytes) -> bytes:
 
 
 class MiniTree:
-    """A minimal OpenZeppelin StandardMerkleTree over (address, uint256), for cross-checks.
+    """A minimal OpenZeppelin StandardMerkleTree over (address, uint256), written here to
+    cross-check the protocol's tree independently.
 
     Same layout as OZ: leaves sorted by hash, stored from the end of a 2n - 1 array.
     """
@@ -160,27 +157,18 @@ class MiniTree:
 
 @dataclass
 class Tree:
-    """A reward tree: root and proofs, from dnanet.protocol.rollup when available."""
+    """A reward tree built by the protocol's own code (dnanet.protocol.rollup.RewardTree)."""
 
     entries: dict[str, int]
     root: bytes = field(init=False)
-    _impl: Any = field(init=False, repr=False)
+    _impl: RewardTree = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        items = sorted(self.entries.items())
-        if _RewardTree is not None:
-            self._impl = _RewardTree.build(items)
-            self.root = self._impl.root
-        else:  # pragma: no cover
-            self._impl = MiniTree(items)
-            self.root = self._impl.root
+        self._impl = RewardTree.build(sorted(self.entries.items()))
+        self.root = self._impl.root
 
     def proof(self, account: str) -> list[bytes]:
-        return [bytes(p) for p in self._impl.proof(account)]
-
-
-def protocol_tree_available() -> bool:
-    return _RewardTree is not None
+        return self._impl.proof(account)
 
 
 # ---------------------------------------------------------------- deployment
@@ -245,20 +233,16 @@ class Network:
         dom: dict[str, Any] | None = None,
     ) -> list[bytes]:
         message = settlement_message(epoch, root, total, digest)
-        return [
-            sign_typed(a, dom or self.domain, "EpochSettlement", SETTLEMENT_FIELDS, message)
-            for a in signers
-        ]
+        return sign_typed_many(
+            signers, dom or self.domain, "EpochSettlement", SETTLEMENT_FIELDS, message
+        )
 
     def punishment_signatures(
         self, signers: Iterable[Any], node: str, epoch: int, jail: bool, slash_bps: int,
         evidence: bytes, dom: dict[str, Any] | None = None,
     ) -> list[bytes]:
         message = punishment_message(node, epoch, jail, slash_bps, evidence)
-        return [
-            sign_typed(a, dom or self.domain, "Punishment", PUNISHMENT_FIELDS, message)
-            for a in signers
-        ]
+        return sign_typed_many(signers, dom or self.domain, "Punishment", PUNISHMENT_FIELDS, message)
 
     def quorum(self) -> list[Any]:
         """The first threshold-many mixers (the set of every epoch in the default network)."""

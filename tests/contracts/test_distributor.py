@@ -21,7 +21,6 @@ from .helpers import (
     high_s_twin,
     make_accounts,
     partial,
-    protocol_tree_available,
 )
 
 DIGEST = b"\x0d" * 32
@@ -274,7 +273,6 @@ def test_one_leaf_tree_and_leaf_format(net: Network, earners: list[str]) -> None
     net.distributor.claim(earners[0], 12345, [])
 
 
-@pytest.mark.skipif(not protocol_tree_available(), reason="dnanet.protocol.rollup not present")
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 8, 33])
 def test_protocol_tree_matches_the_reference_tree(earners: list[str], size: int) -> None:
     accounts = [a.address for a in make_accounts(size, "ref")]

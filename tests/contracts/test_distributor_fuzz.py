@@ -1,91 +1,100 @@
-"""RewardsDistributor against a Python model: random epochs, rewards and claims.
+"""RewardsDistributor against the Python rollup: random epochs, scores and claims.
 
-The roots come from the protocol's reward tree (``dnanet.protocol.rollup``); the contract must
-accept every proof the Python tree gives, pay exactly cumulative - claimed, and refuse the rest.
+Each epoch's rewards, cumulative totals and tree come from ``dnanet.protocol.rollup`` (the code
+the Validator runs). The contract must store the same root, accept the whole emission and no
+more, accept every proof the Python tree gives, pay exactly cumulative - claimed, and refuse
+everything else.
 """
 
 from __future__ import annotations
 
 import boa
+import pytest
+from eth_utils import to_checksum_address
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .helpers import INITIAL_EMISSION, ZERO32, Network, Tree, make_accounts
+from dnanet.protocol.rollup import compute_cumulative, compute_epoch_rewards
+
+from .helpers import HALVING_EPOCHS, INITIAL_EMISSION, ZERO32, Network, Tree, make_accounts
 
 N_ACCOUNTS = 6
-ACCOUNTS = [a.address for a in make_accounts(N_ACCOUNTS, "fuzz")]
+ACCOUNTS = [a.address.lower() for a in make_accounts(N_ACCOUNTS, "fuzz")]
 
 epoch_plan = st.tuples(
-    # each account's reward this epoch (0 = earned nothing); at most emission / N each
-    st.lists(
-        st.one_of(st.just(0), st.integers(1, INITIAL_EMISSION // N_ACCOUNTS)),
-        min_size=N_ACCOUNTS,
-        max_size=N_ACCOUNTS,
-    ),
-    st.booleans(),  # when the epoch earned nothing: keep the root with a zero root?
+    # each account's epoch score (0 = earned nothing this epoch)
+    st.lists(st.one_of(st.just(0), st.integers(1, 10**6)), min_size=N_ACCOUNTS,
+             max_size=N_ACCOUNTS),
+    st.booleans(),  # when nobody earned: submit a zero root (keep) or the same root again
     st.lists(st.integers(0, N_ACCOUNTS - 1), max_size=4),  # who claims afterwards
 )
 
 
+@pytest.mark.slow
 @settings(
     max_examples=30,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-@given(plan=st.lists(epoch_plan, min_size=1, max_size=10))
+@given(plan=st.lists(epoch_plan, min_size=1, max_size=2 * HALVING_EPOCHS))
 def test_distributor_pays_what_the_python_rollup_says(module_net: Network, plan) -> None:
     with boa.env.anchor():
         net, d, token = module_net, module_net.distributor, module_net.token
         cumulative: dict[str, int] = {}
-        claimed = {a: 0 for a in ACCOUNTS}
+        claimed = dict.fromkeys(ACCOUNTS, 0)
         minted = 0
         root = ZERO32
         tree: Tree | None = None
         stale: dict[str, tuple[int, list[bytes]]] = {}  # an older leaf and its proof
-        for epoch, (rewards, zero_root, claimers) in enumerate(plan):
-            # halvings are not the point here: keep every epoch under the initial emission
-            rewards = [r >> (epoch // d.HALVING_EPOCHS()) for r in rewards]
-            total = sum(rewards)
-            for account, reward in zip(ACCOUNTS, rewards, strict=True):
-                if reward:
-                    cumulative[account] = cumulative.get(account, 0) + reward
+        for epoch, (scores, zero_root, claimers) in enumerate(plan):
+            emission = INITIAL_EMISSION >> (epoch // HALVING_EPOCHS)
+            assert d.emission(epoch) == emission
+            rewards = compute_epoch_rewards(dict(zip(ACCOUNTS, scores, strict=True)), emission)
+            total = sum(rewards.values())
+            assert total in (0, emission)
             if tree is not None:
-                for account in tree.entries:
-                    if cumulative[account] != tree.entries[account]:
-                        stale[account] = (tree.entries[account], tree.proof(account))
+                for account, amount in tree.entries.items():
+                    if rewards.get(account):
+                        stale[account] = (amount, tree.proof(account))
+            cumulative = compute_cumulative(cumulative, rewards)
             if total or (cumulative and not zero_root):
                 tree = Tree(dict(cumulative))
-                submitted = tree.root
-                root = tree.root
+                root = submitted = tree.root
             else:
                 submitted = ZERO32  # nobody earned: the previous root stays
+            if total and epoch % HALVING_EPOCHS == 0:  # at the start of each halving period
+                with boa.reverts("over-emission"):
+                    net.settle(epoch, submitted, total + 1)
             net.settle(epoch, submitted, total)
             minted += total
             assert d.merkle_root() == root
             assert token.total_minted() == minted
             for i in claimers:
-                account = ACCOUNTS[i]
-                if tree is None or account not in tree.entries:
+                account = to_checksum_address(ACCOUNTS[i])
+                if tree is None or ACCOUNTS[i] not in tree.entries:
                     with boa.reverts("bad proof"):
                         d.claim(account, 1, [])
                     continue
-                owed = cumulative[account] - claimed[account]
+                amount, proof = tree.entries[ACCOUNTS[i]], tree.proof(account)
+                owed = amount - claimed[ACCOUNTS[i]]
                 if owed == 0:
                     with boa.reverts("already claimed"):
-                        d.claim(account, cumulative[account], tree.proof(account))
+                        d.claim(account, amount, proof)
                     continue
+                with boa.reverts("bad proof"):
+                    d.claim(account, amount + 1, proof)
                 before = token.balanceOf(account)
-                d.claim(account, cumulative[account], tree.proof(account))
+                d.claim(account, amount, proof)
                 assert token.balanceOf(account) - before == owed
-                claimed[account] = cumulative[account]
-                if account in stale:  # a proof of an older root does not pay again
-                    old_amount, old_proof = stale[account]
+                claimed[ACCOUNTS[i]] = amount
+                if ACCOUNTS[i] in stale:  # a proof under an older root pays nothing more
+                    old_amount, old_proof = stale[ACCOUNTS[i]]
                     with boa.reverts("bad proof"):
                         d.claim(account, old_amount, old_proof)
-            for account in ACCOUNTS:
-                assert d.claimed(account) == claimed[account]
             assert token.balanceOf(d.address) == minted - sum(claimed.values())
+        for account in ACCOUNTS:
+            assert d.claimed(to_checksum_address(account)) == claimed[account]
         if tree is not None:
             for account, amount in tree.entries.items():
-                assert d.verify_claim(account, amount, tree.proof(account))
+                assert d.verify_claim(to_checksum_address(account), amount, tree.proof(account))
