@@ -83,10 +83,9 @@ class EmbeddedChain:
             raise ConfigError(f"cannot mine {count} blocks", field="count")
         with self._lock:
             tester = self.tester
-            if count and tester.auto_mine_transactions and not (
-                tester._log_filters or tester._block_filters
-                or tester._pending_transaction_filters
-            ):
+            filters = [getattr(tester, name, True) for name in
+                       ("_log_filters", "_block_filters", "_pending_transaction_filters")]
+            if count and tester.auto_mine_transactions and not any(filters):
                 # EthereumTester.mine_blocks re-reads every new block to feed filters; with
                 # none installed, the backend alone mines about a third faster
                 tester.backend.mine_blocks(count)

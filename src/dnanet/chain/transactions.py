@@ -261,9 +261,12 @@ class TransactionSender:
                 nonce = self._nonce()
             if attempt + 1 < self.policy.attempts:
                 self._sleep(self.policy.delay(attempt))
-        raise self._give_up(action, last_fault, last_detail)
+        mined = self._find_receipt(sent)
+        if mined is not None:  # an answer was lost, but the transaction made it
+            return self._finish(mined, action)
+        raise self._give_up(action, last_fault, last_detail, sent)
 
-    def _give_up(self, action: str, fault: Fault, detail: str) -> Exception:
+    def _give_up(self, action: str, fault: Fault, detail: str, sent: list[str]) -> Exception:
         tries = self.policy.attempts
         if fault in (Fault.NONCE_LOW, Fault.NONCE_HIGH):
             return NonceConflict(
@@ -275,8 +278,10 @@ class TransactionSender:
                 f"{action}: the node still rejects the fee after {tries} bumps of "
                 f"{self.policy.fee_bump_percent}% ({detail})"
             )
+        maybe = f"; {sent[-1]} may still be mined" if sent else ""
         return ChainUnavailable(
-            f"{action}: could not hand the transaction to the chain after {tries} tries: {detail}"
+            f"{action}: could not hand the transaction to the chain after {tries} tries: "
+            f"{detail}{maybe}"
         )
 
     def _sign(self, tx: dict[str, Any]) -> Any:
