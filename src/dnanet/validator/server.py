@@ -1,0 +1,425 @@
+"""The Validator's HTTP API: certificate intake and the publication of everything it settles.
+
+=======================================  =====================================================
+``POST /v1/certificates``                a QuorumCertificate; 200 ``{"accepted", "skipped",
+                                         "duplicate"}`` once it is on disk; 400 malformed,
+                                         409 epoch closed, 422 invalid (the field is named)
+``GET /v1/epochs``                       epoch summaries, newest first (``before``, ``limit``)
+``GET /v1/epochs/{epoch}``               summary, settlement, punishments
+``GET /v1/epochs/{epoch}/certificates``  the stored certificates (``offset``, ``limit``)
+``GET /v1/epochs/{epoch}/reports``       the selected reports the rollup is computed from
+``GET /v1/nodes/{address}``              cumulative total, proof and root of the latest
+                                         settled epoch, and the node's per-epoch rows
+``GET /v1/nodes/{address}/epochs/{e}``   the score breakdown of one epoch
+``GET /v1/status``                       chain position and what is pending
+=======================================  =====================================================
+
+Intake verifies in a worker thread (``verify_certified_batch``, VRF results cached per epoch
+view) and commits in groups: certificates verified while a commit is running are written
+together by the next one, and none is acknowledged before its transaction is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry, Counter
+
+from dnanet.errors import CodecError, DnanetError
+from dnanet.params import Preset
+from dnanet.protocol.codec import MAX_MESSAGE_BYTES, Address, canonical_json, parse_json
+from dnanet.protocol.messages import Outcome, QuorumCertificate
+from dnanet.protocol.rollup import RewardTree
+from dnanet.protocol.schedule import compute_epoch
+from dnanet.protocol.scoring import compute_node_epoch_scores, compute_report_score
+from dnanet.protocol.validation import verify_certified_batch
+from dnanet.service.http import error_body, message_schema, read_body
+from dnanet.service.network import ChainGateway
+from dnanet.validator.store import (
+    COLLECTING,
+    EpochClosed,
+    EpochRecord,
+    IntakeResult,
+    ValidatorStore,
+)
+from dnanet.validator.views import ViewCache
+
+log = logging.getLogger("dnanet.validator")
+
+MAX_EPOCH = (1 << 63) - 1
+MAX_GROUP_COMMIT = 1024
+_ADDRESS = Address()
+
+
+class ValidatorMetrics:
+    """The Validator's Prometheus counters (registered on the app's registry)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.certificates = Counter("dnanet_validator_certificates", "certificates received",
+                                    ["result"], registry=registry)
+        self.reports = Counter("dnanet_validator_reports_accepted",
+                               "new reports stored", registry=registry)
+        self.epochs_settled = Counter("dnanet_validator_epochs_settled", "epochs settled",
+                                      registry=registry)
+        self.punishments = Counter("dnanet_validator_punishments_submitted",
+                                   "punishments submitted", registry=registry)
+        for result in ("accepted", "duplicate", "rejected", "closed"):
+            self.certificates.labels(result)
+
+    # SettlementHooks
+    def settled(self, epoch: int) -> None:
+        self.epochs_settled.inc()
+
+    def punished(self) -> None:
+        self.punishments.inc()
+
+
+@dataclass
+class _Pending:
+    certificate: QuorumCertificate
+    future: asyncio.Future[IntakeResult | EpochClosed]
+
+
+class CertificateIntake:
+    """Verify certificates off the event loop and store them with group commits."""
+
+    def __init__(self, store: ValidatorStore, views: ViewCache, metrics: ValidatorMetrics,
+                 chain_next: Callable[[], int | None]) -> None:
+        self.store = store
+        self.views = views
+        self.metrics = metrics
+        self.chain_next = chain_next
+        self._queue: asyncio.Queue[_Pending | None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closed_epochs: set[int] = set()
+        self._closed_lock = threading.Lock()
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write_loop(), name="validator-writer")
+
+    async def stop(self) -> None:
+        if self._queue is not None and self._writer is not None:
+            await self._queue.put(None)  # drain what is queued, then stop
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        self._writer = None
+
+    def mark_closed(self, epoch: int) -> None:
+        with self._closed_lock:
+            self._closed_epochs.add(epoch)
+
+    def _check_open(self, epoch: int) -> None:
+        chain_next = self.chain_next()
+        if chain_next is not None and epoch < chain_next:
+            raise EpochClosed(f"epoch {epoch} is already settled on chain", field="epoch")
+        with self._closed_lock:
+            closed = epoch in self._closed_epochs
+        if closed or self.store.is_closed(epoch):
+            self.mark_closed(epoch)
+            raise EpochClosed(f"epoch {epoch} is closed: its rollup is computed and published",
+                              field="epoch")
+
+    def prepare(self, raw: bytes) -> tuple[QuorumCertificate, bool]:
+        """Parse and verify (in a worker thread); returns the certificate and whether it is
+        a duplicate of a stored batch (then it is not verified again)."""
+        certificate = QuorumCertificate.from_wire(parse_json(raw), "certificate")
+        batch = certificate.batch
+        if self.store.has_batch(batch.hash_struct()):
+            return certificate, True
+        self._check_open(batch.epoch)
+        view = self.views.view(batch.epoch, rounds=(batch.round,),
+                               nodes={r.node for r in certificate.reports})
+        verify_certified_batch(certificate, view)
+        return certificate, False
+
+    async def submit(self, raw: bytes) -> IntakeResult:
+        """Verify and durably store one certificate; raises DnanetError if it is refused."""
+        if self._queue is None:
+            raise DnanetError("the validator is not running")
+        try:
+            certificate, duplicate = await asyncio.to_thread(self.prepare, raw)
+        except EpochClosed:
+            self.metrics.certificates.labels("closed").inc()
+            raise
+        except DnanetError:
+            self.metrics.certificates.labels("rejected").inc()
+            raise
+        if duplicate:
+            self.metrics.certificates.labels("duplicate").inc()
+            return IntakeResult(0, 0, True)
+        future: asyncio.Future[IntakeResult | EpochClosed] = (
+            asyncio.get_running_loop().create_future())
+        await self._queue.put(_Pending(certificate, future))
+        result = await future
+        if isinstance(result, EpochClosed):
+            self.metrics.certificates.labels("closed").inc()
+            raise result
+        self.metrics.certificates.labels("duplicate" if result.duplicate else "accepted").inc()
+        self.metrics.reports.inc(result.accepted)
+        return result
+
+    async def _write_loop(self) -> None:
+        assert self._queue is not None
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            group: list[_Pending] = []
+            if first is None:
+                stopping = True
+            else:
+                group.append(first)
+            while not self._queue.empty() and len(group) < MAX_GROUP_COMMIT:
+                item = self._queue.get_nowait()
+                if item is None:
+                    stopping = True
+                else:
+                    group.append(item)
+            if not group:
+                continue
+            try:
+                results = await asyncio.to_thread(
+                    self.store.save_certificates, [p.certificate for p in group])
+            except Exception as exc:  # the disk failed: nobody gets an acknowledgement
+                log.error("storing %d certificates failed: %s", len(group), exc)
+                for pending in group:
+                    if not pending.future.done():
+                        pending.future.set_exception(
+                            DnanetError(f"the validator could not store the certificate: {exc}"))
+                continue
+            for pending, result in zip(group, results, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(result)
+
+
+class InconsistentState(DnanetError):
+    """The Validator's own database contradicts itself (a bug or a damaged file)."""
+
+
+def parse_epoch(text: str, name: str = "epoch") -> int:
+    """A non-negative epoch number from a path or query parameter (CodecError otherwise)."""
+    if not text.isascii() or not text.isdigit() or len(text) > 19:
+        raise CodecError(f"expected a non-negative integer, got {text[:40]!r}", field=name)
+    value = int(text)
+    if value > MAX_EPOCH:
+        raise CodecError(f"{value} is too large", field=name)
+    return value
+
+
+def parse_address(text: str) -> str:
+    return _ADDRESS.from_wire(text, "address")
+
+
+def _query_int(request: Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    value = parse_epoch(raw, name)
+    if value > maximum:
+        raise CodecError(f"at most {maximum}", field=name)
+    return value
+
+
+def _json_list(items: list[bytes]) -> Response:
+    return Response(b"[" + b",".join(items) + b"]", media_type="application/json")
+
+
+def _not_found(message: str, field: str) -> JSONResponse:
+    return JSONResponse({"error": {"type": "NotFound", "message": message, "field": field}},
+                        status_code=404)
+
+
+def _hex(raw: bytes) -> str:
+    return "0x" + raw.hex()
+
+
+class ValidatorApi:
+    """Routes of the Validator app (see the module docstring)."""
+
+    def __init__(self, app: FastAPI, store: ValidatorStore, gateway: ChainGateway,
+                 intake: CertificateIntake, status: Callable[[], dict[str, Any]]) -> None:
+        self.store = store
+        self.gateway = gateway
+        self.preset: Preset = gateway.preset
+        self.intake = intake
+        self.status = status
+        self._trees: dict[int, RewardTree | None] = {}
+        self._install(app)
+
+    def current_epoch(self) -> int | None:
+        head = self.status().get("head")
+        if head is None or head < self.gateway.genesis_block:
+            return None
+        return compute_epoch(head, self.preset, self.gateway.genesis_block)
+
+    def epoch_record(self, epoch: int) -> EpochRecord | None:
+        record = self.store.epoch_record(epoch)
+        if record is not None:
+            return record
+        reports = self.store.report_count(epoch)
+        current = self.current_epoch()
+        if reports == 0 and (current is None or epoch > current):
+            return None
+        return EpochRecord(epoch, COLLECTING, reports, None, None, None, None)
+
+    def tree(self, epoch: int) -> RewardTree | None:
+        """The reward tree after ``epoch``, rebuilt from the stored totals and checked
+        against the stored root."""
+        if epoch in self._trees:
+            return self._trees[epoch]
+        entries = self.store.tree_entries(epoch)
+        tree = RewardTree.build(entries) if entries else None
+        settlement = self.store.settlement(epoch)
+        root = tree.root if tree is not None else b"\x00" * 32
+        if settlement is None or root != settlement.rewards_root:
+            raise InconsistentState(f"the stored totals of epoch {epoch} do not rebuild its root")
+        self._trees = {epoch: tree}  # only the latest settled epoch is asked for
+        return tree
+
+    def node_summary(self, address: str) -> dict[str, Any]:
+        settled = self.store.latest_settled_epoch()
+        rows = self.store.node_epochs(address)
+        out: dict[str, Any] = {"address": address, "epoch": settled, "root": None,
+                               "cumulative": 0, "proof": [], "in_tree": False}
+        if settled is not None:
+            tree = self.tree(settled)
+            out["root"] = _hex(tree.root) if tree is not None else _hex(b"\x00" * 32)
+            if tree is not None and address in tree:
+                out["cumulative"] = tree.amount(address)
+                out["proof"] = [_hex(p) for p in tree.proof(address)]
+                out["in_tree"] = True
+        out["epochs"] = [dict(r.to_json(), settled=settled is not None and r.epoch <= settled)
+                         for r in rows]
+        return out
+
+    def node_epoch_breakdown(self, address: str, epoch: int) -> dict[str, Any]:
+        reports = self.store.node_reports(epoch, address)
+        record = self.store.epoch_record(epoch)
+        row = self.store.node_epoch(address, epoch)
+        published = record is not None and record.settlement is not None
+        entries = []
+        for report in reports:
+            score = compute_report_score(report, self.preset)
+            entries.append({
+                "round": report.round, "mixer": report.mixer,
+                "outcome": Outcome(report.outcome).name, "reason": report.reason,
+                "rtt_us": report.rtt_us, "compute_us": report.compute_us,
+                "download_us": report.download_us, "upload_us": report.upload_us,
+                "latency": score.latency, "compute": score.compute,
+                "bandwidth": score.bandwidth, "score": report.score,
+                "flops_per_s": score.flops_per_s, "download_bps": score.download_bps,
+                "upload_bps": score.upload_bps, "fraud": Outcome(report.outcome).is_fraud,
+            })
+        node_score = compute_node_epoch_scores(reports).get(address)
+        scoring = self.preset.scoring
+        return {
+            "address": address, "epoch": epoch,
+            "status": record.status if record is not None else COLLECTING,
+            "final": published,
+            "challenges": len(reports),
+            "failures": node_score.failures if node_score else 0,
+            "strike": bool(node_score and node_score.is_striking(self.preset)),
+            "fraud": bool(node_score and node_score.fraud),
+            "epoch_score": row.score if row else (
+                node_score.epoch_score(self.preset) if node_score else 0),
+            "reward": row.reward if row else 0,
+            "cumulative": row.cumulative if row else self.store.cumulative_at(address, epoch),
+            "weights_bps": {"compute": scoring.weight_compute_bps,
+                            "bandwidth": scoring.weight_bandwidth_bps,
+                            "latency": scoring.weight_latency_bps},
+            "reports": entries,
+        }
+
+    def _install(self, app: FastAPI) -> None:
+        store = self.store
+
+        @app.post("/v1/certificates", tags=["validator"],
+                  openapi_extra=message_schema(QuorumCertificate))
+        async def certificates(request: Request) -> Response:
+            raw = await read_body(request, MAX_MESSAGE_BYTES)
+            try:
+                result = await self.intake.submit(raw)
+            except EpochClosed as exc:
+                return JSONResponse(error_body(exc), status_code=409)
+            return Response(canonical_json({"accepted": result.accepted,
+                                            "skipped": result.skipped,
+                                            "duplicate": result.duplicate}),
+                            media_type="application/json")
+
+        @app.get("/v1/epochs", tags=["validator"])
+        async def epochs(request: Request) -> Any:
+            before = request.query_params.get("before")
+            limit = _query_int(request, "limit", 100, 1000)
+            records = store.epoch_records(
+                before=None if before is None else parse_epoch(before, "before"), limit=limit)
+            return [r.summary() for r in records]
+
+        @app.get("/v1/epochs/{epoch}", tags=["validator"])
+        async def epoch_detail(epoch: str) -> Any:
+            number = parse_epoch(epoch)
+            record = self.epoch_record(number)
+            if record is None:
+                return _not_found(f"epoch {number} has not started", "epoch")
+            out = record.summary()
+            out["certificates"] = store.certificate_count(number)
+            out["settlement"] = None if record.settlement is None else record.settlement.to_wire()
+            out["punishments"] = [p.to_json() for p in store.punishments(number)]
+            out["note"] = record.note
+            return out
+
+        @app.get("/v1/epochs/{epoch}/certificates", tags=["validator"])
+        async def epoch_certificates(epoch: str, request: Request) -> Response:
+            number = parse_epoch(epoch)
+            offset = _query_int(request, "offset", 0, MAX_EPOCH)
+            limit = _query_int(request, "limit", MAX_EPOCH, MAX_EPOCH)
+            items = await asyncio.to_thread(store.certificates_json, number, offset,
+                                            min(limit, MAX_EPOCH))
+            return _json_list(items)
+
+        @app.get("/v1/epochs/{epoch}/reports", tags=["validator"])
+        async def epoch_reports(epoch: str, request: Request) -> Response:
+            number = parse_epoch(epoch)
+            offset = _query_int(request, "offset", 0, MAX_EPOCH)
+            limit = _query_int(request, "limit", MAX_EPOCH, MAX_EPOCH)
+            items = await asyncio.to_thread(store.reports_json, number, offset, limit)
+            return _json_list(items)
+
+        @app.get("/v1/nodes/{address}", tags=["validator"])
+        async def node(address: str) -> Any:
+            node_address = parse_address(address)
+            try:
+                return await asyncio.to_thread(self.node_summary, node_address)
+            except InconsistentState as exc:
+                log.error("%s", exc)
+                return JSONResponse(error_body(exc), status_code=500)
+
+        @app.get("/v1/nodes/{address}/epochs/{epoch}", tags=["validator"])
+        async def node_epoch(address: str, epoch: str) -> Any:
+            node_address, number = parse_address(address), parse_epoch(epoch)
+            return await asyncio.to_thread(self.node_epoch_breakdown, node_address, number)
+
+        @app.get("/v1/status", tags=["validator"])
+        async def status() -> Any:
+            out = dict(self.status())
+            out["latest_settled"] = store.latest_settled_epoch()
+            out["latest_published"] = store.last_published_epoch()
+            out["diverged"] = store.diverged_epochs()
+            out["pending_punishments"] = len(store.punishments(status="pending"))
+            return out
+
+
+__all__ = [
+    "CertificateIntake",
+    "ValidatorApi",
+    "ValidatorMetrics",
+    "parse_address",
+    "parse_epoch",
+]

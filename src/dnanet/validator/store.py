@@ -1,0 +1,455 @@
+"""The Validator's SQLite state: certificates, the selected reports, rollups and settlements.
+
+Tables:
+
+- ``certificates``: every accepted certificate, canonical JSON, in arrival order;
+- ``reports``: one report per (epoch, round, mixer, node); when two certificates carry
+  different reports for one key, the one with the smaller struct hash stays, the same rule as
+  ``select_epoch_reports``, so the rollup over this table equals a replay over the certificates;
+- ``epochs``: a row once an epoch is closed for intake (``settling``), then its settlement,
+  and once settled, the transaction; ``diverged`` when the chain settled another root;
+- ``node_epochs``: each node's score, reward, cumulative total, strike and fraud per epoch:
+  the rows the next epoch's rollup and every proof are computed from;
+- ``punishments`` and ``signatures``: what the mixers signed and what was submitted.
+
+Amounts in wei do not fit SQLite's 64-bit integers: they are stored as decimal text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dnanet.errors import ConfigError, ScheduleError
+from dnanet.protocol.epoch import EpochRollup
+from dnanet.protocol.messages import EpochSettlement, Punishment, QuorumCertificate, ScoreReport
+from dnanet.service.store import Store
+
+SCHEMA_VERSION = 1
+
+VALIDATOR_SCHEMA = """
+CREATE TABLE IF NOT EXISTS certificates (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    batch_hash BLOB NOT NULL UNIQUE,
+    epoch INTEGER NOT NULL, round INTEGER NOT NULL, mixer TEXT NOT NULL,
+    report_count INTEGER NOT NULL, accepted INTEGER NOT NULL,
+    certificate_json BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS certificates_by_epoch ON certificates(epoch, seq);
+CREATE TABLE IF NOT EXISTS reports (
+    epoch INTEGER NOT NULL, round INTEGER NOT NULL, mixer TEXT NOT NULL, node TEXT NOT NULL,
+    report_hash BLOB NOT NULL, batch_hash BLOB NOT NULL,
+    outcome INTEGER NOT NULL, score INTEGER NOT NULL, report_json BLOB NOT NULL,
+    PRIMARY KEY (epoch, round, mixer, node)
+);
+CREATE INDEX IF NOT EXISTS reports_by_node ON reports(node, epoch);
+CREATE TABLE IF NOT EXISTS epochs (
+    epoch INTEGER PRIMARY KEY,
+    status TEXT NOT NULL,
+    reports INTEGER, root BLOB, total TEXT, reports_digest BLOB, settlement_json BLOB,
+    settle_tx TEXT, chain_root BLOB, note TEXT
+);
+CREATE TABLE IF NOT EXISTS node_epochs (
+    node TEXT NOT NULL, epoch INTEGER NOT NULL,
+    score INTEGER NOT NULL, reward TEXT NOT NULL, cumulative TEXT NOT NULL,
+    challenges INTEGER NOT NULL, failures INTEGER NOT NULL,
+    strike INTEGER NOT NULL, fraud INTEGER NOT NULL,
+    PRIMARY KEY (node, epoch)
+);
+CREATE INDEX IF NOT EXISTS node_epochs_by_epoch ON node_epochs(epoch, strike);
+CREATE TABLE IF NOT EXISTS punishments (
+    epoch INTEGER NOT NULL, idx INTEGER NOT NULL, node TEXT NOT NULL,
+    punishment_json BLOB NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
+    tx TEXT, attempts INTEGER NOT NULL DEFAULT 0, error TEXT,
+    PRIMARY KEY (epoch, idx)
+);
+CREATE TABLE IF NOT EXISTS signatures (
+    epoch INTEGER NOT NULL, signer TEXT NOT NULL, settlement_hash BLOB NOT NULL,
+    signature BLOB NOT NULL, punishment_signatures TEXT NOT NULL,
+    PRIMARY KEY (epoch, signer)
+)
+"""
+
+SETTLING = "settling"
+SETTLED = "settled"
+DIVERGED = "diverged"
+COLLECTING = "collecting"
+
+
+class EpochClosed(ScheduleError):
+    """A certificate arrived for an epoch whose rollup is already computed or settled."""
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    accepted: int
+    """Reports whose (epoch, round, mixer, node) was new."""
+    skipped: int
+    """Reports whose key was already stored from another certificate."""
+    duplicate: bool
+    """The very same batch was stored before."""
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """An epoch as the Validator knows it."""
+
+    epoch: int
+    status: str
+    reports: int
+    settlement: EpochSettlement | None
+    settle_tx: str | None
+    chain_root: bytes | None
+    note: str | None
+
+    def summary(self) -> dict[str, Any]:
+        s = self.settlement
+        return {
+            "epoch": self.epoch,
+            "status": self.status,
+            "reports": self.reports,
+            "root": None if s is None else "0x" + s.rewards_root.hex(),
+            "total": None if s is None else s.total,
+            "reports_digest": None if s is None else "0x" + s.reports_digest.hex(),
+            "settle_tx": self.settle_tx,
+        }
+
+
+@dataclass(frozen=True)
+class NodeEpochRow:
+    node: str
+    epoch: int
+    score: int
+    reward: int
+    cumulative: int
+    challenges: int
+    failures: int
+    strike: bool
+    fraud: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "score": self.score, "reward": self.reward,
+                "cumulative": self.cumulative, "challenges": self.challenges,
+                "failures": self.failures, "strike": self.strike, "fraud": self.fraud}
+
+
+@dataclass(frozen=True)
+class PunishmentRecord:
+    epoch: int
+    index: int
+    punishment: Punishment
+    status: str
+    tx: str | None
+    attempts: int
+    error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"punishment": self.punishment.to_wire(), "status": self.status, "tx": self.tx,
+                "attempts": self.attempts, "error": self.error}
+
+
+def _row_to_node_epoch(row: tuple[Any, ...]) -> NodeEpochRow:
+    node, epoch, score, reward, cumulative, challenges, failures, strike, fraud = row
+    return NodeEpochRow(node, epoch, score, int(reward), int(cumulative), challenges, failures,
+                        bool(strike), bool(fraud))
+
+
+_NODE_EPOCH_COLUMNS = "node, epoch, score, reward, cumulative, challenges, failures, strike, fraud"
+
+
+class ValidatorStore(Store):
+    """The Validator's database (see the module docstring). Every write is one transaction."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, VALIDATOR_SCHEMA, version=SCHEMA_VERSION)
+
+    def bind_network(self, chain_id: int, contract: str) -> None:
+        """Refuse a data directory written for another network (chain id and contract)."""
+        key = f"{chain_id}:{contract.lower()}"
+        stored = self.get_meta("network")
+        if stored is None:
+            self.set_meta("network", key)
+        elif stored != key:
+            raise ConfigError(f"{self.path} holds the state of network {stored}, not {key}: "
+                              "use another --data-dir")
+
+    # -- intake ---------------------------------------------------------------------------------
+    def has_batch(self, batch_hash: bytes) -> bool:
+        return self.one("SELECT 1 FROM certificates WHERE batch_hash=?", (batch_hash,)) is not None
+
+    def is_closed(self, epoch: int) -> bool:
+        return self.one("SELECT 1 FROM epochs WHERE epoch=?", (epoch,)) is not None
+
+    def save_certificates(
+        self, certificates: Sequence[QuorumCertificate]
+    ) -> list[IntakeResult | EpochClosed]:
+        """Store verified certificates in one durable transaction; one result per certificate
+        (an EpochClosed for those whose epoch was closed meanwhile, which are not stored)."""
+        results: list[IntakeResult | EpochClosed] = []
+        with self.transaction() as db:
+            closed: dict[int, bool] = {}
+            for cert in certificates:
+                batch = cert.batch
+                batch_hash = batch.hash_struct()
+                if db.execute("SELECT 1 FROM certificates WHERE batch_hash=?",
+                              (batch_hash,)).fetchone() is not None:
+                    results.append(IntakeResult(0, 0, True))
+                    continue
+                if batch.epoch not in closed:
+                    closed[batch.epoch] = db.execute(
+                        "SELECT 1 FROM epochs WHERE epoch=?", (batch.epoch,)).fetchone() is not None
+                if closed[batch.epoch]:
+                    results.append(EpochClosed(
+                        f"epoch {batch.epoch} is closed: its rollup is computed", field="epoch"))
+                    continue
+                accepted = skipped = 0
+                for report in cert.reports:
+                    report_hash = report.hash_struct()
+                    row = db.execute(
+                        "SELECT report_hash FROM reports WHERE epoch=? AND round=? AND mixer=?"
+                        " AND node=?", report.key).fetchone()
+                    values = (report_hash, batch_hash, report.outcome, report.score,
+                              report.to_json())
+                    if row is None:
+                        db.execute(
+                            "INSERT INTO reports(epoch, round, mixer, node, report_hash,"
+                            " batch_hash, outcome, score, report_json)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (*report.key, *values))
+                        accepted += 1
+                        continue
+                    skipped += 1
+                    if report_hash < bytes(row[0]):
+                        # Keep the smaller struct hash, as select_epoch_reports does.
+                        db.execute(
+                            "UPDATE reports SET report_hash=?, batch_hash=?, outcome=?, score=?,"
+                            " report_json=? WHERE epoch=? AND round=? AND mixer=? AND node=?",
+                            (*values, *report.key))
+                db.execute(
+                    "INSERT INTO certificates(batch_hash, epoch, round, mixer, report_count,"
+                    " accepted, certificate_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (batch_hash, batch.epoch, batch.round, batch.mixer, len(cert.reports),
+                     accepted, cert.to_json()))
+                results.append(IntakeResult(accepted, skipped, False))
+        return results
+
+    # -- publication ----------------------------------------------------------------------------
+    def certificates_json(self, epoch: int, offset: int = 0, limit: int = -1) -> list[bytes]:
+        rows = self.query("SELECT certificate_json FROM certificates WHERE epoch=?"
+                          " ORDER BY seq LIMIT ? OFFSET ?", (epoch, limit, offset))
+        return [bytes(r[0]) for r in rows]
+
+    def certificates(self, epoch: int) -> list[QuorumCertificate]:
+        return [QuorumCertificate.from_json(raw, max_bytes=1 << 30)
+                for raw in self.certificates_json(epoch)]
+
+    def reports_json(self, epoch: int, offset: int = 0, limit: int = -1) -> list[bytes]:
+        rows = self.query("SELECT report_json FROM reports WHERE epoch=?"
+                          " ORDER BY round, mixer, node LIMIT ? OFFSET ?", (epoch, limit, offset))
+        return [bytes(r[0]) for r in rows]
+
+    def reports(self, epoch: int) -> list[ScoreReport]:
+        return [ScoreReport.from_json(raw) for raw in self.reports_json(epoch)]
+
+    def node_reports(self, epoch: int, node: str) -> list[ScoreReport]:
+        rows = self.query("SELECT report_json FROM reports WHERE node=? AND epoch=?"
+                          " ORDER BY round, mixer", (node, epoch))
+        return [ScoreReport.from_json(bytes(r[0])) for r in rows]
+
+    def report_count(self, epoch: int) -> int:
+        row = self.one("SELECT COUNT(*) FROM reports WHERE epoch=?", (epoch,))
+        return int(row[0]) if row else 0
+
+    def certificate_count(self, epoch: int) -> int:
+        row = self.one("SELECT COUNT(*) FROM certificates WHERE epoch=?", (epoch,))
+        return int(row[0]) if row else 0
+
+    # -- epochs -----------------------------------------------------------------------------------
+    def close_epoch(self, epoch: int) -> None:
+        """Close ``epoch`` for intake (idempotent); its reports are final from here on."""
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO epochs(epoch, status) VALUES (?, ?)",
+                       (epoch, SETTLING))
+
+    def epoch_record(self, epoch: int) -> EpochRecord | None:
+        row = self.one("SELECT epoch, status, reports, settlement_json, settle_tx, chain_root,"
+                       " note FROM epochs WHERE epoch=?", (epoch,))
+        return None if row is None else self._record(row)
+
+    def _record(self, row: tuple[Any, ...]) -> EpochRecord:
+        epoch, status, reports, settlement_json, tx, chain_root, note = row
+        settlement = (None if settlement_json is None
+                      else EpochSettlement.from_json(bytes(settlement_json)))
+        if reports is None:
+            reports = self.report_count(epoch)
+        return EpochRecord(epoch, status, reports, settlement, tx,
+                           None if chain_root is None else bytes(chain_root), note)
+
+    def epoch_records(self, *, before: int | None = None, limit: int = 100) -> list[EpochRecord]:
+        """Closed epochs and epochs with reports, newest first."""
+        bound = (1 << 63) - 1 if before is None else before
+        rows = self.query(
+            "SELECT epoch FROM (SELECT epoch FROM epochs UNION SELECT DISTINCT epoch FROM"
+            " certificates) WHERE epoch < ? ORDER BY epoch DESC LIMIT ?", (bound, limit))
+        out = []
+        for (epoch,) in rows:
+            record = self.epoch_record(epoch)
+            out.append(record or EpochRecord(epoch, COLLECTING, self.report_count(epoch),
+                                             None, None, None, None))
+        return out
+
+    def last_published_epoch(self) -> int | None:
+        """The latest epoch whose rollup is stored (epochs are published in order)."""
+        row = self.one("SELECT MAX(epoch) FROM epochs WHERE settlement_json IS NOT NULL")
+        return None if row is None or row[0] is None else int(row[0])
+
+    def latest_settled_epoch(self) -> int | None:
+        row = self.one("SELECT MAX(epoch) FROM epochs WHERE status=?", (SETTLED,))
+        return None if row is None or row[0] is None else int(row[0])
+
+    def previous_state(self, epoch: int, strike_window: int
+                       ) -> tuple[dict[str, int], dict[str, list[int]]]:
+        """Cumulative totals after ``epoch - 1`` and the strikes of the window before
+        ``epoch``: the carried state of ``process_epochs``."""
+        rows = self.query(
+            "SELECT n.node, n.cumulative FROM node_epochs n JOIN (SELECT node, MAX(epoch) AS e"
+            " FROM node_epochs WHERE epoch < ? GROUP BY node) l"
+            " ON n.node = l.node AND n.epoch = l.e", (epoch,))
+        cumulative = {node: int(amount) for node, amount in rows}
+        strikes: dict[str, list[int]] = {}
+        for node, e in self.query(
+                "SELECT node, epoch FROM node_epochs WHERE strike=1 AND epoch < ? AND epoch >= ?"
+                " ORDER BY epoch", (epoch, epoch - strike_window)):
+            strikes.setdefault(node, []).append(int(e))
+        return cumulative, strikes
+
+    def publish_rollup(self, rollup: EpochRollup) -> None:
+        """Store the epoch's settlement, per-node rows and punishments (once)."""
+        s = rollup.settlement
+        with self.transaction() as db:
+            row = db.execute("SELECT settlement_json FROM epochs WHERE epoch=?",
+                             (rollup.epoch,)).fetchone()
+            if row is not None and row[0] is not None:
+                if EpochSettlement.from_json(bytes(row[0])) != s:
+                    raise ConfigError(f"epoch {rollup.epoch} was already published with "
+                                      "another settlement: the database is inconsistent")
+                return
+            db.execute(
+                "INSERT INTO epochs(epoch, status) VALUES (?, ?) ON CONFLICT(epoch) DO NOTHING",
+                (rollup.epoch, SETTLING))
+            db.execute(
+                "UPDATE epochs SET reports=?, root=?, total=?, reports_digest=?,"
+                " settlement_json=? WHERE epoch=?",
+                (len(rollup.reports), s.rewards_root, str(s.total), s.reports_digest,
+                 s.to_json(), rollup.epoch))
+            strikes = set(rollup.strikes)
+            db.executemany(
+                f"INSERT OR REPLACE INTO node_epochs({_NODE_EPOCH_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(node, rollup.epoch, rollup.epoch_scores.get(node, 0),
+                  str(rollup.rewards.get(node, 0)), str(rollup.cumulative.get(node, 0)),
+                  entry.challenges, entry.failures, int(node in strikes), int(entry.fraud))
+                 for node, entry in sorted(rollup.node_scores.items())])
+            db.executemany(
+                "INSERT OR IGNORE INTO punishments(epoch, idx, node, punishment_json)"
+                " VALUES (?, ?, ?, ?)",
+                [(rollup.epoch, i, p.node, p.to_json()) for i, p in enumerate(rollup.punishments)])
+
+    def settlement(self, epoch: int) -> EpochSettlement | None:
+        row = self.one("SELECT settlement_json FROM epochs WHERE epoch=?", (epoch,))
+        return None if row is None or row[0] is None else EpochSettlement.from_json(bytes(row[0]))
+
+    def mark_settled(self, epoch: int, tx: str | None, chain_root: bytes | None,
+                     *, diverged: bool = False, note: str | None = None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE epochs SET status=?, settle_tx=?, chain_root=?, note=?"
+                       " WHERE epoch=?",
+                       (DIVERGED if diverged else SETTLED, tx, chain_root, note, epoch))
+
+    def set_note(self, epoch: int, note: str | None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE epochs SET note=? WHERE epoch=?", (note, epoch))
+
+    def diverged_epochs(self) -> list[int]:
+        return [int(r[0]) for r in self.query("SELECT epoch FROM epochs WHERE status=?",
+                                              (DIVERGED,))]
+
+    # -- signatures and punishments ---------------------------------------------------------
+    def save_signature(self, epoch: int, settlement_hash: bytes, signer: str, signature: bytes,
+                       punishment_signatures: Sequence[bytes]) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO signatures(epoch, signer, settlement_hash, signature,"
+                " punishment_signatures) VALUES (?, ?, ?, ?, ?)",
+                (epoch, signer, settlement_hash, signature,
+                 json.dumps(["0x" + s.hex() for s in punishment_signatures])))
+
+    def signatures(self, epoch: int, settlement_hash: bytes
+                   ) -> dict[str, tuple[bytes, list[bytes]]]:
+        """signer -> (settlement signature, punishment signatures) for this very settlement."""
+        rows = self.query("SELECT signer, signature, punishment_signatures FROM signatures"
+                          " WHERE epoch=? AND settlement_hash=?", (epoch, settlement_hash))
+        return {signer: (bytes(sig), [bytes.fromhex(s[2:]) for s in json.loads(psigs)])
+                for signer, sig, psigs in rows}
+
+    def punishments(self, epoch: int | None = None, *, status: str | None = None
+                    ) -> list[PunishmentRecord]:
+        sql = "SELECT epoch, idx, punishment_json, status, tx, attempts, error FROM punishments"
+        where: list[str] = []
+        params: list[object] = []
+        if epoch is not None:
+            where.append("epoch=?")
+            params.append(epoch)
+        if status is not None:
+            where.append("status=?")
+            params.append(status)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self.query(sql + " ORDER BY epoch, idx", params)
+        return [PunishmentRecord(e, i, Punishment.from_json(bytes(p)), st, tx, a, err)
+                for e, i, p, st, tx, a, err in rows]
+
+    def update_punishment(self, epoch: int, index: int, *, status: str, tx: str | None = None,
+                          error: str | None = None, attempted: bool = False) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE punishments SET status=?, tx=COALESCE(?, tx), error=?,"
+                       " attempts=attempts+? WHERE epoch=? AND idx=?",
+                       (status, tx, error, int(attempted), epoch, index))
+
+    # -- nodes ----------------------------------------------------------------------------------
+    def node_epochs(self, node: str, *, up_to: int | None = None) -> list[NodeEpochRow]:
+        bound = (1 << 63) - 1 if up_to is None else up_to
+        rows = self.query(f"SELECT {_NODE_EPOCH_COLUMNS} FROM node_epochs WHERE node=?"
+                          " AND epoch <= ? ORDER BY epoch", (node, bound))
+        return [_row_to_node_epoch(r) for r in rows]
+
+    def node_epoch(self, node: str, epoch: int) -> NodeEpochRow | None:
+        row = self.one(f"SELECT {_NODE_EPOCH_COLUMNS} FROM node_epochs WHERE node=? AND epoch=?",
+                       (node, epoch))
+        return None if row is None else _row_to_node_epoch(row)
+
+    def cumulative_at(self, node: str, epoch: int) -> int:
+        row = self.one("SELECT cumulative FROM node_epochs WHERE node=? AND epoch<=?"
+                       " ORDER BY epoch DESC LIMIT 1", (node, epoch))
+        return 0 if row is None else int(row[0])
+
+    def tree_entries(self, epoch: int) -> list[tuple[str, int]]:
+        """(node, cumulative) after ``epoch`` for every node with a positive total."""
+        cumulative, _ = self.previous_state(epoch + 1, 0)
+        return sorted((node, amount) for node, amount in cumulative.items() if amount > 0)
+
+
+__all__ = [
+    "COLLECTING",
+    "DIVERGED",
+    "SETTLED",
+    "SETTLING",
+    "EpochClosed",
+    "EpochRecord",
+    "IntakeResult",
+    "NodeEpochRow",
+    "PunishmentRecord",
+    "ValidatorStore",
+]

@@ -1,0 +1,562 @@
+"""The Validator: certificate intake, publication, settlement and the node endpoints.
+
+Certificates are real: mixers of a fake chain challenge in-process nodes (VRF assignment,
+challenge sessions, node signatures) and co-sign each batch (see ``validator_helpers``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dnanet.errors import ChainError
+from dnanet.protocol.epoch import process_epochs
+from dnanet.protocol.messages import Outcome, QuorumCertificate, ScoreReport
+from dnanet.protocol.quorum import compute_batch
+from dnanet.protocol.rollup import verify_proof
+from dnanet.protocol.schedule import (
+    RoundId,
+    compute_assignment_target,
+    compute_round_start_block,
+    compute_vrf_alpha,
+    is_assigned,
+)
+from dnanet.protocol.scoring import compute_report_score
+from dnanet.service.http import serving
+from dnanet.service.network import SettledEpoch
+from dnanet.validator.daemon import ValidatorDaemon
+from dnanet.validator.settle import Backoff, SettlementLoop
+from dnanet.validator.store import DIVERGED, SETTLED, ValidatorStore
+from validator_helpers import (
+    Committee,
+    Corpus,
+    FakeGateway,
+    LocalSigner,
+    build_network,
+    fake_mixer_app,
+    last_round_start,
+    make_corpus,
+    post_all,
+    run,
+    seeded_identity,
+    server_url,
+    settle_block,
+    with_validator,
+)
+
+LABEL = "validator"
+EPOCHS = 3
+CHEATER, OFFLINE = 4, 5
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Corpus:
+    return make_corpus(_network()[1], EPOCHS)
+
+
+def _network() -> tuple[FakeGateway, Committee]:
+    return build_network(mixers=4, nodes=6, cheaters=[CHEATER], offline=[OFFLINE], label=LABEL)
+
+
+@pytest.fixture
+def gateway() -> FakeGateway:
+    gw, _ = _network()
+    gw.advance_to(last_round_start(gw, 0))
+    return gw
+
+
+@pytest.fixture
+def committee() -> Committee:
+    return _network()[1]
+
+
+def local_signer(gw: FakeGateway, daemon: ValidatorDaemon) -> LocalSigner:
+    return LocalSigner(gw, daemon.store.certificates)
+
+
+def use_signer(daemon: ValidatorDaemon, signer: Any) -> None:
+    daemon.loop.signer = signer
+    daemon.loop.backoff = Backoff(base_s=0.0)
+
+
+# -- intake --------------------------------------------------------------------------------------
+
+
+def test_intake_accepts_persists_and_deduplicates(gateway: FakeGateway, corpus: Corpus,
+                                                  committee: Committee, tmp_path: Path) -> None:
+    certificates = corpus.certificates[0]
+
+    async def body(daemon: ValidatorDaemon, client: httpx.AsyncClient) -> None:
+        answers = await post_all(client, certificates)
+        assert [a["accepted"] for a in answers] == [len(c.reports) for c in certificates]
+        assert not any(a["duplicate"] for a in answers)
+        # The very same batch again: acknowledged as a duplicate, nothing new stored.
+        again = await client.post("/v1/certificates", content=certificates[0].to_json())
+        assert again.status_code == 200
+        assert again.json() == {"accepted": 0, "skipped": 0, "duplicate": True}
+        # Another batch with an already stored report: stored, the report skipped.
+        single = committee.certify([certificates[0].reports[0]])
+        other = await client.post("/v1/certificates", content=single.to_json())
+        assert other.json() == {"accepted": 0, "skipped": 1, "duplicate": False}
+        metrics = (await client.get("/metrics")).text
+        assert f'dnanet_validator_certificates_total{{result="accepted"}} ' \
+               f'{len(certificates) + 1}.0' in metrics
+        assert 'dnanet_validator_certificates_total{result="duplicate"} 1.0' in metrics
+
+    run(with_validator(gateway, tmp_path, body))
+    # Everything acknowledged is on disk: reopen the database.
+    store = ValidatorStore(tmp_path / "validator.db")
+    try:
+        assert store.certificate_count(0) == len(certificates) + 1
+        assert sorted(r.hash_struct() for r in store.reports(0)) == sorted(
+            r.hash_struct() for r in corpus.reports(0))
+    finally:
+        store.close()
+
+
+def _resign(committee: Committee, certificate: QuorumCertificate,
+            reports: list[ScoreReport]) -> QuorumCertificate:
+    first = reports[0]
+    batch = compute_batch(first.epoch, first.round, first.mixer, reports)
+    sigs = tuple(m.sign_typed(committee.gateway.domain, batch.hash_struct())
+                 for m in [next(m for m in committee.mixers if m.address == first.mixer)]
+                 + [m for m in committee.mixers if m.address != first.mixer])
+    return QuorumCertificate(batch=batch, reports=tuple(reports), signatures=sigs)
+
+
+def _unassigned_node(gw: FakeGateway, report: ScoreReport) -> str:
+    from dnanet.crypto import vrf
+
+    seed = gw.block_hash(compute_round_start_block(RoundId(report.epoch, report.round),
+                                                   gw.preset))
+    key = next(m.vrf_public_key for m in gw.mixer_set(report.epoch) if m.address == report.mixer)
+    beta = vrf.verify(key, report.vrf_proof,
+                      compute_vrf_alpha(gw.domain.chain_id, report.epoch, report.round, seed))
+    target = compute_assignment_target(len(gw.mixers), gw.preset.challenges_per_round)
+    return next(n.address for n in gw.nodes_list if not is_assigned(beta, n.address, target))
+
+
+def test_intake_rejects_bad_certificates_naming_the_field(
+        gateway: FakeGateway, corpus: Corpus, committee: Committee, tmp_path: Path) -> None:
+    good = next(c for c in corpus.certificates[0]
+                if any(r.outcome == Outcome.OK for r in c.reports))
+    wire = good.to_wire()
+    outsider = seeded_identity("outsider")
+    ok_report = next(r for r in good.reports if r.outcome == Outcome.OK)
+    cases: list[tuple[str, bytes, int, str | None]] = []
+
+    def case(name: str, body: bytes | dict[str, Any] | QuorumCertificate, status: int,
+             field: str | None) -> None:
+        raw = (body.to_json() if isinstance(body, QuorumCertificate)
+               else body if isinstance(body, bytes) else json.dumps(body).encode())
+        cases.append((name, raw, status, field))
+
+    case("not json", b"{not json", 400, None)
+    case("float", b'{"batch": 1.5}', 400, None)
+    case("unknown field", dict(wire, extra=1), 400, "certificate")
+    case("missing field", {k: v for k, v in wire.items() if k != "signatures"}, 400,
+         "certificate.signatures")
+    case("bad address", dict(wire, batch=dict(wire["batch"], mixer="0x12")), 400,
+         "certificate.batch.mixer")
+    bad_sig = bytearray(good.signatures[1])
+    bad_sig[5] ^= 0xFF
+    case("bad signature", dataclasses.replace(
+        good, signatures=(good.signatures[0], bytes(bad_sig), *good.signatures[2:])),
+        422, "signatures[1]")
+    case("below quorum", dataclasses.replace(good, signatures=good.signatures[:2]),
+         422, "signatures")
+    case("non-member", dataclasses.replace(good, signatures=(
+        *good.signatures[:3], outsider.sign_typed(gateway.domain, good.batch.hash_struct()))),
+        422, "signatures[3]")
+    case("duplicate signer", dataclasses.replace(
+        good, signatures=(*good.signatures[:3], good.signatures[0])), 422, "signatures[3]")
+    case("reports differ from the root", dataclasses.replace(
+        good, reports=(dataclasses.replace(ok_report, reason="edited"),
+                       *[r for r in good.reports if r is not ok_report])), 422, "reportsRoot")
+    index = good.reports.index(ok_report)
+    tampered = list(good.reports)
+    tampered[index] = dataclasses.replace(ok_report, score=ok_report.score + 1)
+    case("wrong score", _resign(committee, good, tampered), 422, f"reports[{index}]")
+    moved = list(good.reports)
+    moved[index] = dataclasses.replace(ok_report, node=_unassigned_node(gateway, ok_report))
+    case("unassigned node", _resign(committee, good, sorted(moved, key=lambda r: r.key)),
+         422, None)
+    stranger = list(good.reports)
+    stranger[index] = dataclasses.replace(ok_report, node=outsider.address)
+    case("unregistered node", _resign(committee, good, sorted(stranger, key=lambda r: r.key)),
+         422, None)
+    future = [dataclasses.replace(r, epoch=EPOCHS + 5) for r in good.reports]
+    case("epoch not started", _resign(committee, good, future), 422, "epoch")
+
+    async def body(daemon: ValidatorDaemon, client: httpx.AsyncClient) -> None:
+        for name, raw, status, field in cases:
+            response = await client.post("/v1/certificates", content=raw)
+            assert response.status_code == status, (name, response.text)
+            error = response.json()["error"]
+            if field is not None:
+                assert error["field"] == field, (name, error)
+            elif status == 422:
+                assert error["field"] and error["field"].startswith("reports["), (name, error)
+            assert error["message"], name
+        huge = await client.post("/v1/certificates", content=b" " * (5 << 20))
+        assert huge.status_code == 413
+        metrics = (await client.get("/metrics")).text
+        assert f'dnanet_validator_certificates_total{{result="rejected"}} {len(cases)}.0' \
+            in metrics
+        assert daemon.store.certificate_count(0) == 0
+
+    run(with_validator(gateway, tmp_path, body))
+
+
+def test_certificates_for_closed_epochs_are_refused(gateway: FakeGateway, corpus: Corpus,
+                                                   tmp_path: Path) -> None:
+    async def body(daemon: ValidatorDaemon, client: httpx.AsyncClient) -> None:
+        await post_all(client, corpus.certificates[0][:1])
+        gateway.advance_to(settle_block(gateway, 0))
+        await daemon.loop.publish(0)
+        late = await client.post("/v1/certificates", content=corpus.certificates[0][1].to_json())
+        assert late.status_code == 409
+        assert late.json()["error"]["field"] == "epoch"
+        assert "closed" in late.json()["error"]["message"]
+        # A duplicate of a stored batch is still acknowledged (a mixer re-sending).
+        again = await client.post("/v1/certificates", content=corpus.certificates[0][0].to_json())
+        assert again.json()["duplicate"] is True
+        gateway.next_epoch = 1  # the chain settled it (by another validator)
+        daemon.loop.chain_next = 1
+        daemon.intake._closed_epochs.clear()
+        settled = await client.post("/v1/certificates",
+                                    content=corpus.certificates[0][2].to_json())
+        assert settled.status_code == 409
+        assert "settled on chain" in settled.json()["error"]["message"]
+
+    run(with_validator(gateway, tmp_path, body))
+
+
+# -- settlement ----------------------------------------------------------------------------------
+
+
+def test_settles_once_with_quorum_and_punishes(gateway: FakeGateway, corpus: Corpus,
+                                               tmp_path: Path) -> None:
+    replay = process_epochs([corpus.reports(e) for e in range(2)], gateway.preset)
+
+    async def first(daemon: ValidatorDaemon, client: httpx.AsyncClient) -> None:
+        await post_all(client, corpus.certificates[0])
+        use_signer(daemon, local_signer(gateway, daemon))
+        gateway.advance_to(settle_block(gateway, 0) - 1)
+        await daemon.loop.step()
+        assert gateway.submissions == []  # not before the grace period ends
+        gateway.advance_to(last_round_start(gateway, 1))
+        await post_all(client, corpus.certificates[1])
+        await daemon.loop.step()
+        await daemon.loop.step()  # runs again: nothing more to submit
+        settlements = gateway.settlement_submissions()
+        assert [s.message for s in settlements] == [replay[0].settlement]
+        assert len(settlements[0].signers) == 3  # the threshold of 4
+        record = daemon.store.epoch_record(0)
+        assert record is not None and record.status == SETTLED
+        assert record.settle_tx == settlements[0].tx_hash
+        # The cheater's fraud: a quorum-signed punishment, submitted once, after settlement.
+        punishments = [s for s in gateway.submissions if s.kind == "punishment"]
+        assert [p.message for p in punishments] == list(replay[0].punishments)
+        assert replay[0].punishments and all(p.message.jail for p in punishments)
+        assert [p.status for p in daemon.store.punishments(0)] == ["submitted"]
+        summary = (await client.get("/v1/epochs/0")).json()
+        assert summary["status"] == "settled" and summary["settle_tx"] == settlements[0].tx_hash
+        assert summary["settlement"] == replay[0].settlement.to_wire()
+        assert summary["punishments"][0]["status"] == "submitted"
+
+    run(with_validator(gateway, tmp_path, first))
+
+    async def restarted(daemon: ValidatorDaemon, client: httpx.AsyncClient) -> None:
+        use_signer(daemon, local_signer(gateway, daemon))
+        await daemon.loop.step()
+        assert len(gateway.settlement_submissions()) == 1
+        gateway.advance_to(settle_block(gateway, 1))
+        await daemon.loop.step()
+        await daemon.loop.step()
+        assert [s.message for s in gateway.settlement_submissions()] == [
+            replay[0].settlement, replay[1].settlement]
+        listing = (await client.get("/v1/epochs")).json()
+        assert [(e["epoch"], e["status"]) for e in listing] == [(1, "settled"), (0, "settled")]
+
+    run(with_validator(gateway, tmp_path, restarted))
+
+
+def test_incremental_rollup_equals_replay(corpus: Corpus) -> None:
+    """Epoch by epoch from stored totals and strikes == process_epochs over everything; the
+    kept report per key is the smaller struct hash whatever the arrival order."""
+    gw, committee = _network()
+    conflicts = {}
+    for epoch in range(EPOCHS):
+        cert = corpus.certificates[epoch][0]
+        variant = [dataclasses.replace(r, reason=r.reason + " (variant)") for r in cert.reports]
+        conflicts[epoch] = _resign(committee, cert, variant)
+
+    @settings(max_examples=12, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.data())
+    def check(data: st.DataObject) -> None:
+        chosen: dict[int, list[QuorumCertificate]] = {}
+        for epoch in range(EPOCHS):
+            pool = [*corpus.certificates[epoch], conflicts[epoch]]
+            subset = data.draw(st.lists(st.sampled_from(pool), unique_by=id), label=f"e{epoch}")
+            chosen[epoch] = subset
+        with tempfile.TemporaryDirectory() as tmp:
+            store = ValidatorStore(Path(tmp) / "v.db")
+            try:
+                for epoch in range(EPOCHS):
+                    store.save_certificates(chosen[epoch])
+                loop = SettlementLoop(store, gw, LocalSigner(gw, store.certificates))
+                for epoch in range(EPOCHS):
+                    loop._publish_one(epoch)
+                expected = process_epochs(
+                    [[r for c in chosen[e] for r in c.reports] for e in range(EPOCHS)], gw.preset)
+                for epoch in range(EPOCHS):
+                    assert store.settlement(epoch) == expected[epoch].settlement
+                    assert [p.punishment for p in store.punishments(epoch)] == list(
+                        expected[epoch].punishments)
+                    assert store.tree_entries(epoch) == sorted(
+                        (a, v) for a, v in expected[epoch].cumulative.items() if v > 0)
+            finally:
+                store.close()
+
+    check()
+
+
+def test_epoch_without_reports_settles_with_zero_root(gateway: FakeGateway,
+                                                       tmp_path: Path) -> None:
+    async def body(daemon: ValidatorDaemon, client: httpx.AsyncClient) -> None:
+        use_signer(daemon, local_signer(gateway, daemon))
+        gateway.advance_to(settle_block(gateway, 0))
+        await daemon.loop.step()
+        (submission,) = gateway.settlement_submissions()
+        assert submission.message.total == 0
+        assert submission.message.rewards_root == b"\x00" * 32
+        node = (await client.get(f"/v1/nodes/{gateway.nodes_list[0].address}")).json()
+        assert node["epoch"] == 0 and node["cumulative"] == 0 and node["proof"] == []
+
+    run(with_validator(gateway, tmp_path, body))
+
+
+def test_mixer_failures_and_chain_errors_are_retried(gateway: FakeGateway, corpus: Corpus,
+                                                     tmp_path: Path) -> None:
+    async def body(daemon: ValidatorDaemon, client: httpx.AsyncClient) -> None:
+        await post_all(client, corpus.certificates[0])
+        signer = local_signer(gateway, daemon)
+        use_signer(daemon, signer)
+        signer.down = {m.address for m in gateway.mixers[:2]}  # 2 of 4 down: no quorum
+        gateway.advance_to(settle_block(gateway, 0))
+        await daemon.loop.step()
+        assert gateway.submissions == []
+        assert len(daemon.store.signatures(0, daemon.store.settlement(0).hash_struct())) == 2
+        signer.down = {gateway.mixers[0].address}  # one of four down still settles
+        gateway.fail_submit = 1  # and the first submission fails in the RPC
+        await daemon.loop.step()
+        assert gateway.settlement_submissions() == []
+        await daemon.loop.step()
+        (submission,) = gateway.settlement_submissions()
+        assert gateway.mixers[0].address not in submission.signers
+        asked = signer.calls
+        await daemon.loop.step()
+        assert signer.calls == asked  # settled mixers are not asked again
+        assert len(gateway.settlement_submissions()) == 1
+
+    run(with_validator(gateway, tmp_path, body))
+
+
+def test_adopts_a_settlement_it_did_not_record(gateway: FakeGateway, corpus: Corpus,
+                                               tmp_path: Path) -> None:
+    """A restart between the transaction and its record: the chain is asked, not resubmitted."""
+    replay = process_epochs([corpus.reports(0)], gateway.preset)[0]
+
+    async def body(daemon: ValidatorDaemon, client: httpx.AsyncClient) -> None:
+        await post_all(client, corpus.certificates[0])
+        use_signer(daemon, local_signer(gateway, daemon))
+        gateway.advance_to(settle_block(gateway, 0))
+        gateway.settled[0] = SettledEpoch(0, replay.settlement.rewards_root,
+                                          replay.settlement.total, "0xabc")
+        gateway.next_epoch = 1
+        await daemon.loop.step()
+        assert gateway.settlement_submissions() == []
+        # Its punishments still go out, with signatures gathered for them.
+        assert [s.message for s in gateway.submissions] == list(replay.punishments)
+        record = daemon.store.epoch_record(0)
+        assert record is not None and (record.status, record.settle_tx) == (SETTLED, "0xabc")
+
+    run(with_validator(gateway, tmp_path, body))
+
+
+def test_a_chain_root_it_did_not_compute_stops_settlement(gateway: FakeGateway, corpus: Corpus,
+                                                          tmp_path: Path) -> None:
+    async def body(daemon: ValidatorDaemon, client: httpx.AsyncClient) -> None:
+        await post_all(client, corpus.certificates[0])
+        use_signer(daemon, local_signer(gateway, daemon))
+        gateway.advance_to(settle_block(gateway, 1))
+        gateway.settled[0] = SettledEpoch(0, b"\x01" * 32, 5, "0xabc")
+        gateway.next_epoch = 1
+        await daemon.loop.step()
+        await daemon.loop.step()
+        record = daemon.store.epoch_record(0)
+        assert record is not None and record.status == DIVERGED and record.note
+        assert gateway.submissions == []  # epoch 1 is not settled on a diverged history
+        status = (await client.get("/v1/status")).json()
+        assert status["diverged"] == [0]
+
+    run(with_validator(gateway, tmp_path, body))
+
+
+def test_settles_over_http_with_one_mixer_down(gateway: FakeGateway, corpus: Corpus,
+                                               tmp_path: Path) -> None:
+    """Real HTTP both ways: mixers fetch the published certificates, re-verify, replay, sign."""
+    replay = process_epochs([corpus.reports(0)], gateway.preset)[0]
+
+    async def scenario() -> None:
+        daemon = ValidatorDaemon(gateway, tmp_path, port=0, poll_s=0.05,
+                                 backoff=Backoff(base_s=0.05, max_s=0.2))
+        await daemon.start()
+        http = httpx.AsyncClient(timeout=30)
+        try:
+            async with daemon_client(daemon) as client:
+                await post_all(client, corpus.certificates[0])
+            apps = [fake_mixer_app(gateway, m.address, daemon.url, http)
+                    for m in gateway.mixers[1:]]
+            async with serving(apps[0], "127.0.0.1", 0) as s1, \
+                    serving(apps[1], "127.0.0.1", 0) as s2, \
+                    serving(apps[2], "127.0.0.1", 0) as s3:
+                for mixer, server in zip(gateway.mixers[1:], (s1, s2, s3), strict=True):
+                    gateway.endpoints[mixer.address] = server_url(server)
+                gateway.endpoints[gateway.mixers[0].address] = "http://127.0.0.1:9"  # down
+                gateway.advance_to(settle_block(gateway, 0))
+                for _ in range(400):
+                    if daemon.store.punishments(0, status="submitted"):
+                        break
+                    await asyncio.sleep(0.05)
+        finally:
+            await http.aclose()
+            await daemon.stop()
+        (submission,) = gateway.settlement_submissions()
+        assert submission.message == replay.settlement
+        assert set(submission.signers) <= {m.address for m in gateway.mixers[1:]}
+        assert [s.message for s in gateway.submissions if s.kind == "punishment"] == list(
+            replay.punishments)
+
+    run(scenario())
+
+
+def daemon_client(daemon: ValidatorDaemon) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=daemon.url, timeout=30)
+
+
+# -- publication ---------------------------------------------------------------------------------
+
+
+def test_node_proofs_breakdowns_and_listings(gateway: FakeGateway, corpus: Corpus,
+                                             tmp_path: Path) -> None:
+    replay = process_epochs([corpus.reports(e) for e in range(2)], gateway.preset)
+
+    async def body(daemon: ValidatorDaemon, client: httpx.AsyncClient) -> None:
+        await post_all(client, corpus.certificates[0])
+        gateway.advance_to(last_round_start(gateway, 1))
+        await post_all(client, corpus.certificates[1])
+        use_signer(daemon, local_signer(gateway, daemon))
+        gateway.advance_to(settle_block(gateway, 1))
+        await daemon.loop.step()  # epoch 0
+        await daemon.loop.step()  # epoch 1
+        assert gateway.next_epoch == 2
+        root = gateway.settled[1].rewards_root
+        earners = [a for a, v in replay[1].cumulative.items() if v > 0]
+        assert earners
+        for address in earners:
+            node = (await client.get(f"/v1/nodes/{address.upper().replace('0X', '0x')}")).json()
+            assert node["epoch"] == 1 and node["root"] == "0x" + root.hex()
+            assert node["cumulative"] == replay[1].cumulative[address]
+            proof = [bytes.fromhex(p[2:]) for p in node["proof"]]
+            assert verify_proof(root, address, node["cumulative"], proof)
+            rows = {r["epoch"]: r for r in node["epochs"]}
+            assert rows[1]["reward"] == replay[1].rewards.get(address, 0)
+            assert rows[1]["cumulative"] == node["cumulative"]
+        cheater = gateway.nodes_list[CHEATER].address
+        assert (await client.get(f"/v1/nodes/{cheater}")).json()["epochs"][0]["fraud"] is True
+
+        address = earners[0]
+        detail = (await client.get(f"/v1/nodes/{address}/epochs/1")).json()
+        mine = [r for r in replay[1].reports if r.node == address]
+        assert detail["challenges"] == len(mine) == len(detail["reports"])
+        assert detail["epoch_score"] == replay[1].epoch_scores[address]
+        assert detail["reward"] == replay[1].rewards[address]
+        assert detail["final"] is True and detail["status"] == "settled"
+        for entry, report in zip(detail["reports"], mine, strict=True):
+            score = compute_report_score(report, gateway.preset)
+            assert (entry["round"], entry["mixer"], entry["outcome"], entry["reason"]) == (
+                report.round, report.mixer, Outcome(report.outcome).name, report.reason)
+            assert (entry["rtt_us"], entry["compute_us"], entry["download_us"],
+                    entry["upload_us"]) == (report.rtt_us, report.compute_us,
+                                            report.download_us, report.upload_us)
+            assert (entry["latency"], entry["compute"], entry["bandwidth"], entry["score"]) == (
+                score.latency, score.compute, score.bandwidth, report.score)
+        offline = gateway.nodes_list[OFFLINE].address
+        failed = (await client.get(f"/v1/nodes/{offline}/epochs/0")).json()
+        assert {r["outcome"] for r in failed["reports"]} == {"UNREACHABLE"}
+        assert failed["strike"] is True and failed["epoch_score"] == 0
+
+        certificates = (await client.get("/v1/epochs/1/certificates")).json()
+        assert [QuorumCertificate.from_wire(c) for c in certificates] == corpus.certificates[1]
+        page = (await client.get("/v1/epochs/1/certificates?offset=1&limit=2")).json()
+        assert page == certificates[1:3]
+        reports = (await client.get("/v1/epochs/1/reports")).json()
+        assert sorted(ScoreReport.from_wire(r).hash_struct() for r in reports) == sorted(
+            r.hash_struct() for r in replay[1].reports)
+        collecting = (await client.get("/v1/epochs/2")).json()
+        assert collecting["status"] == "collecting" and collecting["settlement"] is None
+
+        for path, status, field in [
+            ("/v1/nodes/0x1234", 400, "address"),
+            ("/v1/nodes/0x" + "zz" * 20, 400, "address"),
+            (f"/v1/nodes/{address}/epochs/-1", 400, "epoch"),
+            (f"/v1/nodes/{address}/epochs/abc", 400, "epoch"),
+            ("/v1/epochs/99999999999999999999", 400, "epoch"),
+            ("/v1/epochs/1/certificates?limit=x", 400, "limit"),
+            ("/v1/epochs?limit=100000", 400, "limit"),
+            ("/v1/epochs/1000", 404, "epoch"),
+        ]:
+            response = await client.get(path)
+            assert response.status_code == status, (path, response.text)
+            assert response.json()["error"]["field"] == field, path
+
+    run(with_validator(gateway, tmp_path, body))
+
+
+def test_store_refuses_another_network(tmp_path: Path) -> None:
+    store = ValidatorStore(tmp_path / "v.db")
+    try:
+        store.bind_network(1, "0x" + "aa" * 20)
+        store.bind_network(1, "0x" + "AA" * 20)
+        with pytest.raises(Exception, match="another --data-dir"):
+            store.bind_network(2, "0x" + "aa" * 20)
+    finally:
+        store.close()
+
+
+def test_unreachable_chain_is_a_503_not_a_500(gateway: FakeGateway, corpus: Corpus,
+                                              tmp_path: Path) -> None:
+    async def body(daemon: ValidatorDaemon, client: httpx.AsyncClient) -> None:
+        def down(*_: Any) -> Any:
+            raise ChainError("connection refused")
+
+        gateway.mixer_set = down  # type: ignore[method-assign]
+        gateway.advance_to(last_round_start(gateway, 1))
+        response = await client.post("/v1/certificates", content=corpus.certificates[1][0]
+                                     .to_json())
+        assert response.status_code == 503
+        assert "connection refused" in response.json()["error"]["message"]
+
+    run(with_validator(gateway, tmp_path, body))
