@@ -8,7 +8,7 @@ Every signed dnanet message is an EIP-712 struct under the domain
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -146,6 +146,9 @@ def address_to_bytes(address: Any) -> bytes:
     if isinstance(address, bytes) and len(address) == 20:
         return address
     if not isinstance(address, str) or len(address) != 42 or address[:2] not in ("0x", "0X"):
+        raise CryptoError(f"not an address: {address!r}")
+    # bytes.fromhex skips whitespace, which would yield fewer than 20 bytes.
+    if not (address[2:].isascii() and address[2:].isalnum()):
         raise CryptoError(f"not an address: {address!r}")
     try:
         return bytes.fromhex(address[2:])

@@ -37,7 +37,7 @@ class Identity:
         """An identity from 32 bytes of caller-supplied randomness (e.g. ``os.urandom(32)``)."""
         if len(entropy) != 32:
             raise CryptoError("entropy for a new key must be 32 bytes")
-        return cls(coincurve.PrivateKey(entropy).secret)
+        return cls(bytes(entropy))  # __post_init__ rejects zero or >= n with CryptoError
 
     @classmethod
     def from_hex(cls, text: str) -> Identity:
@@ -85,7 +85,9 @@ def decrypt_keystore(document: dict[str, Any] | str, password: str) -> Identity:
         doc = json.loads(document) if isinstance(document, str) else document
     except json.JSONDecodeError as exc:
         raise KeystoreError(f"keystore is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("version") != 3 or "crypto" not in doc:
+    # Older geth versions write "Crypto"; eth-keyfile reads either spelling.
+    has_crypto = isinstance(doc, dict) and ("crypto" in doc or "Crypto" in doc)
+    if not has_crypto or doc.get("version") != 3:
         raise KeystoreError("not a keystore v3 document (expected version 3 and a crypto section)")
     try:
         key = Account.decrypt(doc, password)
@@ -95,7 +97,9 @@ def decrypt_keystore(document: dict[str, Any] | str, password: str) -> Identity:
         raise KeystoreError(f"malformed keystore: missing or bad {exc}") from None
     identity = Identity(bytes(key))
     stored = doc.get("address")
-    if stored and stored.lower().removeprefix("0x") != identity.address[2:]:
+    if stored and (
+        not isinstance(stored, str) or stored.lower().removeprefix("0x") != identity.address[2:]
+    ):
         raise KeystoreError(f"keystore address {stored} does not match its key {identity.address}")
     return identity
 

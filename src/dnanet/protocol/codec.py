@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from dnanet.crypto.eip712 import StructType
@@ -405,13 +406,48 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+MAX_JSON_DEPTH = 8
+"""Objects and lists nest at most this deep (a certificate's reports need 3)."""
+
+_JSON_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _nesting_exceeds(data: bytes, limit: int) -> bool:
+    """Whether the JSON parser could recurse deeper than ``limit`` on UTF-8 ``data``.
+
+    An upper bound found without recursion: strings dropped, both bracket kinds treated alike,
+    matched pairs peeled innermost first, unmatched openers counted.
+    """
+    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    brackets = brackets.replace(b"{", b"[").replace(b"}", b"]")
+    for peeled in range(limit + 1):
+        if b"[]" not in brackets:
+            return peeled + brackets.count(b"[") > limit
+        brackets = brackets.replace(b"[]", b"")
+    return True
+
+
 def parse_json(raw: bytes | str, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
-    """Parse JSON strictly: size-limited, no floats, NaN or duplicate keys."""
+    """Parse JSON strictly: size-limited, UTF-8, shallow, no floats, NaN or duplicate keys."""
     if len(raw) > max_bytes:
         raise CodecError(f"message of {len(raw)} bytes exceeds the limit of {max_bytes}")
+    # Decode UTF-8 here: json.loads would guess UTF-16/32 from null bytes.
+    if isinstance(raw, bytes):
+        data = raw
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError as exc:
+            raise CodecError(f"invalid JSON: not UTF-8: {exc}") from None
+    else:
+        text, data = raw, raw.encode("utf-8", "surrogatepass")
+    # Verify the nesting is shallow before parsing: eth_account raises the recursion limit to
+    # 100000 at import, and json's C parser then overflows the C stack (a segfault) long before.
+    if _nesting_exceeds(data, MAX_JSON_DEPTH):
+        raise CodecError(f"invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         return json.loads(
-            raw,
+            text,
             parse_float=_reject_float,
             parse_constant=_reject_constant,
             object_pairs_hook=_no_duplicates,
@@ -424,6 +460,7 @@ def parse_json(raw: bytes | str, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
 
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "MAX_MESSAGE_BYTES",
     "Address",
     "Bool",
