@@ -235,7 +235,7 @@ def striking_epoch(epoch: int) -> list[ScoreReport]:
 
 def test_third_strike_within_the_window_is_punished_not_before() -> None:
     assert TEST.strikes_to_punish == 3
-    rollups = process_epochs([striking_epoch(e) for e in range(4)], TEST)
+    rollups = process_epochs([striking_epoch(e) for e in range(6)], TEST)
     assert all(r.strikes == (A,) for r in rollups)
     assert all(r.epoch_scores[A] == 0 and A not in r.rewards for r in rollups)
     assert rollups[0].punishments == rollups[1].punishments == ()
@@ -243,8 +243,10 @@ def test_third_strike_within_the_window_is_punished_not_before() -> None:
         Punishment(node=A, epoch=2, jail=True, slash_bps=TEST.strike_slash_bps,
                    evidence_digest=compute_strike_evidence(A, [0, 1, 2])),
     )
-    # Every strike still in the window is evidence (the window is 8 epochs long).
-    assert rollups[3].punishments[0].evidence_digest == compute_strike_evidence(A, [0, 1, 2, 3])
+    # A punishment uses up the strikes behind it: counting starts again, so the next one
+    # comes three strikes later, with only those strikes as evidence.
+    assert rollups[3].punishments == rollups[4].punishments == ()
+    assert rollups[5].punishments[0].evidence_digest == compute_strike_evidence(A, [3, 4, 5])
 
 
 def test_exactly_a_third_failed_is_no_strike() -> None:
