@@ -556,9 +556,9 @@ def test_oversized_message_is_rejected_before_parsing(monkeypatch: pytest.Monkey
             lambda: Punishment(
                 node=NODE,
                 epoch=1,
-                jail=1,
+                jail=1,  # type: ignore[arg-type]
                 slash_bps=0,
-                evidence_digest=b"\x00" * 32,  # type: ignore[arg-type]
+                evidence_digest=b"\x00" * 32,
             ),
             "Punishment.jail",
             "true or false",
