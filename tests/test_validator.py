@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dnanet.errors import ChainError
+from dnanet.errors import ChainError, ProtocolError, ScheduleError
+from dnanet.protocol.codec import MAX_MESSAGE_BYTES
 from dnanet.protocol.epoch import process_epochs
 from dnanet.protocol.messages import Outcome, QuorumCertificate, ScoreReport
 from dnanet.protocol.quorum import compute_batch
@@ -31,11 +32,13 @@ from dnanet.protocol.schedule import (
     is_assigned,
 )
 from dnanet.protocol.scoring import compute_report_score
+from dnanet.protocol.validation import verify_certified_batch
 from dnanet.service.http import serving
 from dnanet.service.network import SettledEpoch
 from dnanet.validator.daemon import ValidatorDaemon
 from dnanet.validator.settle import Backoff, SettlementLoop
 from dnanet.validator.store import DIVERGED, SETTLED, ValidatorStore
+from dnanet.validator.views import ViewCache
 from validator_helpers import (
     Committee,
     Corpus,
@@ -91,8 +94,10 @@ def use_signer(daemon: ValidatorDaemon, signer: Any) -> None:
 # -- intake --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("workers", [0, 1], ids=["threads", "processes"])
 def test_intake_accepts_persists_and_deduplicates(gateway: FakeGateway, corpus: Corpus,
-                                                  committee: Committee, tmp_path: Path) -> None:
+                                                  committee: Committee, tmp_path: Path,
+                                                  workers: int) -> None:
     certificates = corpus.certificates[0]
 
     async def body(daemon: ValidatorDaemon, client: httpx.AsyncClient) -> None:
@@ -112,7 +117,7 @@ def test_intake_accepts_persists_and_deduplicates(gateway: FakeGateway, corpus: 
                f'{len(certificates) + 1}.0' in metrics
         assert 'dnanet_validator_certificates_total{result="duplicate"} 1.0' in metrics
 
-    run(with_validator(gateway, tmp_path, body))
+    run(with_validator(gateway, tmp_path, body, workers=workers))
     # Everything acknowledged is on disk: reopen the database.
     store = ValidatorStore(tmp_path / "validator.db")
     try:
@@ -145,8 +150,10 @@ def _unassigned_node(gw: FakeGateway, report: ScoreReport) -> str:
     return next(n.address for n in gw.nodes_list if not is_assigned(beta, n.address, target))
 
 
+@pytest.mark.parametrize("workers", [0, 1], ids=["threads", "processes"])
 def test_intake_rejects_bad_certificates_naming_the_field(
-        gateway: FakeGateway, corpus: Corpus, committee: Committee, tmp_path: Path) -> None:
+        gateway: FakeGateway, corpus: Corpus, committee: Committee, tmp_path: Path,
+        workers: int) -> None:
     good = next(c for c in corpus.certificates[0]
                 if any(r.outcome == Outcome.OK for r in c.reports))
     wire = good.to_wire()
@@ -207,14 +214,16 @@ def test_intake_rejects_bad_certificates_naming_the_field(
             elif status == 422:
                 assert error["field"] and error["field"].startswith("reports["), (name, error)
             assert error["message"], name
-        huge = await client.post("/v1/certificates", content=b" " * (5 << 20))
+        huge = await client.post("/v1/certificates", content=b" " * (MAX_MESSAGE_BYTES + 1))
         assert huge.status_code == 413
         metrics = (await client.get("/metrics")).text
         assert f'dnanet_validator_certificates_total{{result="rejected"}} {len(cases)}.0' \
             in metrics
         assert daemon.store.certificate_count(0) == 0
+        # The good certificate itself passes the same path.
+        assert (await client.post("/v1/certificates", content=good.to_json())).status_code == 200
 
-    run(with_validator(gateway, tmp_path, body))
+    run(with_validator(gateway, tmp_path, body, workers=workers))
 
 
 def test_certificates_for_closed_epochs_are_refused(gateway: FakeGateway, corpus: Corpus,
@@ -558,5 +567,51 @@ def test_unreachable_chain_is_a_503_not_a_500(gateway: FakeGateway, corpus: Corp
                                      .to_json())
         assert response.status_code == 503
         assert "connection refused" in response.json()["error"]["message"]
+
+    run(with_validator(gateway, tmp_path, body))
+
+
+def test_views_refresh_nodes_at_most_once_per_period(gateway: FakeGateway) -> None:
+    calls = []
+    real_nodes = gateway.nodes
+
+    def counted() -> Any:
+        calls.append(1)
+        return real_nodes()
+
+    gateway.nodes = counted  # type: ignore[method-assign]
+    now = [100.0]
+    views = ViewCache(gateway, node_refresh_s=3.0, clock=lambda: now[0])
+    newcomer = seeded_identity("newcomer").address
+    views.view(0, nodes={newcomer})
+    views.view(0, nodes={newcomer})
+    now[0] += 1.0
+    views.view(0, nodes={newcomer})
+    assert len(calls) == 1  # just read: an unknown node does not re-read within the period
+    gateway.nodes_list = [*gateway.nodes_list, dataclasses.replace(
+        gateway.nodes_list[0], address=newcomer)]
+    now[0] += 3.0
+    assert newcomer in views.view(0, nodes={newcomer}).nodes
+    assert newcomer in views.view(0, nodes={newcomer}).nodes
+    assert len(calls) == 2  # one refresh, then known
+    with pytest.raises(ScheduleError, match="has not started"):
+        views.view(EPOCHS + 3)
+
+
+def test_a_later_jail_does_not_void_a_certified_batch(gateway: FakeGateway, corpus: Corpus,
+                                                      tmp_path: Path) -> None:
+    cheater = gateway.nodes_list[CHEATER].address
+    certificate = next(c for c in corpus.certificates[0]
+                       if any(r.node == cheater for r in c.reports) and len(c.reports) > 1)
+    gateway.nodes_list = [dataclasses.replace(n, jailed=True, active=False)
+                          if n.address == cheater else n for n in gateway.nodes_list]
+    strict = ViewCache(gateway, assume_active=False).view(0, rounds=(certificate.batch.round,))
+    with pytest.raises(ProtocolError, match="jailed"):
+        verify_certified_batch(certificate, strict)
+
+    async def body(daemon: ValidatorDaemon, client: httpx.AsyncClient) -> None:
+        answer = await client.post("/v1/certificates", content=certificate.to_json())
+        assert answer.status_code == 200
+        assert answer.json()["accepted"] == len(certificate.reports)
 
     run(with_validator(gateway, tmp_path, body))

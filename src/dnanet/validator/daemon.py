@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ import httpx
 from dnanet.crypto.keys import Identity
 from dnanet.service.http import AppLimits, Server, create_app
 from dnanet.service.network import ChainGateway
-from dnanet.validator.server import CertificateIntake, ValidatorApi, ValidatorMetrics
+from dnanet.validator.intake import CertificateIntake
+from dnanet.validator.server import ValidatorApi, ValidatorMetrics
 from dnanet.validator.settle import Backoff, HttpSettlementSigner, SettlementLoop, SettlementSigner
 from dnanet.validator.store import ValidatorStore
 from dnanet.validator.views import ViewCache
@@ -36,7 +38,8 @@ class ValidatorDaemon:
 
     ``signer`` replaces the HTTP client that asks mixers for settlement signatures (tests);
     ``poll_s`` is how often the settlement loop looks at the chain (default: half a block);
-    ``run_settlement=False`` serves without the loop (the caller drives ``loop.step()``).
+    ``run_settlement=False`` serves without the loop (the caller drives ``loop.step()``);
+    ``workers`` > 0 verifies certificates in that many processes (else in threads).
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class ValidatorDaemon:
         backoff: Backoff | None = None,
         limits: AppLimits | None = None,
         run_settlement: bool = True,
+        workers: int = 0,
     ) -> None:
         self.gateway = gateway
         self.preset = gateway.preset
@@ -69,8 +73,9 @@ class ValidatorDaemon:
         self.loop = SettlementLoop(
             self.store, gateway, signer or HttpSettlementSigner(self.http), poll_s=poll,
             backoff=backoff, hooks=self.metrics, on_published=self._published)
-        self.intake = CertificateIntake(self.store, self.views, self.metrics,
-                                        lambda: self.loop.chain_next)
+        self.intake = CertificateIntake(self.store, self.views,
+                                        chain_next=lambda: self.loop.chain_next,
+                                        workers=workers, on_result=self.metrics.intake_result)
         self.api = ValidatorApi(self.app, self.store, gateway, self.intake, self.status)
         self.server = Server(self.app, host, port)
         self._task: asyncio.Task[None] | None = None
@@ -150,7 +155,8 @@ def _validator_run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     keystore = Path(args.keystore) if args.keystore else None
     gateway = open_gateway(args.rpc, Path(args.deployment), keystore)
-    daemon = ValidatorDaemon(gateway, Path(args.data_dir), host=args.host, port=args.port)
+    daemon = ValidatorDaemon(gateway, Path(args.data_dir), host=args.host, port=args.port,
+                             workers=args.workers)
     asyncio.run(_serve(daemon))
     return 0
 
@@ -167,6 +173,8 @@ def add_validator_commands(sub: Any) -> None:
                      "transactions (password from DNANET_KEYSTORE_PASSWORD or a prompt)")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8700)
+    run.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                     help="processes that verify certificates (0: threads in the main process)")
     run.set_defaults(handler=_validator_run)
 
 

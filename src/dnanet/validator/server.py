@@ -14,19 +14,15 @@
 ``GET /v1/status``                       chain position and what is pending
 =======================================  =====================================================
 
-Intake verifies in a worker thread (``verify_certified_batch``, VRF results cached per epoch
-view) and commits in groups: certificates verified while a commit is running are written
-together by the next one, and none is acknowledged before its transaction is durable.
+Intake (``dnanet.validator.intake``) verifies off the event loop and commits in groups; none
+is acknowledged before its transaction is durable.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -35,22 +31,20 @@ from prometheus_client import CollectorRegistry, Counter
 
 from dnanet.errors import CodecError, DnanetError
 from dnanet.params import Preset
-from dnanet.protocol.codec import MAX_MESSAGE_BYTES, Address, canonical_json, parse_json
+from dnanet.protocol.codec import MAX_MESSAGE_BYTES, Address, canonical_json
 from dnanet.protocol.messages import Outcome, QuorumCertificate
 from dnanet.protocol.rollup import RewardTree
 from dnanet.protocol.schedule import compute_epoch
 from dnanet.protocol.scoring import compute_node_epoch_scores, compute_report_score
-from dnanet.protocol.validation import verify_certified_batch
 from dnanet.service.http import error_body, message_schema, read_body
 from dnanet.service.network import ChainGateway
+from dnanet.validator.intake import CertificateIntake
 from dnanet.validator.store import (
     COLLECTING,
     EpochClosed,
     EpochRecord,
-    IntakeResult,
     ValidatorStore,
 )
-from dnanet.validator.views import ViewCache
 
 log = logging.getLogger("dnanet.validator")
 
@@ -74,130 +68,17 @@ class ValidatorMetrics:
         for result in ("accepted", "duplicate", "rejected", "closed"):
             self.certificates.labels(result)
 
+    def intake_result(self, result: str, reports: int) -> None:
+        self.certificates.labels(result).inc()
+        if reports:
+            self.reports.inc(reports)
+
     # SettlementHooks
     def settled(self, epoch: int) -> None:
         self.epochs_settled.inc()
 
     def punished(self) -> None:
         self.punishments.inc()
-
-
-@dataclass
-class _Pending:
-    certificate: QuorumCertificate
-    future: asyncio.Future[IntakeResult | EpochClosed]
-
-
-class CertificateIntake:
-    """Verify certificates off the event loop and store them with group commits."""
-
-    def __init__(self, store: ValidatorStore, views: ViewCache, metrics: ValidatorMetrics,
-                 chain_next: Callable[[], int | None]) -> None:
-        self.store = store
-        self.views = views
-        self.metrics = metrics
-        self.chain_next = chain_next
-        self._queue: asyncio.Queue[_Pending | None] | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._closed_epochs: set[int] = set()
-        self._closed_lock = threading.Lock()
-
-    async def start(self) -> None:
-        self._queue = asyncio.Queue()
-        self._writer = asyncio.create_task(self._write_loop(), name="validator-writer")
-
-    async def stop(self) -> None:
-        if self._queue is not None and self._writer is not None:
-            await self._queue.put(None)  # drain what is queued, then stop
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-        self._writer = None
-
-    def mark_closed(self, epoch: int) -> None:
-        with self._closed_lock:
-            self._closed_epochs.add(epoch)
-
-    def _check_open(self, epoch: int) -> None:
-        chain_next = self.chain_next()
-        if chain_next is not None and epoch < chain_next:
-            raise EpochClosed(f"epoch {epoch} is already settled on chain", field="epoch")
-        with self._closed_lock:
-            closed = epoch in self._closed_epochs
-        if closed or self.store.is_closed(epoch):
-            self.mark_closed(epoch)
-            raise EpochClosed(f"epoch {epoch} is closed: its rollup is computed and published",
-                              field="epoch")
-
-    def prepare(self, raw: bytes) -> tuple[QuorumCertificate, bool]:
-        """Parse and verify (in a worker thread); returns the certificate and whether it is
-        a duplicate of a stored batch (then it is not verified again)."""
-        certificate = QuorumCertificate.from_wire(parse_json(raw), "certificate")
-        batch = certificate.batch
-        if self.store.has_batch(batch.hash_struct()):
-            return certificate, True
-        self._check_open(batch.epoch)
-        view = self.views.view(batch.epoch, rounds=(batch.round,),
-                               nodes={r.node for r in certificate.reports})
-        verify_certified_batch(certificate, view)
-        return certificate, False
-
-    async def submit(self, raw: bytes) -> IntakeResult:
-        """Verify and durably store one certificate; raises DnanetError if it is refused."""
-        if self._queue is None:
-            raise DnanetError("the validator is not running")
-        try:
-            certificate, duplicate = await asyncio.to_thread(self.prepare, raw)
-        except EpochClosed:
-            self.metrics.certificates.labels("closed").inc()
-            raise
-        except DnanetError:
-            self.metrics.certificates.labels("rejected").inc()
-            raise
-        if duplicate:
-            self.metrics.certificates.labels("duplicate").inc()
-            return IntakeResult(0, 0, True)
-        future: asyncio.Future[IntakeResult | EpochClosed] = (
-            asyncio.get_running_loop().create_future())
-        await self._queue.put(_Pending(certificate, future))
-        result = await future
-        if isinstance(result, EpochClosed):
-            self.metrics.certificates.labels("closed").inc()
-            raise result
-        self.metrics.certificates.labels("duplicate" if result.duplicate else "accepted").inc()
-        self.metrics.reports.inc(result.accepted)
-        return result
-
-    async def _write_loop(self) -> None:
-        assert self._queue is not None
-        stopping = False
-        while not stopping:
-            first = await self._queue.get()
-            group: list[_Pending] = []
-            if first is None:
-                stopping = True
-            else:
-                group.append(first)
-            while not self._queue.empty() and len(group) < MAX_GROUP_COMMIT:
-                item = self._queue.get_nowait()
-                if item is None:
-                    stopping = True
-                else:
-                    group.append(item)
-            if not group:
-                continue
-            try:
-                results = await asyncio.to_thread(
-                    self.store.save_certificates, [p.certificate for p in group])
-            except Exception as exc:  # the disk failed: nobody gets an acknowledgement
-                log.error("storing %d certificates failed: %s", len(group), exc)
-                for pending in group:
-                    if not pending.future.done():
-                        pending.future.set_exception(
-                            DnanetError(f"the validator could not store the certificate: {exc}"))
-                continue
-            for pending, result in zip(group, results, strict=True):
-                if not pending.future.done():
-                    pending.future.set_result(result)
 
 
 class InconsistentState(DnanetError):
@@ -417,7 +298,7 @@ class ValidatorApi:
 
 
 __all__ = [
-    "CertificateIntake",
+    "InconsistentState",
     "ValidatorApi",
     "ValidatorMetrics",
     "parse_address",

@@ -79,6 +79,45 @@ DIVERGED = "diverged"
 COLLECTING = "collecting"
 
 
+@dataclass(frozen=True)
+class PreparedReport:
+    """A verified report as the store writes it."""
+
+    epoch: int
+    round: int
+    mixer: str
+    node: str
+    report_hash: bytes
+    outcome: int
+    score: int
+    report_json: bytes
+
+    @property
+    def key(self) -> tuple[int, int, str, str]:
+        return (self.epoch, self.round, self.mixer, self.node)
+
+
+@dataclass(frozen=True)
+class PreparedCertificate:
+    """A verified certificate as the store writes it (plain data: it crosses processes)."""
+
+    batch_hash: bytes
+    epoch: int
+    round: int
+    mixer: str
+    certificate_json: bytes
+    reports: tuple[PreparedReport, ...]
+
+    @classmethod
+    def of(cls, certificate: QuorumCertificate) -> PreparedCertificate:
+        batch = certificate.batch
+        return cls(batch.hash_struct(), batch.epoch, batch.round, batch.mixer,
+                   certificate.to_json(),
+                   tuple(PreparedReport(r.epoch, r.round, r.mixer, r.node, r.hash_struct(),
+                                        r.outcome, r.score, r.to_json())
+                         for r in certificate.reports))
+
+
 class EpochClosed(ScheduleError):
     """A certificate arrived for an epoch whose rollup is already computed or settled."""
 
@@ -184,35 +223,34 @@ class ValidatorStore(Store):
         return self.one("SELECT 1 FROM epochs WHERE epoch=?", (epoch,)) is not None
 
     def save_certificates(
-        self, certificates: Sequence[QuorumCertificate]
+        self, certificates: Sequence[PreparedCertificate | QuorumCertificate]
     ) -> list[IntakeResult | EpochClosed]:
         """Store verified certificates in one durable transaction; one result per certificate
         (an EpochClosed for those whose epoch was closed meanwhile, which are not stored)."""
         results: list[IntakeResult | EpochClosed] = []
         with self.transaction() as db:
             closed: dict[int, bool] = {}
-            for cert in certificates:
-                batch = cert.batch
-                batch_hash = batch.hash_struct()
+            for item in certificates:
+                cert = (PreparedCertificate.of(item) if isinstance(item, QuorumCertificate)
+                        else item)
                 if db.execute("SELECT 1 FROM certificates WHERE batch_hash=?",
-                              (batch_hash,)).fetchone() is not None:
+                              (cert.batch_hash,)).fetchone() is not None:
                     results.append(IntakeResult(0, 0, True))
                     continue
-                if batch.epoch not in closed:
-                    closed[batch.epoch] = db.execute(
-                        "SELECT 1 FROM epochs WHERE epoch=?", (batch.epoch,)).fetchone() is not None
-                if closed[batch.epoch]:
+                if cert.epoch not in closed:
+                    closed[cert.epoch] = db.execute(
+                        "SELECT 1 FROM epochs WHERE epoch=?", (cert.epoch,)).fetchone() is not None
+                if closed[cert.epoch]:
                     results.append(EpochClosed(
-                        f"epoch {batch.epoch} is closed: its rollup is computed", field="epoch"))
+                        f"epoch {cert.epoch} is closed: its rollup is computed", field="epoch"))
                     continue
                 accepted = skipped = 0
                 for report in cert.reports:
-                    report_hash = report.hash_struct()
                     row = db.execute(
                         "SELECT report_hash FROM reports WHERE epoch=? AND round=? AND mixer=?"
                         " AND node=?", report.key).fetchone()
-                    values = (report_hash, batch_hash, report.outcome, report.score,
-                              report.to_json())
+                    values = (report.report_hash, cert.batch_hash, report.outcome, report.score,
+                              report.report_json)
                     if row is None:
                         db.execute(
                             "INSERT INTO reports(epoch, round, mixer, node, report_hash,"
@@ -221,7 +259,7 @@ class ValidatorStore(Store):
                         accepted += 1
                         continue
                     skipped += 1
-                    if report_hash < bytes(row[0]):
+                    if report.report_hash < bytes(row[0]):
                         # Keep the smaller struct hash, as select_epoch_reports does.
                         db.execute(
                             "UPDATE reports SET report_hash=?, batch_hash=?, outcome=?, score=?,"
@@ -230,8 +268,8 @@ class ValidatorStore(Store):
                 db.execute(
                     "INSERT INTO certificates(batch_hash, epoch, round, mixer, report_count,"
                     " accepted, certificate_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (batch_hash, batch.epoch, batch.round, batch.mixer, len(cert.reports),
-                     accepted, cert.to_json()))
+                    (cert.batch_hash, cert.epoch, cert.round, cert.mixer, len(cert.reports),
+                     accepted, cert.certificate_json))
                 results.append(IntakeResult(accepted, skipped, False))
         return results
 
@@ -450,6 +488,8 @@ __all__ = [
     "EpochRecord",
     "IntakeResult",
     "NodeEpochRow",
+    "PreparedCertificate",
+    "PreparedReport",
     "PunishmentRecord",
     "ValidatorStore",
 ]

@@ -5,6 +5,12 @@ An ``EpochView`` needs the epoch's mixer set (address -> VRF key), the registere
 of each round's first block). ``ViewCache`` keeps one view per recent epoch so that its
 ``beta_cache`` memoises every mixer's VRF proof across certificates, and refreshes the node
 list at most once per ``node_refresh_s`` when a certificate names a node it does not know.
+
+Jail status: by default a registered node counts as active. The registry only says whether a
+node is jailed *now*; a certificate that a quorum signed while the node was active must stay
+valid after a later jail, or the Validator would refuse a whole in-flight batch (every other
+node's reports with it), and the mixers' and auditors' re-verification of published epochs
+would depend on when they run. Honest mixers neither challenge nor co-sign a jailed node.
 """
 
 from __future__ import annotations
@@ -64,9 +70,10 @@ class ViewCache:
     """Thread-safe views of recent epochs for certificate intake (see the module docstring)."""
 
     def __init__(self, gateway: ChainGateway, *, node_refresh_s: float = NODE_REFRESH_S,
-                 keep_epochs: int = KEEP_EPOCHS,
+                 keep_epochs: int = KEEP_EPOCHS, assume_active: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.gateway = gateway
+        self.assume_active = assume_active
         self.node_refresh_s = node_refresh_s
         self.keep_epochs = keep_epochs
         self._clock = clock
@@ -78,7 +85,8 @@ class ViewCache:
     def _node_infos(self, *, refresh: bool) -> dict[str, NodeInfo]:
         now = self._clock()
         if self._nodes is None or (refresh and now - self._nodes_at >= self.node_refresh_s):
-            self._nodes = compute_node_infos(self.gateway.nodes())
+            self._nodes = compute_node_infos(self.gateway.nodes(),
+                                             assume_active=self.assume_active)
             self._nodes_at = now
             for view in self._views.values():
                 view.nodes = self._nodes  # a new dict: readers in other threads see one or the other
