@@ -6,6 +6,7 @@ challenge sessions, node signatures) and co-sign each batch (see ``validator_hel
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import json
@@ -35,7 +36,7 @@ from dnanet.protocol.scoring import compute_report_score
 from dnanet.protocol.validation import verify_certified_batch
 from dnanet.service.http import serving
 from dnanet.service.network import SettledEpoch
-from dnanet.validator.daemon import ValidatorDaemon
+from dnanet.validator.daemon import ValidatorDaemon, add_validator_commands
 from dnanet.validator.settle import Backoff, SettlementLoop
 from dnanet.validator.store import DIVERGED, SETTLED, ValidatorStore
 from dnanet.validator.views import ViewCache
@@ -615,3 +616,14 @@ def test_a_later_jail_does_not_void_a_certified_batch(gateway: FakeGateway, corp
         assert answer.json()["accepted"] == len(certificate.reports)
 
     run(with_validator(gateway, tmp_path, body))
+
+
+def test_validator_command_line_parses() -> None:
+    parser = argparse.ArgumentParser(prog="dnanet")
+    add_validator_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["validator", "run", "--data-dir", "d", "--deployment", "n.json",
+                              "--port", "9000", "--workers", "0"])
+    assert (args.data_dir, args.deployment, args.port, args.workers) == ("d", "n.json", 9000, 0)
+    assert args.keystore is None and callable(args.handler)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["validator", "run", "--data-dir", "d"])  # no deployment

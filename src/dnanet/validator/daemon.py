@@ -161,6 +161,11 @@ def _validator_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_workers() -> int:
+    """Verification processes pay off only with cores to spare beside the HTTP server."""
+    return max(0, (os.cpu_count() or 1) - 2)
+
+
 def add_validator_commands(sub: Any) -> None:
     """``dnanet validator run``."""
     validator = sub.add_parser("validator", help="run the Validator (intake, rollup, settlement)")
@@ -173,9 +178,10 @@ def add_validator_commands(sub: Any) -> None:
                      "transactions (password from DNANET_KEYSTORE_PASSWORD or a prompt)")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8700)
-    run.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                     help="processes that verify certificates (0: threads in the main process)")
+    run.add_argument("--workers", type=int, default=default_workers(),
+                     help="processes that verify certificates; 0 verifies on threads of the main "
+                     "process (default: CPUs - 2, so 0 on a 2-core host)")
     run.set_defaults(handler=_validator_run)
 
 
-__all__ = ["DB_NAME", "ValidatorDaemon", "add_validator_commands"]
+__all__ = ["DB_NAME", "ValidatorDaemon", "add_validator_commands", "default_workers"]
