@@ -39,7 +39,7 @@ from dnanet.service.network import SettledEpoch
 from dnanet.validator.daemon import ValidatorDaemon, add_validator_commands
 from dnanet.validator.settle import Backoff, SettlementLoop
 from dnanet.validator.store import DIVERGED, SETTLED, ValidatorStore
-from dnanet.validator.views import ViewCache
+from dnanet.service.views import ViewCache
 from validator_helpers import (
     Committee,
     Corpus,

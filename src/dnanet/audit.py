@@ -35,7 +35,7 @@ from dnanet.protocol.epoch import EpochRollup, process_epochs
 from dnanet.protocol.messages import EpochSettlement, Punishment, QuorumCertificate, ScoreReport
 from dnanet.protocol.validation import EpochView, verify_certified_batch
 from dnanet.service.network import ChainGateway, NodeRecord, SettledEpoch
-from dnanet.validator.views import build_epoch_view
+from dnanet.service.views import build_epoch_view
 
 MAX_FETCH_BYTES = 1 << 31
 

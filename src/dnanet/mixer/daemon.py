@@ -59,7 +59,7 @@ from dnanet.protocol.schedule import (
 from dnanet.protocol.validation import BatchRejected, verify_batch_proposal, verify_certified_batch
 from dnanet.service.http import Server, create_app, error_body, message_schema, read_body
 from dnanet.service.network import ChainGateway
-from dnanet.service.views import EpochViews
+from dnanet.service.views import ViewCache
 
 log = logging.getLogger("dnanet.mixer")
 
@@ -104,7 +104,10 @@ class MixerDaemon:
         self.domain = gateway.domain
         self.validator_url = validator_url.rstrip("/")
         self.store = MixerStore(data_dir / "mixer.db")
-        self.views = EpochViews(gateway)
+        # Co-signing checks today's registry (a jailed node is not co-signed); re-checking
+        # published past epochs must not depend on later jails.
+        self.views = ViewCache(gateway, assume_active=False)
+        self.past_views = ViewCache(gateway, assume_active=True)
         self.vrf_secret = derive_vrf_secret(identity)
         self.concurrency = concurrency
         self.poll_s = poll_s if poll_s is not None else max(0.02, self.preset.block_interval_ms / 2000)
@@ -162,7 +165,7 @@ class MixerDaemon:
 
     async def process_round(self, rid: RoundId) -> None:
         """Challenge this round's assigned nodes, then certify the batch."""
-        view = await asyncio.to_thread(self.views.view, rid.epoch, need_round=rid.round)
+        view = await asyncio.to_thread(self.views.view, rid.epoch, rounds=[rid.round])
         if self.address not in view.mixers:
             self.store.begin_round(rid.epoch, rid.round, b"", 0)
             self.store.finish_round(rid.epoch, rid.round)
@@ -171,7 +174,7 @@ class MixerDaemon:
         proof = vrf.prove(self.vrf_secret, compute_vrf_alpha(
             self.domain.chain_id, rid.epoch, rid.round, seed))
         beta = vrf.proof_to_hash(proof)
-        records = {n.address: n for n in await asyncio.to_thread(self.views.node_records)}
+        records = {n.address: n for n in await asyncio.to_thread(self.gateway.nodes)}
         active = sorted(a for a, n in records.items() if n.active)
         assigned = compute_assigned_nodes(beta, active, view.assignment_target)
         self.store.begin_round(rid.epoch, rid.round, proof, len(assigned))
@@ -221,7 +224,7 @@ class MixerDaemon:
         return None
 
     async def _gather(self, proposal: BatchProposal) -> tuple[QuorumCertificate | None, set[int]]:
-        members = await asyncio.to_thread(self.views.mixer_records, proposal.batch.epoch)
+        members = await asyncio.to_thread(self.gateway.mixer_set, proposal.batch.epoch)
         threshold = compute_quorum_threshold(len(members))
         batch_hash = proposal.batch.hash_struct()
         signatures = {self.address: proposal.signature}
@@ -306,7 +309,8 @@ class MixerDaemon:
         if batch.mixer == self.address:
             raise ProtocolError("a mixer does not co-sign its own batch", field="mixer")
         self.verify_proposal_window(proposal)
-        view = self.views.view(batch.epoch, need_round=batch.round)
+        view = self.views.view(batch.epoch, rounds=[batch.round],
+                               nodes=[r.node for r in proposal.reports])
         verify_batch_proposal(proposal, view)
         conflicts = self.store.record_cosigned(proposal)
         if conflicts:
@@ -333,7 +337,8 @@ class MixerDaemon:
         if row is not None:
             return [ScoreReport.from_wire(r) for r in parse_json(row[0], max_bytes=1 << 30)]
         certificates = await self.fetch_certificates(epoch)
-        view = await asyncio.to_thread(self.views.view, epoch, need_round=self.preset.rounds_per_epoch - 1)
+        view = await asyncio.to_thread(self.past_views.view, epoch,
+                                       rounds=range(self.preset.rounds_per_epoch))
 
         def verify() -> list[ScoreReport]:
             out: list[ScoreReport] = []

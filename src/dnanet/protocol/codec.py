@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 from dnanet.crypto.eip712 import StructType
 from dnanet.errors import CodecError
 
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 """No wire message may be larger than this (a batch of reports included)."""
 
 T = TypeVar("T")

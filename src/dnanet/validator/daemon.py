@@ -21,11 +21,11 @@ import httpx
 from dnanet.crypto.keys import Identity
 from dnanet.service.http import AppLimits, Server, create_app
 from dnanet.service.network import ChainGateway
+from dnanet.service.views import ViewCache
 from dnanet.validator.intake import CertificateIntake
 from dnanet.validator.server import ValidatorApi, ValidatorMetrics
 from dnanet.validator.settle import Backoff, HttpSettlementSigner, SettlementLoop, SettlementSigner
 from dnanet.validator.store import ValidatorStore
-from dnanet.validator.views import ViewCache
 
 log = logging.getLogger("dnanet.validator")
 

@@ -32,8 +32,8 @@ from dnanet.params import Preset
 from dnanet.protocol.codec import parse_json
 from dnanet.protocol.messages import QuorumCertificate, ScoreBatch
 from dnanet.protocol.validation import EpochView, NodeInfo, verify_certified_batch
+from dnanet.service.views import ViewCache
 from dnanet.validator.store import EpochClosed, IntakeResult, PreparedCertificate, ValidatorStore
-from dnanet.validator.views import ViewCache
 
 log = logging.getLogger("dnanet.validator.intake")
 
