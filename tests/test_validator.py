@@ -36,10 +36,10 @@ from dnanet.protocol.scoring import compute_report_score
 from dnanet.protocol.validation import verify_certified_batch
 from dnanet.service.http import serving
 from dnanet.service.network import SettledEpoch
+from dnanet.service.views import ViewCache
 from dnanet.validator.daemon import ValidatorDaemon, add_validator_commands
 from dnanet.validator.settle import Backoff, SettlementLoop
 from dnanet.validator.store import DIVERGED, SETTLED, ValidatorStore
-from dnanet.service.views import ViewCache
 from validator_helpers import (
     Committee,
     Corpus,
