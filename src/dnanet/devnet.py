@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -106,18 +107,45 @@ class BlockClock:
         self._task = asyncio.create_task(self._run(), name="block-clock")
 
     async def _run(self) -> None:
-        next_at = time.monotonic()
+        # One block per tick, never a burst to catch up: when the machine is busy the chain's
+        # time slows down with it, as the daemons' deadlines assume.
         while True:
-            next_at += self.interval_s
-            behind = max(1, int((time.monotonic() - next_at) / self.interval_s) + 1)
-            await asyncio.to_thread(self.chain.mine_blocks, min(behind, 16))
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            started = time.monotonic()
+            await asyncio.to_thread(self.chain.mine_blocks, 1)
+            await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+class DaemonThread:
+    """Runs one daemon on its own event loop in its own thread, so that one role's busy
+    moment (hashing a payload, verifying a batch) does not stall every other role's answers.
+    ``start``/``stop`` are awaited from the devnet's loop."""
+
+    def __init__(self, daemon: Any, name: str) -> None:
+        self.daemon = daemon
+        self.name = name
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    async def _call(self, coro: Any) -> Any:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    async def start(self) -> None:
+        await self._call(self.daemon.start())
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._call(self.daemon.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        await asyncio.to_thread(self.thread.join, 5)
+        if not self.thread.is_alive():
+            self.loop.close()
 
 
 class Devnet:
@@ -142,6 +170,7 @@ class Devnet:
         self.clock = BlockClock(self.chain, preset.block_interval_ms / 1000)
         self.mixer_daemons: list[MixerDaemon] = []
         self.node_daemons: list[NodeDaemon] = []
+        self.threads: list[DaemonThread] = []
         self.validator: Any = None
         self.validator_url = ""
         self.http = httpx.AsyncClient(timeout=30)
@@ -170,12 +199,12 @@ class Devnet:
         self.validator = ValidatorDaemon(self.gateway(self.validator_id),
                                          self.data_dir / "validator", host="127.0.0.1",
                                          port=validator_port)
-        await self.validator.start()
+        await self._start(self.validator, "validator")
         for identity, port in zip(self.mixer_ids, mixer_ports, strict=True):
             mixer = MixerDaemon(identity, self.gateway(identity),
                                 self.data_dir / f"mixer-{identity.address[2:10]}",
                                 validator_url=self.validator_url, port=port)
-            await mixer.start()
+            await self._start(mixer, f"mixer-{identity.address[2:8]}")
             self.mixer_daemons.append(mixer)
         offline_at = genesis + self.preset.epoch_blocks // 2
         for identity, profile in zip(self.node_ids, self.profiles, strict=True):
@@ -183,7 +212,7 @@ class Devnet:
                 identity, self.gateway(identity), self.data_dir / f"node-{identity.address[2:10]}",
                 port=free_port(), profile=NodeProfile.named(profile, offline_at_block=offline_at),
                 hardware=self.hardware, stake=stake, device="cpu")
-            await daemon.start()
+            await self._start(daemon, f"node-{identity.address[2:8]}")
             self.node_daemons.append(daemon)
         head = self.chain.block_number
         if head >= genesis:
@@ -194,6 +223,11 @@ class Devnet:
         self.out(f"devnet: chain {self.deployment.chain_id} (embedded EVM), genesis block "
                  f"{genesis}, {len(self.node_ids)} nodes, {len(self.mixer_ids)} mixers, "
                  f"validator {self.validator_url}")
+
+    async def _start(self, daemon: Any, name: str) -> None:
+        thread = DaemonThread(daemon, name)
+        self.threads.append(thread)
+        await thread.start()
 
     async def wait_settled(self, epoch: int) -> None:
         gateway = self.gateway(None)
@@ -287,12 +321,8 @@ class Devnet:
 
     async def stop(self) -> None:
         await self.clock.stop()
-        for daemon in self.node_daemons:
-            await daemon.stop()
-        for mixer in self.mixer_daemons:
-            await mixer.stop()
-        if self.validator is not None:
-            await self.validator.stop()
+        # Everything at once: a role stopping alone would see its peers' late requests fail.
+        await asyncio.gather(*(thread.stop() for thread in self.threads))
         await self.http.aclose()
 
 

@@ -236,7 +236,7 @@ class MixerDaemon:
                 response = await self.http.post(f"{endpoint.rstrip('/')}/v1/batches", content=body,
                                                 headers={"content-type": "application/json"})
             except httpx.HTTPError as exc:
-                log.info("co-signer %s unreachable: %s", member[:10], exc)
+                log.warning("co-signer %s unreachable: %r", member[:10], exc)
                 return
             if response.status_code == 200:
                 try:
@@ -247,10 +247,15 @@ class MixerDaemon:
                     return
                 if signer == member:
                     signatures[member] = cosig.signature
-            elif response.status_code == 422:
-                with contextlib.suppress(Exception):
-                    for index, _why in parse_json(response.content)["error"].get("reasons", []):
-                        refused.add(int(index))
+            else:
+                log.warning("co-signer %s refused batch %s (round %d): HTTP %d %s", member[:10],
+                            batch_hash.hex()[:10], proposal.batch.round, response.status_code,
+                            response.text[:300])
+                if response.status_code == 422:
+                    with contextlib.suppress(Exception):
+                        for index, _why in parse_json(response.content)["error"].get(
+                                "reasons", []):
+                            refused.add(int(index))
 
         await asyncio.gather(*(ask(m.endpoint, m.address) for m in members
                                if m.address != self.address))

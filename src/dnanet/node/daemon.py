@@ -47,7 +47,7 @@ class NodeProfile:
         if name == "normal":
             return cls()
         if name == "throttled":
-            return cls(name, compute_slowdown=3.0, added_delay_s=0.004)
+            return cls(name, compute_slowdown=3.0, added_delay_s=0.015)
         if name == "offline":
             return cls(name, offline_at_block=offline_at_block)
         raise ValueError(f"unknown node profile {name!r}; choose one of {PROFILES}")
