@@ -1,6 +1,6 @@
 """The chain client against anvil (npm `@foundry-rs/anvil`) over JSON-RPC.
 
-The pinned package is installed into tests/js_anvil with `npm ci --ignore-scripts` on first
+The pinned package is installed into tests/the npm cache (dnanet.chain.anvil.ensure_anvil) with `npm ci --ignore-scripts` on first
 use: npm takes the prebuilt binary from the platform's optional dependency
 (`@foundry-rs/anvil-linux-amd64`, ...), so no install script and no download beyond the npm
 registry is needed. The tests skip when node or npm is missing, or when the package has no
@@ -9,19 +9,16 @@ binary that runs on this machine (the skip reason says which); a failing `npm ci
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import io
 import json
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from dnanet.chain.anvil import ANVIL_PACKAGE, AnvilProcess, find_anvil, start_anvil
+from dnanet.chain.anvil import ANVIL_PACKAGE, AnvilProcess, ensure_anvil, start_anvil
 from dnanet.chain.backends import connect_rpc, fund, mine_blocks
 from dnanet.chain.cli import _deploy, _show
 from dnanet.chain.client import ChainClient, ChainUnavailable, ReorgDetected, TransactionReverted
@@ -44,39 +41,16 @@ from test_chain_client import (
 
 pytestmark = [pytest.mark.npm, pytest.mark.slow]
 
-NPM_DIR = Path(__file__).parent / "js_anvil"
-
-
-def _installed_version() -> str | None:
-    try:
-        manifest = NPM_DIR / "node_modules" / ANVIL_PACKAGE / "package.json"
-        return str(json.loads(manifest.read_text())["version"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
 @pytest.fixture(scope="module")
 def anvil_binary() -> Path:
-    """The anvil executable, once tests/js_anvil holds the pinned package."""
-    npm = shutil.which("npm")
-    if shutil.which("node") is None or npm is None:
+    """The anvil executable from the pinned npm package (``ensure_anvil`` installs it once)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("the anvil integration test needs node and npm on PATH")
-    pinned = json.loads((NPM_DIR / "package.json").read_text())["dependencies"][ANVIL_PACKAGE]
-    # pytest-xdist workers share tests/js_anvil: one installs, the others wait on the lock
-    lock_name = "dnanet-anvil-npm-" + hashlib.sha256(str(NPM_DIR).encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / lock_name, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _installed_version() != pinned:
-            result = subprocess.run(
-                [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
-                cwd=NPM_DIR, capture_output=True, text=True, timeout=600, check=False,
-            )
-            if result.returncode != 0:
-                pytest.fail(f"npm ci in {NPM_DIR} failed:\n{result.stdout}\n{result.stderr}")
-        assert _installed_version() == pinned
     try:
-        binary = find_anvil(NPM_DIR)
+        binary = ensure_anvil()
     except ConfigError as exc:
+        if "npm ci" in str(exc):
+            pytest.fail(str(exc))
         pytest.skip(f"{ANVIL_PACKAGE} gives no usable anvil here: {exc}")
     probe = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
                            timeout=60, check=False)

@@ -14,6 +14,7 @@ interpreter exits.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import platform
@@ -193,3 +194,41 @@ __all__ = [
     "rpc_chain_id",
     "start_anvil",
 ]
+
+
+NPM_TEMPLATE = Path(__file__).parent / "npm"
+
+
+def anvil_cache_dir() -> Path:
+    """Where ``ensure_anvil`` installs the pinned npm package (per lock file contents)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    lock = (NPM_TEMPLATE / "package-lock.json").read_bytes()
+    import hashlib
+
+    return base / "dnanet" / f"anvil-{hashlib.sha256(lock).hexdigest()[:12]}"
+
+
+def ensure_anvil() -> Path:
+    """The anvil binary, installing the pinned ``@foundry-rs/anvil`` with ``npm ci`` on first
+    use (a lock file serializes concurrent installers). Raises ConfigError without npm."""
+    import fcntl
+
+    target = anvil_cache_dir()
+    with contextlib.suppress(ConfigError):
+        return find_anvil(target)
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        raise ConfigError("--chain anvil needs node and npm on PATH (npm installs anvil)")
+    target.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f"{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with contextlib.suppress(ConfigError):
+            return find_anvil(target)
+        for name in ("package.json", "package-lock.json"):
+            shutil.copyfile(NPM_TEMPLATE / name, target / name)
+        result = subprocess.run(
+            [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=target,
+            capture_output=True, text=True, timeout=600, check=False)
+        if result.returncode != 0:
+            raise ConfigError(f"npm ci for anvil failed in {target}:\n{result.stderr[-2000:]}")
+        return find_anvil(target)
