@@ -160,14 +160,13 @@ class Devnet:
         self.preset = preset
         self.data_dir = data_dir
         self.out = out
-        self.chain = connect_embedded()
         self.deployer = Identity.from_entropy(os.urandom(32))
         self.mixer_ids = [Identity.from_entropy(os.urandom(32)) for _ in range(mixers)]
         self.node_ids = [Identity.from_entropy(os.urandom(32)) for _ in range(nodes)]
         self.validator_id = Identity.from_entropy(os.urandom(32))
         self.profiles = node_profiles(nodes)
         self.hardware: Hardware = probe_hardware(with_gpu=False)
-        self.clock = BlockClock(self.chain, preset.block_interval_ms / 1000)
+        self.clock: BlockClock | None = None
         self.mixer_daemons: list[MixerDaemon] = []
         self.node_daemons: list[NodeDaemon] = []
         self.threads: list[DaemonThread] = []
@@ -177,10 +176,19 @@ class Devnet:
         self.summaries: list[EpochSummary] = []
 
     def gateway(self, identity: Identity | None) -> ClientGateway:
-        return ClientGateway(ChainClient(self.chain.w3, self.deployment, identity), self.preset)
+        return ClientGateway(ChainClient(self.w3, self.deployment, identity), self.preset)
+
+    @property
+    def w3(self) -> Any:
+        return self.chain.w3
+
+    def head(self) -> int:
+        return int(self.w3.eth.block_number)
 
     async def setup(self) -> None:
         """Deploy, fund, and start every role (nodes register themselves)."""
+        self.chain = connect_embedded()
+        self.clock = BlockClock(self.chain, self.preset.block_interval_ms / 1000)
         for identity in (self.deployer, self.validator_id, *self.mixer_ids, *self.node_ids):
             self.chain.fund(identity.address, 1_000 * 10**18)
         mixer_ports = [free_port() for _ in self.mixer_ids]
@@ -237,7 +245,7 @@ class Devnet:
         while True:
             if await asyncio.to_thread(gateway.settled_epoch, epoch) is not None:
                 return
-            head = self.chain.block_number
+            head = await asyncio.to_thread(self.head)
             if time.monotonic() - last_print > 5:
                 last_print = time.monotonic()
                 done = min(1.0, (head - (end + 1 - self.preset.epoch_blocks)) /
@@ -320,10 +328,230 @@ class Devnet:
         return self.summaries
 
     async def stop(self) -> None:
-        await self.clock.stop()
+        if self.clock is not None:
+            await self.clock.stop()
         # Everything at once: a role stopping alone would see its peers' late requests fail.
         await asyncio.gather(*(thread.stop() for thread in self.threads))
         await self.http.aclose()
+
+
+ANVIL_DEV_KEY = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
+"""anvil's first pre-funded development account (public knowledge; dev chains only)."""
+KEYSTORE_PASSWORD = "dnanet-devnet"
+"""Password of the devnet's throwaway keystores (they live in its data directory)."""
+
+
+class RpcBlockClock:
+    """Mines one block per tick on a dev chain over JSON-RPC (anvil_mine / evm_mine)."""
+
+    def __init__(self, w3: Any, interval_s: float) -> None:
+        self.w3 = w3
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="rpc-block-clock")
+
+    async def _run(self) -> None:
+        from dnanet.chain.backends import mine_blocks
+
+        while True:
+            started = time.monotonic()
+            with contextlib.suppress(Exception):  # a busy RPC: the next tick tries again
+                await asyncio.to_thread(mine_blocks, self.w3, 1)
+            await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class ProcessDevnet(Devnet):
+    """The devnet over a JSON-RPC chain (anvil from npm, or any URL), each role its own OS
+    process started with the same ``dnanet`` commands an operator runs."""
+
+    def __init__(self, *, chain: str, keystore: Path | None = None, **kwargs: Any) -> None:
+        self.chain_arg = chain
+        self.keystore = keystore
+        self.anvil: Any = None
+        self.processes: list[tuple[str, Any]] = []
+        super().__init__(**kwargs)
+
+    def _connect_chain(self) -> None:
+        from dnanet.chain.anvil import ensure_anvil, start_anvil
+        from dnanet.chain.backends import connect_rpc
+
+        if self.chain_arg == "anvil":
+            self.anvil = start_anvil(ensure_anvil())
+            self.rpc_url = self.anvil.url
+            self.deployer = Identity.from_hex(ANVIL_DEV_KEY)
+        else:
+            self.rpc_url = self.chain_arg
+            if self.keystore is None:
+                raise DnanetError("--chain URL needs --keystore: a funded account that deploys "
+                                  "and funds the devnet's roles")
+            from dnanet.keyfiles import load_identity
+
+            self.deployer = load_identity(self.keystore)
+        self._w3 = connect_rpc(self.rpc_url)
+
+    @property
+    def w3(self) -> Any:
+        return self._w3
+
+    def _fund(self, address: str, wei: int) -> None:
+        from dnanet.chain.backends import fund
+        from dnanet.chain.transactions import TransactionSender
+
+        try:
+            fund(self.w3, address, wei)
+        except DnanetError:  # a real chain: pay from the deployer
+            TransactionSender(self.w3, self.deployer).send(
+                to=address, data=b"", value=wei, action=f"fund {address}")
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        import subprocess
+        import sys
+
+        log_path = self.data_dir / f"{name}.log"
+        log_file = open(log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        process = subprocess.Popen([sys.executable, "-m", "dnanet.cli", *args],
+                                   stdin=subprocess.DEVNULL, stdout=log_file,
+                                   stderr=subprocess.STDOUT, env=env)
+        self.processes.append((name, process))
+
+    async def _wait_healthy(self, name: str, url: str, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        process = dict(self.processes)[name]
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                log = (self.data_dir / f"{name}.log").read_text()[-2000:]
+                raise DnanetError(f"{name} exited during start-up:\n{log}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await self.http.get(f"{url}/health")).status_code == 200:
+                    return
+            await asyncio.sleep(0.2)
+        raise DnanetError(f"{name} did not answer on {url} within {timeout_s:g} s")
+
+    async def setup(self) -> None:
+        from dnanet.crypto.keys import encrypt_keystore
+
+        await asyncio.to_thread(self._connect_chain)
+        keys = self.data_dir / "keys"
+        keys.mkdir(parents=True, exist_ok=True)
+        for identity in (self.validator_id, *self.mixer_ids, *self.node_ids):
+            await asyncio.to_thread(self._fund, identity.address, 100 * 10**18)
+            (keys / f"{identity.address}.json").write_text(json.dumps(
+                encrypt_keystore(identity, KEYSTORE_PASSWORD, light=True)))
+        mixer_ports = [free_port() for _ in self.mixer_ids]
+        specs = [MixerSpec(m.address, derive_vrf_public_key(m), f"http://127.0.0.1:{p}")
+                 for m, p in zip(self.mixer_ids, mixer_ports, strict=True)]
+        stake = self.preset.min_stake
+        genesis = await asyncio.to_thread(self.head) + SETUP_BLOCKS
+        self.deployment = await asyncio.to_thread(
+            deploy, self.w3, self.deployer, self.preset, mixers=specs, genesis_block=genesis,
+            allocations={n.address: 2 * stake for n in self.node_ids})
+        self.genesis = genesis
+        deployment_file = self.data_dir / "deployment.json"
+        self.deployment.save(deployment_file)
+        env = {**os.environ, "DNANET_KEYSTORE_PASSWORD": KEYSTORE_PASSWORD,
+               "DNANET_LOG": os.environ.get("DNANET_LOG", "WARNING")}
+        common = ["--rpc", self.rpc_url, "--deployment", str(deployment_file)]
+
+        def keystore(identity: Identity) -> list[str]:
+            return ["--keystore", str(keys / f"{identity.address}.json")]
+
+        validator_port = free_port()
+        self.validator_url = f"http://127.0.0.1:{validator_port}"
+        self._spawn("validator", ["validator", "run", *common, *keystore(self.validator_id),
+                                  "--data-dir", str(self.data_dir / "validator"),
+                                  "--port", str(validator_port)], env)
+        await self._wait_healthy("validator", self.validator_url)
+        for identity, port in zip(self.mixer_ids, mixer_ports, strict=True):
+            name = f"mixer-{identity.address[2:10]}"
+            self._spawn(name, ["mixer", "run", *common, *keystore(identity),
+                               "--data-dir", str(self.data_dir / name),
+                               "--validator", self.validator_url, "--port", str(port)], env)
+        offline_at = genesis + self.preset.epoch_blocks // 2
+        node_ports = []
+        for identity, profile in zip(self.node_ids, self.profiles, strict=True):
+            name = f"node-{identity.address[2:10]}"
+            port = free_port()
+            node_ports.append((name, port))
+            extra = ["--offline-at-block", str(offline_at)] if profile == "offline" else []
+            self._spawn(name, ["node", "run", *common, *keystore(identity),
+                               "--data-dir", str(self.data_dir / name), "--port", str(port),
+                               "--profile", profile, "--device", "cpu", *extra], env)
+        for (name, _process), port in zip(self.processes[1:1 + len(self.mixer_ids)],
+                                          mixer_ports, strict=True):
+            await self._wait_healthy(name, f"http://127.0.0.1:{port}")
+        for name, port in node_ports:
+            await self._wait_healthy(name, f"http://127.0.0.1:{port}")
+        self.node_views = [_NodeHandle(i, p, self.hardware, self.gateway(i))
+                           for i, p in zip(self.node_ids, self.profiles, strict=True)]
+        gateway = self.gateway(None)
+        while len([n for n in await asyncio.to_thread(gateway.nodes)]) < len(self.node_ids):
+            if await asyncio.to_thread(self.head) >= genesis - 1:
+                raise DnanetError("nodes did not register before genesis; raise SETUP_BLOCKS")
+            await asyncio.sleep(0.2)
+        from dnanet.chain.backends import mine_blocks
+
+        head = await asyncio.to_thread(self.head)
+        if head < genesis - 1 and self.chain_arg == "anvil":
+            await asyncio.to_thread(mine_blocks, self.w3, genesis - 1 - head)
+        if self.chain_arg == "anvil":
+            self.rpc_clock = RpcBlockClock(self.w3, self.preset.block_interval_ms / 1000)
+            self.rpc_clock.start()
+        self.out(f"devnet: chain {self.deployment.chain_id} ({self.chain_arg} at {self.rpc_url}),"
+                 f" genesis block {genesis}, {len(self.node_ids)} nodes, {len(self.mixer_ids)} "
+                 f"mixers, validator {self.validator_url}; each role is its own process, logs "
+                 f"in {self.data_dir}")
+
+    @property
+    def node_daemons(self) -> list[Any]:
+        return getattr(self, "node_views", [])
+
+    @node_daemons.setter
+    def node_daemons(self, value: list[Any]) -> None:
+        pass
+
+    async def stop(self) -> None:
+        import signal as signals
+
+        clock = getattr(self, "rpc_clock", None)
+        if clock is not None:
+            await clock.stop()
+        for _name, process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signals.SIGTERM)
+        for _name, process in self.processes:
+            try:
+                await asyncio.to_thread(process.wait, 10)
+            except Exception:
+                process.kill()
+        await self.http.aclose()
+        if self.anvil is not None:
+            self.anvil.stop()
+
+
+@dataclass
+class _NodeHandle:
+    """What the devnet needs of a node that runs in another process."""
+
+    identity: Identity
+    profile_name: str
+    hardware: Hardware
+    gateway: ClientGateway
+
+    @property
+    def address(self) -> str:
+        return self.identity.address
+
+    @property
+    def profile(self) -> NodeProfile:
+        return NodeProfile(name=self.profile_name)
 
 
 def _median(values: list[float]) -> float:
@@ -336,9 +564,15 @@ def _fmt(value: float | None, unit: str, digits: int) -> str:
 
 
 async def run_devnet(*, nodes: int, mixers: int, epochs: int | None, preset: Preset,
-                     data_dir: Path, summary: Path | None,
+                     data_dir: Path, summary: Path | None, chain: str = "embedded",
+                     keystore: Path | None = None,
                      out: Callable[[str], Any] = print) -> list[EpochSummary]:
-    devnet = Devnet(nodes=nodes, mixers=mixers, preset=preset, data_dir=data_dir, out=out)
+    devnet: Devnet
+    if chain == "embedded":
+        devnet = Devnet(nodes=nodes, mixers=mixers, preset=preset, data_dir=data_dir, out=out)
+    else:
+        devnet = ProcessDevnet(chain=chain, keystore=keystore, nodes=nodes, mixers=mixers,
+                               preset=preset, data_dir=data_dir, out=out)
     try:
         await devnet.setup()
         return await devnet.run(epochs)
@@ -346,20 +580,22 @@ async def run_devnet(*, nodes: int, mixers: int, epochs: int | None, preset: Pre
         await devnet.stop()
         if summary is not None:
             summary.write_text(json.dumps({
-                "chain_id": devnet.chain.w3.eth.chain_id,
+                "chain_id": devnet.deployment.chain_id if hasattr(devnet, "deployment") else None,
                 "epochs": [s.to_json() for s in devnet.summaries]}, indent=2))
 
 
 def _devnet_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=os.environ.get("DNANET_LOG", "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.chain != "embedded":
-        raise DnanetError(f"--chain {args.chain}: only the embedded chain is supported so far")
+    if args.chain not in ("embedded", "anvil") and not args.chain.startswith(("http://",
+                                                                             "https://")):
+        raise DnanetError(f"--chain {args.chain!r}: use embedded, anvil, or an http(s) RPC URL")
     data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="dnanet-"))
     loop = asyncio.new_event_loop()
     task = loop.create_task(run_devnet(
         nodes=args.nodes, mixers=args.mixers, epochs=args.epochs,
-        preset=get_preset(args.preset), data_dir=data_dir,
+        preset=get_preset(args.preset), data_dir=data_dir, chain=args.chain,
+        keystore=Path(args.keystore) if args.keystore else None,
         summary=Path(args.summary) if args.summary else None))
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGINT, task.cancel)
@@ -383,6 +619,8 @@ def add_devnet_command(sub: Any) -> None:
     p.add_argument("--preset", default="local")
     p.add_argument("--summary", help="write a JSON summary of every epoch to this file")
     p.add_argument("--data-dir", help="keep daemon state here (default: a new temp dir)")
+    p.add_argument("--keystore", help="with --chain URL: a funded account that deploys and "
+                   "funds the roles (password: $DNANET_KEYSTORE_PASSWORD or a prompt)")
     p.set_defaults(handler=_devnet_command)
 
 

@@ -56,7 +56,8 @@ def _node_run(args: argparse.Namespace) -> int:
         load_identity(Path(args.keystore)), gateway, Path(args.data_dir), host=args.host,
         port=args.port, public_url=args.public_url,
         stake=int(args.stake * WEI_PER_DNA) if args.stake else None,
-        profile=NodeProfile.named(args.profile), device=args.device)
+        profile=NodeProfile.named(args.profile, offline_at_block=args.offline_at_block),
+        device=args.device)
     _serve_until_signal(daemon)
     return 0
 
@@ -138,6 +139,8 @@ def add_role_commands(sub: Any) -> None:
     run.add_argument("--stake", type=float, help="DNA to stake when registering (default: min)")
     run.add_argument("--profile", default="normal", help="normal (real nodes), throttled, offline")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    run.add_argument("--offline-at-block", type=int,
+                     help="with --profile offline: stop answering from this block (devnets)")
     run.set_defaults(handler=_node_run)
     status = node_sub.add_parser("status", help="challenges, scores, rewards and what is claimable")
     status.add_argument("--validator", required=True, help="validator URL")
