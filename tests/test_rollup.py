@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import math
 import random
-import time
 from collections.abc import Sequence
 
 import pytest
@@ -195,15 +194,12 @@ def test_build_accepts_lists_as_pairs() -> None:
     assert tree.root == RewardTree.build([(addr(1), 1), (addr(2), 2)]).root
 
 
-def test_build_100k_leaves_is_fast() -> None:
+def test_build_100k_leaves() -> None:
+    # Its speed is measured in bench/core.py (merkle_100k_leaves_s), not asserted here.
     entries = random_entries(random.Random(100_000), 100_000)
-    start = time.perf_counter()
     tree = RewardTree.build(entries)
-    elapsed = time.perf_counter() - start
     address, amount = entries[12_345]
     assert verify_proof(tree.root, address, amount, tree.proof(address))
-    # target is 2 s on one core; the margin absorbs a loaded CI machine
-    assert elapsed < 4.0, f"building 100k leaves took {elapsed:.2f} s"
 
 
 # --- tree rejections -------------------------------------------------------------------------
@@ -481,11 +477,8 @@ def test_rewards_for_100k_nodes() -> None:
     rng = random.Random(5)
     scores = {"0x" + rng.randbytes(20).hex(): rng.randrange(10**6) for _ in range(100_000)}
     emission = 10**24 + 12345
-    start = time.perf_counter()
     rewards = compute_epoch_rewards(scores, emission)
-    elapsed = time.perf_counter() - start
     assert sum(rewards.values()) == emission
-    assert elapsed < 4.0, f"rewards for 100k nodes took {elapsed:.2f} s"
 
 
 scores_st = st.dictionaries(addresses_st, st.integers(min_value=0, max_value=10**30), max_size=30)
