@@ -104,9 +104,9 @@ async def run_challenge_session(
             _drive(transport, challenge, identity, domain, beta, clock), timeout
         )
     except TimeoutError:
-        return _failed_report(base, Outcome.TIMEOUT, f"no answer within {timeout:g} s")
+        return failed_report(base, Outcome.TIMEOUT, f"no answer within {timeout:g} s")
     except _Failed as failed:
-        return _failed_report(base, failed.outcome, failed.reason)
+        return failed_report(base, failed.outcome, failed.reason)
     signed, measured, evidence = result
     response = signed.response
     outcome = Outcome.WRONG_ANSWER if evidence else Outcome.OK
@@ -130,7 +130,9 @@ async def run_challenge_session(
     )
 
 
-def _failed_report(base: dict[str, object], outcome: Outcome, reason: str) -> ScoreReport:
+def failed_report(base: dict[str, object], outcome: Outcome, reason: str) -> ScoreReport:
+    """A report of a failed session: ``base`` (epoch, round, mixer, node, hardware_class,
+    vrf_proof, challenge_digest) with zero response fields, measurements and score."""
     return ScoreReport(
         **base,  # type: ignore[arg-type]
         echo_digest=ZERO32, compute_root=ZERO32, download_digest=ZERO32, upload_digest=ZERO32,
@@ -261,4 +263,4 @@ def _check_openings(
         raise _Failed(Outcome.BAD_RESPONSE, f"openings: {exc}") from None
 
 
-__all__ = ["NodeTransport", "NodeUnreachable", "run_challenge_session"]
+__all__ = ["NodeTransport", "NodeUnreachable", "failed_report", "run_challenge_session"]
