@@ -19,16 +19,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from starlette.datastructures import URL
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as AsgiMessage
 
 from dnanet.errors import ChainError, CodecError, CryptoError, DnanetError, ProtocolError
 from dnanet.protocol.codec import MAX_MESSAGE_BYTES, Message, parse_json
@@ -75,6 +79,96 @@ class TokenBucket:
         return True
 
 
+_RATE_LIMITED = {"error": {"type": "RateLimited", "message": "too many requests; retry later",
+                           "field": None}}
+_INTERNAL_ERROR = {"error": {"type": "InternalError", "message": "internal error",
+                             "field": None}}
+# Paths that Starlette's ``request.url.path`` returns unchanged: printable ASCII without the
+# characters it escapes (``?``, ``#``, ``\``) or a leading ``//``.
+_PLAIN_PATH = re.compile(r"/(?!/)[!-~]*")
+_PLAIN_PATH_CHARS = re.compile(r"[^?#\\]*")
+
+
+def _route_label(scope: Scope) -> str:
+    """``request.url.path`` of the request, without building the URL in the common case."""
+    path: str = scope["path"]
+    if _PLAIN_PATH.fullmatch(path) and _PLAIN_PATH_CHARS.fullmatch(path):
+        return path
+    return URL(scope=scope).path
+
+
+def _declared_length(scope: Scope) -> str | None:
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            return cast(bytes, value).decode("latin-1")
+    return None
+
+
+class GuardMiddleware:
+    """Pure ASGI middleware in front of every route: per-client rate limit (429), declared
+    body size (413), DnanetError -> JSON error, anything else -> logged 500 without details,
+    and the request counter (labels bounded to 500 path/status pairs).
+
+    Replaces a ``BaseHTTPMiddleware``, which cost a task group and memory streams per request.
+    """
+
+    def __init__(self, app: ASGIApp, *, bucket: TokenBucket, max_body_bytes: int,
+                 requests: Counter) -> None:
+        self.app = app
+        self.bucket = bucket
+        self.max_body_bytes = max_body_bytes
+        self.requests = requests
+
+    def _count(self, route: str, status: int) -> None:
+        if len(self.requests._metrics) < 500:  # bound label cardinality from unknown paths
+            self.requests.labels(route, str(status)).inc()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        route = _route_label(scope)
+        started = False
+
+        async def send_counted(message: AsgiMessage) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start" and not started:
+                started = True
+                # Counted when the response starts, before its body goes out.
+                self._count(route, message["status"])
+            await send(message)
+
+        if not self.bucket.allow(client[0] if client else "?"):
+            await JSONResponse(_RATE_LIMITED, status_code=429, headers={"Retry-After": "1"})(
+                scope, receive, send_counted)
+            return
+        length = _declared_length(scope)
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            await JSONResponse(
+                {"error": {"type": "TooLarge", "field": None,
+                           "message": f"body of {length} bytes exceeds {self.max_body_bytes}"}},
+                status_code=413)(scope, receive, send_counted)
+            return
+        try:
+            await self.app(scope, receive, send_counted)
+        except DnanetError as exc:
+            if started:  # too late for an error response: let the server drop the connection
+                raise
+            await JSONResponse(error_body(exc), status_code=status_for(exc))(
+                scope, receive, send_counted)
+            return
+        except Exception:  # a bug: log it, answer 500 without details
+            if started:
+                raise
+            log.exception("unhandled error on %s", route)
+            await JSONResponse(_INTERNAL_ERROR, status_code=500)(scope, receive, send_counted)
+            return
+        if not started:  # the app returned without answering
+            log.error("unhandled error on %s: no response returned", route)
+            await JSONResponse(_INTERNAL_ERROR, status_code=500)(scope, receive, send_counted)
+
+
 @dataclass
 class AppLimits:
     max_body_bytes: int = MAX_MESSAGE_BYTES
@@ -94,34 +188,8 @@ def create_app(
                        registry=registry)
     bucket = TokenBucket(limits.rate_per_s, limits.burst)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        client = request.client.host if request.client else "?"
-        route = request.url.path
-        if not bucket.allow(client):
-            response: Response = JSONResponse(
-                {"error": {"type": "RateLimited", "message": "too many requests; retry later",
-                           "field": None}}, status_code=429, headers={"Retry-After": "1"})
-        else:
-            length = request.headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
-                response = JSONResponse(
-                    {"error": {"type": "TooLarge", "field": None,
-                               "message": f"body of {length} bytes exceeds {limits.max_body_bytes}"}},
-                    status_code=413)
-            else:
-                try:
-                    response = await call_next(request)
-                except DnanetError as exc:
-                    response = JSONResponse(error_body(exc), status_code=status_for(exc))
-                except Exception:  # a bug: log it, answer 500 without details
-                    log.exception("unhandled error on %s", route)
-                    response = JSONResponse(
-                        {"error": {"type": "InternalError", "message": "internal error",
-                                   "field": None}}, status_code=500)
-        if len(requests._metrics) < 500:  # bound label cardinality from unknown paths
-            requests.labels(route, str(response.status_code)).inc()
-        return response
+    app.add_middleware(GuardMiddleware, bucket=bucket, max_body_bytes=limits.max_body_bytes,
+                       requests=requests)
 
     @app.exception_handler(DnanetError)
     async def dnanet_error(_: Request, exc: DnanetError) -> JSONResponse:

@@ -1,0 +1,279 @@
+"""The daemons' HTTP layer: error mapping, body-size and rate limits, request metrics.
+
+Requests go through the whole ASGI stack with httpx's ASGITransport (the client address is
+the transport's), and once through uvicorn over loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request, Response
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+from starlette.datastructures import URL
+
+from dnanet.errors import (
+    ChainError,
+    CodecError,
+    CryptoError,
+    DnanetError,
+    ProtocolError,
+    QuorumError,
+    SignatureError,
+)
+from dnanet.service.http import (
+    AppLimits,
+    TokenBucket,
+    _route_label,
+    create_app,
+    read_body,
+    read_json,
+    serving,
+)
+
+UNLIMITED = AppLimits(rate_per_s=1e9, burst=10**9)
+
+
+def make_app(limits: AppLimits = UNLIMITED) -> FastAPI:
+    app = create_app("test", limits=limits)
+
+    @app.get("/raise/{kind}")
+    async def raise_(kind: str) -> Any:
+        errors: dict[str, Exception] = {
+            "codec": CodecError("bad field", field="a.b"),
+            "protocol": ProtocolError("breaks a rule", field="round"),
+            "quorum": QuorumError("too few signatures"),
+            "crypto": CryptoError("bad key"),
+            "signature": SignatureError("wrong signer", field="signature"),
+            "chain": ChainError("node down"),
+            "plain": DnanetError("something"),
+            "bug": KeyError("secret detail"),
+        }
+        raise errors[kind]
+
+    @app.post("/echo")
+    async def echo(request: Request) -> Response:
+        return Response(await read_body(request, 100), media_type="application/octet-stream")
+
+    @app.post("/json")
+    async def json_(request: Request) -> Any:
+        return {"got": await read_json(request)}
+
+    @app.get("/query")
+    async def query(n: int) -> Any:
+        return {"n": n}
+
+    @app.get("/silent")
+    async def silent(request: Request) -> Response:
+        return Response(b"", status_code=204)
+
+    return app
+
+
+async def _request(app: FastAPI, method: str, path: str, *, client: str = "10.0.0.1",
+                   **kwargs: Any) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app, client=(client, 4242))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        return await http.request(method, path, **kwargs)
+
+
+def request(app: FastAPI, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    return asyncio.run(_request(app, method, path, **kwargs))
+
+
+def requests_counted(app: FastAPI, path: str, status: int) -> float:
+    registry: CollectorRegistry = app.state.registry
+    value = registry.get_sample_value("dnanet_http_requests_total",
+                                      {"path": path, "status": str(status)})
+    return value or 0.0
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "type_", "field", "message"),
+    [
+        ("codec", 400, "CodecError", "a.b", "bad field"),
+        ("protocol", 422, "ProtocolError", "round", "breaks a rule"),
+        ("quorum", 422, "QuorumError", None, "too few signatures"),
+        ("crypto", 422, "CryptoError", None, "bad key"),
+        ("signature", 422, "SignatureError", "signature", "wrong signer"),
+        ("chain", 503, "ChainError", None, "node down"),
+        ("plain", 400, "DnanetError", None, "something"),
+    ],
+)
+def test_dnanet_errors_map_to_status_and_json(kind: str, status: int, type_: str,
+                                              field: str | None, message: str) -> None:
+    app = make_app()
+    response = request(app, "GET", f"/raise/{kind}")
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"error": {"type": type_, "message": message, "field": field}}
+    assert requests_counted(app, f"/raise/{kind}", status) == 1
+
+
+def test_unexpected_error_is_logged_and_answers_500_without_details(
+        caplog: pytest.LogCaptureFixture) -> None:
+    app = make_app()
+    with caplog.at_level(logging.ERROR, logger="dnanet.http"):
+        response = request(app, "GET", "/raise/bug")
+    assert response.status_code == 500
+    assert response.content == (
+        b'{"error":{"type":"InternalError","message":"internal error","field":null}}')
+    assert "secret" not in response.text
+    assert any("unhandled error on /raise/bug" in r.getMessage() and r.exc_info
+               for r in caplog.records)
+    assert requests_counted(app, "/raise/bug", 500) == 1
+
+
+def test_rate_limit_answers_429_per_client() -> None:
+    app = make_app(AppLimits(rate_per_s=0.001, burst=2))
+
+    async def body() -> list[httpx.Response]:
+        return [await _request(app, "GET", "/health") for _ in range(3)] + [
+            await _request(app, "GET", "/health", client="10.0.0.2")]
+
+    first, second, limited, other = asyncio.run(body())
+    assert first.status_code == second.status_code == other.status_code == 200
+    assert limited.status_code == 429
+    assert limited.headers["retry-after"] == "1"
+    assert limited.content == (b'{"error":{"type":"RateLimited","message":'
+                               b'"too many requests; retry later","field":null}}')
+    assert requests_counted(app, "/health", 429) == 1
+    assert requests_counted(app, "/health", 200) == 3
+
+
+def test_token_bucket_refills_at_its_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr("dnanet.service.http.time.monotonic", lambda: now[0])
+    bucket = TokenBucket(rate=2.0, burst=3)
+    assert [bucket.allow("a") for _ in range(4)] == [True, True, True, False]
+    now[0] += 0.5  # one token back
+    assert [bucket.allow("a") for _ in range(2)] == [True, False]
+    now[0] += 100.0  # never more than the burst
+    assert [bucket.allow("a") for _ in range(4)] == [True, True, True, False]
+
+
+def test_declared_body_over_the_limit_answers_413_unread() -> None:
+    app = make_app(AppLimits(max_body_bytes=50, rate_per_s=1e9, burst=10**9))
+    response = request(app, "POST", "/echo", content=b"x" * 51)
+    assert response.status_code == 413
+    assert response.json() == {"error": {"type": "TooLarge", "field": None,
+                                         "message": "body of 51 bytes exceeds 50"}}
+    assert requests_counted(app, "/echo", 413) == 1
+    at_limit = request(app, "POST", "/echo", content=b"x" * 50)
+    assert at_limit.status_code == 200
+    assert at_limit.content == b"x" * 50
+
+
+def test_read_body_refuses_a_chunked_body_over_its_limit() -> None:
+    app = make_app()
+
+    async def chunks(n: int) -> AsyncIterator[bytes]:
+        for _ in range(n):
+            yield b"x" * 30
+
+    ok = request(app, "POST", "/echo", content=chunks(3))
+    assert ok.status_code == 200
+    assert ok.content == b"x" * 90
+    too_big = request(app, "POST", "/echo", content=chunks(4))
+    assert too_big.status_code == 400
+    assert too_big.json()["error"] == {"type": "CodecError", "field": None,
+                                       "message": "request body exceeds 100 bytes"}
+
+
+def test_read_json_is_strict() -> None:
+    app = make_app()
+    assert request(app, "POST", "/json", content=b'{"a":[1,2]}').json() == {"got": {"a": [1, 2]}}
+    for raw in (b'{"a":1.5}', b'{"a":1,"a":2}', b"[" * 20 + b"]" * 20, b"\xff"):
+        response = request(app, "POST", "/json", content=raw)
+        assert response.status_code == 400, raw
+        assert response.json()["error"]["type"] == "CodecError"
+
+
+def test_request_validation_error_is_a_codec_error() -> None:
+    response = request(make_app(), "GET", "/query?n=abc")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "CodecError"
+    assert error["field"] == "n"
+    assert request(make_app(), "GET", "/query?n=7").json() == {"n": 7}
+
+
+def test_unknown_paths_count_with_bounded_label_cardinality() -> None:
+    app = make_app()
+
+    async def body() -> None:
+        transport = httpx.ASGITransport(app=app, client=("10.0.0.1", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            for i in range(520):
+                assert (await http.get(f"/missing/{i}")).status_code == 404
+
+    asyncio.run(body())
+    assert requests_counted(app, "/missing/0", 404) == 1
+    assert requests_counted(app, "/missing/499", 404) == 1
+    assert requests_counted(app, "/missing/500", 404) == 0
+    assert requests_counted(app, "/missing/519", 404) == 0
+
+
+def test_metrics_and_health() -> None:
+    app = make_app()
+    assert request(app, "GET", "/health").json() == {"status": "ok"}
+    assert request(app, "GET", "/silent").status_code == 204
+    metrics = request(app, "GET", "/metrics")
+    assert metrics.status_code == 200
+    assert 'dnanet_http_requests_total{path="/health",status="200"} 1.0' in metrics.text
+    assert 'dnanet_http_requests_total{path="/silent",status="204"} 1.0' in metrics.text
+
+
+def test_an_outer_http_middleware_still_wraps_the_guard() -> None:
+    # NodeDaemon adds its own @app.middleware("http") after create_app.
+    app = make_app()
+    offline = [False]
+
+    @app.middleware("http")
+    async def shape(request: Request,
+                    call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if offline[0]:
+            return Response(status_code=503)
+        return await call_next(request)
+
+    assert request(app, "GET", "/raise/protocol").status_code == 422
+    assert request(app, "GET", "/raise/bug").status_code == 500
+    assert request(app, "POST", "/echo", content=b"abc").content == b"abc"
+    offline[0] = True
+    assert request(app, "GET", "/health").status_code == 503
+
+
+def test_served_over_loopback() -> None:
+    app = make_app(AppLimits(max_body_bytes=1000, rate_per_s=1e9, burst=10**9))
+
+    async def body() -> None:
+        async with serving(app, "127.0.0.1", 0) as server:
+            port = server.server.servers[0].sockets[0].getsockname()[1]
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                assert (await http.post("/echo", content=b"hello")).content == b"hello"
+                assert (await http.get("/raise/chain")).status_code == 503
+                assert (await http.post("/echo", content=b"x" * 1001)).status_code == 413
+                assert (await http.post("/echo", content=b"x" * 101)).status_code == 400
+
+    asyncio.run(body())
+    assert requests_counted(app, "/echo", 200) == 1
+    assert requests_counted(app, "/echo", 413) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=st.text(alphabet=st.sampled_from("/ab%?#\\ :.\t\n\r[]@é~\x00\x7f"), max_size=12)
+       | st.from_regex(r"/v1/[a-z0-9/]{0,20}", fullmatch=True),
+       host=st.sampled_from([None, b"test", b"test:8000", b"[::1]:80", b"bad host"]),
+       query=st.sampled_from([b"", b"a=1"]))
+def test_route_label_is_starlettes_url_path(path: str, host: bytes | None, query: bytes) -> None:
+    scope = {"type": "http", "path": "/" + path, "query_string": query,
+             "headers": [] if host is None else [(b"host", host)],
+             "server": ("127.0.0.1", 8000) if host != b"test" else None}
+    assert _route_label(scope) == URL(scope=scope).path
