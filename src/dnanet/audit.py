@@ -293,6 +293,10 @@ def _compare_chain(result: AuditResult, mine: EpochSettlement, chain: SettledEpo
             f"0x{chain.rewards_root.hex()}")
     if chain.total != mine.total:
         result.mismatches.append(f"total: recomputed {mine.total}, chain settled {chain.total}")
+    if chain.reports_digest is not None and chain.reports_digest != mine.reports_digest:
+        result.mismatches.append(
+            f"reports digest: recomputed 0x{mine.reports_digest.hex()}, chain settled "
+            f"0x{chain.reports_digest.hex()}")
 
 
 def _audit_command(args: argparse.Namespace) -> int:

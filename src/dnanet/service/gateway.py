@@ -81,7 +81,8 @@ class ClientGateway:
         if record is None:
             return None
         return SettledEpoch(epoch=record.epoch, rewards_root=record.rewards_root,
-                            total=record.total, tx_hash=record.tx_hash)
+                            total=record.total, tx_hash=record.tx_hash,
+                            reports_digest=record.reports_digest)
 
     def submit_settlement(self, settlement: EpochSettlement, signatures: Sequence[bytes]) -> str:
         receipt = self.client.submit_epoch(settlement, signatures)

@@ -43,6 +43,8 @@ class SettledEpoch:
     rewards_root: bytes
     total: int
     tx_hash: str | None = None
+    reports_digest: bytes | None = None
+    """The settled EpochSettlement's digest of the epoch's reports (None if not known)."""
 
 
 class ChainGateway(Protocol):
