@@ -31,6 +31,8 @@ from dnanet.crypto import vrf
 from dnanet.crypto.eip712 import recover_typed
 from dnanet.crypto.keys import Identity
 from dnanet.errors import CodecError, DnanetError, ProtocolError, ScheduleError
+from dnanet.gateway.app import CallbackDirectory, Gateway, GatewayConfig, mixer_stats
+from dnanet.gateway.canary import CanaryBook, ReferenceModels
 from dnanet.keyfiles import derive_vrf_secret
 from dnanet.mixer.session import run_challenge_session
 from dnanet.mixer.store import MixerStore
@@ -96,6 +98,8 @@ class MixerDaemon:
         port: int = 0,
         concurrency: int = 64,
         poll_s: float | None = None,
+        gateway_config: GatewayConfig | None = None,
+        references: ReferenceModels | None = None,
     ) -> None:
         self.identity = identity
         self.address = identity.address
@@ -112,6 +116,14 @@ class MixerDaemon:
         self.concurrency = concurrency
         self.poll_s = poll_s if poll_s is not None else max(0.02, self.preset.block_interval_ms / 2000)
         self.app = self._build_app()
+        # The OpenAI-compatible gateway shares the mixer's app, store and measured reports.
+        self.ai_gateway: Gateway | None = None
+        if gateway_config is not None:
+            self.ai_gateway = Gateway(
+                gateway_config,
+                CallbackDirectory(gateway.nodes, lambda: mixer_stats(self.store, self.preset)),
+                canaries=CanaryBook(self.store), references=references)
+            self.ai_gateway.mount(self.app)
         self.server = Server(self.app, host, port)
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(self.preset.challenge_timeout_ms / 1000 + 5),
@@ -131,6 +143,8 @@ class MixerDaemon:
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         await self.server.start()
+        if self.ai_gateway is not None:
+            await self.ai_gateway.start()
         self._task = asyncio.create_task(self._round_loop(), name=f"mixer-{self.address[:8]}")
 
     async def stop(self) -> None:
@@ -139,6 +153,8 @@ class MixerDaemon:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        if self.ai_gateway is not None:
+            await self.ai_gateway.stop()
         await self.server.stop()
         await self.http.aclose()
         self.store.close()
@@ -191,10 +207,13 @@ class MixerDaemon:
                     epoch=rid.epoch, round_=rid.round, node=node,
                     hardware_class=record.hardware_class)
 
-        reports = await asyncio.gather(*(challenge(n) for n in assigned if n not in done))
+        reports = list(await asyncio.gather(*(challenge(n) for n in assigned if n not in done)))
+        if self.ai_gateway is not None:
+            # A node that answered a canary wrongly fails this round's challenge, with why.
+            reports = self.ai_gateway.canaries.apply(reports)
         for report in reports:
             self.m_challenges.labels(Outcome(report.outcome).name.lower()).inc()
-        self.store.save_reports(list(reports))
+        self.store.save_reports(reports)
         mine = self.store.own_reports(rid.epoch, rid.round)
         if mine:
             await self.certify(mine)

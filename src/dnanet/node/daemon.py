@@ -18,6 +18,8 @@ from pathlib import Path
 from fastapi import Request, Response
 
 from dnanet.crypto.keys import Identity
+from dnanet.node.ai_api import mount_ai_api
+from dnanet.node.backends import BackendSet
 from dnanet.node.hardware import Hardware, probe_hardware
 from dnanet.node.prover import ChallengeProver
 from dnanet.node.server import NODE_SCHEMA, build_node_app
@@ -69,6 +71,7 @@ class NodeDaemon:
         profile: NodeProfile | None = None,
         hardware: Hardware | None = None,
         device: str = "auto",
+        backends: BackendSet | None = None,
     ) -> None:
         self.identity = identity
         self.address = identity.address
@@ -83,6 +86,8 @@ class NodeDaemon:
         self.prover = ChallengeProver(identity, gateway.domain, lambda: self._mixers,
                                       compute=self._compute)
         self.app = build_node_app(self.prover, self.store, status=self._status)
+        self.backends = backends or BackendSet([])
+        mount_ai_api(self.app, self.backends)
         self._install_profile_middleware()
         self.server = Server(self.app, host, port)
         self._stopping = asyncio.Event()
@@ -115,7 +120,7 @@ class NodeDaemon:
 
     def _status(self) -> dict[str, object]:
         return {"hardware": self.hardware.to_dict(), "profile": self.profile.name,
-                "mixers": sorted(self._mixers)}
+                "mixers": sorted(self._mixers), "models": self.backends.models()}
 
     async def refresh_mixers(self) -> None:
         head = await asyncio.to_thread(self.gateway.block_number)
@@ -139,6 +144,8 @@ class NodeDaemon:
             log.info("node %s registered at %s", self.address[:10], self.url)
 
     async def start(self, *, register: bool = True) -> None:
+        # A missing model backend fails here, before the node registers or serves.
+        await self.backends.load()
         await self.server.start()
         if register:
             await self.ensure_registered()
@@ -163,6 +170,7 @@ class NodeDaemon:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         await self.server.stop()
+        await self.backends.close()
         self.store.close()
 
 

@@ -1,0 +1,1 @@
+"""The gateway: OpenAI-compatible API in each mixer, its scheduler and canaries."""

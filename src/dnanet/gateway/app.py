@@ -1,0 +1,475 @@
+"""The gateway in each mixer: OpenAI-compatible ``/v1/models``, ``/v1/embeddings`` and
+``/v1/chat/completions`` over the network's nodes.
+
+Each request is authenticated (``Authorization: Bearer <key>``), validated, routed by the
+:class:`~dnanet.gateway.scheduler.Scheduler` to a registered, healthy node serving the model,
+and retried on another node on a timeout, a transport error or a malformed answer. Canaries
+(:mod:`dnanet.gateway.canary`) ride along at ``canary_rate`` of the traffic and at least once
+per ``canary_interval_s`` per node. Errors are OpenAI's (see :mod:`.openai_format`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import httpx
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from dnanet.gateway.canary import CanaryBook, ReferenceModels, judge, make_canary
+from dnanet.gateway.openai_format import (
+    ApiError,
+    check_completion,
+    check_vectors,
+    count_tokens,
+    embeddings_response,
+    model_not_found,
+    models_list,
+    no_node,
+    parse_chat,
+    parse_embeddings,
+    read_request,
+)
+from dnanet.gateway.scheduler import (
+    NodeState,
+    NodeStats,
+    Scheduler,
+    SchedulingPolicy,
+    stats_from_reports,
+)
+from dnanet.params import Preset
+from dnanet.protocol.messages import ScoreReport
+from dnanet.service.http import create_app
+from dnanet.service.network import NodeRecord
+from dnanet.service.store import Store
+
+log = logging.getLogger("dnanet.gateway")
+
+T = TypeVar("T")
+_JSON = {"content-type": "application/json"}
+_UNAUTHORIZED = ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    api_keys: frozenset[str] = frozenset()
+    """Accepted keys; empty means an open gateway (local use only)."""
+    policy: SchedulingPolicy = field(default_factory=SchedulingPolicy)
+    request_timeout_s: float = 60.0
+    refresh_s: float = 5.0
+    models_timeout_s: float = 3.0
+    canary_rate: float = 0.05
+    """Fraction of routed requests followed by a canary to a node the scheduler draws."""
+    canary_interval_s: float = 60.0
+    """Every node gets at least one canary this often (0: only traffic-driven canaries)."""
+    canary_tolerance: float = 0.99
+    """Minimum cosine similarity of a canary embedding with the reference."""
+    max_body_bytes: int = 16 * 1024 * 1024
+    seed: int | None = None
+
+
+class NodeDirectory(Protocol):
+    """Where the gateway learns the registered nodes and their measured stats."""
+
+    async def records(self) -> list[NodeRecord]: ...
+    def stats(self) -> dict[str, NodeStats]: ...
+
+
+class StaticDirectory:
+    """A fixed node set (tests, benchmarks)."""
+
+    def __init__(self, records: Sequence[NodeRecord],
+                 stats: dict[str, NodeStats] | None = None) -> None:
+        self._records = list(records)
+        self._stats = dict(stats or {})
+
+    async def records(self) -> list[NodeRecord]:
+        return list(self._records)
+
+    def stats(self) -> dict[str, NodeStats]:
+        return dict(self._stats)
+
+
+class CallbackDirectory:
+    """Nodes from a blocking call (the chain, run in a worker thread) and a stats callback."""
+
+    def __init__(self, nodes: Callable[[], list[NodeRecord]],
+                 stats: Callable[[], dict[str, NodeStats]]) -> None:
+        self._nodes = nodes
+        self._stats = stats
+
+    async def records(self) -> list[NodeRecord]:
+        return await asyncio.to_thread(self._nodes)
+
+    def stats(self) -> dict[str, NodeStats]:
+        return self._stats()
+
+
+class Gateway:
+    """Routes OpenAI requests to nodes; ``mount(app)`` adds the routes to a FastAPI app."""
+
+    def __init__(self, config: GatewayConfig, directory: NodeDirectory, *,
+                 canaries: CanaryBook | None = None, references: ReferenceModels | None = None,
+                 http: httpx.AsyncClient | None = None) -> None:
+        self.config = config
+        self.directory = directory
+        self.rng = random.Random(config.seed)
+        self.scheduler = Scheduler(config.policy, rng=self.rng)
+        self.canaries = canaries or CanaryBook()
+        self.references = references if references is not None else ReferenceModels()
+        self._http = http
+        self._refreshed = False
+        self._refresh_lock: asyncio.Lock | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        # Created lazily on the loop that serves the gateway.
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.config.request_timeout_s),
+                limits=httpx.Limits(max_connections=512, max_keepalive_connections=256))
+        return self._http
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._loop(), name="gateway")
+
+    async def stop(self) -> None:
+        for task in [self._loop_task, *self._tasks]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._http is not None:
+            await self._http.aclose()
+
+    async def _loop(self) -> None:
+        since_canaries = 0.0
+        while True:
+            try:
+                await self.refresh()
+                since_canaries += self.config.refresh_s
+                if self.config.canary_interval_s and \
+                        since_canaries >= self.config.canary_interval_s:
+                    since_canaries = 0.0
+                    await self.canary_sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the gateway keeps serving on its last view
+                log.warning("gateway refresh failed: %s", exc)
+            await asyncio.sleep(self.config.refresh_s)
+
+    async def refresh(self) -> None:
+        """Re-read the registered nodes, the models each serves, and their measured stats."""
+        if self._refresh_lock is None:
+            self._refresh_lock = asyncio.Lock()
+        async with self._refresh_lock:
+            records = [r for r in await self.directory.records() if r.active and not r.jailed]
+
+            async def probe(record: NodeRecord) -> NodeState | None:
+                try:
+                    response = await self.http.get(f"{record.endpoint.rstrip('/')}/v1/models",
+                                                   timeout=self.config.models_timeout_s)
+                    data = response.json() if response.status_code == 200 else {}
+                    models = frozenset(str(m["id"]) for m in data.get("data", [])
+                                       if isinstance(m, dict) and isinstance(m.get("id"), str))
+                except (httpx.HTTPError, ValueError, AttributeError):
+                    return None
+                return NodeState(address=record.address.lower(),
+                                 endpoint=record.endpoint.rstrip("/"), models=models)
+
+            states = [s for s in await asyncio.gather(*(probe(r) for r in records))
+                      if s is not None and s.models]
+            self.scheduler.update(states)
+            self.scheduler.apply_stats({k.lower(): v for k, v in self.directory.stats().items()})
+            for state in states:
+                if self.canaries.pending(state.address):
+                    state.canary_failed = True
+            self._refreshed = True
+
+    async def _fresh(self) -> None:
+        if not self._refreshed:
+            await self.refresh()
+
+    # -- routing ----------------------------------------------------------------------------------
+    async def _route(self, model: str, path: str, body: bytes, *, interactive: bool,
+                     parse: Callable[[Any], T]) -> tuple[NodeState, Any, T]:
+        """POST ``body`` to nodes serving ``model`` until one answers well."""
+        await self._fresh()
+        if not self.scheduler.serving(model):
+            raise model_not_found(model)
+        tried: list[str] = []
+        last = "every node serving it is busy or failing"
+        for _ in range(self.config.policy.max_attempts):
+            node = self.scheduler.pick(model, payload_bytes=len(body), interactive=interactive,
+                                       exclude=tried)
+            if node is None:
+                break
+            tried.append(node.address)
+            self.scheduler.acquire(node)
+            ok = False
+            try:
+                response = await self.http.post(node.endpoint + path, content=body,
+                                                headers=_JSON)
+                if response.status_code == 200:
+                    data = json.loads(response.content)
+                    parsed = parse(data)
+                    ok = True
+                    return node, data, parsed
+                if response.status_code in (400, 413, 422):
+                    ok = True  # the request's fault, not the node's: answer it as is
+                    raise _node_error(response)
+                last = f"node answered HTTP {response.status_code}"
+            except (httpx.HTTPError, ValueError, TypeError, KeyError) as exc:
+                last = f"node failed: {type(exc).__name__}"
+            finally:
+                self.scheduler.release(node, ok=ok)
+        if tried:
+            raise no_node(model, f"{len(tried)} node(s) tried, last: {last}")
+        raise no_node(model, last)
+
+    def _maybe_canary(self, model: str) -> None:
+        if self.config.canary_rate > 0 and self.rng.random() < self.config.canary_rate \
+                and self.references.has(model):
+            node = self.scheduler.pick(model)
+            if node is not None:
+                self._spawn(self.run_canary(node, model))
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- canaries ---------------------------------------------------------------------------------
+    async def run_canary(self, node: NodeState, model: str) -> bool | None:
+        """Send one canary to ``node``; True passed, False failed (recorded), None no verdict
+        (no reference, or the node could not be reached: that is a plain failure)."""
+        canary = await make_canary(self.references, model, self.rng)
+        if canary is None:
+            return None
+        # The same normalization, serialization and headers as a user's request.
+        if canary.kind == "chat":
+            path, body = "/v1/chat/completions", json.dumps(
+                parse_chat(json.dumps(canary.body).encode()).body).encode()
+        else:
+            path, body = "/v1/embeddings", json.dumps(
+                parse_embeddings(json.dumps(canary.body).encode()).node_body()).encode()
+        self.scheduler.acquire(node)
+        ok = False
+        try:
+            response = await self.http.post(node.endpoint + path, content=body, headers=_JSON)
+            ok = response.status_code == 200
+            if not ok:
+                return None
+            data = json.loads(response.content)
+            try:
+                answer: Any = (check_completion(data) if canary.kind == "chat"
+                               else check_vectors(data, len(canary.body["input"])))
+                reason = judge(canary, answer, self.config.canary_tolerance)
+            except (ValueError, TypeError) as exc:
+                reason = f"malformed answer: {exc}"
+        except (httpx.HTTPError, ValueError) as exc:
+            log.info("canary to %s not delivered: %r", node.address[:10], exc)
+            return None
+        finally:
+            self.scheduler.release(node, ok=ok)
+        if reason is not None:
+            self.canaries.record(node.address, model, reason)
+            self.scheduler.mark_canary(node.address, passed=False)
+            return False
+        self.canaries.passed += 1
+        if not self.canaries.pending(node.address):
+            self.scheduler.mark_canary(node.address, passed=True)
+        return True
+
+    async def canary_sweep(self) -> None:
+        """One canary to every node for one of its models that has a reference."""
+        jobs = []
+        for node in list(self.scheduler.nodes.values()):
+            models = sorted(m for m in node.models if self.references.has(m))
+            if models:
+                jobs.append(self.run_canary(node, self.rng.choice(models)))
+        await asyncio.gather(*jobs, return_exceptions=True)
+
+    # -- HTTP -------------------------------------------------------------------------------------
+    def authorize(self, request: Request) -> None:
+        keys = self.config.api_keys
+        if not keys:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not any(
+                hmac.compare_digest(token.strip().encode(), k.encode()) for k in keys):
+            raise _UNAUTHORIZED
+
+    def mount(self, app: FastAPI) -> None:
+        """Add ``/v1/models``, ``/v1/embeddings`` and ``/v1/chat/completions`` to ``app``."""
+
+        @app.get("/v1/models", tags=["gateway"])
+        async def models(request: Request) -> Response:
+            try:
+                self.authorize(request)
+                await self._fresh()
+            except ApiError as exc:
+                return exc.response()
+            return JSONResponse(models_list(self.scheduler.models(), "dnanet"))
+
+        @app.get("/v1/models/{model:path}", tags=["gateway"])
+        async def model(model: str, request: Request) -> Response:
+            try:
+                self.authorize(request)
+                await self._fresh()
+                if model not in self.scheduler.models():
+                    raise model_not_found(model)
+            except ApiError as exc:
+                return exc.response()
+            return JSONResponse(models_list([model], "dnanet")["data"][0])
+
+        @app.post("/v1/embeddings", tags=["gateway"])
+        async def embeddings(request: Request) -> Response:
+            try:
+                self.authorize(request)
+                req = parse_embeddings(await read_request(request, self.config.max_body_bytes))
+                body = json.dumps(req.node_body()).encode()
+                interactive = _interactive(request, default=False)
+                _node, _data, vectors = await self._route(
+                    req.model, "/v1/embeddings", body, interactive=interactive,
+                    parse=lambda d: check_vectors(d, len(req.inputs)))
+            except ApiError as exc:
+                return exc.response()
+            self._maybe_canary(req.model)
+            return JSONResponse(embeddings_response(req.model, vectors, req.encoding_format,
+                                                    count_tokens(req.inputs)))
+
+        @app.post("/v1/chat/completions", tags=["gateway"])
+        async def chat(request: Request) -> Response:
+            try:
+                self.authorize(request)
+                req = parse_chat(await read_request(request, self.config.max_body_bytes))
+                body = json.dumps(req.body).encode()
+                interactive = _interactive(request, default=True)
+                if req.stream:
+                    return await self._stream(req.model, body, interactive)
+                _node, data, _content = await self._route(
+                    req.model, "/v1/chat/completions", body, interactive=interactive,
+                    parse=check_completion)
+            except ApiError as exc:
+                return exc.response()
+            self._maybe_canary(req.model)
+            return JSONResponse(data)
+
+    async def _stream(self, model: str, body: bytes, interactive: bool) -> Response:
+        """Open a stream on a node (retrying others until one sends its first event)."""
+        await self._fresh()
+        if not self.scheduler.serving(model):
+            raise model_not_found(model)
+        tried: list[str] = []
+        last = "every node serving it is busy or failing"
+        for _ in range(self.config.policy.max_attempts):
+            node = self.scheduler.pick(model, payload_bytes=len(body), interactive=interactive,
+                                       exclude=tried)
+            if node is None:
+                break
+            tried.append(node.address)
+            self.scheduler.acquire(node)
+            request = self.http.build_request("POST", node.endpoint + "/v1/chat/completions",
+                                              content=body, headers=_JSON)
+            response: httpx.Response | None = None
+            try:
+                response = await self.http.send(request, stream=True)
+                if response.status_code in (400, 413, 422):
+                    await response.aread()
+                    self.scheduler.release(node, ok=True)
+                    raise _node_error(response)
+                if response.status_code != 200:
+                    raise httpx.HTTPStatusError("node refused", request=request,
+                                                response=response)
+                lines = response.aiter_lines()
+                first = await _first_event(lines)
+            except (httpx.HTTPError, StopAsyncIteration) as exc:
+                last = f"node failed: {type(exc).__name__}"
+                if response is not None:
+                    await response.aclose()
+                self.scheduler.release(node, ok=False)
+                continue
+            return StreamingResponse(self._relay(node, response, first, lines),
+                                     media_type="text/event-stream")
+        raise no_node(model, f"{len(tried)} node(s) tried, last: {last}" if tried else last)
+
+    async def _relay(self, node: NodeState, response: httpx.Response, first: str,
+                     lines: AsyncIterator[str]) -> AsyncIterator[bytes]:
+        ok = False
+        try:
+            yield (first + "\n\n").encode()
+            async for line in lines:
+                if line:
+                    yield (line + "\n\n").encode()
+            ok = True
+        except httpx.HTTPError:
+            yield (b'data: {"error": {"message": "the node failed mid-stream", "type": '
+                   b'"api_error", "param": null, "code": "node_failed"}}\n\n')
+        finally:
+            self.scheduler.release(node, ok=ok)
+            await response.aclose()
+
+
+async def _first_event(lines: AsyncIterator[str]) -> str:
+    async for line in lines:
+        if line:
+            return line
+    raise StopAsyncIteration
+
+
+def _interactive(request: Request, *, default: bool) -> bool:
+    value = request.headers.get("x-dnanet-interactive")
+    if value is None:
+        return default
+    return value.strip().lower() in ("1", "true", "yes")
+
+
+def _node_error(response: httpx.Response) -> ApiError:
+    """A node's 4xx answer (the request's fault) passed on in OpenAI's format."""
+    try:
+        error = json.loads(response.content)["error"]
+        return ApiError(response.status_code, str(error.get("message", "bad request")),
+                        param=error.get("param"), code=error.get("code"))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return ApiError(response.status_code, "the node refused the request")
+
+
+def mixer_stats(store: Store, preset: Preset, *, limit: int = 1024) -> dict[str, NodeStats]:
+    """Node stats from a mixer's own latest reports (``own_reports`` in its store)."""
+    rows = store.query("SELECT report_json FROM own_reports ORDER BY epoch DESC, round DESC"
+                       " LIMIT ?", (limit,))
+    return stats_from_reports((ScoreReport.from_json(r[0]) for r in rows), preset)
+
+
+def create_gateway_app(gateway: Gateway) -> FastAPI:
+    """A stand-alone app serving only the gateway (benchmarks, tests)."""
+    app = create_app("dnanet gateway")
+    gateway.mount(app)
+    return app
+
+
+def generate_api_key(entropy: bytes) -> str:
+    return "dn-" + entropy.hex()
+
+
+def parse_api_keys(values: Iterable[str]) -> frozenset[str]:
+    return frozenset(v.strip() for v in values if v.strip())
+
+
+__all__ = [
+    "CallbackDirectory", "Gateway", "GatewayConfig", "NodeDirectory", "StaticDirectory",
+    "create_gateway_app", "generate_api_key", "mixer_stats", "parse_api_keys",
+]

@@ -1,0 +1,95 @@
+"""The node's OpenAI-compatible endpoints (``/v1/models``, ``/v1/embeddings``,
+``/v1/chat/completions``), served from its :class:`~dnanet.node.backends.BackendSet`.
+
+Mixers' gateways call these; a canary and a user's request arrive in the same shape.
+Every error is in OpenAI's format; a backend fault is a 502, never a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from dnanet.gateway.openai_format import (
+    ApiError,
+    count_tokens,
+    embeddings_response,
+    model_not_found,
+    models_list,
+    parse_chat,
+    parse_embeddings,
+    read_request,
+)
+from dnanet.node.backends import Backend, BackendError, BackendSet
+
+log = logging.getLogger("dnanet.node.ai")
+
+MAX_AI_BODY_BYTES = 16 * 1024 * 1024
+
+
+def _backend_error(exc: BackendError) -> ApiError:
+    if 400 <= exc.status < 500:
+        return ApiError(exc.status, str(exc), param=exc.field)
+    return ApiError(502, f"the model backend failed: {exc}", type_="api_error",
+                    code="backend_error")
+
+
+def mount_ai_api(app: FastAPI, backends: BackendSet) -> None:
+    """Add the AI endpoints to the node's app."""
+
+    def backend_for(model: str) -> Backend:
+        backend = backends.backend(model)
+        if backend is None:
+            raise model_not_found(model)
+        return backend
+
+    @app.get("/v1/models", tags=["ai"])
+    async def models() -> Any:
+        return models_list(backends.models(), "dnanet-node")
+
+    @app.post("/v1/embeddings", tags=["ai"])
+    async def embeddings(request: Request) -> Response:
+        try:
+            req = parse_embeddings(await read_request(request, MAX_AI_BODY_BYTES))
+            backend = backend_for(req.model)
+            vectors = await backend.embeddings(req.model, req.inputs)
+        except ApiError as exc:
+            return exc.response()
+        except BackendError as exc:
+            return _backend_error(exc).response()
+        return JSONResponse(embeddings_response(req.model, vectors, req.encoding_format,
+                                                count_tokens(req.inputs)))
+
+    @app.post("/v1/chat/completions", tags=["ai"])
+    async def chat(request: Request) -> Response:
+        try:
+            req = parse_chat(await read_request(request, MAX_AI_BODY_BYTES))
+            backend = backend_for(req.model)
+            if not req.stream:
+                return JSONResponse(await backend.chat(req.model, req.body))
+            stream = backend.chat_stream(req.model, req.body)
+            first = await anext(stream, None)  # a failing backend fails before the 200
+        except ApiError as exc:
+            return exc.response()
+        except BackendError as exc:
+            return _backend_error(exc).response()
+
+        async def events() -> AsyncIterator[bytes]:
+            if first is not None:
+                yield b"data: " + first + b"\n\n"
+            try:
+                async for chunk in stream:
+                    yield b"data: " + chunk + b"\n\n"
+            except BackendError as exc:
+                log.warning("stream of %s broke: %s", req.model, exc)
+                yield b'data: {"error": {"message": "the model backend failed mid-stream", ' \
+                      b'"type": "api_error", "param": null, "code": "backend_error"}}\n\n'
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+
+__all__ = ["mount_ai_api"]
