@@ -1,0 +1,210 @@
+"""The node's challenge API over real HTTP: a full session driven by the mixer's HTTP transport,
+and every kind of bad input answered with a 4xx naming the field, never a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dnanet.mixer.session import run_challenge_session
+from dnanet.node.http_transport import HttpNodeTransport
+from dnanet.node.server import NODE_SCHEMA, build_node_app
+from dnanet.params import TEST
+from dnanet.protocol.messages import Outcome, SignedChallenge
+from dnanet.protocol.validation import verify_score_report
+from dnanet.service.http import Server
+from dnanet.service.store import Store
+from protocol_fixtures import (
+    DOMAIN,
+    EPOCH,
+    make_mixers,
+    make_nodes,
+    make_prover,
+    make_view,
+    prove_round,
+)
+
+MIXERS = make_mixers(1, "http-mixer")
+NODE = make_nodes(1, "http-node")[0]
+
+
+@contextlib.asynccontextmanager
+async def serving_node(tmp_path: Path) -> AsyncIterator[tuple[str, Store]]:
+    store = Store(tmp_path / "node.db", NODE_SCHEMA)
+    server = Server(build_node_app(make_prover(NODE, MIXERS), store), "127.0.0.1", _free_port())
+    await server.start()
+    try:
+        yield server.url, store
+    finally:
+        await server.stop()
+        store.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_session_over_http_is_scored_and_verifies(tmp_path: Path) -> None:
+    asyncio.run(_session_over_http(tmp_path))
+
+
+async def _session_over_http(tmp_path: Path) -> None:
+    async with serving_node(tmp_path) as (url, store):
+        mixer = MIXERS[0]
+        proof, beta = prove_round(mixer, 0)
+        async with httpx.AsyncClient(timeout=10) as client:
+            report = await run_challenge_session(
+                HttpNodeTransport(client, url),
+                identity=mixer.identity,
+                domain=DOMAIN,
+                preset=TEST,
+                beta=beta,
+                vrf_proof=proof,
+                epoch=EPOCH,
+                round_=0,
+                node=NODE.address,
+                hardware_class=0,
+            )
+        assert report.outcome == Outcome.OK, report.reason
+        assert report.rtt_us > 0 and report.compute_us > 0 and report.download_us > 0
+        view = make_view(MIXERS, [NODE])
+        assert verify_score_report(report, view).total == report.score
+        # The signed challenge and the node's signed response were stored before it answered.
+        rows = store.query("SELECT challenge_json, response_json FROM challenges")
+        assert len(rows) == 1 and rows[0][0] and rows[0][1]
+        assert SignedChallenge.from_json(rows[0][0]).challenge.node == NODE.address
+
+
+def test_an_unreachable_node_is_reported_unreachable() -> None:
+    asyncio.run(_unreachable())
+
+
+async def _unreachable() -> None:
+    mixer = MIXERS[0]
+    proof, beta = prove_round(mixer, 0)
+    async with httpx.AsyncClient(timeout=2) as client:
+        report = await run_challenge_session(
+            HttpNodeTransport(client, f"http://127.0.0.1:{_free_port()}"),
+            identity=mixer.identity,
+            domain=DOMAIN,
+            preset=TEST,
+            beta=beta,
+            vrf_proof=proof,
+            epoch=EPOCH,
+            round_=0,
+            node=NODE.address,
+            hardware_class=0,
+        )
+    assert report.outcome == Outcome.UNREACHABLE and report.score == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "field"),
+    [
+        ("POST", "/v1/challenges", b"not json", 400, None),
+        ("POST", "/v1/challenges", b"[]", 400, "SignedChallenge"),
+        (
+            "POST",
+            "/v1/challenges",
+            b'{"challenge": 1, "signature": "0x"}',
+            400,
+            "SignedChallenge.challenge",
+        ),
+        ("POST", "/v1/challenges", b'{"x": 1}', 400, "SignedChallenge"),
+        (
+            "POST",
+            "/v1/challenges/0x12/echo",
+            b'{"nonce": "0x' + b"00" * 16 + b'"}',
+            400,
+            "challengeId",
+        ),
+        (
+            "POST",
+            "/v1/challenges/0x" + b"ab".decode() * 32 + "/echo",
+            b'{"nonce": "0x' + b"00" * 16 + b'"}',
+            422,
+            "challengeId",
+        ),
+        (
+            "POST",
+            "/v1/challenges/0x" + "ab" * 32 + "/echo",
+            b'{"nonce": "0x00"}',
+            400,
+            "EchoMessage.nonce",
+        ),
+        (
+            "POST",
+            "/v1/challenges/0x" + "ab" * 32 + "/open",
+            b'{"indices": [-1]}',
+            400,
+            "OpenRequest.indices[0]",
+        ),
+        ("GET", "/v1/challenges/0x" + "ab" * 32 + "/upload", b"", 422, "challengeId"),
+        ("POST", "/v1/challenges/0x" + "ab" * 32 + "/finish", b"", 422, "challengeId"),
+    ],
+)
+def test_bad_input_is_a_4xx_naming_the_field(
+    tmp_path: Path,
+    method: str,
+    path: str,
+    body: bytes,
+    status: int,
+    field: str | None,
+) -> None:
+    async def call() -> httpx.Response:
+        async with serving_node(tmp_path) as (url, _), httpx.AsyncClient(timeout=5) as client:
+            return await client.request(method, url + path, content=body)
+
+    response = asyncio.run(call())
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"]
+    assert error["field"] == field
+
+
+def test_oversized_body_is_413(tmp_path: Path) -> None:
+    async def call() -> httpx.Response:
+        async with serving_node(tmp_path) as (url, _), httpx.AsyncClient(timeout=10) as client:
+            return await client.post(url + "/v1/challenges", content=b" " * (9 * 1024 * 1024))
+
+    response = asyncio.run(call())
+    assert response.status_code == 413
+
+
+def test_a_challenge_from_a_non_mixer_is_refused(tmp_path: Path) -> None:
+    asyncio.run(_non_mixer(tmp_path))
+
+
+async def _non_mixer(tmp_path: Path) -> None:
+    async with serving_node(tmp_path) as (url, store):
+        outsider = make_mixers(1, "outsider")[0]
+        _, beta = prove_round(outsider, 0)
+        from dnanet.protocol.challenge_params import compute_challenge
+
+        challenge = compute_challenge(
+            beta=beta,
+            epoch=EPOCH,
+            round_=0,
+            mixer=outsider.address,
+            node=NODE.address,
+            hardware_class=0,
+            preset=TEST,
+        )
+        signed = SignedChallenge(
+            challenge=challenge,
+            signature=outsider.identity.sign_typed(DOMAIN, challenge.hash_struct()),
+        )
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.post(url + "/v1/challenges", content=signed.to_json())
+        assert response.status_code == 422
+        assert response.json()["error"]["field"] == "mixer"
+        assert store.query("SELECT count(*) FROM challenges") == [(0,)]
