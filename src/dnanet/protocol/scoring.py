@@ -177,8 +177,8 @@ def compute_node_epoch_scores(reports: Iterable[ScoreReport]) -> dict[str, NodeE
         entry.score_sum += report.score
         if report.outcome != Outcome.OK:
             entry.failures += 1
-        if Outcome(report.outcome).is_fraud:
-            entry.fraud_reports.append(report.hash_struct())
+            if report.outcome == Outcome.WRONG_ANSWER:  # fraud (see Outcome.is_fraud)
+                entry.fraud_reports.append(report.hash_struct())
     return out
 
 
