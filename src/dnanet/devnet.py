@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from dnanet.chain.backends import EmbeddedChain, connect_embedded
+from dnanet.chain.backends import connect_embedded
 from dnanet.chain.client import ChainClient
 from dnanet.chain.deploy import MixerSpec, deploy
 from dnanet.crypto.keys import Identity
@@ -96,10 +96,10 @@ class EpochSummary:
 
 
 class BlockClock:
-    """Mines one block every ``interval_s`` on the embedded chain, in a worker thread."""
+    """Mines one block every ``interval_s`` with ``mine_one`` (run in a worker thread)."""
 
-    def __init__(self, chain: EmbeddedChain, interval_s: float) -> None:
-        self.chain = chain
+    def __init__(self, mine_one: Callable[[], object], interval_s: float) -> None:
+        self.mine_one = mine_one
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
 
@@ -111,7 +111,10 @@ class BlockClock:
         # time slows down with it, as the daemons' deadlines assume.
         while True:
             started = time.monotonic()
-            await asyncio.to_thread(self.chain.mine_blocks, 1)
+            try:
+                await asyncio.to_thread(self.mine_one)
+            except Exception as exc:  # a busy or restarting RPC: the next tick tries again
+                log.warning("block clock: %s", exc)
             await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
 
     async def stop(self) -> None:
@@ -188,7 +191,8 @@ class Devnet:
     async def setup(self) -> None:
         """Deploy, fund, and start every role (nodes register themselves)."""
         self.chain = connect_embedded()
-        self.clock = BlockClock(self.chain, self.preset.block_interval_ms / 1000)
+        chain = self.chain
+        self.clock = BlockClock(lambda: chain.mine_blocks(1), self.preset.block_interval_ms / 1000)
         for identity in (self.deployer, self.validator_id, *self.mixer_ids, *self.node_ids):
             self.chain.fund(identity.address, 1_000 * 10**18)
         mixer_ports = [free_port() for _ in self.mixer_ids]
@@ -341,33 +345,6 @@ KEYSTORE_PASSWORD = "dnanet-devnet"
 """Password of the devnet's throwaway keystores (they live in its data directory)."""
 
 
-class RpcBlockClock:
-    """Mines one block per tick on a dev chain over JSON-RPC (anvil_mine / evm_mine)."""
-
-    def __init__(self, w3: Any, interval_s: float) -> None:
-        self.w3 = w3
-        self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="rpc-block-clock")
-
-    async def _run(self) -> None:
-        from dnanet.chain.backends import mine_blocks
-
-        while True:
-            started = time.monotonic()
-            with contextlib.suppress(Exception):  # a busy RPC: the next tick tries again
-                await asyncio.to_thread(mine_blocks, self.w3, 1)
-            await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-
 class ProcessDevnet(Devnet):
     """The devnet over a JSON-RPC chain (anvil from npm, or any URL), each role its own OS
     process started with the same ``dnanet`` commands an operator runs."""
@@ -502,8 +479,10 @@ class ProcessDevnet(Devnet):
         if head < genesis - 1 and self.chain_arg == "anvil":
             await asyncio.to_thread(mine_blocks, self.w3, genesis - 1 - head)
         if self.chain_arg == "anvil":
-            self.rpc_clock = RpcBlockClock(self.w3, self.preset.block_interval_ms / 1000)
-            self.rpc_clock.start()
+            w3 = self.w3
+            self.clock = BlockClock(lambda: mine_blocks(w3, 1),
+                                    self.preset.block_interval_ms / 1000)
+            self.clock.start()
         self.out(f"devnet: chain {self.deployment.chain_id} ({self.chain_arg} at {self.rpc_url}),"
                  f" genesis block {genesis}, {len(self.node_ids)} nodes, {len(self.mixer_ids)} "
                  f"mixers, validator {self.validator_url}; each role is its own process, logs "
@@ -520,9 +499,8 @@ class ProcessDevnet(Devnet):
     async def stop(self) -> None:
         import signal as signals
 
-        clock = getattr(self, "rpc_clock", None)
-        if clock is not None:
-            await clock.stop()
+        if self.clock is not None:
+            await self.clock.stop()
         for _name, process in self.processes:
             if process.poll() is None:
                 process.send_signal(signals.SIGTERM)
