@@ -1,0 +1,171 @@
+"""The scheduling rule of docs/scheduling.md: shares of routed requests follow the nodes'
+measured scores, bandwidth (large payloads) and latency (interactive requests)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dnanet.gateway.scheduler import (
+    NodeState,
+    NodeStats,
+    Scheduler,
+    SchedulingPolicy,
+    stats_from_reports,
+)
+from dnanet.params import get_preset
+from dnanet.protocol.messages import ZERO32, Outcome, ScoreReport
+
+MODEL = "m"
+# Known, differing measured scores: (score, bandwidth B/s, rtt us)
+MEASURED = {
+    "0xa": (300, 10e6, 400),
+    "0xb": (200, 200e6, 800),
+    "0xc": (100, 50e6, 200),
+}
+
+
+def make(policy: SchedulingPolicy | None = None, seed: int = 1) -> Scheduler:
+    scheduler = Scheduler(policy, rng=random.Random(seed), clock=lambda: 1000.0)
+    scheduler.update([NodeState(a, f"http://{a}", frozenset({MODEL}),
+                                NodeStats(score=s, bandwidth_bps=bw, rtt_us=rtt))
+                      for a, (s, bw, rtt) in MEASURED.items()])
+    return scheduler
+
+
+def expected(kind: str) -> dict[str, float]:
+    """The documented rule, computed independently of the scheduler."""
+    top_bw = max(bw for _, bw, _ in MEASURED.values())
+    low_rtt = min(rtt for _, _, rtt in MEASURED.values())
+    weights = {}
+    for a, (score, bw, rtt) in MEASURED.items():
+        w = float(score)
+        if kind in ("large", "both"):
+            w *= bw / top_bw
+        if kind in ("interactive", "both"):
+            w *= low_rtt / rtt
+        weights[a] = w
+    total = sum(weights.values())
+    return {a: w / total for a, w in weights.items()}
+
+
+@pytest.mark.parametrize("kind", ["small", "large", "interactive", "both"])
+def test_routed_shares_follow_the_rule(kind: str) -> None:
+    scheduler = make()
+    payload = 1 << 20 if kind in ("large", "both") else 100
+    interactive = kind in ("interactive", "both")
+    n = 20_000
+    picks = Counter(scheduler.pick(MODEL, payload_bytes=payload, interactive=interactive).address
+                    for _ in range(n))  # type: ignore[union-attr]
+    want = expected(kind)
+    for address, share in want.items():
+        assert picks[address] / n == pytest.approx(share, abs=0.015), (kind, address)
+    assert scheduler.shares(MODEL, payload_bytes=payload, interactive=interactive) == \
+        pytest.approx(want)
+
+
+def test_large_payloads_go_to_high_bandwidth_nodes() -> None:
+    scheduler = make()
+    n = 5000
+    small = Counter(scheduler.pick(MODEL, payload_bytes=10).address for _ in range(n))  # type: ignore[union-attr]
+    large = Counter(scheduler.pick(MODEL, payload_bytes=10 << 20).address  # type: ignore[union-attr]
+                    for _ in range(n))
+    # 0xb has the highest bandwidth, 0xa the highest score but the lowest bandwidth.
+    assert large.most_common(1)[0][0] == "0xb"
+    assert small.most_common(1)[0][0] == "0xa"
+    assert large["0xb"] > 2 * small["0xb"]
+    assert large["0xa"] < small["0xa"] / 4
+
+
+def test_interactive_requests_prefer_low_latency() -> None:
+    scheduler = make()
+    n = 5000
+    batch = Counter(scheduler.pick(MODEL).address for _ in range(n))  # type: ignore[union-attr]
+    chat = Counter(scheduler.pick(MODEL, interactive=True).address  # type: ignore[union-attr]
+                   for _ in range(n))
+    assert chat["0xc"] > 1.5 * batch["0xc"]
+    assert chat["0xb"] < batch["0xb"]
+
+
+def test_concurrency_limit_failures_and_canaries_exclude_nodes() -> None:
+    scheduler = make(SchedulingPolicy(max_concurrency=2, failure_threshold=2, cooldown_s=10))
+    a = scheduler.nodes["0xa"]
+    scheduler.acquire(a)
+    scheduler.acquire(a)
+    assert "0xa" not in {n.address for n in scheduler.eligible(MODEL)}
+    scheduler.release(a, ok=True)
+    assert "0xa" in {n.address for n in scheduler.eligible(MODEL)}
+
+    b = scheduler.nodes["0xb"]
+    for _ in range(2):
+        scheduler.acquire(b)
+        scheduler.release(b, ok=False)
+    assert "0xb" not in {n.address for n in scheduler.eligible(MODEL)}  # cooling down
+    scheduler.clock = lambda: 1011.0
+    assert "0xb" in {n.address for n in scheduler.eligible(MODEL)}
+
+    scheduler.mark_canary("0xc", passed=False)
+    assert "0xc" not in {n.address for n in scheduler.eligible(MODEL)}
+    scheduler.mark_canary("0xc", passed=True)
+    assert "0xc" in {n.address for n in scheduler.eligible(MODEL)}
+
+    scheduler.apply_stats({"0xa": NodeStats(score=10, failing=True)})
+    eligible = {n.address for n in scheduler.eligible(MODEL)}
+    assert "0xa" not in eligible
+    assert scheduler.pick("other-model") is None
+
+
+def test_unknown_measurements_take_the_median() -> None:
+    scheduler = Scheduler(rng=random.Random(3))
+    scheduler.update([NodeState("0x1", "u", frozenset({MODEL}), NodeStats(score=100)),
+                      NodeState("0x2", "u", frozenset({MODEL}), NodeStats(score=300)),
+                      NodeState("0x3", "u", frozenset({MODEL}), NodeStats())])
+    shares = scheduler.shares(MODEL, payload_bytes=0, interactive=False)
+    assert shares["0x3"] == pytest.approx(200 / 600)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 10_000), min_size=2, max_size=6),
+       st.booleans(), st.booleans())
+def test_shares_sum_to_one_and_grow_with_score(scores: list[int], large: bool,
+                                               interactive: bool) -> None:
+    scheduler = Scheduler(rng=random.Random(0))
+    scheduler.update([NodeState(f"0x{i}", "u", frozenset({MODEL}),
+                                NodeStats(score=s, bandwidth_bps=1e6, rtt_us=500))
+                      for i, s in enumerate(scores)])
+    shares = scheduler.shares(MODEL, payload_bytes=1 << 30 if large else 0,
+                              interactive=interactive)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    for i, si in enumerate(scores):
+        for j, sj in enumerate(scores):
+            if si > sj:
+                assert shares[f"0x{i}"] > shares[f"0x{j}"]
+
+
+def _report(node: str, round_: int, outcome: Outcome, score: int, rtt: int,
+            down: int) -> ScoreReport:
+    return ScoreReport(epoch=0, round=round_, mixer="0x" + "11" * 20, node=node,
+                       hardware_class=0, vrf_proof=b"\x00" * 80, challenge_digest=ZERO32,
+                       echo_digest=ZERO32, compute_root=ZERO32, download_digest=ZERO32,
+                       upload_digest=ZERO32, response_signature=b"", rtt_us=rtt,
+                       compute_us=0, download_us=down, upload_us=0, outcome=outcome,
+                       reason="", evidence=b"", score=score)
+
+
+def test_stats_from_reports() -> None:
+    preset = get_preset("local")
+    node = "0x" + "22" * 20
+    size = preset.sizes_for_class(0).download_bytes
+    reports = [_report(node, 0, Outcome.OK, 100, 300, 1_000_000),
+               _report(node, 1, Outcome.OK, 300, 500, 2_000_000),
+               _report(node, 2, Outcome.TIMEOUT, 0, 0, 0)]
+    stats = stats_from_reports(reports, preset)[node]
+    assert stats.score == 200
+    assert stats.rtt_us == 400
+    assert stats.bandwidth_bps == pytest.approx((size / 1.0 + size / 2.0) / 2)
+    assert stats.failing
+    assert not stats_from_reports(reports[:2], preset)[node].failing
