@@ -19,16 +19,7 @@ from dnanet.params import BPS_ONE, SCORE_ONE
 from dnanet.protocol.codec import (
     MAX_JSON_DEPTH,
     MAX_MESSAGE_BYTES,
-    Address,
-    Bool,
-    Bytes,
-    FixedBytes,
-    ListOf,
     Message,
-    Nested,
-    Text,
-    Uint,
-    WireType,
     canonical_json,
     parse_json,
 )
@@ -49,6 +40,7 @@ from dnanet.protocol.messages import (
     SignedChallenge,
     SignedChallengeResponse,
 )
+from strategies import messages, synthetic_report
 
 ALL_CLASSES: list[type[Message]] = [
     Challenge,
@@ -68,64 +60,12 @@ NODE = "0x" + sha256(b"node-0")[:20].hex()
 
 
 # -- strategies ---------------------------------------------------------------------------------
-def _value(kind: WireType[Any]) -> st.SearchStrategy[Any]:
-    if isinstance(kind, Uint):
-        return st.one_of(st.integers(0, kind.maximum), st.just(kind.maximum), st.just(0))
-    if isinstance(kind, Bool):
-        return st.booleans()
-    if isinstance(kind, FixedBytes):
-        return st.binary(min_size=kind.length, max_size=kind.length)
-    if isinstance(kind, Bytes):
-        if kind.allowed is not None:
-            return st.sampled_from(kind.allowed).flatmap(
-                lambda n: st.binary(min_size=n, max_size=n)
-            )
-        return st.binary(max_size=min(kind.max_length, 64))
-    if isinstance(kind, Address):
-        return st.binary(min_size=20, max_size=20).map(lambda b: "0x" + b.hex())
-    if isinstance(kind, Text):
-        return st.text(max_size=40)
-    if isinstance(kind, Nested):
-        return messages(kind.cls)
-    if isinstance(kind, ListOf):
-        return st.lists(_value(kind.item), max_size=3).map(tuple)
-    raise AssertionError(f"no strategy for {kind!r}")
-
-
-def messages(cls: type[Message]) -> st.SearchStrategy[Any]:
-    fields = {f.name: _value(f.metadata["wire"]) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    return st.builds(cls, **fields)
-
-
 any_message = st.sampled_from(ALL_CLASSES).flatmap(messages)
 
 
 # -- fixtures -----------------------------------------------------------------------------------
 def make_report(**overrides: Any) -> ScoreReport:
-    fields: dict[str, Any] = dict(
-        epoch=7,
-        round=2,
-        mixer=MIXER,
-        node=NODE,
-        hardware_class=0,
-        vrf_proof=b"\x01" * 80,
-        challenge_digest=b"\x02" * 32,
-        echo_digest=b"\x03" * 32,
-        compute_root=b"\x04" * 32,
-        download_digest=b"\x05" * 32,
-        upload_digest=b"\x06" * 32,
-        response_signature=b"\x07" * 65,
-        rtt_us=900,
-        compute_us=100_000,
-        download_us=2_000,
-        upload_us=2_000,
-        outcome=Outcome.OK,
-        reason="",
-        evidence=b"",
-        score=123_456,
-    )
-    fields.update(overrides)
-    return ScoreReport(**fields)
+    return synthetic_report(**{"epoch": 7, "round": 2, "mixer": MIXER, "node": NODE, **overrides})
 
 
 def make_batch(**overrides: Any) -> ScoreBatch:

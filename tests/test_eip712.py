@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import coincurve
@@ -32,14 +31,7 @@ from dnanet.crypto.hashing import keccak256, sha256
 from dnanet.crypto.keys import Identity
 from dnanet.errors import CryptoError, SignatureError
 from dnanet.protocol.codec import (
-    Address,
-    Bool,
-    Bytes,
-    FixedBytes,
     Message,
-    Text,
-    Uint,
-    WireType,
 )
 from dnanet.protocol.messages import (
     Challenge,
@@ -49,6 +41,7 @@ from dnanet.protocol.messages import (
     ScoreBatch,
     ScoreReport,
 )
+from strategies import messages
 
 DOMAIN = Domain(31337, "0x" + "11" * 20)
 MIXERS = [Identity.from_entropy(sha256(b"mixer-%d" % i)) for i in range(4)]
@@ -65,33 +58,6 @@ _P = 2**256 - 2**32 - 977
 
 
 # -- strategies ---------------------------------------------------------------------------------
-def _value(kind: WireType[Any]) -> st.SearchStrategy[Any]:
-    if isinstance(kind, Uint):
-        return st.integers(0, kind.maximum)
-    if isinstance(kind, Bool):
-        return st.booleans()
-    if isinstance(kind, FixedBytes):
-        return st.binary(min_size=kind.length, max_size=kind.length)
-    if isinstance(kind, Bytes):
-        if kind.allowed is not None:
-            return st.sampled_from(kind.allowed).flatmap(
-                lambda n: st.binary(min_size=n, max_size=n)
-            )
-        return st.binary(max_size=min(kind.max_length, 96))
-    if isinstance(kind, Address):
-        return st.binary(min_size=20, max_size=20).map(lambda b: "0x" + b.hex())
-    if isinstance(kind, Text):
-        return st.text(max_size=40)
-    raise AssertionError(f"no strategy for {kind!r}")
-
-
-def messages(cls: type[Message]) -> st.SearchStrategy[Message]:
-    return st.builds(
-        cls,
-        **{f.name: _value(f.metadata["wire"]) for f in dataclasses.fields(cls)},  # type: ignore[arg-type]
-    )
-
-
 any_signed_message = st.sampled_from(SIGNED_CLASSES).flatmap(messages)
 domains = st.builds(
     Domain,

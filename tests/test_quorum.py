@@ -13,7 +13,7 @@ from dnanet.crypto.eip712 import SECP256K1_N, Domain, to_checksum_address
 from dnanet.crypto.hashing import keccak256, sha256
 from dnanet.crypto.keys import Identity
 from dnanet.errors import QuorumError
-from dnanet.protocol.messages import ZERO32, Outcome, QuorumCertificate, ScoreBatch, ScoreReport
+from dnanet.protocol.messages import ZERO32, QuorumCertificate, ScoreBatch, ScoreReport
 from dnanet.protocol.quorum import (
     compute_batch,
     compute_quorum_threshold,
@@ -22,6 +22,7 @@ from dnanet.protocol.quorum import (
     verify_certificate,
     verify_quorum,
 )
+from strategies import synthetic_report
 
 DOMAIN = Domain(31337, "0x" + "11" * 20)
 MIXERS = [Identity.from_entropy(sha256(b"mixer-%d" % i)) for i in range(10)]
@@ -224,30 +225,9 @@ EPOCH, ROUND = 5, 2
 
 
 def make_report(**overrides: Any) -> ScoreReport:
-    fields: dict[str, Any] = dict(
-        epoch=EPOCH,
-        round=ROUND,
-        mixer=ORIGIN.address,
-        node=NODES[0],
-        hardware_class=0,
-        vrf_proof=b"\x01" * 80,
-        challenge_digest=b"\x02" * 32,
-        echo_digest=b"\x03" * 32,
-        compute_root=b"\x04" * 32,
-        download_digest=b"\x05" * 32,
-        upload_digest=b"\x06" * 32,
-        response_signature=b"\x07" * 65,
-        rtt_us=900,
-        compute_us=10_000,
-        download_us=2_000,
-        upload_us=2_000,
-        outcome=Outcome.OK,
-        reason="",
-        evidence=b"",
-        score=250_000,
-    )
-    fields.update(overrides)
-    return ScoreReport(**fields)
+    return synthetic_report(**{"epoch": EPOCH, "round": ROUND, "mixer": ORIGIN.address,
+                               "node": NODES[0], "compute_us": 10_000, "score": 250_000,
+                               **overrides})
 
 
 REPORTS = tuple(make_report(node=node, score=100_000 + i) for i, node in enumerate(NODES[:3]))

@@ -40,6 +40,7 @@ from dnanet.protocol.scoring import (
     verify_measurement_bounds,
     verify_report_score,
 )
+from strategies import REPORT_DEFAULTS
 
 MIXER = "0x" + sha256(b"mixer-0")[:20].hex()
 NODE_A = "0x" + sha256(b"node-a")[:20].hex()
@@ -60,29 +61,10 @@ def score(sizes: ChallengeSizes, params: ScoringParams, **m: int) -> ChallengeSc
 
 def make_report(preset: Preset = TEST, **overrides: Any) -> ScoreReport:
     """A report whose score is the one its measurements recompute to (unless overridden)."""
-    fields: dict[str, Any] = dict(
-        epoch=1,
-        round=0,
-        mixer=MIXER,
-        node=NODE_A,
-        hardware_class=0,
-        vrf_proof=b"\x01" * 80,
-        challenge_digest=b"\x02" * 32,
-        echo_digest=b"\x03" * 32,
-        compute_root=b"\x04" * 32,
-        download_digest=b"\x05" * 32,
-        upload_digest=b"\x06" * 32,
-        response_signature=b"\x07" * 65,
-        rtt_us=800,
-        compute_us=5_000,
-        download_us=1_000,
-        upload_us=1_200,
-        outcome=Outcome.OK,
-        reason="",
-        evidence=b"",
-        score=0,
-    )
-    fields.update(overrides)
+    fields: dict[str, Any] = {
+        **REPORT_DEFAULTS, "epoch": 1, "mixer": MIXER, "node": NODE_A, "rtt_us": 800,
+        "compute_us": 5_000, "download_us": 1_000, "upload_us": 1_200, "score": 0, **overrides,
+    }
     if "score" not in overrides:
         probe = ScoreReport(**fields)
         fields["score"] = compute_report_score(probe, preset).total
