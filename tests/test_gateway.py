@@ -15,7 +15,6 @@ import openai
 import pytest
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from gateway_helpers import API_KEY, free_port, network, record
 
 from dnanet.errors import ConfigError
 from dnanet.gateway.scheduler import NodeStats
@@ -26,6 +25,7 @@ from dnanet.node.backends import (
     UpstreamBackend,
 )
 from dnanet.service.http import Server, create_app
+from gateway_helpers import API_KEY, free_port, network, record
 
 T = TypeVar("T")
 
@@ -40,32 +40,32 @@ def client(base_url: str, key: str = API_KEY) -> openai.AsyncOpenAI:
 
 def test_models_embeddings_and_chat_through_the_openai_client() -> None:
     async def go() -> None:
-        async with network([[TrivialBackend()], [TrivialBackend()]]) as net:
-            async with client(net.base_url) as c:
-                models = sorted(m.id for m in (await c.models.list()).data)
-                assert models == [TRIVIAL_CHAT_MODEL, TRIVIAL_EMBED_MODEL]
-                assert (await c.models.retrieve(TRIVIAL_EMBED_MODEL)).id == TRIVIAL_EMBED_MODEL
+        async with network([[TrivialBackend()], [TrivialBackend()]]) as net, \
+                client(net.base_url) as c:
+            models = sorted(m.id for m in (await c.models.list()).data)
+            assert models == [TRIVIAL_CHAT_MODEL, TRIVIAL_EMBED_MODEL]
+            assert (await c.models.retrieve(TRIVIAL_EMBED_MODEL)).id == TRIVIAL_EMBED_MODEL
 
-                reference = TrivialBackend()
-                one = await c.embeddings.create(model=TRIVIAL_EMBED_MODEL, input="hello")
-                assert one.data[0].embedding == pytest.approx(reference.embed_one("hello"))
-                many = await c.embeddings.create(model=TRIVIAL_EMBED_MODEL,
-                                                 input=["a", "b", "c"])
-                assert [d.index for d in many.data] == [0, 1, 2]
-                assert many.data[2].embedding == pytest.approx(reference.embed_one("c"))
+            reference = TrivialBackend()
+            one = await c.embeddings.create(model=TRIVIAL_EMBED_MODEL, input="hello")
+            assert one.data[0].embedding == pytest.approx(reference.embed_one("hello"))
+            many = await c.embeddings.create(model=TRIVIAL_EMBED_MODEL,
+                                             input=["a", "b", "c"])
+            assert [d.index for d in many.data] == [0, 1, 2]
+            assert many.data[2].embedding == pytest.approx(reference.embed_one("c"))
 
-                chat = await c.chat.completions.create(
-                    model=TRIVIAL_CHAT_MODEL, messages=[{"role": "user", "content": "hi there"}])
-                assert chat.choices[0].message.content == reference.answer(
-                    {"messages": [{"role": "user", "content": "hi there"}]})
+            chat = await c.chat.completions.create(
+                model=TRIVIAL_CHAT_MODEL, messages=[{"role": "user", "content": "hi there"}])
+            assert chat.choices[0].message.content == reference.answer(
+                {"messages": [{"role": "user", "content": "hi there"}]})
 
-                stream = await c.chat.completions.create(
-                    model=TRIVIAL_CHAT_MODEL, stream=True,
-                    messages=[{"role": "user", "content": "one two three"}])
-                parts = [chunk.choices[0].delta.content or "" async for chunk in stream]
-                assert "".join(parts) == reference.answer(
-                    {"messages": [{"role": "user", "content": "one two three"}]})
-                assert len(parts) > 3
+            stream = await c.chat.completions.create(
+                model=TRIVIAL_CHAT_MODEL, stream=True,
+                messages=[{"role": "user", "content": "one two three"}])
+            parts = [chunk.choices[0].delta.content or "" async for chunk in stream]
+            assert "".join(parts) == reference.answer(
+                {"messages": [{"role": "user", "content": "one two three"}]})
+            assert len(parts) > 3
 
     run(go())
 
