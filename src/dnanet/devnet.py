@@ -32,8 +32,10 @@ from dnanet.chain.client import ChainClient
 from dnanet.chain.deploy import MixerSpec, deploy
 from dnanet.crypto.keys import Identity
 from dnanet.errors import DnanetError
+from dnanet.gateway.app import GatewayConfig, generate_api_key
 from dnanet.keyfiles import derive_vrf_public_key
 from dnanet.mixer.daemon import MixerDaemon
+from dnanet.node.backends import make_backends
 from dnanet.node.daemon import NodeDaemon, NodeProfile
 from dnanet.node.hardware import Hardware, probe_hardware
 from dnanet.params import WEI_PER_DNA, Preset, get_preset
@@ -155,7 +157,7 @@ class Devnet:
     """All roles of a local network in this process, over real HTTP on loopback."""
 
     def __init__(self, *, nodes: int, mixers: int, preset: Preset, data_dir: Path,
-                 out: Callable[[str], Any] = print) -> None:
+                 out: Callable[[str], Any] = print, backend: str = "minilm") -> None:
         if nodes < 1 or mixers < 1:
             raise DnanetError("a devnet needs at least one node and one mixer")
         self.n_nodes = nodes
@@ -177,6 +179,10 @@ class Devnet:
         self.validator_url = ""
         self.http = httpx.AsyncClient(timeout=30)
         self.summaries: list[EpochSummary] = []
+        self.backend = backend
+        """The model backend every node serves (minilm: the packaged all-MiniLM-L6-v2)."""
+        self.api_key = generate_api_key(os.urandom(16))
+        self.mixer_urls: list[str] = []
 
     def gateway(self, identity: Identity | None) -> ClientGateway:
         return ClientGateway(ChainClient(self.w3, self.deployment, identity), self.preset)
@@ -196,6 +202,7 @@ class Devnet:
         for identity in (self.deployer, self.validator_id, *self.mixer_ids, *self.node_ids):
             self.chain.fund(identity.address, 1_000 * 10**18)
         mixer_ports = [free_port() for _ in self.mixer_ids]
+        self.mixer_urls = [f"http://127.0.0.1:{p}" for p in mixer_ports]
         specs = [MixerSpec(m.address, derive_vrf_public_key(m), f"http://127.0.0.1:{p}")
                  for m, p in zip(self.mixer_ids, mixer_ports, strict=True)]
         stake = self.preset.min_stake
@@ -215,7 +222,9 @@ class Devnet:
         for identity, port in zip(self.mixer_ids, mixer_ports, strict=True):
             mixer = MixerDaemon(identity, self.gateway(identity),
                                 self.data_dir / f"mixer-{identity.address[2:10]}",
-                                validator_url=self.validator_url, port=port)
+                                validator_url=self.validator_url, port=port,
+                                gateway_config=GatewayConfig(
+                                    api_keys=frozenset({self.api_key})))
             await self._start(mixer, f"mixer-{identity.address[2:8]}")
             self.mixer_daemons.append(mixer)
         offline_at = genesis + self.preset.epoch_blocks // 2
@@ -223,7 +232,8 @@ class Devnet:
             daemon = NodeDaemon(
                 identity, self.gateway(identity), self.data_dir / f"node-{identity.address[2:10]}",
                 port=free_port(), profile=NodeProfile.named(profile, offline_at_block=offline_at),
-                hardware=self.hardware, stake=stake, device="cpu")
+                hardware=self.hardware, stake=stake, device="cpu",
+                backends=make_backends([self.backend]))
             await self._start(daemon, f"node-{identity.address[2:8]}")
             self.node_daemons.append(daemon)
         head = self.chain.block_number
@@ -235,6 +245,31 @@ class Devnet:
         self.out(f"devnet: chain {self.deployment.chain_id} (embedded EVM), genesis block "
                  f"{genesis}, {len(self.node_ids)} nodes, {len(self.mixer_ids)} mixers, "
                  f"validator {self.validator_url}")
+
+    async def announce_gateway(self, timeout_s: float = 120) -> None:
+        """Once a mixer's gateway lists a model, print its base URL, key and an example."""
+        if not self.mixer_urls:
+            return
+        base = f"{self.mixer_urls[0]}/v1"
+        headers = {"authorization": f"Bearer {self.api_key}"}
+        deadline = time.monotonic() + timeout_s
+        models: list[str] = []
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                response = await self.http.get(f"{base}/models", headers=headers)
+                if response.status_code == 200:
+                    models = [m["id"] for m in response.json().get("data", [])]
+                    if models:
+                        break
+            await asyncio.sleep(0.5)
+        if not models:
+            self.out(f"gateway: {base} key={self.api_key} (no node serves a model yet)")
+            return
+        model = next((m for m in models if "minilm" in m), models[0])
+        self.out(f"gateway: {base} key={self.api_key}")
+        self.out(f"  example: curl -s {base}/embeddings -H 'Authorization: Bearer "
+                 f"{self.api_key}' -H 'Content-Type: application/json' -d "
+                 f"'{{\"model\": \"{model}\", \"input\": \"hello world\"}}'")
 
     async def _start(self, daemon: Any, name: str) -> None:
         thread = DaemonThread(daemon, name)
@@ -423,6 +458,7 @@ class ProcessDevnet(Devnet):
             (keys / f"{identity.address}.json").write_text(json.dumps(
                 encrypt_keystore(identity, KEYSTORE_PASSWORD, light=True)))
         mixer_ports = [free_port() for _ in self.mixer_ids]
+        self.mixer_urls = [f"http://127.0.0.1:{p}" for p in mixer_ports]
         specs = [MixerSpec(m.address, derive_vrf_public_key(m), f"http://127.0.0.1:{p}")
                  for m, p in zip(self.mixer_ids, mixer_ports, strict=True)]
         stake = self.preset.min_stake
@@ -450,7 +486,8 @@ class ProcessDevnet(Devnet):
             name = f"mixer-{identity.address[2:10]}"
             self._spawn(name, ["mixer", "run", *common, *keystore(identity),
                                "--data-dir", str(self.data_dir / name),
-                               "--validator", self.validator_url, "--port", str(port)], env)
+                               "--validator", self.validator_url, "--port", str(port),
+                               "--gateway-key", self.api_key], env)
         offline_at = genesis + self.preset.epoch_blocks // 2
         node_ports = []
         for identity, profile in zip(self.node_ids, self.profiles, strict=True):
@@ -460,12 +497,13 @@ class ProcessDevnet(Devnet):
             extra = ["--offline-at-block", str(offline_at)] if profile == "offline" else []
             self._spawn(name, ["node", "run", *common, *keystore(identity),
                                "--data-dir", str(self.data_dir / name), "--port", str(port),
-                               "--profile", profile, "--device", "cpu", *extra], env)
+                               "--profile", profile, "--device", "cpu",
+                               "--backend", self.backend, *extra], env)
         for (name, _process), port in zip(self.processes[1:1 + len(self.mixer_ids)],
                                           mixer_ports, strict=True):
             await self._wait_healthy(name, f"http://127.0.0.1:{port}")
-        for name, port in node_ports:
-            await self._wait_healthy(name, f"http://127.0.0.1:{port}")
+        for name, port in node_ports:  # each node process loads its model first
+            await self._wait_healthy(name, f"http://127.0.0.1:{port}", timeout_s=300)
         self.node_views = [_NodeHandle(i, p, self.hardware, self.gateway(i))
                            for i, p in zip(self.node_ids, self.profiles, strict=True)]
         gateway = self.gateway(None)
@@ -543,16 +581,18 @@ def _fmt(value: float | None, unit: str, digits: int) -> str:
 
 async def run_devnet(*, nodes: int, mixers: int, epochs: int | None, preset: Preset,
                      data_dir: Path, summary: Path | None, chain: str = "embedded",
-                     keystore: Path | None = None,
+                     keystore: Path | None = None, backend: str = "minilm",
                      out: Callable[[str], Any] = print) -> list[EpochSummary]:
     devnet: Devnet
     if chain == "embedded":
-        devnet = Devnet(nodes=nodes, mixers=mixers, preset=preset, data_dir=data_dir, out=out)
+        devnet = Devnet(nodes=nodes, mixers=mixers, preset=preset, data_dir=data_dir, out=out,
+                        backend=backend)
     else:
         devnet = ProcessDevnet(chain=chain, keystore=keystore, nodes=nodes, mixers=mixers,
-                               preset=preset, data_dir=data_dir, out=out)
+                               preset=preset, data_dir=data_dir, out=out, backend=backend)
     try:
         await devnet.setup()
+        await devnet.announce_gateway()
         return await devnet.run(epochs)
     finally:
         await devnet.stop()
@@ -573,7 +613,7 @@ def _devnet_command(args: argparse.Namespace) -> int:
     task = loop.create_task(run_devnet(
         nodes=args.nodes, mixers=args.mixers, epochs=args.epochs,
         preset=get_preset(args.preset), data_dir=data_dir, chain=args.chain,
-        keystore=Path(args.keystore) if args.keystore else None,
+        keystore=Path(args.keystore) if args.keystore else None, backend=args.backend,
         summary=Path(args.summary) if args.summary else None))
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGINT, task.cancel)
@@ -599,6 +639,8 @@ def add_devnet_command(sub: Any) -> None:
     p.add_argument("--data-dir", help="keep daemon state here (default: a new temp dir)")
     p.add_argument("--keystore", help="with --chain URL: a funded account that deploys and "
                    "funds the roles (password: $DNANET_KEYSTORE_PASSWORD or a prompt)")
+    p.add_argument("--backend", default="minilm", choices=["minilm", "trivial"],
+                   help="model every node serves (default: minilm, all-MiniLM-L6-v2 on the CPU)")
     p.set_defaults(handler=_devnet_command)
 
 

@@ -48,16 +48,19 @@ def _serve_until_signal(daemon: Any) -> None:
 
 def _node_run(args: argparse.Namespace) -> int:
     from dnanet.keyfiles import load_identity
+    from dnanet.node.backends import make_backends
     from dnanet.node.daemon import NodeDaemon, NodeProfile
     from dnanet.service.gateway import open_gateway
 
     gateway = open_gateway(args.rpc, Path(args.deployment), Path(args.keystore))
+    backends = make_backends(args.backend or ["minilm"], upstreams=args.upstream or [],
+                             upstream_key=os.environ.get("DNANET_UPSTREAM_KEY"))
     daemon = NodeDaemon(
         load_identity(Path(args.keystore)), gateway, Path(args.data_dir), host=args.host,
         port=args.port, public_url=args.public_url,
         stake=int(args.stake * WEI_PER_DNA) if args.stake else None,
         profile=NodeProfile.named(args.profile, offline_at_block=args.offline_at_block),
-        device=args.device)
+        device=args.device, backends=backends)
     _serve_until_signal(daemon)
     return 0
 
@@ -68,8 +71,20 @@ def _mixer_run(args: argparse.Namespace) -> int:
     from dnanet.service.gateway import open_gateway
 
     gateway = open_gateway(args.rpc, Path(args.deployment), Path(args.keystore))
+    gateway_config = None
+    if not args.no_gateway:
+        from dnanet.gateway.app import GatewayConfig, parse_api_keys
+
+        keys = parse_api_keys([*(args.gateway_key or []),
+                               *os.environ.get("DNANET_GATEWAY_KEYS", "").split(",")])
+        if not keys:
+            raise DnanetError("the gateway needs an API key: --gateway-key KEY or "
+                              "$DNANET_GATEWAY_KEYS (or --no-gateway)")
+        gateway_config = GatewayConfig(api_keys=keys, canary_rate=args.canary_rate,
+                                       canary_interval_s=args.canary_interval)
     daemon = MixerDaemon(load_identity(Path(args.keystore)), gateway, Path(args.data_dir),
-                         validator_url=args.validator, host=args.host, port=args.port)
+                         validator_url=args.validator, host=args.host, port=args.port,
+                         gateway_config=gateway_config)
     _serve_until_signal(daemon)
     return 0
 
@@ -141,6 +156,12 @@ def add_role_commands(sub: Any) -> None:
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
     run.add_argument("--offline-at-block", type=int,
                      help="with --profile offline: stop answering from this block (devnets)")
+    run.add_argument("--backend", action="append", choices=["minilm", "trivial", "none"],
+                     help="built-in model backend (repeatable; default: minilm, the packaged "
+                     "all-MiniLM-L6-v2 on the CPU)")
+    run.add_argument("--upstream", action="append", metavar="URL",
+                     help="an OpenAI-compatible server to serve (vLLM, llama.cpp, Ollama; "
+                     "repeatable; key: $DNANET_UPSTREAM_KEY)")
     run.set_defaults(handler=_node_run)
     status = node_sub.add_parser("status", help="challenges, scores, rewards and what is claimable")
     status.add_argument("--validator", required=True, help="validator URL")
@@ -162,6 +183,14 @@ def add_role_commands(sub: Any) -> None:
     mrun.add_argument("--validator", required=True, help="validator URL")
     mrun.add_argument("--host", default="127.0.0.1")
     mrun.add_argument("--port", type=int, default=8800)
+    mrun.add_argument("--gateway-key", action="append", metavar="KEY",
+                      help="an API key the OpenAI-compatible gateway accepts (repeatable; or "
+                      "$DNANET_GATEWAY_KEYS, comma-separated)")
+    mrun.add_argument("--no-gateway", action="store_true", help="serve no AI gateway")
+    mrun.add_argument("--canary-rate", type=float, default=0.05,
+                      help="fraction of gateway requests followed by a canary")
+    mrun.add_argument("--canary-interval", type=float, default=60.0,
+                      help="seconds between canaries to every node (0: traffic only)")
     mrun.set_defaults(handler=_mixer_run)
 
 
