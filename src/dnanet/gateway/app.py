@@ -191,7 +191,9 @@ class Gateway:
             states = [s for s in await asyncio.gather(*(probe(r) for r in records))
                       if s is not None and s.models]
             self.scheduler.update(states)
-            self.scheduler.apply_stats({k.lower(): v for k, v in self.directory.stats().items()})
+            # Parsing the stored reports is CPU work: keep it off the serving loop.
+            stats = await asyncio.to_thread(self.directory.stats)
+            self.scheduler.apply_stats({k.lower(): v for k, v in stats.items()})
             for state in states:
                 if self.canaries.pending(state.address):
                     state.canary_failed = True
