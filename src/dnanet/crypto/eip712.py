@@ -8,7 +8,7 @@ Every signed dnanet message is an EIP-712 struct under the domain
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -69,12 +69,20 @@ class StructType:
     def type_hash(self) -> bytes:
         return keccak256(self.encode_type.encode())
 
-    def hash_struct(self, values: Mapping[str, Any]) -> bytes:
-        """``keccak256(typeHash || encodeData(values))``."""
+    @cached_property
+    def _encoders(self) -> tuple[tuple[str, Callable[[Any], bytes]], ...]:
+        # One small checking encoder per field, chosen once per struct type.
         deps = {dep.name: dep for dep in self.dependencies}
+        return tuple((fname, _encoder(ftype, fname, deps)) for fname, ftype in self.fields)
+
+    def hash_struct(self, values: Mapping[str, Any]) -> bytes:
+        """``keccak256(typeHash || encodeData(values))``.
+
+        Values are checked (CryptoError naming the field); a nested struct's value may be its
+        mapping or its already computed 32-byte hashStruct.
+        """
         parts = [self.type_hash]
-        for fname, ftype in self.fields:
-            parts.append(_encode_value(ftype, values[fname], deps, fname))
+        parts += [encode(values[fname]) for fname, encode in self._encoders]
         return keccak256(b"".join(parts))
 
 
@@ -82,27 +90,45 @@ def _own_type(struct: StructType) -> str:
     return f"{struct.name}(" + ",".join(f"{t} {n}" for n, t in struct.fields) + ")"
 
 
-def _encode_value(ftype: str, value: Any, deps: Mapping[str, StructType], fname: str) -> bytes:
+_ZERO12 = bytes(12)
+_WORD_FALSE = bytes(32)
+_WORD_TRUE = (1).to_bytes(32, "big")
+
+
+def _encoder(ftype: str, fname: str, deps: Mapping[str, StructType]) -> Callable[[Any], bytes]:
+    """The 32-byte ``encodeData`` word of one field of type ``ftype``, checking the value."""
     if _is_uint(ftype):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise CryptoError("expected a non-negative integer", field=fname)
-        return value.to_bytes(32, "big")
+
+        def encode_uint(value: Any) -> bytes:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise CryptoError("expected a non-negative integer", field=fname)
+            return value.to_bytes(32, "big")
+
+        return encode_uint
     if ftype == "address":
-        return b"\x00" * 12 + address_to_bytes(value)
+        return lambda value: _ZERO12 + address_to_bytes(value)
     if ftype == "bytes32":
-        if not isinstance(value, bytes) or len(value) != 32:
-            raise CryptoError("expected 32 bytes", field=fname)
-        return value
+
+        def encode_bytes32(value: Any) -> bytes:
+            if not isinstance(value, bytes) or len(value) != 32:
+                raise CryptoError("expected 32 bytes", field=fname)
+            return value
+
+        return encode_bytes32
     if ftype == "bool":
-        return (1 if value else 0).to_bytes(32, "big")
+        return lambda value: _WORD_TRUE if value else _WORD_FALSE
     if ftype == "bytes":
-        return keccak256(bytes(value))
+        return lambda value: keccak256(bytes(value))
     if ftype == "string":
-        return keccak256(str(value).encode())
+        return lambda value: keccak256(str(value).encode())
     struct = deps[ftype]
-    if isinstance(value, bytes) and len(value) == 32:  # an already computed hashStruct
-        return value
-    return struct.hash_struct(value)
+
+    def encode_struct(value: Any) -> bytes:
+        if isinstance(value, bytes) and len(value) == 32:  # an already computed hashStruct
+            return value
+        return struct.hash_struct(value)
+
+    return encode_struct
 
 
 EIP712_DOMAIN = StructType(
@@ -136,9 +162,13 @@ class Domain:
             }
         )
 
+    @cached_property
+    def _digest_prefix(self) -> bytes:
+        return b"\x19\x01" + self.separator
+
     def digest(self, struct_hash: bytes) -> bytes:
         """The 32-byte digest that is signed: ``keccak256(0x1901 || separator || structHash)``."""
-        return keccak256(b"\x19\x01" + self.separator + struct_hash)
+        return keccak256(self._digest_prefix + struct_hash)
 
 
 def address_to_bytes(address: Any) -> bytes:

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 import re
+from collections.abc import Callable
+from functools import cached_property
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from dnanet.crypto.eip712 import StructType
+from dnanet.crypto.hashing import keccak256
 from dnanet.errors import CodecError
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -25,9 +29,65 @@ MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 T = TypeVar("T")
 
+Predicate = Callable[[Any], bool]
+Decoder = Callable[[Any], T]
+Encoder = Callable[[Any], bytes]
+
+
+class _Unhandled(Exception):
+    """A fast decoder met input it does not handle: the checked path decides."""
+
+
+_ZERO12 = bytes(12)
+_WORD_FALSE = bytes(32)
+_WORD_TRUE = (1).to_bytes(32, "big")
+_LOWER_ADDRESS = re.compile(r"0x[0-9a-f]{40}")
+
+
+def _uint_word(value: int) -> bytes:
+    return value.to_bytes(32, "big")
+
+
+def _bool_word(value: bool) -> bytes:
+    return _WORD_TRUE if value else _WORD_FALSE
+
+
+def _address_word(value: str) -> bytes:
+    return _ZERO12 + bytes.fromhex(value[2:])
+
+
+_KECCAK_EMPTY = keccak256(b"")
+
+
+def _hash_bytes(value: bytes) -> bytes:
+    # Empty evidence and reasons are common; a Keccak costs a microsecond.
+    if type(value) is bytes and not value:
+        return _KECCAK_EMPTY
+    return keccak256(bytes(value))
+
+
+def _hash_text(value: str) -> bytes:
+    if type(value) is str and not value:
+        return _KECCAK_EMPTY
+    return keccak256(str(value).encode())
+
+
+def _same(value: bytes) -> bytes:
+    return value
+
+
+def _hex_wire(value: bytes) -> str:
+    return "0x" + value.hex()
+
 
 class WireType(Generic[T]):
-    """How one field is written, read, validated and EIP-712-typed."""
+    """How one field is written, read, validated and EIP-712-typed.
+
+    Besides the checked methods, a type may offer fast paths, built once per message class:
+    each is a sound shortcut that accepts only what the checked methods accept and returns the
+    same value; input it does not handle (a predicate's False, a decoder's exception) sends the
+    whole message down the checked path, which names the offending field. None: no shortcut.
+    """
 
     eip712: str | None = None
 
@@ -44,6 +104,22 @@ class WireType(Generic[T]):
     def schema(self) -> dict[str, Any]:
         """JSON schema of the wire form (for the daemons' OpenAPI specs)."""
         raise NotImplementedError
+
+    def writer(self) -> Callable[[Any], Any] | None:
+        """``to_wire`` as a plain function; None where a value is its own wire form."""
+        return self.to_wire
+
+    def fast_valid(self) -> Predicate | None:
+        """A predicate true only for values that ``check`` accepts."""
+        return None
+
+    def fast_decoder(self) -> Decoder[T] | None:
+        """``from_wire`` of plain valid input; raises (anything) on input it leaves to it."""
+        return None
+
+    def hash_encoder(self) -> Encoder | None:
+        """The EIP-712 ``encodeData`` word of a value that ``check`` accepts."""
+        return None
 
 
 class Uint(WireType[int]):
@@ -72,6 +148,32 @@ class Uint(WireType[int]):
             raise CodecError(f"integer {data} out of range [0, {self.maximum}]", field=path)
         return data
 
+    def writer(self) -> None:
+        return None
+
+    def fast_valid(self) -> Predicate:
+        maximum = self.maximum
+
+        def valid(value: Any) -> bool:
+            # IntEnum members (outcomes) are ints too; bool is not.
+            return ((type(value) is int or (isinstance(value, int) and type(value) is not bool))
+                    and 0 <= value <= maximum)
+
+        return valid
+
+    def fast_decoder(self) -> Decoder[int]:
+        maximum = self.maximum
+
+        def decode(data: Any) -> int:
+            if type(data) is int and 0 <= data <= maximum:
+                return data
+            raise _Unhandled
+
+        return decode
+
+    def hash_encoder(self) -> Encoder:
+        return _uint_word
+
 
 class Bool(WireType[bool]):
     eip712 = "bool"
@@ -86,6 +188,23 @@ class Bool(WireType[bool]):
         if not isinstance(data, bool):
             raise CodecError(f"expected true or false, got {type(data).__name__}", field=path)
         return data
+
+    def writer(self) -> None:
+        return None
+
+    def fast_valid(self) -> Predicate:
+        return lambda value: type(value) is bool
+
+    def fast_decoder(self) -> Decoder[bool]:
+        def decode(data: Any) -> bool:
+            if type(data) is bool:
+                return data
+            raise _Unhandled
+
+        return decode
+
+    def hash_encoder(self) -> Encoder:
+        return _bool_word
 
 
 def _is_hex_digits(text: str) -> bool:
@@ -131,6 +250,30 @@ class FixedBytes(WireType[bytes]):
         _check_bytes(value, path)
         super().check(value, path)
 
+    def writer(self) -> Callable[[bytes], str]:
+        return _hex_wire
+
+    def fast_valid(self) -> Predicate:
+        length = self.length
+        return lambda value: type(value) is bytes and len(value) == length
+
+    def fast_decoder(self) -> Decoder[bytes]:
+        length = self.length
+        chars = 2 + 2 * length
+
+        def decode(data: Any) -> bytes:
+            if type(data) is str and len(data) == chars and data.startswith("0x"):
+                # fromhex skips whitespace: all 2n characters were digits iff n bytes came out.
+                raw = bytes.fromhex(data[2:])
+                if len(raw) == length:
+                    return raw
+            raise _Unhandled
+
+        return decode
+
+    def hash_encoder(self) -> Encoder:
+        return _same if self.eip712 == "bytes32" else _hash_bytes
+
 
 class Bytes(WireType[bytes]):
     """Variable-length bytes, at most ``max_length``; ``allowed`` restricts the lengths."""
@@ -162,6 +305,36 @@ class Bytes(WireType[bytes]):
         _check_bytes(value, path)
         super().check(value, path)
 
+    def writer(self) -> Callable[[bytes], str]:
+        return _hex_wire
+
+    def fast_valid(self) -> Predicate:
+        max_length = self.max_length
+        allowed = self.allowed
+
+        def valid(value: Any) -> bool:
+            return (type(value) is bytes and len(value) <= max_length
+                    and (allowed is None or len(value) in allowed))
+
+        return valid
+
+    def fast_decoder(self) -> Decoder[bytes]:
+        max_chars = 2 + 2 * self.max_length
+        allowed = self.allowed
+
+        def decode(data: Any) -> bytes:
+            if type(data) is str and len(data) <= max_chars and data.startswith("0x"):
+                raw = bytes.fromhex(data[2:])
+                # fromhex skips whitespace: every character was a digit iff none went missing.
+                if 2 + 2 * len(raw) == len(data) and (allowed is None or len(raw) in allowed):
+                    return raw
+            raise _Unhandled
+
+        return decode
+
+    def hash_encoder(self) -> Encoder:
+        return _hash_bytes
+
 
 class Address(WireType[str]):
     """A 20-byte account, canonical as lower-case ``0x`` hex (input in any case)."""
@@ -189,6 +362,25 @@ class Address(WireType[str]):
         if self.from_wire(value, path) != value:
             raise CodecError("addresses are stored lower-case", field=path)
 
+    def writer(self) -> None:
+        return None
+
+    def fast_valid(self) -> Predicate:
+        return lambda value: type(value) is str and _LOWER_ADDRESS.fullmatch(value) is not None
+
+    def fast_decoder(self) -> Decoder[str]:
+        def decode(data: Any) -> str:
+            # 40 characters give 20 bytes only if fromhex skipped no whitespace.
+            if (type(data) is str and len(data) == 42 and data.startswith("0x")
+                    and len(bytes.fromhex(data[2:])) == 20):
+                return data.lower()
+            raise _Unhandled
+
+        return decode
+
+    def hash_encoder(self) -> Encoder:
+        return _address_word
+
 
 class Text(WireType[str]):
     eip712 = "string"
@@ -213,6 +405,27 @@ class Text(WireType[str]):
             raise CodecError(f"longer than {self.max_length} bytes", field=path)
         return data
 
+    def writer(self) -> None:
+        return None
+
+    def fast_valid(self) -> Predicate:
+        max_length = self.max_length
+        # ASCII text is valid UTF-8 of one byte per character.
+        return lambda value: type(value) is str and len(value) <= max_length and value.isascii()
+
+    def fast_decoder(self) -> Decoder[str]:
+        max_length = self.max_length
+
+        def decode(data: Any) -> str:
+            if type(data) is str and len(data) <= max_length and data.isascii():
+                return data
+            raise _Unhandled
+
+        return decode
+
+    def hash_encoder(self) -> Encoder:
+        return _hash_text
+
 
 M = TypeVar("M", bound="Message")
 
@@ -234,6 +447,19 @@ class Nested(WireType[M]):
     def check(self, value: Any, path: str) -> None:
         if not isinstance(value, self.cls):
             raise CodecError(f"expected a {self.cls.__name__}", field=path)
+
+    def writer(self) -> Callable[[M], Any]:
+        return lambda value: value.to_wire()
+
+    def fast_valid(self) -> Predicate:
+        cls = self.cls
+        return lambda value: isinstance(value, cls)
+
+    def fast_decoder(self) -> Decoder[M] | None:
+        return _plan(self.cls).decode  # type: ignore[return-value]
+
+    def hash_encoder(self) -> Encoder | None:
+        return (lambda value: value.hash_struct()) if self.eip712 is not None else None
 
 
 class ListOf(WireType[tuple[T, ...]]):
@@ -263,6 +489,34 @@ class ListOf(WireType[tuple[T, ...]]):
             raise CodecError(f"more than {self.max_items} items", field=path)
         for i, v in enumerate(value):
             self.item.check(v, f"{path}[{i}]")
+
+    def writer(self) -> Callable[[tuple[T, ...]], list[Any]]:
+        item = self.item.writer()
+        if item is None:
+            return list
+        write = item
+        return lambda value: [write(v) for v in value]
+
+    def fast_valid(self) -> Predicate | None:
+        item = self.item.fast_valid()
+        if item is None:
+            return None
+        max_items = self.max_items
+        return lambda value: (type(value) is tuple and len(value) <= max_items
+                              and all(map(item, value)))
+
+    def fast_decoder(self) -> Decoder[tuple[T, ...]] | None:
+        item = self.item.fast_decoder()
+        if item is None:
+            return None
+        max_items = self.max_items
+
+        def decode(data: Any) -> tuple[T, ...]:
+            if type(data) is list and len(data) <= max_items:
+                return tuple(map(item, data))
+            raise _Unhandled
+
+        return decode
 
 
 def wire(kind: WireType[Any], *, name: str | None = None) -> Any:
@@ -294,6 +548,88 @@ def _camel(name: str) -> str:
     return head + "".join(p.title() for p in rest)
 
 
+X = TypeVar("X")
+
+
+def _every(items: tuple[X | None, ...]) -> tuple[X, ...] | None:
+    """``items`` if none is None (a fast path for every field), else None."""
+    return None if None in items else items  # type: ignore[return-value]
+
+
+class _Plan:
+    """A message class's fields and the fast paths built from them, once per class."""
+
+    def __init__(self, cls: type[Message]) -> None:
+        spec = _spec(cls)
+        attrs = tuple(attr for attr, _, _ in spec)
+        self.names = frozenset(wname for _, wname, _ in spec)
+        self.writers = tuple((wname, i, kind.writer()) for i, (_, wname, kind) in enumerate(spec))
+        self.checks = tuple((attr, kind, f"{cls.__name__}.{wname}") for attr, wname, kind in spec)
+        values: Callable[[Message], tuple[Any, ...]] = (
+            operator.attrgetter(*attrs) if len(attrs) > 1
+            else lambda msg: tuple(getattr(msg, a) for a in attrs))
+
+        self.valid: Callable[[Message], bool] | None = None
+        predicates = _every(tuple(kind.fast_valid() for _, _, kind in spec))
+        if predicates is not None:
+            checks = tuple(zip(predicates, range(len(attrs)), strict=True))
+
+            def valid(msg: Message) -> bool:
+                row = values(msg)
+                for predicate, i in checks:  # noqa: SIM110 - a loop beats all() on a generator
+                    if not predicate(row[i]):
+                        return False
+                return True
+
+            self.valid = valid
+
+        self.decode: Decoder[Message] | None = None
+        decoders = _every(tuple(kind.fast_decoder() for _, _, kind in spec))
+        if decoders is not None:
+            fields = tuple(zip(attrs, (w for _, w, _ in spec), decoders, strict=True))
+            names, count, new = self.names, len(spec), object.__new__
+
+            def decode(data: Any) -> Message:
+                if type(data) is not dict or len(data) != count or not names.issuperset(data):
+                    raise _Unhandled
+                obj = new(cls)
+                state = obj.__dict__  # what object.__setattr__ writes on a frozen dataclass
+                for attr, wname, decoder in fields:
+                    state[attr] = decoder(data[wname])
+                return obj
+
+            self.decode = decode
+
+        self._cls = cls
+        self.values = values
+
+    @cached_property
+    def hash(self) -> Callable[[Message], bytes] | None:
+        """hashStruct of a message whose fields were checked; built at the first hash."""
+        encoders = _every(tuple(kind.hash_encoder() for _, _, kind in _spec(self._cls)))
+        if not self._cls.EIP712 or encoders is None:
+            return None
+        type_hash = _struct_type(self._cls).type_hash
+        words = tuple(zip(encoders, range(len(encoders)), strict=True))
+        values = self.values
+
+        def hash_struct(msg: Message) -> bytes:
+            row = values(msg)
+            return keccak256(b"".join([type_hash, *[enc(row[i]) for enc, i in words]]))
+
+        return hash_struct
+
+
+_PLANS: dict[type, _Plan] = {}
+
+
+def _plan(cls: type[Message]) -> _Plan:
+    plan = _PLANS.get(cls)
+    if plan is None:
+        plan = _PLANS[cls] = _Plan(cls)
+    return plan
+
+
 class Message:
     """Base of every wire message. Subclasses are frozen dataclasses with ``wire()`` fields."""
 
@@ -301,12 +637,18 @@ class Message:
     """True for messages that are signed or hashed as EIP-712 structs."""
 
     def __post_init__(self) -> None:
-        for attr, wname, kind in _spec(type(self)):
-            kind.check(getattr(self, attr), f"{type(self).__name__}.{wname}")
+        plan = _plan(type(self))
+        if plan.valid is not None and plan.valid(self):
+            return
+        for attr, kind, path in plan.checks:  # names the first offending field
+            kind.check(getattr(self, attr), path)
 
     # -- JSON -----------------------------------------------------------------------------
     def to_wire(self) -> dict[str, Any]:
-        return {wname: kind.to_wire(getattr(self, attr)) for attr, wname, kind in _spec(type(self))}
+        plan = _plan(type(self))
+        row = plan.values(self)
+        return {wname: row[i] if write is None else write(row[i])
+                for wname, i, write in plan.writers}
 
     def to_json(self) -> bytes:
         """Canonical JSON bytes."""
@@ -314,6 +656,17 @@ class Message:
 
     @classmethod
     def from_wire(cls, data: Any, path: str | None = None) -> Self:
+        decode = _plan(cls).decode
+        if decode is not None:
+            try:
+                return decode(data)  # type: ignore[return-value]
+            except Exception:  # not plain valid input: the checked path decides
+                pass
+        return cls._from_wire_checked(data, path)
+
+    @classmethod
+    def _from_wire_checked(cls, data: Any, path: str | None = None) -> Self:
+        """``from_wire`` checking each field in turn; its errors name the field."""
         path = path or cls.__name__
         if not isinstance(data, dict):
             raise CodecError(f"expected an object, got {type(data).__name__}", field=path)
@@ -357,14 +710,21 @@ class Message:
         """EIP-712 ``hashStruct`` of this message (cached on the instance)."""
         cached: bytes | None = self.__dict__.get("_hash_struct")
         if cached is None:
-            st = _struct_type(type(self))
-            values = {}
-            for attr, wname, kind in _spec(type(self)):
-                value = getattr(self, attr)
-                values[wname] = value.hash_struct() if isinstance(kind, Nested) else value
-            cached = st.hash_struct(values)
+            fast = _plan(type(self)).hash
+            if fast is not None:  # fields were checked at construction: encode directly
+                cached = fast(self)
+            else:
+                cached = self._hash_struct_checked()
             object.__setattr__(self, "_hash_struct", cached)
         return cached
+
+    def _hash_struct_checked(self) -> bytes:
+        st = _struct_type(type(self))
+        values = {}
+        for attr, wname, kind in _spec(type(self)):
+            value = getattr(self, attr)
+            values[wname] = value.hash_struct() if isinstance(kind, Nested) else value
+        return st.hash_struct(values)
 
 
 def _struct_type(cls: type[Message]) -> StructType:
@@ -385,8 +745,13 @@ def _struct_type(cls: type[Message]) -> StructType:
     return _STRUCT_TYPES[cls]
 
 
+# What json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False) builds on
+# every call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL.encode(value).encode()
 
 
 def _reject_constant(name: str) -> Any:
@@ -398,19 +763,30 @@ def _reject_float(text: str) -> Any:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
+    out = dict(pairs)
+    if len(out) == len(pairs):
+        return out
+    out = {}
+    for k, v in pairs:  # name the first key seen twice
         if k in out:
             raise CodecError(f"duplicate field {k!r}")
         out[k] = v
-    return out
+    raise AssertionError("unreachable: dict() dropped a key that is not repeated")
 
+
+# json.loads with these arguments would build a new decoder (and scanner) on every call.
+_DECODER = json.JSONDecoder(
+    parse_float=_reject_float,
+    parse_constant=_reject_constant,
+    object_pairs_hook=_no_duplicates,
+)
 
 MAX_JSON_DEPTH = 8
 """Objects and lists nest at most this deep (a certificate's reports need 3)."""
 
 _JSON_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_NOT_BRACKETS_OR_QUOTES = bytes(b for b in range(256) if b not in b'[]{}"')
 
 
 def _nesting_exceeds(data: bytes, limit: int) -> bool:
@@ -419,7 +795,23 @@ def _nesting_exceeds(data: bytes, limit: int) -> bool:
     An upper bound found without recursion: strings dropped, both bracket kinds treated alike,
     matched pairs peeled innermost first, unmatched openers counted.
     """
-    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False  # every level opens with one of them: the peeling below would agree
+    if b"\\" in data:
+        brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    else:
+        # Without escapes a string runs from one quote to the next, so the same strings drop
+        # out of the (much shorter) brackets and quotes alone; an unterminated last string
+        # stays, as the regular expression leaves it.
+        quoted = data.translate(None, _NOT_BRACKETS_OR_QUOTES)
+        if quoted.count(b'"') % 2 == 0:
+            # Every string is closed, so adjacent quotes (an empty string, or one string's end
+            # and the next one's start) enclose nothing that stays: drop them first.
+            quoted = quoted.replace(b'""', b"")
+        parts = quoted.split(b'"')
+        brackets = b"".join(parts[::2])
+        if len(parts) % 2 == 0:
+            brackets += parts[-1]
     brackets = brackets.replace(b"{", b"[").replace(b"}", b"]")
     for peeled in range(limit + 1):
         if b"[]" not in brackets:
@@ -446,12 +838,9 @@ def parse_json(raw: bytes | str, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
     if _nesting_exceeds(data, MAX_JSON_DEPTH):
         raise CodecError(f"invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(
-            text,
-            parse_float=_reject_float,
-            parse_constant=_reject_constant,
-            object_pairs_hook=_no_duplicates,
-        )
+        if text.startswith("\ufeff"):  # what json.loads refuses before decoding
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return _DECODER.decode(text)
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or an int over 4300 digits
         raise CodecError(f"invalid JSON: {exc}") from None
     except RecursionError:
