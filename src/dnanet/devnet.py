@@ -428,10 +428,11 @@ class ProcessDevnet(Devnet):
         import sys
 
         log_path = self.data_dir / f"{name}.log"
-        log_file = open(log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        process = subprocess.Popen([sys.executable, "-m", "dnanet.cli", *args],
-                                   stdin=subprocess.DEVNULL, stdout=log_file,
-                                   stderr=subprocess.STDOUT, env=env)
+        # The child writes to its own copy of the descriptor; the devnet's copy can close.
+        with open(log_path, "ab") as log_file:
+            process = subprocess.Popen([sys.executable, "-m", "dnanet.cli", *args],
+                                       stdin=subprocess.DEVNULL, stdout=log_file,
+                                       stderr=subprocess.STDOUT, env=env)
         self.processes.append((name, process))
 
     async def _wait_healthy(self, name: str, url: str, timeout_s: float = 60) -> None:
