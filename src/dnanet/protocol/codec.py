@@ -572,11 +572,11 @@ class _Plan:
         self.valid: Callable[[Message], bool] | None = None
         predicates = _every(tuple(kind.fast_valid() for _, _, kind in spec))
         if predicates is not None:
-            checks = tuple(zip(predicates, range(len(attrs)), strict=True))
+            tests = tuple(zip(predicates, range(len(attrs)), strict=True))
 
             def valid(msg: Message) -> bool:
                 row = values(msg)
-                for predicate, i in checks:  # noqa: SIM110 - a loop beats all() on a generator
+                for predicate, i in tests:  # noqa: SIM110 - a loop beats all() on a generator
                     if not predicate(row[i]):
                         return False
                 return True
@@ -764,14 +764,13 @@ def _reject_float(text: str) -> Any:
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out = dict(pairs)
-    if len(out) == len(pairs):
-        return out
-    out = {}
-    for k, v in pairs:  # name the first key seen twice
-        if k in out:
-            raise CodecError(f"duplicate field {k!r}")
-        out[k] = v
-    raise AssertionError("unreachable: dict() dropped a key that is not repeated")
+    if len(out) != len(pairs):  # name the first key seen twice
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise CodecError(f"duplicate field {k!r}")
+            seen.add(k)
+    return out
 
 
 # json.loads with these arguments would build a new decoder (and scanner) on every call.
