@@ -1,7 +1,7 @@
 """A devnet for end-to-end tests: the real ``Devnet`` (embedded EVM, every role on loopback
 HTTP, SQLite per daemon) with a small preset and a few test hooks.
 
-- ``E2E_PRESET``: 64-block epochs of four 16-block rounds, 25 ms blocks, TEST's tiny challenges.
+- ``E2E_PRESET``: 32-block epochs of two 16-block rounds, 25 ms blocks, TEST's tiny challenges.
 - ``LockstepClock``: the devnet's block clock, except that it holds the first block of a round
   until every mixer that answers HTTP has finished the previous round (bounded). On a machine
   that keeps up it mines exactly like ``BlockClock``; on a busy one (two cores, a parallel test
@@ -14,7 +14,9 @@ HTTP, SQLite per daemon) with a small preset and a few test hooks.
 - ``E2EDevnet``: seeded identities, chosen node profiles, cheating nodes (every committed row
   wrong), mixers taken down before genesis, ``stop_mixer``/``restart_mixer`` (a new
   ``MixerDaemon`` on the same data directory and port), and a record of every claim (token
-  balances and ``claimed`` before and after).
+  balances and ``claimed`` before and after) and of each epoch's per-node breakdown.
+- ``E2EProcessDevnet``: the same records and clock over ``ProcessDevnet`` (anvil, each role
+  its own OS process).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,7 +34,7 @@ from typing import Any, ClassVar
 import httpx
 
 from dnanet.crypto.keys import Identity
-from dnanet.devnet import BlockClock, DaemonThread, Devnet, EpochSummary
+from dnanet.devnet import BlockClock, DaemonThread, Devnet, EpochSummary, ProcessDevnet
 from dnanet.errors import DnanetError
 from dnanet.mixer.daemon import MixerDaemon
 from dnanet.node.daemon import NodeDaemon
@@ -50,6 +52,8 @@ from dnanet.protocol.schedule import (
     compute_round_start_block,
     compute_settlement_block,
 )
+from dnanet.service.gateway import ClientGateway
+from dnanet.service.network import SettledEpoch
 
 log = logging.getLogger("dnanet.e2e")
 
@@ -176,22 +180,52 @@ class ClaimCheck:
     balance_after: int
 
 
-class LockstepMixin:
-    """Swaps a devnet's steady clock for a ``LockstepClock`` once set up, takes the
-    ``down_mixers`` down before genesis, and keeps the next settlement behind ``run()``'s
-    claims. Mixed into ``Devnet`` and ``ProcessDevnet`` (before them in the bases)."""
+class E2EMixin:
+    """What both end-to-end devnets add (mixed in before ``Devnet`` or ``ProcessDevnet``):
+    seeded identities, a ``LockstepClock`` swapped in once set up (the ``down_mixers`` taken
+    down before genesis), the next settlement kept behind ``run()``'s claims, a record of
+    every claim and of each epoch's per-node breakdown, and the Validator's API."""
 
     preset: Preset
     genesis: int
     clock: BlockClock | None
     summaries: list[EpochSummary]
     mixer_urls: list[str]
-    down_mixers: list[int]
-    lockstep: bool
-    running: bool
-
+    validator_url: str
+    http: httpx.AsyncClient
+    deployer: Identity
+    validator_id: Identity
+    mixer_ids: list[Identity]
+    node_ids: list[Identity]
+    profiles: list[str]
     head: Callable[[], int]
-    stop_mixer: Callable[[int], Awaitable[None]]
+    gateway: Callable[[Identity | None], ClientGateway]
+
+    def _init_e2e(self, *, label: str, profiles: Sequence[str] | None,
+                  down_mixers: Iterable[int], lockstep: bool) -> None:
+        self.validator_id = seeded_identity(f"{label}/validator")
+        self.mixer_ids = [seeded_identity(f"{label}/mixer-{i}") for i in range(len(self.mixer_ids))]
+        self.node_ids = [seeded_identity(f"{label}/node-{i}") for i in range(len(self.node_ids))]
+        if profiles is not None:
+            if len(profiles) != len(self.node_ids):
+                raise ValueError(f"{len(profiles)} profiles for {len(self.node_ids)} nodes")
+            self.profiles = list(profiles)
+        self.down_mixers = sorted(set(down_mixers))
+        self.lockstep = lockstep
+        self.running = False
+        """Inside ``run()``: the clock keeps the next settlement behind the claims."""
+        self.claims: list[dict[str, ClaimCheck]] = []
+        self.breakdowns: dict[int, dict[str, dict[str, Any]]] = {}
+        """Each settled epoch's ``/v1/nodes/{address}/epochs/{epoch}`` per node."""
+        self.settled: dict[int, SettledEpoch | None] = {}
+        """What the chain said of each epoch once ``run()`` summarized it (anvil is gone
+        once a devnet stops)."""
+
+    def node_addresses(self) -> list[str]:
+        return [i.address for i in self.node_ids]
+
+    async def stop_mixer(self, index: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot stop mixer {index}")
 
     async def setup(self) -> None:
         await super().setup()  # type: ignore[misc]
@@ -227,8 +261,65 @@ class LockstepMixin:
         finally:
             self.running = False
 
+    # -- claims ---------------------------------------------------------------------------------
+    async def claim_all(self) -> None:
+        """Claim as the devnet does, recording balances and ``claimed`` around it."""
+        client = self.gateway(None).client
 
-class E2EDevnet(LockstepMixin, Devnet):
+        def chain_state() -> dict[str, tuple[int, int]]:
+            return {a: (client.balance_of(a), client.claimed(a)) for a in self.node_addresses()}
+
+        before = await asyncio.to_thread(chain_state)
+        served = {}
+        for address in self.node_addresses():
+            node = await self.get_json(f"/v1/nodes/{address}")
+            served[address] = int(node["cumulative"]) if node else 0
+        await super().claim_all()  # type: ignore[misc]
+        after = await asyncio.to_thread(chain_state)
+        self.claims.append({
+            a: ClaimCheck(a, served[a], before[a][1], after[a][1], before[a][0], after[a][0])
+            for a in before})
+
+    async def summarize(self, epoch: int) -> EpochSummary:
+        summary: EpochSummary = await super().summarize(epoch)  # type: ignore[misc]
+        self.settled[epoch] = await asyncio.to_thread(self.gateway(None).settled_epoch, epoch)
+        self.breakdowns[epoch] = {
+            a: await self.get_json(f"/v1/nodes/{a}/epochs/{epoch}")
+            for a in self.node_addresses()}
+        return summary
+
+    # -- the Validator's API ------------------------------------------------------------------------
+    async def get_json(self, path: str) -> Any:
+        """``GET`` a Validator path; None on 404."""
+        response = await self.http.get(f"{self.validator_url}{path}")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return response.json()
+
+    async def certificates(self, epoch: int) -> list[QuorumCertificate]:
+        items = await self.get_json(f"/v1/epochs/{epoch}/certificates")
+        return [QuorumCertificate.from_wire(c, f"certificates[{i}]") for i, c in enumerate(items)]
+
+    async def reports(self, epoch: int) -> list[ScoreReport]:
+        items = await self.get_json(f"/v1/epochs/{epoch}/reports")
+        return [ScoreReport.from_wire(r, f"reports[{i}]") for i, r in enumerate(items)]
+
+    async def wait_punishments_done(self, epoch: int, timeout_s: float = 120
+                                    ) -> list[dict[str, Any]]:
+        """The epoch's punishments once none is pending any more."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            info = await self.get_json(f"/v1/epochs/{epoch}")
+            punishments: list[dict[str, Any]] = info["punishments"]
+            if all(p["status"] != "pending" for p in punishments):
+                return punishments
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"punishments of epoch {epoch} still pending: {punishments}")
+            await asyncio.sleep(0.1)
+
+
+class E2EDevnet(E2EMixin, Devnet):
     """``Devnet`` with the hooks the end-to-end tests need (see the module docstring).
 
     ``profiles`` replaces the default node profiles (one throttled, one offline);
@@ -247,22 +338,10 @@ class E2EDevnet(LockstepMixin, Devnet):
                  backend: str = "trivial") -> None:
         super().__init__(nodes=nodes, mixers=mixers, preset=preset, data_dir=data_dir,
                          out=out or log.info, backend=backend)
+        self._init_e2e(label=label, profiles=profiles, down_mixers=down_mixers,
+                       lockstep=lockstep)
         self.deployer = seeded_identity(f"{label}/deployer")
-        self.validator_id = seeded_identity(f"{label}/validator")
-        self.mixer_ids = [seeded_identity(f"{label}/mixer-{i}") for i in range(mixers)]
-        self.node_ids = [seeded_identity(f"{label}/node-{i}") for i in range(nodes)]
-        if profiles is not None:
-            if len(profiles) != nodes:
-                raise ValueError(f"{len(profiles)} profiles for {nodes} nodes")
-            self.profiles = list(profiles)
         self.cheaters = {self.node_ids[i].address for i in cheaters}
-        self.down_mixers = sorted(set(down_mixers))
-        self.lockstep = lockstep
-        self.running = False
-        """Inside ``run()``: the clock keeps the next settlement behind the claims."""
-        self.claims: list[dict[str, ClaimCheck]] = []
-        self.breakdowns: dict[int, dict[str, dict[str, Any]]] = {}
-        """Each settled epoch's ``/v1/nodes/{address}/epochs/{epoch}`` per node."""
         E2EDevnet.instances.append(self)
 
     # -- set-up hooks ---------------------------------------------------------------------------
@@ -317,62 +396,22 @@ class E2EDevnet(LockstepMixin, Devnet):
     def round_start(self, rid: RoundId) -> int:
         return compute_round_start_block(rid, self.preset, self.genesis)
 
-    # -- claims ---------------------------------------------------------------------------------
-    async def claim_all(self) -> None:
-        """Claim as the devnet does, recording balances and ``claimed`` around it."""
-        client = self.gateway(None).client
 
-        def chain_state() -> dict[str, tuple[int, int]]:
-            return {d.address: (client.balance_of(d.address), client.claimed(d.address))
-                    for d in self.node_daemons}
+class E2EProcessDevnet(E2EMixin, ProcessDevnet):
+    """``ProcessDevnet`` (anvil, every role its own OS process started with the operator
+    commands) with the lockstep clock and the records of ``E2EMixin``. The roles read the
+    preset by name from the deployment file, so it must be a registered one (``test``)."""
 
-        before = await asyncio.to_thread(chain_state)
-        served = {}
-        for daemon in self.node_daemons:
-            node = await self.get_json(f"/v1/nodes/{daemon.address}")
-            served[daemon.address] = int(node["cumulative"]) if node else 0
-        await super().claim_all()
-        after = await asyncio.to_thread(chain_state)
-        self.claims.append({
-            a: ClaimCheck(a, served[a], before[a][1], after[a][1], before[a][0], after[a][0])
-            for a in before})
+    instances: ClassVar[list[E2EProcessDevnet]] = []
 
-    async def summarize(self, epoch: int) -> EpochSummary:
-        summary = await super().summarize(epoch)
-        self.breakdowns[epoch] = {
-            d.address: await self.get_json(f"/v1/nodes/{d.address}/epochs/{epoch}")
-            for d in self.node_daemons}
-        return summary
-
-    # -- the Validator's API ------------------------------------------------------------------------
-    async def get_json(self, path: str) -> Any:
-        """``GET`` a Validator path; None on 404."""
-        response = await self.http.get(f"{self.validator_url}{path}")
-        if response.status_code == 404:
-            return None
-        response.raise_for_status()
-        return response.json()
-
-    async def certificates(self, epoch: int) -> list[QuorumCertificate]:
-        items = await self.get_json(f"/v1/epochs/{epoch}/certificates")
-        return [QuorumCertificate.from_wire(c, f"certificates[{i}]") for i, c in enumerate(items)]
-
-    async def reports(self, epoch: int) -> list[ScoreReport]:
-        items = await self.get_json(f"/v1/epochs/{epoch}/reports")
-        return [ScoreReport.from_wire(r, f"reports[{i}]") for i, r in enumerate(items)]
-
-    async def wait_punishments_done(self, epoch: int, timeout_s: float = 120
-                                    ) -> list[dict[str, Any]]:
-        """The epoch's punishments once none is pending any more."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            info = await self.get_json(f"/v1/epochs/{epoch}")
-            punishments: list[dict[str, Any]] = info["punishments"]
-            if all(p["status"] != "pending" for p in punishments):
-                return punishments
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"punishments of epoch {epoch} still pending: {punishments}")
-            await asyncio.sleep(0.1)
+    def __init__(self, *, nodes: int, mixers: int = 4, preset: Preset = TEST, data_dir: Path,
+                 out: Callable[[str], Any] | None = None, label: str = "anvil",
+                 profiles: Sequence[str] | None = None, lockstep: bool = True,
+                 backend: str = "trivial") -> None:
+        super().__init__(chain="anvil", nodes=nodes, mixers=mixers, preset=preset,
+                         data_dir=data_dir, out=out or log.info, backend=backend)
+        self._init_e2e(label=label, profiles=profiles, down_mixers=(), lockstep=lockstep)
+        E2EProcessDevnet.instances.append(self)
 
 
 async def run_epochs(devnet: Devnet, epochs: int, timeout_s: float = 240,
@@ -393,6 +432,8 @@ __all__ = [
     "ZERO_ROOT",
     "ClaimCheck",
     "E2EDevnet",
+    "E2EMixin",
+    "E2EProcessDevnet",
     "LockstepClock",
     "cheating_compute",
     "mixer_round_done",

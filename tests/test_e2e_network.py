@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,18 @@ import pytest
 
 import dnanet.devnet
 from dnanet.crypto.eip712 import recover_typed
-from dnanet.params import BPS_ONE
+from dnanet.errors import ConfigError
+from dnanet.params import BPS_ONE, TEST, Preset
 from dnanet.protocol.messages import Outcome
 from dnanet.protocol.schedule import RoundId
-from e2e_helpers import E2E_PRESET, ZERO_ROOT, E2EDevnet, run_epochs
+from e2e_helpers import (
+    E2E_PRESET,
+    ZERO_ROOT,
+    E2EDevnet,
+    E2EMixin,
+    E2EProcessDevnet,
+    run_epochs,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -48,53 +57,32 @@ async def check_settled(devnet: E2EDevnet, epoch: int) -> dict[str, Any]:
     return info
 
 
-def test_full_epochs_settle_pay_claims_and_write_the_summary(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch
-                                                              ) -> None:
-    """Two epochs through ``run_devnet``: settled on chain, audited, claimed; the node that
-    drops out in the middle of epoch 0 earns nothing in epoch 1."""
-    monkeypatch.setattr(dnanet.devnet, "Devnet",
-                        lambda **kw: E2EDevnet(label="full", **kw))
-    summary_path = tmp_path / "summary.json"
-    devnet_dir = tmp_path / "net"
-    E2EDevnet.instances.clear()
-
-    async def main() -> None:
-        await asyncio.wait_for(dnanet.devnet.run_devnet(
-            nodes=5, mixers=4, epochs=2, preset=E2E_PRESET, data_dir=devnet_dir,
-            backend="trivial", summary=summary_path, out=lambda _: None), 300)
-
-    asyncio.run(main())
-    (devnet,) = E2EDevnet.instances
-    summary = json.loads(summary_path.read_text())
-
-    # The documented shape of the summary.
+def check_summary_and_claims(devnet: E2EMixin, summary: dict[str, Any], preset: Preset,
+                             profiles: dict[str, str]) -> None:
+    """The summary has the documented shape; each epoch is settled on chain with the root
+    and the whole emission the summary shows, audited; claims paid exactly what the Validator
+    served and token balances grew by exactly the amounts claimed."""
     assert set(summary) == {"chain_id", "epochs"}
-    assert summary["chain_id"] == devnet.deployment.chain_id
     assert isinstance(summary["chain_id"], int)
-    assert [e["epoch"] for e in summary["epochs"]] == [0, 1]
+    assert [e["epoch"] for e in summary["epochs"]] == list(range(len(devnet.claims)))
     for epoch in summary["epochs"]:
         assert set(epoch) == {"epoch", "root", "settle_tx", "total", "audit_ok", "nodes"}
         assert isinstance(epoch["root"], str) and isinstance(epoch["settle_tx"], str)
         assert isinstance(epoch["total"], int) and epoch["audit_ok"] is True
-        assert [n["address"] for n in epoch["nodes"]] == [i.address for i in devnet.node_ids]
+        assert [n["address"] for n in epoch["nodes"]] == devnet.node_addresses()
         for node in epoch["nodes"]:
             assert set(node) == {"address", "profile", "score", "reward", "cumulative",
                                  "claimed"}
             assert all(isinstance(node[k], int)
                        for k in ("score", "reward", "cumulative", "claimed"))
 
-    gateway = devnet.gateway(None)
-    profiles = {n.address: n.profile.name for n in devnet.node_daemons}
-    assert sorted(profiles.values()) == ["normal", "normal", "normal", "offline", "throttled"]
     previous: dict[str, int] = defaultdict(int)
     for epoch, claims in zip(summary["epochs"], devnet.claims, strict=True):
         number = epoch["epoch"]
-        # Settled on chain with the published root, the whole emission, audited.
-        settled = gateway.settled_epoch(number)
+        settled = devnet.settled[number]
         assert settled is not None
         assert epoch["root"] == "0x" + settled.rewards_root.hex() != ZERO_ROOT
-        assert epoch["total"] == settled.total == E2E_PRESET.epoch_emission(number)
+        assert epoch["total"] == settled.total == preset.epoch_emission(number)
         assert epoch["settle_tx"] == settled.tx_hash
         assert sum(n["reward"] for n in epoch["nodes"]) == epoch["total"]
         for node in epoch["nodes"]:
@@ -107,16 +95,82 @@ def test_full_epochs_settle_pay_claims_and_write_the_summary(tmp_path: Path,
                 claim.claimed_after - claim.claimed_before
             assert node["profile"] == profiles[node["address"]]
             previous[node["address"]] = node["cumulative"]
-    # Someone earned in epoch 0; the node that went offline in epoch 0 was challenged in
-    # epoch 1 and earned nothing, every challenge failed.
     assert any(n["reward"] > 0 for n in summary["epochs"][0]["nodes"])
+
+
+def check_offline_node(devnet: E2EMixin, summary: dict[str, Any], profiles: dict[str, str],
+                       epoch: int) -> None:
+    """The node that dropped out in epoch 0 was challenged in ``epoch`` and earned nothing."""
     (offline,) = [a for a, p in profiles.items() if p == "offline"]
-    assert devnet.breakdowns[1][offline]["challenges"] > 0
-    row = next(n for n in summary["epochs"][1]["nodes"] if n["address"] == offline)
+    detail = devnet.breakdowns[epoch][offline]
+    assert detail["challenges"] > 0
+    assert all(r["outcome"] != Outcome.OK.name for r in detail["reports"])
+    row = next(n for n in summary["epochs"][epoch]["nodes"] if n["address"] == offline)
     assert row["reward"] == 0 and row["score"] == 0
+
+
+def test_full_epochs_settle_pay_claims_and_write_the_summary(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """Two epochs through ``run_devnet``: settled on chain, audited, claimed; the node that
+    drops out in the middle of epoch 0 earns nothing in epoch 1."""
+    monkeypatch.setattr(dnanet.devnet, "Devnet",
+                        lambda **kw: E2EDevnet(label="full", **kw))
+    summary_path = tmp_path / "summary.json"
+    E2EDevnet.instances.clear()
+
+    async def main() -> None:
+        await asyncio.wait_for(dnanet.devnet.run_devnet(
+            nodes=5, mixers=4, epochs=2, preset=E2E_PRESET, data_dir=tmp_path / "net",
+            backend="trivial", summary=summary_path, out=lambda _: None), 300)
+
+    asyncio.run(main())
+    (devnet,) = E2EDevnet.instances
+    summary = json.loads(summary_path.read_text())
+    assert summary["chain_id"] == devnet.deployment.chain_id
+    profiles = {n.address: n.profile.name for n in devnet.node_daemons}
+    assert sorted(profiles.values()) == ["normal", "normal", "normal", "offline", "throttled"]
+    check_summary_and_claims(devnet, summary, E2E_PRESET, profiles)
+    assert len(summary["epochs"]) == 2
+    check_offline_node(devnet, summary, profiles, 1)
+    client = devnet.gateway(None).client  # the embedded chain outlives the devnet
     for claim in devnet.claims[-1].values():
-        balance = gateway.client.balance_of(claim.address)
-        assert balance == claim.balance_after  # nothing moved the tokens but the claims
+        # nothing moved the tokens but the claims
+        assert client.balance_of(claim.address) == claim.balance_after
+
+
+@pytest.mark.npm
+def test_full_epoch_on_anvil_with_every_role_its_own_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run_devnet(chain="anvil")``: anvil from npm, the Validator, mixers and nodes each
+    started as its own OS process with the operator commands; the epoch settles, audits and
+    pays claims as on the embedded chain."""
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        pytest.skip("the anvil devnet needs node and npm on PATH")
+    from dnanet.chain.anvil import ensure_anvil
+
+    try:
+        ensure_anvil()
+    except ConfigError as exc:
+        pytest.skip(f"no usable anvil here: {exc}")
+    monkeypatch.setattr(dnanet.devnet, "ProcessDevnet",
+                        lambda *, chain, keystore, **kw: E2EProcessDevnet(**kw))
+    summary_path = tmp_path / "summary.json"
+    E2EProcessDevnet.instances.clear()
+
+    async def main() -> None:
+        await asyncio.wait_for(dnanet.devnet.run_devnet(
+            nodes=4, mixers=4, epochs=1, preset=TEST, data_dir=tmp_path / "net",
+            chain="anvil", backend="trivial", summary=summary_path, out=lambda _: None), 400)
+
+    asyncio.run(main())
+    (devnet,) = E2EProcessDevnet.instances
+    summary = json.loads(summary_path.read_text())
+    assert summary["chain_id"] == devnet.deployment.chain_id == 31337
+    profiles = dict(zip(devnet.node_addresses(), devnet.profiles, strict=True))
+    check_summary_and_claims(devnet, summary, TEST, profiles)
+    assert [p.poll() is not None for _, p in devnet.processes] == \
+        [True] * (1 + 4 + 4)  # every role was its own process, and it stopped
 
 
 def test_quorum_forms_with_one_of_four_mixers_down(tmp_path: Path) -> None:
