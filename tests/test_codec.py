@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import dnanet.protocol.codec as codec_module
 from dnanet.crypto.hashing import sha256
 from dnanet.errors import CodecError
 from dnanet.params import BPS_ONE, SCORE_ONE
@@ -445,6 +446,7 @@ def test_oversized_message_is_rejected_before_parsing(monkeypatch: pytest.Monkey
         raise AssertionError("parsed an oversized message")
 
     monkeypatch.setattr(json, "loads", must_not_parse)
+    monkeypatch.setattr(codec_module._DECODER, "decode", must_not_parse)
     with pytest.raises(CodecError, match="exceeds the limit"):
         QuorumCertificate.from_json(raw, max_bytes=len(raw) - 1)
     with pytest.raises(CodecError, match="exceeds the limit"):
