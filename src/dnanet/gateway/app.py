@@ -207,18 +207,8 @@ class Gateway:
     async def _route(self, model: str, path: str, body: bytes, *, interactive: bool,
                      parse: Callable[[Any], T]) -> tuple[NodeState, Any, T]:
         """POST ``body`` to nodes serving ``model`` until one answers well."""
-        await self._fresh()
-        if not self.scheduler.serving(model):
-            raise model_not_found(model)
-        tried: list[str] = []
-        last = "every node serving it is busy or failing"
-        for _ in range(self.config.policy.max_attempts):
-            node = self.scheduler.pick(model, payload_bytes=len(body), interactive=interactive,
-                                       exclude=tried)
-            if node is None:
-                break
-            tried.append(node.address)
-            self.scheduler.acquire(node)
+        attempts = _Attempts()
+        async for node in self._candidates(model, body, interactive, attempts):
             ok = False
             try:
                 response = await self.http.post(node.endpoint + path, content=body,
@@ -231,14 +221,28 @@ class Gateway:
                 if response.status_code in (400, 413, 422):
                     ok = True  # the request's fault, not the node's: answer it as is
                     raise _node_error(response)
-                last = f"node answered HTTP {response.status_code}"
+                attempts.last = f"node answered HTTP {response.status_code}"
             except (httpx.HTTPError, ValueError, TypeError, KeyError) as exc:
-                last = f"node failed: {type(exc).__name__}"
+                attempts.last = f"node failed: {type(exc).__name__}"
             finally:
                 self.scheduler.release(node, ok=ok)
-        if tried:
-            raise no_node(model, f"{len(tried)} node(s) tried, last: {last}")
-        raise no_node(model, last)
+        raise attempts.exhausted(model)
+
+    async def _candidates(self, model: str, body: bytes, interactive: bool,
+                          attempts: _Attempts) -> AsyncIterator[NodeState]:
+        """Nodes to try for one request, best first by the scheduling rule, each acquired
+        (the caller releases it); at most ``max_attempts`` of them."""
+        await self._fresh()
+        if not self.scheduler.serving(model):
+            raise model_not_found(model)
+        for _ in range(self.config.policy.max_attempts):
+            node = self.scheduler.pick(model, payload_bytes=len(body), interactive=interactive,
+                                       exclude=attempts.tried)
+            if node is None:
+                return
+            attempts.tried.append(node.address)
+            self.scheduler.acquire(node)
+            yield node
 
     def _maybe_canary(self, model: str) -> None:
         if self.config.canary_rate > 0 and self.rng.random() < self.config.canary_rate \
@@ -372,18 +376,8 @@ class Gateway:
 
     async def _stream(self, model: str, body: bytes, interactive: bool) -> Response:
         """Open a stream on a node (retrying others until one sends its first event)."""
-        await self._fresh()
-        if not self.scheduler.serving(model):
-            raise model_not_found(model)
-        tried: list[str] = []
-        last = "every node serving it is busy or failing"
-        for _ in range(self.config.policy.max_attempts):
-            node = self.scheduler.pick(model, payload_bytes=len(body), interactive=interactive,
-                                       exclude=tried)
-            if node is None:
-                break
-            tried.append(node.address)
-            self.scheduler.acquire(node)
+        attempts = _Attempts()
+        async for node in self._candidates(model, body, interactive, attempts):
             request = self.http.build_request("POST", node.endpoint + "/v1/chat/completions",
                                               content=body, headers=_JSON)
             response: httpx.Response | None = None
@@ -399,14 +393,14 @@ class Gateway:
                 lines = response.aiter_lines()
                 first = await _first_event(lines)
             except (httpx.HTTPError, StopAsyncIteration) as exc:
-                last = f"node failed: {type(exc).__name__}"
+                attempts.last = f"node failed: {type(exc).__name__}"
                 if response is not None:
                     await response.aclose()
                 self.scheduler.release(node, ok=False)
                 continue
             return StreamingResponse(self._relay(node, response, first, lines),
                                      media_type="text/event-stream")
-        raise no_node(model, f"{len(tried)} node(s) tried, last: {last}" if tried else last)
+        raise attempts.exhausted(model)
 
     async def _relay(self, node: NodeState, response: httpx.Response, first: str,
                      lines: AsyncIterator[str]) -> AsyncIterator[bytes]:
@@ -423,6 +417,18 @@ class Gateway:
         finally:
             self.scheduler.release(node, ok=ok)
             await response.aclose()
+
+
+class _Attempts:
+    """The nodes one request has tried, and why the last one failed."""
+
+    def __init__(self) -> None:
+        self.tried: list[str] = []
+        self.last = "every node serving it is busy or failing"
+
+    def exhausted(self, model: str) -> ApiError:
+        detail = f"{len(self.tried)} node(s) tried, last: {self.last}" if self.tried else self.last
+        return no_node(model, detail)
 
 
 async def _first_event(lines: AsyncIterator[str]) -> str:
