@@ -1,0 +1,574 @@
+"""Network benchmarks: a mixer's challenge throughput, the Validator's certificate intake, the
+co-signing round trip, and the wall time of one devnet epoch.
+
+    .venv/bin/python bench/network.py [--json] [--skip-devnet]
+
+Figures, all from this one run, on loopback:
+
+- ``mixer_challenges_per_s``: one mixer (``run_challenge_session`` over ``HttpNodeTransport``
+  on one keep-alive httpx client with ``MixerDaemon``'s limits, 64 sessions in flight, as
+  ``MixerDaemon.process_round`` drives them) challenging 1,000 nodes once each, every session
+  the full protocol with TEST's challenge sizes (echoes, download, upload, compute, signed
+  response, row openings, verification, score). Sessions that end in anything but OK are
+  counted (``..._failed``): a TIMEOUT here is the mixer's own CPU running late. The nodes are
+  1,000 ``ChallengeProver`` s behind one minimal HTTP server in a separate process
+  (``/n/{i}/v1/challenges/...`` routes to prover ``i`` with the handlers of
+  ``dnanet.node.server``), so the mixer and the nodes do not share a GIL. For comparison,
+  ``..._per_node`` gives each node its own httpx client, and ``..._aiohttp`` drives the same
+  sessions through an aiohttp client (``AiohttpNodeTransport``): the difference is what the
+  HTTP client costs the mixer (``..._mixer_cpu_ms``: the mixer's CPU per challenge).
+- ``validator_intake_per_s``: single-report certificates per second into a ``ValidatorDaemon``
+  over HTTP (``bench/validator_intake.py``'s corpus and load generator, in threads mode).
+- ``cosign_round_trip_p50_ms``: a peer's ``BatchProposal`` (one report) POSTed to a running
+  ``MixerDaemon``'s ``/v1/batches`` until its ``CoSignature`` is back, one at a time; the
+  mixer checks the batch fully (window, VRF assignment, node signature, measurements, score)
+  against the fake chain of the tests.
+- ``devnet_epoch_wall_s``: the wall time of one 1024-block epoch of ``Devnet`` on the
+  ``local`` preset, 8 nodes and 4 mixers, from genesis until the epoch is settled on chain
+  (``--skip-devnet`` leaves it out; it takes about a minute and a half).
+
+``--json`` prints one JSON object with every figure on the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import multiprocessing
+import os
+import resource
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import httpx  # noqa: E402
+
+from dnanet.crypto import vrf  # noqa: E402
+from dnanet.crypto.eip712 import Domain  # noqa: E402
+from dnanet.crypto.keys import Identity  # noqa: E402
+from dnanet.keyfiles import derive_vrf_public_key, derive_vrf_secret  # noqa: E402
+from dnanet.params import TEST  # noqa: E402
+from dnanet.protocol.messages import Outcome  # noqa: E402
+from dnanet.protocol.schedule import compute_vrf_alpha  # noqa: E402
+
+DOMAIN = Domain(chain_id=31337, verifying_contract="0x" + "d7" * 20)
+TARGETS = {"mixer_challenges_per_s": (">=", 200.0), "validator_intake_per_s": (">=", 2000.0),
+           "cosign_round_trip_p50_ms": ("<=", 50.0), "devnet_epoch_wall_s": ("<=", 120.0)}
+
+
+def identity(label: str) -> Identity:
+    return Identity.from_entropy(hashlib.sha256(f"dnanet-bench/{label}".encode()).digest())
+
+
+# -- 1. a mixer challenging 1,000 nodes ---------------------------------------------------------
+
+
+class NodesProtocol(asyncio.Protocol):
+    """A minimal HTTP/1.1 server (keep-alive, Content-Length bodies) for the node side: the
+    handlers of ``dnanet.node.server.build_node_app`` (without the node's SQLite journal)
+    for ``/n/{i}/v1/challenges/...``, routed to prover ``i``. FastAPI on uvicorn costs more
+    CPU per request than the mixer under test, and the figure is the mixer's."""
+
+    def __init__(self, provers: list[Any]) -> None:
+        self.provers = provers
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            lines = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
+            length = 0
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            if len(self.buffer) < end + 4 + length:
+                return
+            body = bytes(self.buffer[end + 4:end + 4 + length])
+            del self.buffer[:end + 4 + length]
+            method, target, _ = lines[0].split(" ", 2)
+            status, content_type, payload = self.answer(method, target, body)
+            assert self.transport is not None
+            self.transport.write(
+                b"HTTP/1.1 %d X\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n"
+                % (status, content_type, len(payload)) + payload)
+
+    def answer(self, method: str, target: str, body: bytes) -> tuple[int, bytes, bytes]:
+        from dnanet.errors import DnanetError
+        from dnanet.service.http import error_body, status_for
+
+        try:
+            out = self.route(method, target, body)
+        except DnanetError as exc:
+            return status_for(exc), b"application/json", json.dumps(error_body(exc)).encode()
+        if isinstance(out, bytes):
+            return 200, b"application/octet-stream", out
+        return 200, b"application/json", out.to_json()
+
+    def route(self, method: str, target: str, body: bytes) -> Any:
+        from dnanet.errors import CodecError
+        from dnanet.node.api import (
+            DigestMessage,
+            EchoMessage,
+            OpeningMessage,
+            OpeningsMessage,
+            OpenRequest,
+            RootMessage,
+        )
+        from dnanet.protocol.codec import FixedBytes, parse_json
+        from dnanet.protocol.messages import SignedChallenge
+
+        parts = target.split("/")  # "", "n", i, "v1", "challenges"[, cid, step]
+        if len(parts) < 5 or parts[1] != "n" or not parts[2].isdigit() or \
+                not 0 <= int(parts[2]) < len(self.provers):
+            raise CodecError(f"no route {target[:80]}", field="path")
+        prover = self.provers[int(parts[2])]
+        if len(parts) == 5:
+            prover.start(SignedChallenge.from_wire(parse_json(body)))
+            return b'{"accepted":true}'
+        key = FixedBytes(32).from_wire(parts[5], "challengeId")
+        step = parts[6] if len(parts) > 6 else ""
+        if step == "echo":
+            return EchoMessage(nonce=prover.echo(key, EchoMessage.from_wire(
+                parse_json(body)).nonce))
+        if step == "download":
+            prover.download_chunk(key, body)
+            return DigestMessage(digest=prover.download_done(key))
+        if step == "upload" and method == "GET":
+            return prover.upload(key)
+        if step == "compute":
+            # TEST's product is 64 x 32: cheaper inline than a hop to a worker thread
+            return RootMessage(root=prover.compute(key))
+        if step == "finish":
+            return prover.finish(key)
+        if step == "open":
+            openings = prover.open_rows(key, list(OpenRequest.from_wire(parse_json(body)).indices))
+            return OpeningsMessage(openings=tuple(OpeningMessage.of(o) for o in openings))
+        raise CodecError(f"no route {target[:80]}", field="path")
+
+
+def serve_nodes(count: int, mixer_address: str, mixer_vrf_pk: bytes, port: int,
+                ready: Any) -> None:
+    """The node side: ``count`` provers behind one HTTP server (runs in its own process)."""
+    from dnanet.node.prover import ChallengeProver
+
+    mixers = {mixer_address: mixer_vrf_pk}
+    provers = [ChallengeProver(identity(f"node-{i}"), DOMAIN, lambda: mixers, device="cpu")
+               for i in range(count)]
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: NodesProtocol(provers), "127.0.0.1", port,
+                                          backlog=4096)
+        ready.set()
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) of this process, or of process ``pid`` (Linux /proc)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class ChallengeRun:
+    sessions: int
+    wall_s: float
+    outcomes: Counter[str]
+    mixer_cpu_s: float = 0.0
+    nodes_cpu_s: float = 0.0
+
+    @property
+    def per_s(self) -> float:
+        return self.sessions / self.wall_s
+
+
+class AiohttpNodeTransport:
+    """``HttpNodeTransport``'s requests and error mapping on an aiohttp session (aiohttp comes
+    with web3): the comparison that shows what the HTTP client costs the mixer."""
+
+    def __init__(self, session: Any, base_url: str) -> None:
+        self.session = session
+        self.base = base_url.rstrip("/") + "/v1/challenges"
+
+    async def _request(self, method: str, url: str, body: bytes = b"",
+                       content_type: str = "application/json") -> bytes:
+        import aiohttp
+
+        from dnanet.errors import ChallengeError
+        from dnanet.mixer.session import NodeUnreachable
+
+        try:
+            async with self.session.request(method, url, data=body,
+                                            headers={"content-type": content_type}) as response:
+                data: bytes = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, OSError) as exc:
+            raise NodeUnreachable(f"{type(exc).__name__}: {exc}") from None
+        if status >= 500:
+            raise NodeUnreachable(f"node answered HTTP {status}")
+        if status >= 400:
+            raise ChallengeError(f"node refused with HTTP {status}: {data[:200]!r}")
+        return data
+
+    async def _json(self, url: str, message: Any = None) -> Any:
+        from dnanet.protocol.codec import parse_json
+
+        return parse_json(await self._request(
+            "POST", url, message.to_json() if message is not None else b""))
+
+    async def start(self, signed: Any) -> None:
+        await self._json(self.base, signed)
+
+    async def echo(self, challenge_id: bytes, nonce: bytes) -> bytes:
+        from dnanet.node.api import EchoMessage
+
+        data = await self._json(f"{self.base}/0x{challenge_id.hex()}/echo",
+                                EchoMessage(nonce=nonce))
+        return EchoMessage.from_wire(data).nonce
+
+    async def download(self, challenge_id: bytes, chunks: list[bytes]) -> bytes:
+        from dnanet.node.api import DigestMessage
+
+        return DigestMessage.from_json(await self._request(
+            "POST", f"{self.base}/0x{challenge_id.hex()}/download", b"".join(chunks),
+            "application/octet-stream")).digest
+
+    async def upload(self, challenge_id: bytes) -> bytes:
+        return await self._request("GET", f"{self.base}/0x{challenge_id.hex()}/upload")
+
+    async def compute(self, challenge_id: bytes) -> bytes:
+        from dnanet.node.api import RootMessage
+
+        return RootMessage.from_wire(
+            await self._json(f"{self.base}/0x{challenge_id.hex()}/compute")).root
+
+    async def finish(self, challenge_id: bytes) -> Any:
+        from dnanet.protocol.messages import SignedChallengeResponse
+
+        return SignedChallengeResponse.from_wire(
+            await self._json(f"{self.base}/0x{challenge_id.hex()}/finish"))
+
+    async def open_rows(self, challenge_id: bytes, indices: list[int]) -> list[Any]:
+        from dnanet.node.api import OpeningsMessage, OpenRequest
+
+        data = await self._json(f"{self.base}/0x{challenge_id.hex()}/open",
+                                OpenRequest(indices=tuple(indices)))
+        return [o.opening() for o in OpeningsMessage.from_wire(data).openings]
+
+
+CLIENTS = ("daemon", "per-node", "aiohttp")
+"""How the mixer reaches the nodes: ``HttpNodeTransport`` on one shared httpx client with
+``MixerDaemon``'s limits; ``HttpNodeTransport`` on one httpx client per node; or
+``AiohttpNodeTransport`` on one aiohttp session."""
+
+
+async def drive_challenges(base_url: str, nodes: list[str], rounds: int, concurrency: int,
+                           mixer: Identity, server_pid: int, client: str) -> ChallengeRun:
+    """Challenge every node once per round, ``concurrency`` sessions in flight (after a
+    warm-up round over the first ``2 * concurrency`` nodes)."""
+    import aiohttp
+
+    from dnanet.mixer.session import run_challenge_session
+    from dnanet.node.http_transport import HttpNodeTransport
+
+    secret = derive_vrf_secret(mixer)
+    timeout = httpx.Timeout(TEST.challenge_timeout_ms / 1000 + 5)
+    clients: list[httpx.AsyncClient] = []
+    session: aiohttp.ClientSession | None = None
+    if client == "per-node":  # one TLS context for all (plain HTTP here; each costs ~ms)
+        tls = ssl.create_default_context()
+        clients = [httpx.AsyncClient(timeout=timeout, verify=tls, limits=httpx.Limits(
+            max_connections=1, max_keepalive_connections=1)) for _ in nodes]
+    elif client == "daemon":  # MixerDaemon.__init__'s client
+        clients = [httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(
+            max_connections=256, max_keepalive_connections=64))]
+    else:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency))
+
+    def transport(index: int) -> Any:
+        url = f"{base_url}/n/{index}"
+        if session is not None:
+            return AiohttpNodeTransport(session, url)
+        return HttpNodeTransport(clients[index % len(clients)], url)
+
+    outcomes: Counter[str] = Counter()
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def challenge(round_: int, beta: bytes, proof: bytes, index: int) -> None:
+        async with semaphore:
+            report = await run_challenge_session(
+                transport(index), identity=mixer, domain=DOMAIN, preset=TEST, beta=beta,
+                vrf_proof=proof, epoch=0, round_=round_, node=nodes[index], hardware_class=0)
+        outcomes[Outcome(report.outcome).name] += 1
+
+    try:
+        await run_rounds(challenge, secret, range(rounds, rounds + 1),
+                         range(min(len(nodes), 2 * concurrency)))
+        outcomes.clear()
+        cpu0, node_cpu0, started = cpu_s(), cpu_s(server_pid), time.perf_counter()
+        await run_rounds(challenge, secret, range(rounds), range(len(nodes)))
+        wall = time.perf_counter() - started
+        cpu, node_cpu = cpu_s() - cpu0, cpu_s(server_pid) - node_cpu0
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients))
+        if session is not None:
+            await session.close()
+    return ChallengeRun(sum(outcomes.values()), wall, outcomes, cpu, node_cpu)
+
+
+async def run_rounds(challenge: Callable[..., Any], secret: bytes, rounds: range,
+                     nodes: range) -> None:
+    for round_ in rounds:
+        seed = hashlib.sha256(f"bench-round-{round_}".encode()).digest()
+        proof = vrf.prove(secret, compute_vrf_alpha(DOMAIN.chain_id, 0, round_, seed))
+        beta = vrf.proof_to_hash(proof)
+        await asyncio.gather(*(challenge(round_, beta, proof, i) for i in nodes))
+
+
+def bench_mixer_challenges(nodes: int, rounds: int, concurrency: int, client: str
+                           ) -> ChallengeRun:
+    from dnanet.devnet import free_port
+
+    mixer = identity("mixer")
+    port = free_port()
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    server = context.Process(target=serve_nodes, daemon=True, args=(
+        nodes, mixer.address, derive_vrf_public_key(mixer), port, ready))
+    server.start()
+    try:
+        if not ready.wait(120):
+            raise SystemExit("the node server did not start")
+        addresses = [identity(f"node-{i}").address for i in range(nodes)]
+        assert server.pid is not None
+        return asyncio.run(drive_challenges(f"http://127.0.0.1:{port}", addresses, rounds,
+                                            concurrency, mixer, server.pid, client))
+    finally:
+        server.terminate()
+        server.join(10)
+
+
+# -- 2. Validator intake -------------------------------------------------------------------------
+
+
+def bench_validator_intake(certificates: int, connections: int) -> float:
+    """Certificates/s into a ValidatorDaemon over HTTP (``bench/validator_intake.py``'s corpus
+    and raw-HTTP load generator in another process; verification on threads, as the CLI's
+    default on a 2-core host)."""
+    import validator_intake as vi
+    from dnanet.protocol.schedule import RoundId, compute_round_start_block
+    from dnanet.validator.daemon import ValidatorDaemon, default_workers
+    from validator_helpers import build_network
+
+    gw, committee = build_network(mixers=4, nodes=max(8, certificates // 4 + 100),
+                                  label="bench")
+    gw.advance_to(compute_round_start_block(RoundId(0, gw.preset.rounds_per_epoch - 1),
+                                            gw.preset))
+    keys: dict[str, object] = {a: t.prover.identity for a, t in committee.transports.items()}
+    bodies = vi.make_certificates(gw, keys, certificates + 64)
+    warm, bodies = bodies[:64], bodies[64:]
+
+    async def run() -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            daemon = ValidatorDaemon(
+                gw, Path(tmp), port=0, run_settlement=False,  # type: ignore[arg-type]
+                workers=default_workers())
+            await daemon.start()
+            try:
+                await vi.warm_up(daemon, warm)
+                port = int(daemon.url.rsplit(":", 1)[1])
+                elapsed = multiprocessing.Value("d", 0.0)
+                load = multiprocessing.Process(target=vi.load,
+                                               args=(port, bodies, connections, elapsed))
+                load.start()
+                while load.is_alive():
+                    await asyncio.sleep(0.05)
+                stored = daemon.store.certificate_count(0) - len(warm)
+            finally:
+                await daemon.stop()
+        if load.exitcode != 0 or stored != len(bodies):
+            raise SystemExit(f"intake load failed (exit {load.exitcode}, stored {stored} of "
+                             f"{len(bodies)})")
+        return len(bodies) / float(elapsed.value)
+
+    return asyncio.run(run())
+
+
+# -- 3. co-signing round trip ---------------------------------------------------------------------
+
+
+def bench_cosign(count: int) -> list[float]:
+    """Milliseconds from POSTing a one-report BatchProposal to a MixerDaemon's
+    ``/v1/batches`` to its CoSignature, ``count`` distinct proposals one after another."""
+    from dnanet.mixer.daemon import MixerDaemon
+    from dnanet.protocol.messages import BatchProposal, CoSignature
+    from dnanet.protocol.quorum import compute_batch
+    from validator_helpers import build_network, server_url
+
+    gw, committee = build_network(mixers=4, nodes=max(8, count // 3 + 8), label="cosign")
+    cosigner, proposers = gw.mixers[0], gw.mixers[1:]
+    proposals: list[bytes] = []
+
+    async def make() -> None:
+        for round_ in range(gw.preset.rounds_per_epoch):
+            gw.advance_to(gw.preset.round_blocks * round_)
+            for mixer, reports in (await committee.round_reports(0, round_)).items():
+                if mixer == cosigner.address:
+                    continue
+                signer = next(m for m in proposers if m.address == mixer)
+                for report in reports:
+                    batch = compute_batch(0, round_, mixer, [report])
+                    proposals.append(BatchProposal(
+                        batch=batch, reports=(report,),
+                        signature=signer.sign_typed(gw.domain, batch.hash_struct())).to_json())
+
+    asyncio.run(make())
+    if len(proposals) < count:
+        raise SystemExit(f"only {len(proposals)} proposals for {count} round trips")
+
+    async def run() -> list[float]:
+        with tempfile.TemporaryDirectory() as tmp:
+            # Only the HTTP server: the round loop would challenge the fake chain's nodes.
+            daemon = MixerDaemon(cosigner, gw, Path(tmp),  # type: ignore[arg-type]
+                                 validator_url="http://127.0.0.1:9",
+                                 port=0)
+            await daemon.server.start()
+            url = server_url(daemon.server) + "/v1/batches"
+            times: list[float] = []
+            try:
+                async with httpx.AsyncClient(timeout=30) as http:
+                    for i, body in enumerate(proposals[:count]):
+                        started = time.perf_counter()
+                        response = await http.post(url, content=body,
+                                                   headers={"content-type": "application/json"})
+                        elapsed = time.perf_counter() - started
+                        if response.status_code != 200:
+                            raise SystemExit(f"co-signing refused: {response.text[:300]}")
+                        CoSignature.from_json(response.content)
+                        if i >= 10:  # the first ones fill the epoch view and open connections
+                            times.append(elapsed * 1000)
+            finally:
+                await daemon.server.stop()
+                await daemon.http.aclose()
+                daemon.store.close()
+            return times
+
+    return asyncio.run(run())
+
+
+# -- 4. one devnet epoch ------------------------------------------------------------------------
+
+
+def bench_devnet_epoch(backend: str) -> tuple[float, int]:
+    """Seconds from genesis until epoch 0 of ``Devnet`` (local preset, 8 nodes, 4 mixers) is
+    settled on chain, and the total it settled."""
+    from dnanet.devnet import Devnet
+    from dnanet.params import LOCAL
+
+    async def run() -> tuple[float, int]:
+        with tempfile.TemporaryDirectory() as tmp:
+            devnet = Devnet(nodes=8, mixers=4, preset=LOCAL, data_dir=Path(tmp),
+                            out=lambda _: None, backend=backend)
+            try:
+                await devnet.setup()  # returns with the clock started, one block before genesis
+                started = time.perf_counter()
+                await devnet.wait_settled(0)
+                wall = time.perf_counter() - started
+                settled = await asyncio.to_thread(devnet.gateway(None).settled_epoch, 0)
+            finally:
+                await devnet.stop()
+        return wall, settled.total if settled is not None else 0
+
+    return asyncio.run(run())
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=1, help="challenges per node")
+    parser.add_argument("--concurrency", type=int, default=64,
+                        help="sessions in flight (MixerDaemon's default: 64)")
+    parser.add_argument("--clients", nargs="+", choices=CLIENTS, default=list(CLIENTS),
+                        help="mixer HTTP clients to measure (the first one is the headline)")
+    parser.add_argument("--certificates", type=int, default=4000)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--cosign", type=int, default=300, help="co-signing round trips")
+    parser.add_argument("--devnet-backend", default="minilm", choices=["minilm", "trivial"],
+                        help="model the devnet's nodes serve (default: the devnet's own)")
+    parser.add_argument("--skip-devnet", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    figures: dict[str, Any] = {"cpus": os.cpu_count()}
+    rows: list[tuple[str, str, str]] = []
+    for client in args.clients:
+        run = bench_mixer_challenges(args.nodes, args.rounds, args.concurrency, client)
+        key = "mixer_challenges_per_s" + ("" if client == args.clients[0]
+                                          else "_" + client.replace("-", "_"))
+        figures[key] = round(run.per_s, 1)
+        figures[f"{key}_failed"] = run.sessions - run.outcomes.get("OK", 0)
+        figures[f"{key}_mixer_cpu_ms"] = round(run.mixer_cpu_s / run.sessions * 1000, 2)
+        rows.append((key, f"{run.per_s:,.0f}/s",
+                     f"{client}: {run.sessions} challenges, {args.concurrency} in flight, "
+                     f"{run.sessions - run.outcomes.get('OK', 0)} not OK "
+                     f"({dict(run.outcomes)}); CPU per challenge: mixer "
+                     f"{run.mixer_cpu_s / run.sessions * 1e3:.1f} ms, nodes "
+                     f"{run.nodes_cpu_s / run.sessions * 1e3:.1f} ms"))
+    rate = bench_validator_intake(args.certificates, args.connections)
+    figures["validator_intake_per_s"] = round(rate, 1)
+    rows.append(("validator_intake_per_s", f"{rate:,.0f}/s",
+                 f"{args.certificates} one-report certificates, {args.connections} connections"))
+    times = bench_cosign(args.cosign)
+    p50, p90 = statistics.median(times), statistics.quantiles(times, n=10)[-1]
+    figures["cosign_round_trip_p50_ms"] = round(p50, 2)
+    figures["cosign_round_trip_p90_ms"] = round(p90, 2)
+    rows.append(("cosign_round_trip_p50_ms", f"{p50:.1f} ms",
+                 f"p90 {p90:.1f} ms over {len(times)} one-report proposals"))
+    if not args.skip_devnet:
+        wall, total = bench_devnet_epoch(args.devnet_backend)
+        figures["devnet_epoch_wall_s"] = round(wall, 1)
+        figures["devnet_epoch_settled_total"] = total
+        rows.append(("devnet_epoch_wall_s", f"{wall:.1f} s",
+                     f"local preset, 8 nodes ({args.devnet_backend}), 4 mixers, genesis to "
+                     f"settled; settled total {total / 10**18:,.2f} DNA"))
+
+    width = max(len(r[0]) for r in rows)
+    print(f"\nbench/network.py on {os.cpu_count()} CPUs")
+    for name, value, detail in rows:
+        target = TARGETS.get(name)
+        goal = f"(target {target[0]} {target[1]:g})" if target else ""
+        print(f"{name:<{width}}  {value:>10}  {goal:<18} {detail}")
+    if args.json:
+        print(json.dumps(figures, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
