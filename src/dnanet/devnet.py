@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from dnanet.chain.backends import connect_embedded
-from dnanet.chain.client import ChainClient
+from dnanet.chain.client import ChainClient, TransactionReverted
 from dnanet.chain.deploy import MixerSpec, deploy
 from dnanet.crypto.keys import Identity
 from dnanet.errors import DnanetError
@@ -295,16 +295,25 @@ class Devnet:
 
     async def claim_all(self) -> None:
         for daemon in self.node_daemons:
-            node = await self._get_json(f"{self.validator_url}/v1/nodes/{daemon.address}")
-            if not node or not node.get("cumulative"):
-                continue
-            proof = [bytes.fromhex(p[2:]) for p in node["proof"]]
-            cumulative = int(node["cumulative"])
-            root = bytes.fromhex(node["root"][2:])
-            if not verify_proof(root, daemon.address, cumulative, proof):
-                raise DnanetError(f"validator served a proof that does not verify for "
-                                  f"{daemon.address}")
-            await asyncio.to_thread(daemon.gateway.claim, daemon.address, cumulative, proof)
+            for attempt in range(3):
+                node = await self._get_json(f"{self.validator_url}/v1/nodes/{daemon.address}")
+                if not node or not node.get("cumulative"):
+                    break
+                proof = [bytes.fromhex(p[2:]) for p in node["proof"]]
+                cumulative = int(node["cumulative"])
+                root = bytes.fromhex(node["root"][2:])
+                if not verify_proof(root, daemon.address, cumulative, proof):
+                    raise DnanetError(f"validator served a proof that does not verify for "
+                                      f"{daemon.address}")
+                try:
+                    await asyncio.to_thread(daemon.gateway.claim, daemon.address, cumulative,
+                                            proof)
+                    break
+                except TransactionReverted:
+                    # The next epoch settled between reading the proof and claiming: the
+                    # chain's root moved on, so read the new proof and claim again.
+                    if attempt == 2:
+                        raise
 
     async def _get_json(self, url: str) -> Any:
         response = await self.http.get(url)
