@@ -10,13 +10,12 @@ Figures, all from this one run, on loopback:
   ``MixerDaemon.process_round`` drives them) challenging 1,000 nodes once each, every session
   the full protocol with TEST's challenge sizes (echoes, download, upload, compute, signed
   response, row openings, verification, score). Sessions that end in anything but OK are
-  counted (``..._failed``): a TIMEOUT here is the mixer's own CPU running late. The nodes are
+  counted (``..._failed``): a TIMEOUT here is the mixer's own CPU running late. The mixer's
+  CPU per challenge is ``..._mixer_cpu_ms``. The nodes are
   1,000 ``ChallengeProver`` s behind one minimal HTTP server in a separate process
   (``/n/{i}/v1/challenges/...`` routes to prover ``i`` with the handlers of
-  ``dnanet.node.server``), so the mixer and the nodes do not share a GIL. For comparison,
-  ``..._per_node`` gives each node its own httpx client, and ``..._aiohttp`` drives the same
-  sessions through an aiohttp client (``AiohttpNodeTransport``): the difference is what the
-  HTTP client costs the mixer (``..._mixer_cpu_ms``: the mixer's CPU per challenge).
+  ``dnanet.node.server``), so the mixer and the nodes do not share a GIL. (A shared httpx
+  client measured 36/s here, one per node 79/s: the mixer now uses aiohttp.)
 - ``validator_intake_per_s``: single-report certificates per second into a ``ValidatorDaemon``
   over HTTP (``bench/validator_intake.py``'s corpus and load generator, in threads mode).
 - ``cosign_round_trip_p50_ms``: a peer's ``BatchProposal`` (one report) POSTed to a running
@@ -39,7 +38,6 @@ import json
 import multiprocessing
 import os
 import resource
-import ssl
 import statistics
 import sys
 import tempfile
@@ -207,114 +205,24 @@ class ChallengeRun:
         return self.sessions / self.wall_s
 
 
-class AiohttpNodeTransport:
-    """``HttpNodeTransport``'s requests and error mapping on an aiohttp session (aiohttp comes
-    with web3): the comparison that shows what the HTTP client costs the mixer."""
-
-    def __init__(self, session: Any, base_url: str) -> None:
-        self.session = session
-        self.base = base_url.rstrip("/") + "/v1/challenges"
-
-    async def _request(self, method: str, url: str, body: bytes = b"",
-                       content_type: str = "application/json") -> bytes:
-        import aiohttp
-
-        from dnanet.errors import ChallengeError
-        from dnanet.mixer.session import NodeUnreachable
-
-        try:
-            async with self.session.request(method, url, data=body,
-                                            headers={"content-type": content_type}) as response:
-                data: bytes = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, OSError) as exc:
-            raise NodeUnreachable(f"{type(exc).__name__}: {exc}") from None
-        if status >= 500:
-            raise NodeUnreachable(f"node answered HTTP {status}")
-        if status >= 400:
-            raise ChallengeError(f"node refused with HTTP {status}: {data[:200]!r}")
-        return data
-
-    async def _json(self, url: str, message: Any = None) -> Any:
-        from dnanet.protocol.codec import parse_json
-
-        return parse_json(await self._request(
-            "POST", url, message.to_json() if message is not None else b""))
-
-    async def start(self, signed: Any) -> None:
-        await self._json(self.base, signed)
-
-    async def echo(self, challenge_id: bytes, nonce: bytes) -> bytes:
-        from dnanet.node.api import EchoMessage
-
-        data = await self._json(f"{self.base}/0x{challenge_id.hex()}/echo",
-                                EchoMessage(nonce=nonce))
-        return EchoMessage.from_wire(data).nonce
-
-    async def download(self, challenge_id: bytes, chunks: list[bytes]) -> bytes:
-        from dnanet.node.api import DigestMessage
-
-        return DigestMessage.from_json(await self._request(
-            "POST", f"{self.base}/0x{challenge_id.hex()}/download", b"".join(chunks),
-            "application/octet-stream")).digest
-
-    async def upload(self, challenge_id: bytes) -> bytes:
-        return await self._request("GET", f"{self.base}/0x{challenge_id.hex()}/upload")
-
-    async def compute(self, challenge_id: bytes) -> bytes:
-        from dnanet.node.api import RootMessage
-
-        return RootMessage.from_wire(
-            await self._json(f"{self.base}/0x{challenge_id.hex()}/compute")).root
-
-    async def finish(self, challenge_id: bytes) -> Any:
-        from dnanet.protocol.messages import SignedChallengeResponse
-
-        return SignedChallengeResponse.from_wire(
-            await self._json(f"{self.base}/0x{challenge_id.hex()}/finish"))
-
-    async def open_rows(self, challenge_id: bytes, indices: list[int]) -> list[Any]:
-        from dnanet.node.api import OpeningsMessage, OpenRequest
-
-        data = await self._json(f"{self.base}/0x{challenge_id.hex()}/open",
-                                OpenRequest(indices=tuple(indices)))
-        return [o.opening() for o in OpeningsMessage.from_wire(data).openings]
-
-
-CLIENTS = ("daemon", "per-node", "aiohttp")
-"""How the mixer reaches the nodes: ``HttpNodeTransport`` on one shared httpx client with
-``MixerDaemon``'s limits; ``HttpNodeTransport`` on one httpx client per node; or
-``AiohttpNodeTransport`` on one aiohttp session."""
+CLIENTS = ("daemon",)
+"""How the mixer reaches the nodes: ``HttpNodeTransport`` on the aiohttp session that
+``MixerDaemon`` opens (``open_node_session``)."""
 
 
 async def drive_challenges(base_url: str, nodes: list[str], rounds: int, concurrency: int,
                            mixer: Identity, server_pid: int, client: str) -> ChallengeRun:
     """Challenge every node once per round, ``concurrency`` sessions in flight (after a
     warm-up round over the first ``2 * concurrency`` nodes)."""
-    import aiohttp
-
     from dnanet.mixer.session import run_challenge_session
-    from dnanet.node.http_transport import HttpNodeTransport
+    from dnanet.node.http_transport import HttpNodeTransport, open_node_session
 
+    del client  # one client kind: the daemon's
     secret = derive_vrf_secret(mixer)
-    timeout = httpx.Timeout(TEST.challenge_timeout_ms / 1000 + 5)
-    clients: list[httpx.AsyncClient] = []
-    session: aiohttp.ClientSession | None = None
-    if client == "per-node":  # one TLS context for all (plain HTTP here; each costs ~ms)
-        tls = ssl.create_default_context()
-        clients = [httpx.AsyncClient(timeout=timeout, verify=tls, limits=httpx.Limits(
-            max_connections=1, max_keepalive_connections=1)) for _ in nodes]
-    elif client == "daemon":  # MixerDaemon.__init__'s client
-        clients = [httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(
-            max_connections=256, max_keepalive_connections=64))]
-    else:
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency))
+    session = open_node_session(concurrency, TEST.challenge_timeout_ms / 1000 + 5)
 
     def transport(index: int) -> Any:
-        url = f"{base_url}/n/{index}"
-        if session is not None:
-            return AiohttpNodeTransport(session, url)
-        return HttpNodeTransport(clients[index % len(clients)], url)
+        return HttpNodeTransport(session, f"{base_url}/n/{index}")
 
     outcomes: Counter[str] = Counter()
     semaphore = asyncio.Semaphore(concurrency)
@@ -335,9 +243,7 @@ async def drive_challenges(base_url: str, nodes: list[str], rounds: int, concurr
         wall = time.perf_counter() - started
         cpu, node_cpu = cpu_s() - cpu0, cpu_s(server_pid) - node_cpu0
     finally:
-        await asyncio.gather(*(c.aclose() for c in clients))
-        if session is not None:
-            await session.close()
+        await session.close()
     return ChallengeRun(sum(outcomes.values()), wall, outcomes, cpu, node_cpu)
 
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from dnanet.mixer.session import run_challenge_session
-from dnanet.node.http_transport import HttpNodeTransport
+from dnanet.node.http_transport import HttpNodeTransport, open_node_session
 from dnanet.node.server import NODE_SCHEMA, build_node_app
 from dnanet.params import TEST
 from dnanet.protocol.messages import Outcome, SignedChallenge
@@ -61,9 +61,9 @@ async def _session_over_http(tmp_path: Path) -> None:
     async with serving_node(tmp_path) as (url, store):
         mixer = MIXERS[0]
         proof, beta = prove_round(mixer, 0)
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with open_node_session(8, 10) as session:
             report = await run_challenge_session(
-                HttpNodeTransport(client, url),
+                HttpNodeTransport(session, url),
                 identity=mixer.identity,
                 domain=DOMAIN,
                 preset=TEST,
@@ -91,9 +91,9 @@ def test_an_unreachable_node_is_reported_unreachable() -> None:
 async def _unreachable() -> None:
     mixer = MIXERS[0]
     proof, beta = prove_round(mixer, 0)
-    async with httpx.AsyncClient(timeout=2) as client:
+    async with open_node_session(8, 2) as session:
         report = await run_challenge_session(
-            HttpNodeTransport(client, f"http://127.0.0.1:{_free_port()}"),
+            HttpNodeTransport(session, f"http://127.0.0.1:{_free_port()}"),
             identity=mixer.identity,
             domain=DOMAIN,
             preset=TEST,
