@@ -28,14 +28,15 @@ import sys
 import time
 from typing import Any
 
-from eth_account import Account
-from eth_account.messages import encode_typed_data
 from eth_tester import EthereumTester, PyEVMBackend
 from web3 import Web3
 from web3.providers.eth_tester import EthereumTesterProvider
 
 from dnanet.chain.artifacts import load_artifact
+from dnanet.crypto.eip712 import Domain, to_checksum_address
 from dnanet.crypto.hashing import keccak256
+from dnanet.crypto.keys import Identity
+from dnanet.protocol.messages import EpochSettlement
 from dnanet.protocol.rollup import RewardTree
 
 WEI = 10**18
@@ -53,20 +54,6 @@ LIMITS = {
     "register_node_gas": 150_000,
 }
 
-DOMAIN_FIELDS = [
-    {"name": "name", "type": "string"},
-    {"name": "version", "type": "string"},
-    {"name": "chainId", "type": "uint256"},
-    {"name": "verifyingContract", "type": "address"},
-]
-SETTLEMENT_FIELDS = [
-    {"name": "epoch", "type": "uint256"},
-    {"name": "rewardsRoot", "type": "bytes32"},
-    {"name": "total", "type": "uint256"},
-    {"name": "reportsDigest", "type": "bytes32"},
-]
-
-
 class Chain:
     """An eth-tester chain with the four contracts deployed from their artifacts."""
 
@@ -76,14 +63,14 @@ class Chain:
         self.accounts = self.w3.eth.accounts
         self.deployer = self.accounts[0]
         self.mixers = [
-            Account.from_key(keccak256(f"bench/mixer/{i}".encode())) for i in range(N_MIXERS)
+            Identity(keccak256(f"bench/mixer/{i}".encode())) for i in range(N_MIXERS)
         ]
         self.genesis = self.w3.eth.block_number + 1
         self.mixer_set = self.deploy(
             "MixerSet",
             self.genesis,
             EPOCH_BLOCKS,
-            [m.address for m in self.mixers],
+            [to_checksum_address(m.address) for m in self.mixers],
             [keccak256(f"vrf{i}".encode()) for i in range(N_MIXERS)],
             [f"http://mixer{i}.example:7000" for i in range(N_MIXERS)],
         )
@@ -102,12 +89,7 @@ class Chain:
             "NodeRegistry", self.mixer_set.address, self.token.address, 100 * WEI, 7,
             "0x" + "00" * 20,
         )
-        self.domain = {
-            "name": "dnanet",
-            "version": "1",
-            "chainId": self.w3.eth.chain_id,
-            "verifyingContract": self.mixer_set.address,
-        }
+        self.domain = Domain(self.w3.eth.chain_id, self.mixer_set.address)
 
     def deploy(self, name: str, *args: Any) -> Any:
         artifact = load_artifact(name)
@@ -131,17 +113,10 @@ class Chain:
     def settle(self, epoch: int, root: bytes, total: int) -> int:
         self.mine_to(self.genesis + (epoch + 1) * EPOCH_BLOCKS + GRACE_BLOCKS)
         digest = keccak256(f"reports/{epoch}".encode())
-        message = {"epoch": epoch, "rewardsRoot": root, "total": total, "reportsDigest": digest}
-        signable = encode_typed_data(
-            full_message={
-                "types": {"EIP712Domain": DOMAIN_FIELDS, "EpochSettlement": SETTLEMENT_FIELDS},
-                "primaryType": "EpochSettlement",
-                "domain": self.domain,
-                "message": message,
-            }
-        )
-        signers = self.mixers[:N_SIGNERS]
-        sigs = b"".join(bytes(Account.sign_message(signable, m.key).signature) for m in signers)
+        settlement = EpochSettlement(epoch=epoch, rewards_root=root, total=total,
+                                     reports_digest=digest)
+        sigs = b"".join(m.sign_typed(self.domain, settlement.hash_struct())
+                        for m in self.mixers[:N_SIGNERS])
         receipt = self.send(
             self.distributor.functions.submit_epoch(epoch, root, total, digest, sigs)
         )
