@@ -20,7 +20,26 @@ from dnanet.protocol.codec import (
     Uint,
     WireType,
 )
-from dnanet.protocol.messages import Outcome, ScoreReport
+from dnanet.protocol.messages import (
+    BatchProposal,
+    Challenge,
+    ChallengeResponse,
+    CoSignature,
+    EpochSettlement,
+    Outcome,
+    Punishment,
+    QuorumCertificate,
+    ScoreBatch,
+    ScoreReport,
+    SignedChallenge,
+    SignedChallengeResponse,
+)
+
+ALL_CLASSES: list[type[Message]] = [
+    Challenge, SignedChallenge, ChallengeResponse, SignedChallengeResponse, ScoreReport,
+    ScoreBatch, BatchProposal, CoSignature, QuorumCertificate, EpochSettlement, Punishment,
+]
+"""Every wire message class."""
 
 
 def field_values(kind: WireType[Any]) -> st.SearchStrategy[Any]:
@@ -52,6 +71,9 @@ def messages(cls: type[Message]) -> st.SearchStrategy[Any]:
     """Any valid message of ``cls``."""
     fields = {f.name: field_values(f.metadata["wire"]) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     return st.builds(cls, **fields)
+
+
+any_message = st.sampled_from(ALL_CLASSES).flatmap(messages)
 
 
 REPORT_DEFAULTS: dict[str, Any] = dict(

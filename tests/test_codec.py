@@ -29,8 +29,6 @@ from dnanet.protocol.messages import (
     MAX_EVIDENCE_BYTES,
     MAX_SIGNATURES,
     BatchProposal,
-    Challenge,
-    ChallengeResponse,
     CoSignature,
     EpochSettlement,
     Outcome,
@@ -38,30 +36,14 @@ from dnanet.protocol.messages import (
     QuorumCertificate,
     ScoreBatch,
     ScoreReport,
-    SignedChallenge,
-    SignedChallengeResponse,
 )
-from strategies import messages, synthetic_report
+from strategies import ALL_CLASSES, any_message, messages, synthetic_report
 
-ALL_CLASSES: list[type[Message]] = [
-    Challenge,
-    SignedChallenge,
-    ChallengeResponse,
-    SignedChallengeResponse,
-    ScoreReport,
-    ScoreBatch,
-    BatchProposal,
-    CoSignature,
-    QuorumCertificate,
-    EpochSettlement,
-    Punishment,
-]
 MIXER = "0x" + sha256(b"mixer-0")[:20].hex()
 NODE = "0x" + sha256(b"node-0")[:20].hex()
 
 
 # -- strategies ---------------------------------------------------------------------------------
-any_message = st.sampled_from(ALL_CLASSES).flatmap(messages)
 
 
 # -- fixtures -----------------------------------------------------------------------------------

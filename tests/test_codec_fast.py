@@ -35,26 +35,13 @@ from dnanet.protocol.codec import (
 )
 from dnanet.protocol.messages import (
     BatchProposal,
-    Challenge,
-    ChallengeResponse,
-    CoSignature,
-    EpochSettlement,
     Outcome,
-    Punishment,
-    QuorumCertificate,
     ScoreBatch,
     ScoreReport,
-    SignedChallenge,
-    SignedChallengeResponse,
 )
-from strategies import REPORT_DEFAULTS, messages
+from strategies import ALL_CLASSES, REPORT_DEFAULTS, any_message, messages
 
-ALL_CLASSES: list[type[Message]] = [
-    Challenge, SignedChallenge, ChallengeResponse, SignedChallengeResponse, ScoreReport,
-    ScoreBatch, BatchProposal, CoSignature, QuorumCertificate, EpochSettlement, Punishment,
-]
 SIGNED_CLASSES = [c for c in ALL_CLASSES if c.EIP712]
-any_message = st.sampled_from(ALL_CLASSES).flatmap(messages)
 any_signed = st.sampled_from(SIGNED_CLASSES).flatmap(messages)
 
 # Values near and across every kind's edges: wrong types, bounds, hex with whitespace, upper
