@@ -6,26 +6,34 @@ process (uvicorn), then measures:
 * added latency: sequential embeddings requests straight to the node vs through the gateway
   (p50, p99; target p50 <= 3 ms);
 * throughput: requests/s through the gateway with concurrent clients (target >= 500 on
-  2 cores).
+  2 cores), and the CPU time the node, the gateway and the load client spent meanwhile.
 
-Usage: ``.venv/bin/python bench/gateway.py [--requests 2000] [--concurrency 32]``
+The client is a raw keep-alive HTTP/1.1 connection per concurrent request (an asyncio protocol
+parsing status line and ``content-length``), so that on a 2-core machine the load generator
+takes little of the CPU the node and the gateway share with it. Only ``200`` answers carrying
+an embeddings list count; the clock of the throughput run starts once every connection is
+open (process start-up is not counted) and stops at the last answer.
+
+Usage: ``.venv/bin/python bench/gateway.py [--requests 4000] [--concurrency 32]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing as mp
 import os
+import resource
 import socket
 import statistics
 import time
 from typing import Any
-
-import httpx
+from urllib.parse import urlsplit
 
 KEY = "dn-bench"
 MODEL = "dnanet-trivial-embed"
+BODY = json.dumps({"model": MODEL, "input": "benchmark sentence"}).encode()
 
 
 def _port() -> int:
@@ -63,15 +71,88 @@ def _serve_gateway(port: int, node_url: str) -> None:
                 access_log=False)
 
 
+class Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection, one request at a time; answers must carry a
+    ``content-length`` (uvicorn's JSON answers do)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+
+    @classmethod
+    async def open(cls, url: str) -> Connection:
+        parts = urlsplit(url)
+        loop = asyncio.get_running_loop()
+        _, protocol = await loop.create_connection(cls, parts.hostname, parts.port)
+        return protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        lines = bytes(self.buffer[:end]).split(b"\r\n")
+        length = -1
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        if length < 0:
+            self._fail(ConnectionError("answer without content-length"))
+            return
+        if len(self.buffer) < end + 4 + length:
+            return
+        body = bytes(self.buffer[end + 4:end + 4 + length])
+        del self.buffer[:end + 4 + length]
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result((int(lines[0][9:12]), body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionError("connection closed"))
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+        if self.transport is not None:
+            self.transport.close()
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(raw)
+        return await self.waiter
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def embeddings_request(url: str) -> bytes:
+    """``POST /v1/embeddings`` of one sentence, as raw bytes."""
+    host = urlsplit(url).netloc
+    return (f"POST /v1/embeddings HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {KEY}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(BODY)}\r\n\r\n"
+            ).encode() + BODY
+
+
+def succeeded(status: int, body: bytes) -> bool:
+    return status == 200 and body.startswith(b'{"object":"list"') and b'"embedding"' in body
+
+
 async def _wait(url: str) -> None:
-    async with httpx.AsyncClient() as client:
-        for _ in range(200):
-            try:
-                if (await client.get(f"{url}/health")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+    for _ in range(400):
+        try:
+            connection = await Connection.open(url)
+        except OSError:
             await asyncio.sleep(0.05)
+            continue
+        connection.close()
+        return
     raise RuntimeError(f"{url} did not start")
 
 
@@ -81,64 +162,91 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def _latencies(url: str, n: int) -> list[float]:
-    body = {"model": MODEL, "input": "benchmark sentence"}
-    headers = {"authorization": f"Bearer {KEY}"}
+    raw = embeddings_request(url)
     out = []
-    async with httpx.AsyncClient() as client:
+    connection = await Connection.open(url)
+    try:
         for _ in range(50):  # warm-up
-            await client.post(f"{url}/v1/embeddings", json=body, headers=headers)
+            await connection.request(raw)
         for _ in range(n):
             t0 = time.perf_counter()
-            response = await client.post(f"{url}/v1/embeddings", json=body, headers=headers)
+            status, body = await connection.request(raw)
             out.append((time.perf_counter() - t0) * 1000)
-            assert response.status_code == 200, response.text
+            assert succeeded(status, body), (status, body[:200])
+    finally:
+        connection.close()
     return out
 
 
-def _load_worker(url: str, n: int, concurrency: int, queue: Any) -> None:
-    """One load-generating process: ``concurrency`` clients, ``n`` requests in all."""
+def _load_worker(url: str, n: int, concurrency: int, go: Any, queue: Any) -> None:
+    """One load-generating process: ``concurrency`` connections, ``n`` requests in all.
+    Reports (ok, errors, start, end, cpu seconds) with ``time.monotonic`` stamps."""
 
-    async def run() -> tuple[int, int]:
-        body = {"model": MODEL, "input": "benchmark sentence"}
-        headers = {"authorization": f"Bearer {KEY}"}
-        ok = 0
-        errors = 0
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-            remaining = n
+    async def run() -> tuple[int, int, float, float, float]:
+        raw = embeddings_request(url)
+        connections = [await Connection.open(url) for _ in range(concurrency)]
+        queue.put("ready")
+        await asyncio.to_thread(go.wait)
+        ok = errors = 0
+        remaining = n
 
-            async def one() -> None:
-                nonlocal remaining, ok, errors
-                while remaining > 0:
-                    remaining -= 1
-                    response = await client.post(f"{url}/v1/embeddings", json=body,
-                                                 headers=headers)
-                    if response.status_code == 200:
-                        ok += 1
-                    else:
-                        errors += 1
+        async def one(connection: Connection) -> None:
+            nonlocal remaining, ok, errors
+            while remaining > 0:
+                remaining -= 1
+                status, body = await connection.request(raw)
+                if succeeded(status, body):
+                    ok += 1
+                else:
+                    errors += 1
 
-            await asyncio.gather(*(one() for _ in range(concurrency)))
-        return ok, errors
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        start = time.monotonic()
+        await asyncio.gather(*(one(c) for c in connections))
+        end = time.monotonic()
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        for connection in connections:
+            connection.close()
+        cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+        return ok, errors, start, end, cpu
 
     queue.put(asyncio.run(run()))
 
 
-def _throughput(url: str, n: int, concurrency: int, workers: int) -> tuple[float, int, int]:
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _throughput(url: str, n: int, concurrency: int, workers: int,
+                servers: list[Any]) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_load_worker, args=(url, n // workers, concurrency // workers,
-                                                    queue)) for _ in range(workers)]
-    t0 = time.perf_counter()
+    go = ctx.Event()
+    share = [concurrency // workers + (i < concurrency % workers) for i in range(workers)]
+    procs = [ctx.Process(target=_load_worker,
+                         args=(url, n * share[i] // concurrency, share[i], go, queue))
+             for i in range(workers)]
     for p in procs:
         p.start()
+    for _ in procs:
+        assert queue.get() == "ready"
+    before = [_cpu_seconds(s.pid) for s in servers]
+    go.set()
     results = [queue.get() for _ in procs]
-    elapsed = time.perf_counter() - t0
+    after = [_cpu_seconds(s.pid) for s in servers]
     for p in procs:
         p.join()
+    elapsed = max(r[3] for r in results) - min(r[2] for r in results)
     ok = sum(r[0] for r in results)
-    errors = sum(r[1] for r in results)
-    return ok / elapsed, ok, errors
+    return {"rps": ok / elapsed, "ok": ok, "errors": sum(r[1] for r in results),
+            "elapsed": elapsed, "client_cpu": sum(r[4] for r in results),
+            "server_cpu": [a - b for a, b in zip(after, before, strict=True)]}
 
 
 def main() -> None:
@@ -146,7 +254,7 @@ def main() -> None:
     parser.add_argument("--latency-requests", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--load-processes", type=int, default=2)
+    parser.add_argument("--load-processes", type=int, default=1)
     args = parser.parse_args()
 
     ctx = mp.get_context("spawn")
@@ -162,8 +270,8 @@ def main() -> None:
         asyncio.run(_wait(gateway_url))
         direct = asyncio.run(_latencies(node_url, args.latency_requests))
         through = asyncio.run(_latencies(gateway_url, args.latency_requests))
-        rps, ok, errors = _throughput(gateway_url, args.requests, args.concurrency,
-                                      args.load_processes)
+        load = _throughput(gateway_url, args.requests, args.concurrency, args.load_processes,
+                           servers)
     finally:
         for p in servers:
             p.terminate()
@@ -171,14 +279,24 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     d50, d99 = statistics.median(direct), _pct(direct, 0.99)
     g50, g99 = statistics.median(through), _pct(through, 0.99)
-    print(f"gateway bench on {cores} cores (node, gateway and load each in own processes)")
-    print(f"  direct to node : p50 {d50:6.2f} ms  p99 {d99:6.2f} ms  ({len(direct)} requests)")
+    rps, ok = load["rps"], load["ok"]
+    node_cpu, gateway_cpu = load["server_cpu"]
+    per_request = {name: 1000 * cpu / max(ok, 1) for name, cpu in
+                   (("node", node_cpu), ("gateway", gateway_cpu),
+                    ("load client", load["client_cpu"]))}
+    print(f"gateway bench on {cores} cores (node, gateway and load each in own processes;"
+          " raw keep-alive HTTP/1.1 client)")
+    print(f"  direct to node : p50 {d50:6.2f} ms  p99 {d99:6.2f} ms  ({len(direct)} sequential"
+          " requests each)")
     print(f"  through gateway: p50 {g50:6.2f} ms  p99 {g99:6.2f} ms")
     print(f"  added latency  : p50 {g50 - d50:6.2f} ms  p99 {g99 - d99:6.2f} ms  "
           f"(target p50 <= 3 ms: {'OK' if g50 - d50 <= 3 else 'MISSED'})")
-    print(f"  throughput     : {rps:8.0f} requests/s through one gateway ({ok} ok, {errors} "
-          f"errors, concurrency {args.concurrency}; target >= 500: "
+    print(f"  throughput     : {rps:8.0f} requests/s through one gateway ({ok} answered 200 in "
+          f"{load['elapsed']:.2f} s, {load['errors']} other answers, {args.concurrency} "
+          f"connections in {args.load_processes} load process(es); target >= 500: "
           f"{'OK' if rps >= 500 else 'MISSED'})")
+    print("  CPU per request during the throughput run: " + ", ".join(
+        f"{name} {ms:.2f} ms" for name, ms in per_request.items()))
 
 
 if __name__ == "__main__":
