@@ -15,6 +15,13 @@ from typing import Any
 
 import coincurve
 
+try:  # libsecp256k1 through coincurve's cffi binding: a third faster than its object API
+    from coincurve._libsecp256k1 import ffi as _ffi
+    from coincurve._libsecp256k1 import lib as _lib
+    from coincurve.context import GLOBAL_CONTEXT as _CONTEXT
+except ImportError:  # pragma: no cover - another coincurve layout: use the public API
+    _lib = None
+
 from dnanet.crypto.hashing import keccak256
 from dnanet.errors import CryptoError, SignatureError
 
@@ -232,13 +239,31 @@ def recover_signer(digest: bytes, signature: bytes) -> str:
         raise SignatureError("signature r is out of range")
     if not (0 < s <= SECP256K1_HALF_N):
         raise SignatureError("signature s is zero or high (malleable): rejected")
-    try:
-        public_key = coincurve.PublicKey.from_signature_and_message(
-            signature[:64] + bytes([v - 27]), digest, hasher=None
-        )
-    except Exception as exc:  # coincurve raises ValueError/Exception subclasses
-        raise SignatureError(f"signature does not recover a key: {exc}") from None
-    return public_key_to_address(public_key)
+    if len(digest) != 32:
+        raise SignatureError("a signed digest must be 32 bytes")
+    return "0x" + keccak256(_recover_public_key(digest, signature[:64], v - 27)[1:])[12:].hex()
+
+
+def _recover_public_key(digest: bytes, compact: bytes, recovery_id: int) -> bytes:
+    """The uncompressed (65-byte) public key recovered from a checked compact signature."""
+    if _lib is None:  # pragma: no cover
+        try:
+            return coincurve.PublicKey.from_signature_and_message(
+                compact + bytes([recovery_id]), digest, hasher=None).format(compressed=False)
+        except Exception as exc:  # coincurve raises ValueError/Exception subclasses
+            raise SignatureError(f"signature does not recover a key: {exc}") from None
+    ctx = _CONTEXT.ctx
+    parsed = _ffi.new("secp256k1_ecdsa_recoverable_signature *")
+    if not _lib.secp256k1_ecdsa_recoverable_signature_parse_compact(ctx, parsed, compact,
+                                                                     recovery_id):
+        raise SignatureError("signature does not recover a key: it does not parse")
+    public_key = _ffi.new("secp256k1_pubkey *")
+    if not _lib.secp256k1_ecdsa_recover(ctx, public_key, parsed, digest):
+        raise SignatureError("signature does not recover a key")
+    out = _ffi.new("unsigned char[65]")
+    size = _ffi.new("size_t *", 65)
+    _lib.secp256k1_ec_pubkey_serialize(ctx, out, size, public_key, _lib.SECP256K1_EC_UNCOMPRESSED)
+    return bytes(_ffi.buffer(out, 65))
 
 
 def verify_signer(digest: bytes, signature: bytes, expected: str) -> None:
