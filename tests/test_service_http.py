@@ -30,8 +30,10 @@ from dnanet.errors import (
 )
 from dnanet.service.http import (
     AppLimits,
+    DirectRoutes,
     TokenBucket,
     _route_label,
+    add_direct_route,
     create_app,
     read_body,
     read_json,
@@ -265,6 +267,98 @@ def test_served_over_loopback() -> None:
     asyncio.run(body())
     assert requests_counted(app, "/echo", 200) == 1
     assert requests_counted(app, "/echo", 413) == 1
+
+
+def _direct_app() -> FastAPI:
+    app = make_app(AppLimits(max_body_bytes=1000, rate_per_s=1e9, burst=10**9))
+
+    async def handler(raw: bytes) -> tuple[int, bytes]:
+        if raw == b"protocol":
+            raise ProtocolError("breaks a rule", field="round")
+        if raw == b"bug":
+            raise KeyError("secret detail")
+        if raw == b"closed":
+            return 409, b'{"closed":true}'
+        return 200, b'{"length":%d}' % len(raw)
+
+    add_direct_route(app, "/direct", handler, max_body_bytes=100, tags=["test"],
+                     openapi_extra={"x-test": True})
+    return app
+
+
+async def _direct_exchanges(http: httpx.AsyncClient) -> list[tuple[int, Any]]:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            yield b"x" * 30
+
+    out = []
+    for content in (b"abc", b"protocol", b"closed", b"x" * 101, b"x" * 1001, chunks()):
+        response = await http.post("/direct", content=content)
+        out.append((response.status_code, response.json()))
+    return out
+
+
+def test_a_direct_route_answers_alike_through_the_server_and_the_app() -> None:
+    expected = [
+        (200, {"length": 3}),
+        (422, {"error": {"type": "ProtocolError", "field": "round", "message": "breaks a rule"}}),
+        (409, {"closed": True}),
+        (400, {"error": {"type": "CodecError", "field": None,
+                         "message": "request body exceeds 100 bytes"}}),
+        (413, {"error": {"type": "TooLarge", "field": None,
+                         "message": "body of 1001 bytes exceeds 1000"}}),
+        (400, {"error": {"type": "CodecError", "field": None,
+                         "message": "request body exceeds 100 bytes"}}),
+    ]
+    served, in_app = _direct_app(), _direct_app()
+
+    async def body() -> None:
+        async with serving(served, "127.0.0.1", 0) as server:
+            assert isinstance(server.server.config.app, DirectRoutes)
+            port = server.server.servers[0].sockets[0].getsockname()[1]
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                assert await _direct_exchanges(http) == expected
+                # Other methods and paths still reach FastAPI.
+                assert (await http.get("/direct")).status_code == 405
+                assert (await http.post("/echo", content=b"hi")).content == b"hi"
+        transport = httpx.ASGITransport(app=in_app, client=("10.0.0.1", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            assert await _direct_exchanges(http) == expected
+
+    asyncio.run(body())
+    for app in (served, in_app):
+        assert requests_counted(app, "/direct", 200) == 1
+        assert requests_counted(app, "/direct", 400) == 2
+        assert requests_counted(app, "/direct", 413) == 1
+    spec = request(in_app, "GET", "/openapi.json").json()
+    assert spec["paths"]["/direct"]["post"]["x-test"] is True
+
+
+def test_a_direct_route_shares_the_rate_limit_and_hides_bugs(
+        caplog: pytest.LogCaptureFixture) -> None:
+    limited = create_app("limited", limits=AppLimits(rate_per_s=0.001, burst=2))
+
+    async def ok(raw: bytes) -> tuple[int, bytes]:
+        if raw == b"bug":
+            raise KeyError("secret detail")
+        return 200, b"{}"
+
+    add_direct_route(limited, "/direct", ok, max_body_bytes=100, tags=["test"])
+    front = DirectRoutes(limited)
+
+    async def body() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=front, client=("10.0.0.9", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            return [await http.post("/direct", content=b"bug"), await http.get("/health"),
+                    await http.post("/direct", content=b"a")]
+
+    with caplog.at_level(logging.ERROR, logger="dnanet.http"):
+        bug, health, limited_out = asyncio.run(body())
+    # The bug answers 500 without details (logged); /health spends the last token; then 429.
+    assert (bug.status_code, health.status_code, limited_out.status_code) == (500, 200, 429)
+    assert bug.json()["error"]["type"] == "InternalError"
+    assert "secret" not in bug.text
+    assert "secret detail" in caplog.text
 
 
 @settings(max_examples=300, deadline=None)

@@ -152,6 +152,68 @@ def _unassigned_node(gw: FakeGateway, report: ScoreReport) -> str:
 
 
 @pytest.mark.parametrize("workers", [0, 1], ids=["threads", "processes"])
+def test_concurrent_copies_store_once_and_a_restart_still_knows_them(
+        gateway: FakeGateway, corpus: Corpus, tmp_path: Path, workers: int) -> None:
+    certificates = corpus.certificates[0]
+    first, rest = certificates[0], certificates[1:]
+    bad = dataclasses.replace(rest[0], signatures=rest[0].signatures[:1])
+
+    async def burst(daemon: ValidatorDaemon, client: httpx.AsyncClient) -> list[Any]:
+        # Arrive together, so they are verified in the same chunks: five copies of one
+        # batch, the others once, and an invalid one that must not spoil its chunk.
+        bodies = [first.to_json()] * 5 + [c.to_json() for c in rest] + [bad.to_json()]
+        responses = await asyncio.gather(*(client.post("/v1/certificates", content=b)
+                                           for b in bodies))
+        return [(r.status_code, r.json()) for r in responses]
+
+    answers = run(with_validator(gateway, tmp_path, burst, workers=workers))
+    copies, others, invalid = answers[:5], answers[5:-1], answers[-1]
+    assert all(status == 200 for status, _ in copies + others)
+    # Each copy is either the one stored or acknowledged as a duplicate: stored once.
+    assert sum(not answer["duplicate"] for _, answer in copies) == 1
+    assert sum(answer["accepted"] for _, answer in copies) == len(first.reports)
+    assert [a["accepted"] for _, a in others] == [len(c.reports) for c in rest]
+    assert invalid[0] == 422 and invalid[1]["error"]["field"] == "signatures"
+
+    async def again(daemon: ValidatorDaemon, client: httpx.AsyncClient) -> list[Any]:
+        # A new process remembers nothing: the store still answers duplicate.
+        return await post_all(client, [first, rest[-1]])
+
+    assert run(with_validator(gateway, tmp_path, again, workers=workers)) == [
+        {"accepted": 0, "skipped": 0, "duplicate": True}] * 2
+    store = ValidatorStore(tmp_path / "validator.db")
+    try:
+        assert store.certificate_count(0) == len(certificates)
+    finally:
+        store.close()
+
+
+def test_stopping_answers_every_certificate_that_arrived(gateway: FakeGateway, corpus: Corpus,
+                                                         tmp_path: Path) -> None:
+    certificates = corpus.certificates[0]
+
+    async def body() -> list[Any]:
+        daemon = ValidatorDaemon(gateway, tmp_path, port=0, run_settlement=False)
+        await daemon.start()
+        try:
+            submitted = [asyncio.create_task(daemon.intake.submit(c.to_json()))
+                         for c in certificates]
+            await asyncio.sleep(0)  # all have arrived; none is verified yet
+            await daemon.intake.stop()
+            return await asyncio.gather(*submitted, return_exceptions=True)
+        finally:
+            await daemon.stop()
+
+    results = run(body())
+    assert [r.accepted for r in results] == [len(c.reports) for c in certificates]
+    store = ValidatorStore(tmp_path / "validator.db")
+    try:
+        assert store.certificate_count(0) == len(certificates)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("workers", [0, 1], ids=["threads", "processes"])
 def test_intake_rejects_bad_certificates_naming_the_field(
         gateway: FakeGateway, corpus: Corpus, committee: Committee, tmp_path: Path,
         workers: int) -> None:

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -190,6 +190,10 @@ def create_app(
 
     app.add_middleware(GuardMiddleware, bucket=bucket, max_body_bytes=limits.max_body_bytes,
                        requests=requests)
+    # Direct routes share the bucket and the counter: one limit per client, one count.
+    app.state.direct_routes = {}
+    app.state.direct_guard = lambda inner: GuardMiddleware(
+        inner, bucket=bucket, max_body_bytes=limits.max_body_bytes, requests=requests)
 
     @app.exception_handler(DnanetError)
     async def dnanet_error(_: Request, exc: DnanetError) -> JSONResponse:
@@ -230,6 +234,64 @@ async def read_json(request: Request, limit: int = MAX_MESSAGE_BYTES) -> Any:
     return parse_json(await read_body(request, limit), max_bytes=limit)
 
 
+DirectHandler = Callable[[bytes], Awaitable[tuple[int, bytes]]]
+"""A POST handler on the raw body: returns the status and a JSON body; raises DnanetError."""
+
+
+def add_direct_route(app: FastAPI, path: str, handler: DirectHandler, *, max_body_bytes: int,
+                     tags: list[str], openapi_extra: dict[str, Any] | None = None) -> None:
+    """A POST route for a hot path: ``Server`` answers it in plain ASGI behind the same guard
+    (rate limit, size limit, error mapping, request counter) without FastAPI's routing,
+    request and response objects, which cost several times the handler's own work on a
+    small request. The route is also declared to FastAPI, so the OpenAPI spec documents it
+    and an ASGI client of ``app`` itself reaches the same handler."""
+    app.state.direct_routes[path] = (handler, max_body_bytes)
+
+    async def route(request: Request) -> Response:
+        status, body = await handler(await read_body(request, max_body_bytes))
+        return Response(body, status_code=status, media_type="application/json")
+
+    app.post(path, tags=list(tags), openapi_extra=openapi_extra)(route)
+
+
+class DirectRoutes:
+    """The ASGI app ``Server`` runs: direct routes (see ``add_direct_route``), else ``app``."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.routes: dict[str, tuple[DirectHandler, int]] = getattr(
+            app.state, "direct_routes", {})
+        guard = getattr(app.state, "direct_guard", None)
+        self.guarded: ASGIApp = guard(self._serve) if guard is not None else self._serve
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.routes:
+            await self.guarded(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler, limit = self.routes[scope["path"]]
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client left: nothing to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise CodecError(f"request body exceeds {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        status, body = await handler(b"".join(chunks))
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
 def message_schema(cls: type[Message]) -> dict[str, Any]:
     """OpenAPI ``requestBody`` for a message class (its JSON schema)."""
     return {"requestBody": {"required": True, "content": {"application/json": {
@@ -240,8 +302,8 @@ class Server:
     """A uvicorn server running inside the current event loop."""
 
     def __init__(self, app: FastAPI, host: str, port: int) -> None:
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
-                                access_log=False)
+        config = uvicorn.Config(DirectRoutes(app), host=host, port=port, log_level="warning",
+                                lifespan="off", access_log=False)
         self.server = uvicorn.Server(config)
         self.task: asyncio.Task[None] | None = None
         self.host = host

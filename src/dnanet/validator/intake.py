@@ -1,12 +1,23 @@
-"""Certificate intake: verify off the event loop, store with group commits, acknowledge after.
+"""Certificate intake: verify in chunks off the event loop, store with group commits,
+acknowledge after.
 
-Verification (``verify_certified_batch``: quorum signatures, then every report's VRF proof,
-assignment, node signature, bounds and score) is the expensive part. It runs either in a
-worker thread (``workers=0``) against the shared epoch views, or in ``workers`` processes,
-which use every core: the event loop then builds a small snapshot of the view (the mixer set,
-the round seeds and the records of just the nodes the certificate names, found by a quick
+A request hands its body to the intake and waits. Bodies that arrive while earlier ones are
+being verified queue up and are verified together as one chunk: one hop to a thread (or one
+task for a worker process) per chunk instead of per certificate, one check per chunk that
+the epoch still takes certificates, one view lookup per epoch. Verification
+(``verify_certified_batch``: quorum signatures, then every report's VRF proof, assignment,
+node signature, bounds and score) is the expensive part. It runs either on a worker thread
+(``workers=0``) against the shared epoch views, or in ``workers`` processes, which use every
+core: a thread then builds a small snapshot of the view for the chunk (the mixer set, the
+round seeds and the records of just the nodes the certificates name, found by a quick
 non-strict scan of the JSON) and a process parses strictly and verifies. Each process keeps
 its own cache of verified VRF proofs per epoch.
+
+A batch already stored is acknowledged as a duplicate without being verified again: the
+intake remembers the batch hashes it stored for open epochs (and asks the database for a
+closed epoch, so a mixer re-sending learns its batch is stored rather than that the epoch is
+closed). After a restart the memory is empty; a re-sent batch is then verified again and the
+store, which checks every batch hash inside its transaction, reports it as a duplicate.
 
 Verified certificates wait in a queue; the writer commits everything queued in one
 transaction, so concurrent certificates share a disk flush, and resolves each request only
@@ -21,9 +32,10 @@ import json
 import logging
 import multiprocessing
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Literal
 
 from dnanet import errors
 from dnanet.crypto.eip712 import Domain
@@ -37,8 +49,15 @@ from dnanet.validator.store import EpochClosed, IntakeResult, PreparedCertificat
 
 log = logging.getLogger("dnanet.validator.intake")
 
+MAX_CHUNK = 256
+"""Certificates verified in one hop to a thread or a worker process."""
 MAX_GROUP_COMMIT = 1024
 MAX_WORKER_CACHE = 200_000
+MAX_REMEMBERED = 1_000_000
+"""Stored batch hashes remembered per epoch (beyond it, the store answers duplicates)."""
+
+Verdict = PreparedCertificate | DnanetError | None
+"""What verification says of one certificate: ready to store, refused, or already stored."""
 
 
 def prepare_certificate(raw: bytes, view_for: Callable[[QuorumCertificate], EpochView]
@@ -52,7 +71,8 @@ def prepare_certificate(raw: bytes, view_for: Callable[[QuorumCertificate], Epoc
 
 @dataclass(frozen=True)
 class ViewSnapshot:
-    """The part of an epoch view one certificate needs, small enough to send to a process."""
+    """The part of an epoch view a chunk of certificates needs, small enough to send to a
+    process."""
 
     domain: Domain
     preset: Preset
@@ -90,26 +110,39 @@ class RemoteError:
 _worker_caches: dict[tuple[int, str, int], dict[tuple[str, int, bytes], bytes]] = {}
 
 
-def _worker_prepare(raw: bytes, snapshot: ViewSnapshot | None
-                    ) -> PreparedCertificate | RemoteError:
+def _worker_view(snapshot: ViewSnapshot) -> EpochView:
+    key = (snapshot.domain.chain_id, snapshot.domain.verifying_contract, snapshot.epoch)
+    cache = _worker_caches.get(key)
+    if cache is None or len(cache) > MAX_WORKER_CACHE:
+        if len(_worker_caches) > 8:
+            _worker_caches.clear()
+        cache = _worker_caches[key] = {}
+    return EpochView(domain=snapshot.domain, preset=snapshot.preset, epoch=snapshot.epoch,
+                     mixers=snapshot.mixers, nodes=snapshot.nodes,
+                     round_seeds=snapshot.round_seeds, beta_cache=cache)
+
+
+def _worker_prepare_chunk(raws: Sequence[bytes], snapshots: dict[int, ViewSnapshot]
+                          ) -> list[PreparedCertificate | RemoteError]:
+    """In a worker process: parse strictly and verify each certificate of a chunk."""
+    views: dict[int, EpochView] = {}
+
     def view_for(certificate: QuorumCertificate) -> EpochView:
-        if snapshot is None or snapshot.epoch != certificate.batch.epoch:
+        epoch = certificate.batch.epoch
+        if epoch not in snapshots:
             # The scan found no epoch where the strict parse did: cannot happen for valid JSON.
             raise errors.CodecError("certificate has no readable epoch", field="certificate")
-        key = (snapshot.domain.chain_id, snapshot.domain.verifying_contract, snapshot.epoch)
-        cache = _worker_caches.get(key)
-        if cache is None or len(cache) > MAX_WORKER_CACHE:
-            if len(_worker_caches) > 8:
-                _worker_caches.clear()
-            cache = _worker_caches[key] = {}
-        return EpochView(domain=snapshot.domain, preset=snapshot.preset, epoch=snapshot.epoch,
-                         mixers=snapshot.mixers, nodes=snapshot.nodes,
-                         round_seeds=snapshot.round_seeds, beta_cache=cache)
+        if epoch not in views:
+            views[epoch] = _worker_view(snapshots[epoch])
+        return views[epoch]
 
-    try:
-        return prepare_certificate(raw, view_for)
-    except DnanetError as exc:
-        return RemoteError.of(exc)
+    out: list[PreparedCertificate | RemoteError] = []
+    for raw in raws:
+        try:
+            out.append(prepare_certificate(raw, view_for))
+        except DnanetError as exc:
+            out.append(RemoteError.of(exc))
+    return out
 
 
 def scan_certificate(raw: bytes) -> tuple[int, int, set[str], object] | None:
@@ -134,8 +167,14 @@ class _Pending:
     future: asyncio.Future[IntakeResult | EpochClosed]
 
 
+@dataclass
+class _Arrival:
+    raw: bytes
+    future: asyncio.Future[Verdict]
+
+
 class CertificateIntake:
-    """Verify certificates off the event loop and store them with group commits."""
+    """Verify certificates in chunks off the event loop and store them with group commits."""
 
     def __init__(self, store: ValidatorStore, views: ViewCache, *,
                  chain_next: Callable[[], int | None], workers: int = 0,
@@ -146,32 +185,47 @@ class CertificateIntake:
         self.workers = workers
         self.on_result = on_result or (lambda result, reports: None)
         self._pool: ProcessPoolExecutor | None = None
+        self._arrivals: list[_Arrival] = []
+        self._arrived: asyncio.Event | None = None
+        self._verifier: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[_Pending | None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closed_epochs: set[int] = set()
         self._closed_lock = threading.Lock()
+        self._stored: dict[int, set[bytes]] = {}
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
+        self._arrived = asyncio.Event()
         self._writer = asyncio.create_task(self._write_loop(), name="validator-writer")
+        self._verifier = asyncio.create_task(self._verify_loop(), name="validator-verifier")
         if self.workers > 0:
             # spawn, not fork: the parent runs threads (uvicorn, the executor).
             self._pool = ProcessPoolExecutor(self.workers,
                                              mp_context=multiprocessing.get_context("spawn"))
 
     async def stop(self) -> None:
+        """Finish what has arrived (verify, store, answer), then stop."""
+        if self._verifier is not None:
+            self._verifier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._verifier
+            self._verifier = None
         if self._queue is not None and self._writer is not None:
             await self._queue.put(None)  # drain what is queued, then stop
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
         self._writer = None
+        self._queue = None
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
+    # -- epochs that no longer take certificates ------------------------------------------------
     def mark_closed(self, epoch: int) -> None:
         with self._closed_lock:
             self._closed_epochs.add(epoch)
+            self._stored.pop(epoch, None)
 
     def check_open(self, epoch: int) -> None:
         """Raise EpochClosed if ``epoch`` is settled on chain or its rollup is computed."""
@@ -185,69 +239,179 @@ class CertificateIntake:
             raise EpochClosed(f"epoch {epoch} is closed: its rollup is computed and published",
                               field="epoch")
 
-    def _view_for(self, certificate: QuorumCertificate) -> EpochView:
-        batch = certificate.batch
-        self.check_open(batch.epoch)
-        return self.views.view(batch.epoch, rounds=(batch.round,),
-                               nodes={r.node for r in certificate.reports})
+    def _remember(self, epoch: int, batch_hash: bytes) -> None:
+        with self._closed_lock:
+            if epoch in self._closed_epochs:
+                return
+            stored = self._stored.setdefault(epoch, set())
+            if len(stored) >= MAX_REMEMBERED:
+                stored.clear()
+            stored.add(batch_hash)
 
-    def _prepare_here(self, raw: bytes) -> PreparedCertificate | None:
-        """Thread mode: parse, skip a stored batch (None), verify, lay out."""
-        certificate = QuorumCertificate.from_wire(parse_json(raw), "certificate")
-        if self.store.has_batch(certificate.batch.hash_struct()):
-            return None
-        verify_certified_batch(certificate, self._view_for(certificate))
-        return PreparedCertificate.of(certificate)
+    def _admit(self, epoch: int, batch_hash: bytes | None,
+               open_epochs: dict[int, str | None]) -> bool:
+        """True to verify; False for a batch already stored. Raises EpochClosed. One check
+        per epoch per chunk (``open_epochs``): the writer checks again in its transaction."""
+        with self._closed_lock:
+            if batch_hash is not None and batch_hash in self._stored.get(epoch, ()):
+                return False
+        if epoch not in open_epochs:
+            try:
+                self.check_open(epoch)
+                open_epochs[epoch] = None
+            except EpochClosed as exc:
+                open_epochs[epoch] = exc.args[0] if exc.args else str(exc)
+        why_closed = open_epochs[epoch]
+        if why_closed is None:
+            return True
+        if batch_hash is not None and self.store.has_batch(batch_hash):
+            return False
+        raise EpochClosed(why_closed, field="epoch")
 
-    def _snapshot(self, raw: bytes) -> ViewSnapshot | bool | None:
-        """Process mode, on a thread: True for a stored batch, else the view snapshot (None
-        when the scan finds no epoch: the worker's strict parse reports the error)."""
-        scanned = scan_certificate(raw)
-        if scanned is None:
-            return None
-        epoch, round_, nodes, batch = scanned
-        with contextlib.suppress(DnanetError):
-            if self.store.has_batch(ScoreBatch.from_wire(batch).hash_struct()):
-                return True
-        self.check_open(epoch)
-        view = self.views.view(epoch, rounds=(round_,), nodes=nodes)
-        known: Mapping[str, NodeInfo] = view.nodes
-        return ViewSnapshot(view.domain, view.preset, epoch, dict(view.mixers),
-                            {n: known[n] for n in nodes if n in known}, dict(view.round_seeds))
+    # -- verification ---------------------------------------------------------------------------
+    def _verify_here(self, raws: Sequence[bytes]) -> list[Verdict]:
+        """Thread mode: parse, skip stored batches, verify and lay out each certificate."""
+        open_epochs: dict[int, str | None] = {}
+        out: list[Verdict] = []
+        for raw in raws:
+            try:
+                certificate = QuorumCertificate.from_wire(parse_json(raw), "certificate")
+                batch = certificate.batch
+                if not self._admit(batch.epoch, batch.hash_struct(), open_epochs):
+                    out.append(None)
+                    continue
+                view = self.views.view(batch.epoch, rounds=(batch.round,),
+                                       nodes={r.node for r in certificate.reports})
+                verify_certified_batch(certificate, view)
+                out.append(PreparedCertificate.of(certificate))
+            except DnanetError as exc:
+                out.append(exc)
+        return out
 
-    async def _prepare(self, raw: bytes) -> PreparedCertificate | None:
-        """The verified certificate, or None for a batch already stored."""
+    def _snapshots(self, raws: Sequence[bytes]
+                   ) -> tuple[list[Verdict | Literal[True]], dict[int, ViewSnapshot]]:
+        """Process mode, on a thread: per certificate True (to verify in a worker), None (a
+        stored batch) or the error; and a view snapshot per epoch the chunk names."""
+        open_epochs: dict[int, str | None] = {}
+        wanted: dict[int, tuple[list[int], set[int], set[str]]] = {}
+        verdicts: list[Verdict | Literal[True]] = []
+        for i, raw in enumerate(raws):
+            scanned = scan_certificate(raw)
+            if scanned is None:
+                verdicts.append(True)  # the worker's strict parse names what is wrong
+                continue
+            epoch, round_, nodes, batch = scanned
+            batch_hash = None
+            with contextlib.suppress(DnanetError):
+                batch_hash = ScoreBatch.from_wire(batch).hash_struct()
+            try:
+                if not self._admit(epoch, batch_hash, open_epochs):
+                    verdicts.append(None)
+                    continue
+            except EpochClosed as exc:
+                verdicts.append(exc)
+                continue
+            indices, rounds, named = wanted.setdefault(epoch, ([], set(), set()))
+            indices.append(i)
+            rounds.add(round_)
+            named |= nodes
+            verdicts.append(True)
+        snapshots: dict[int, ViewSnapshot] = {}
+        for epoch, (indices, rounds, named) in wanted.items():
+            try:
+                view = self.views.view(epoch, rounds=rounds, nodes=named)
+            except DnanetError as exc:  # e.g. an epoch that has not started
+                for i in indices:
+                    verdicts[i] = RemoteError.of(exc).error()
+                continue
+            known = view.nodes
+            snapshots[epoch] = ViewSnapshot(
+                view.domain, view.preset, epoch, dict(view.mixers),
+                {n: known[n] for n in named if n in known}, dict(view.round_seeds))
+        return verdicts, snapshots
+
+    async def _verify_chunk(self, raws: list[bytes]) -> list[Verdict]:
         if self._pool is None:
-            return await asyncio.to_thread(self._prepare_here, raw)
-        snapshot = await asyncio.to_thread(self._snapshot, raw)
-        if snapshot is True:
-            return None
-        assert snapshot is not False
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._pool, _worker_prepare, raw, snapshot)
-        if isinstance(result, RemoteError):
-            raise result.error()
-        return result
+            return await asyncio.to_thread(self._verify_here, raws)
+        screened, snapshots = await asyncio.to_thread(self._snapshots, raws)
+        todo = [raw for raw, v in zip(raws, screened, strict=True) if v is True]
+        verified: list[PreparedCertificate | RemoteError] = []
+        if todo:
+            loop = asyncio.get_running_loop()
+            verified = await loop.run_in_executor(self._pool, _worker_prepare_chunk, todo,
+                                                  snapshots)
+        results = iter(verified)
+        verdicts: list[Verdict] = []
+        for screen in screened:
+            if screen is True:
+                result = next(results)
+                verdicts.append(result.error() if isinstance(result, RemoteError) else result)
+            else:
+                verdicts.append(screen)
+        return verdicts
 
+    async def _verify_loop(self) -> None:
+        """Take what has arrived as a chunk; keep ``workers`` chunks in flight (two on
+        threads: the C signature checks run beside the Python of the other chunk)."""
+        assert self._arrived is not None
+        slots = asyncio.Semaphore(max(2, self.workers))
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await self._arrived.wait()
+                self._arrived.clear()
+                while self._arrivals:
+                    await slots.acquire()
+                    chunk = self._arrivals[:MAX_CHUNK]
+                    del self._arrivals[:MAX_CHUNK]
+                    task = asyncio.create_task(self._run_chunk(chunk))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                    task.add_done_callback(lambda _: slots.release())
+        finally:
+            # Stopping: verify what has arrived or is in flight, so every request is answered.
+            if self._arrivals:
+                running.add(asyncio.create_task(self._run_chunk(self._arrivals)))
+                self._arrivals = []
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+
+    async def _run_chunk(self, chunk: list[_Arrival]) -> None:
+        try:
+            verdicts = await self._verify_chunk([a.raw for a in chunk])
+        except Exception as exc:  # a bug or a dead worker: refuse the chunk, keep serving
+            log.exception("verifying %d certificates failed", len(chunk))
+            for arrival in chunk:
+                if not arrival.future.done():
+                    arrival.future.set_exception(
+                        DnanetError(f"the validator could not verify the certificate: {exc}"))
+            return
+        for arrival, verdict in zip(chunk, verdicts, strict=True):
+            if not arrival.future.done():
+                arrival.future.set_result(verdict)
+
+    # -- the request's path ---------------------------------------------------------------------
     async def submit(self, raw: bytes) -> IntakeResult:
         """Verify and durably store one certificate; raises DnanetError if it is refused
         (EpochClosed when its epoch no longer takes certificates)."""
-        if self._queue is None:
+        if self._queue is None or self._arrived is None:
             raise DnanetError("the validator is not running")
-        try:
-            prepared = await self._prepare(raw)
-        except EpochClosed:
+        loop = asyncio.get_running_loop()
+        arrival = _Arrival(raw, loop.create_future())
+        self._arrivals.append(arrival)
+        self._arrived.set()
+        verdict = await arrival.future
+        if isinstance(verdict, EpochClosed):
             self.on_result("closed", 0)
-            raise
-        except DnanetError:
+            raise verdict
+        if isinstance(verdict, DnanetError):
             self.on_result("rejected", 0)
-            raise
-        if prepared is None:
+            raise verdict
+        if verdict is None:
             self.on_result("duplicate", 0)
             return IntakeResult(0, 0, True)
-        future: asyncio.Future[IntakeResult | EpochClosed] = (
-            asyncio.get_running_loop().create_future())
-        await self._queue.put(_Pending(prepared, future))
+        future: asyncio.Future[IntakeResult | EpochClosed] = loop.create_future()
+        await self._queue.put(_Pending(verdict, future))
         result = await future
         if isinstance(result, EpochClosed):
             self.on_result("closed", 0)
@@ -255,6 +419,7 @@ class CertificateIntake:
         self.on_result("duplicate" if result.duplicate else "accepted", result.accepted)
         return result
 
+    # -- storing --------------------------------------------------------------------------------
     async def _write_loop(self) -> None:
         assert self._queue is not None
         stopping = False
@@ -286,6 +451,8 @@ class CertificateIntake:
                         DnanetError(f"the validator could not store the certificate: {exc}"))
             return
         for pending, result in zip(group, results, strict=True):
+            if not isinstance(result, EpochClosed):
+                self._remember(pending.certificate.epoch, pending.certificate.batch_hash)
             if not pending.future.done():
                 pending.future.set_result(result)
 

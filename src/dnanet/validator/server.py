@@ -36,7 +36,7 @@ from dnanet.protocol.messages import Outcome, QuorumCertificate
 from dnanet.protocol.rollup import RewardTree
 from dnanet.protocol.schedule import compute_epoch
 from dnanet.protocol.scoring import compute_node_epoch_scores, compute_report_score
-from dnanet.service.http import error_body, message_schema, read_body
+from dnanet.service.http import add_direct_route, error_body, message_schema
 from dnanet.service.network import ChainGateway
 from dnanet.validator.intake import CertificateIntake
 from dnanet.validator.store import (
@@ -222,18 +222,16 @@ class ValidatorApi:
     def _install(self, app: FastAPI) -> None:
         store = self.store
 
-        @app.post("/v1/certificates", tags=["validator"],
-                  openapi_extra=message_schema(QuorumCertificate))
-        async def certificates(request: Request) -> Response:
-            raw = await read_body(request, MAX_MESSAGE_BYTES)
+        async def certificates(raw: bytes) -> tuple[int, bytes]:
             try:
                 result = await self.intake.submit(raw)
             except EpochClosed as exc:
-                return JSONResponse(error_body(exc), status_code=409)
-            return Response(canonical_json({"accepted": result.accepted,
-                                            "skipped": result.skipped,
-                                            "duplicate": result.duplicate}),
-                            media_type="application/json")
+                return 409, canonical_json(error_body(exc))
+            return 200, canonical_json({"accepted": result.accepted, "skipped": result.skipped,
+                                        "duplicate": result.duplicate})
+
+        add_direct_route(app, "/v1/certificates", certificates, max_body_bytes=MAX_MESSAGE_BYTES,
+                         tags=["validator"], openapi_extra=message_schema(QuorumCertificate))
 
         @app.get("/v1/epochs", tags=["validator"])
         async def epochs(request: Request) -> Any:
