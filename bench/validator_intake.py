@@ -1,14 +1,21 @@
-"""Validator intake throughput: single-report certificates from 4 mixers, over HTTP.
+"""Validator intake throughput: certificates from 4 mixers over HTTP, and what each costs.
 
     .venv/bin/python bench/validator_intake.py [--certificates 4000] [--connections 32]
+        [--workers 0 2] [--reports 1 32]
 
 Builds valid certificates on the fake chain of the tests (``tests/validator_helpers.py``):
 each report is an OK challenge with the node's signature over its response and the mixers'
 VRF proof (the same checks as a real report; the session itself is skipped to build them
-quickly), signed by all 4 mixers. A load generator in another process sends them over
-keep-alive connections with raw HTTP/1.1 (cheap for the client); the Validator runs in this
-process. Prints certificates/s and the Validator's CPU seconds per certificate, and the same
-without HTTP (verify + group commit only).
+quickly), signed by all 4 mixers. ``--reports`` sets the reports per certificate: 1 is the
+worst case (5 signature recoveries per report); a real mixer certifies one batch per round
+with every node it challenged (about nodes / mixers reports).
+
+A load generator in another process sends them over keep-alive connections with raw HTTP/1.1
+(cheap for the client); the Validator runs in this process. Prints certificates/s and reports/s
+from one run, and the CPU each certificate cost: the Validator's main process, its verifier
+processes (``--workers``) and the load generator. The same without
+HTTP (verify + group commit only) for comparison. On a shared host the CPU per certificate is
+the steadier figure: 1e6 / (CPU us per certificate) is what one fully available core takes in.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -47,9 +55,12 @@ from dnanet.validator.daemon import ValidatorDaemon
 from validator_helpers import FakeGateway, build_network
 
 
-def make_certificates(gw: FakeGateway, node_keys: dict[str, object], count: int
-                      ) -> list[bytes]:
-    """Single-report certificates of epoch 0 (as many rounds as needed)."""
+def make_certificates(gw: FakeGateway, node_keys: dict[str, object], count: int,
+                      reports_per_certificate: int = 1) -> list[bytes]:
+    """``count`` certificates of epoch 0 (as many rounds as needed), each over
+    ``reports_per_certificate`` reports of one mixer and round (a mixer certifies one batch
+    per round with every node it challenged: a real network's certificates carry about
+    nodes / mixers reports; one report per certificate is the worst case for intake)."""
     preset = gw.preset
     target = compute_assignment_target(len(gw.mixers), preset.challenges_per_round)
     sizes = preset.sizes_for_class(0)
@@ -60,38 +71,54 @@ def make_certificates(gw: FakeGateway, node_keys: dict[str, object], count: int
         for mixer in gw.mixers:
             proof = vrf.prove(derive_vrf_secret(mixer), alpha)
             beta = vrf.proof_to_hash(proof)
-            for node in compute_assigned_nodes(beta, sorted(node_keys), target):
-                challenge = compute_challenge(beta=beta, epoch=0, round_=round_,
-                                              mixer=mixer.address, node=node, hardware_class=0,
-                                              preset=preset)
-                response = ChallengeResponse(
-                    epoch=0, round=round_, mixer=mixer.address, node=node,
-                    challenge_digest=challenge.hash_struct(), echo_digest=os.urandom(32),
-                    compute_root=os.urandom(32), download_digest=os.urandom(32),
-                    upload_digest=os.urandom(32))
-                measured = dict(rtt_us=900, compute_us=40_000, download_us=2_000,
-                                upload_us=2_500)
-                score = compute_challenge_score(sizes, outcome=Outcome.OK, params=preset.scoring,
-                                                **measured)
-                report = ScoreReport(
-                    epoch=0, round=round_, mixer=mixer.address, node=node, hardware_class=0,
-                    vrf_proof=proof, challenge_digest=challenge.hash_struct(),
-                    echo_digest=response.echo_digest, compute_root=response.compute_root,
-                    download_digest=response.download_digest,
-                    upload_digest=response.upload_digest,
-                    response_signature=node_keys[node].sign_typed(  # type: ignore[attr-defined]
-                        gw.domain, response.hash_struct()),
-                    outcome=Outcome.OK, reason="", evidence=b"", score=score.total, **measured)
-                batch = compute_batch(0, round_, mixer.address, [report])
+            assigned = compute_assigned_nodes(beta, sorted(node_keys), target)
+            for first in range(0, len(assigned) - reports_per_certificate + 1,
+                               reports_per_certificate):
+                reports = tuple(
+                    _report(gw, node_keys, mixer, round_, proof, beta, node, sizes)
+                    for node in assigned[first:first + reports_per_certificate])
+                batch = compute_batch(0, round_, mixer.address, reports)
                 order = [mixer] + [m for m in gw.mixers if m is not mixer]
                 certificate = QuorumCertificate(
-                    batch=batch, reports=(report,),
+                    batch=batch, reports=reports,
                     signatures=tuple(m.sign_typed(gw.domain, batch.hash_struct())
                                      for m in order))
                 out.append(certificate.to_json())
                 if len(out) >= count:
                     return out
-    return out
+    raise SystemExit(f"the network has too few nodes for {count} certificates of "
+                     f"{reports_per_certificate} reports")
+
+
+def _report(gw: FakeGateway, node_keys: dict[str, object], mixer: Any, round_: int,
+            proof: bytes, beta: bytes, node: str, sizes: Any) -> ScoreReport:
+    """An OK report of ``node``, signed by the node as a real session's response is."""
+    preset = gw.preset
+    challenge = compute_challenge(beta=beta, epoch=0, round_=round_, mixer=mixer.address,
+                                  node=node, hardware_class=0, preset=preset)
+    response = ChallengeResponse(
+        epoch=0, round=round_, mixer=mixer.address, node=node,
+        challenge_digest=challenge.hash_struct(), echo_digest=os.urandom(32),
+        compute_root=os.urandom(32), download_digest=os.urandom(32),
+        upload_digest=os.urandom(32))
+    measured = dict(rtt_us=900, compute_us=40_000, download_us=2_000, upload_us=2_500)
+    score = compute_challenge_score(sizes, outcome=Outcome.OK, params=preset.scoring, **measured)
+    return ScoreReport(
+        epoch=0, round=round_, mixer=mixer.address, node=node, hardware_class=0,
+        vrf_proof=proof, challenge_digest=challenge.hash_struct(),
+        echo_digest=response.echo_digest, compute_root=response.compute_root,
+        download_digest=response.download_digest, upload_digest=response.upload_digest,
+        response_signature=node_keys[node].sign_typed(  # type: ignore[attr-defined]
+            gw.domain, response.hash_struct()),
+        outcome=Outcome.OK, reason="", evidence=b"", score=score.total, **measured)
+
+
+def nodes_needed(certificates: int, reports_per_certificate: int, mixers: int, rounds: int
+                 ) -> int:
+    """Nodes enough for ``certificates`` such certificates in one epoch (with slack: the
+    VRF assigns each node to about one mixer per round)."""
+    per_round_and_mixer = -(-certificates // (rounds * mixers)) + 1
+    return max(8, int(per_round_and_mixer * reports_per_certificate * mixers * 1.5) + 100)
 
 
 def load(port: int, bodies: list[bytes], connections: int, result: object) -> None:
@@ -128,9 +155,22 @@ def load(port: int, bodies: list[bytes], connections: int, result: object) -> No
     result.value = asyncio.run(main())  # type: ignore[attr-defined]
 
 
-def cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+def cpu_s(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
+
+
+def verifiers_cpu_s(daemon: ValidatorDaemon) -> float:
+    """CPU seconds of the Validator's verifier processes so far (Linux /proc; 0 without)."""
+    pool = daemon.intake._pool
+    total = 0.0
+    for pid in list(getattr(pool, "_processes", None) or {}):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 async def warm_up(daemon: ValidatorDaemon, bodies: list[bytes]) -> None:
@@ -138,8 +178,17 @@ async def warm_up(daemon: ValidatorDaemon, bodies: list[bytes]) -> None:
     await asyncio.gather(*(daemon.intake.submit(b) for b in bodies))
 
 
+def _line(label: str, count: int, reports: int, wall: float, costs: dict[str, float]) -> str:
+    total = sum(costs.values())
+    parts = ", ".join(f"{name} {cpu / count * 1e6:,.0f}" for name, cpu in costs.items() if cpu)
+    return (f"{label}: {count} certificates ({reports} report(s) each) in {wall:.2f} s = "
+            f"{count / wall:,.0f} certificates/s, {count * reports / wall:,.0f} reports/s; "
+            f"CPU us per certificate {total / count * 1e6:,.0f} ({parts})")
+
+
 async def over_http(gw: FakeGateway, bodies: list[bytes], connections: int, workers: int,
-                    warm: list[bytes]) -> None:
+                    warm: list[bytes], reports: int) -> float:
+    """Certificates/s over HTTP; prints the figures."""
     with tempfile.TemporaryDirectory() as tmp:
         daemon = ValidatorDaemon(gw, Path(tmp), port=0, run_settlement=False, workers=workers)
         await daemon.start()
@@ -147,23 +196,24 @@ async def over_http(gw: FakeGateway, bodies: list[bytes], connections: int, work
         port = int(daemon.url.rsplit(":", 1)[1])
         elapsed = multiprocessing.Value("d", 0.0)
         proc = multiprocessing.Process(target=load, args=(port, bodies, connections, elapsed))
-        c0 = cpu_s()
+        c0, k0, v0 = cpu_s(), cpu_s(resource.RUSAGE_CHILDREN), verifiers_cpu_s(daemon)
         proc.start()
         while proc.is_alive():
             await asyncio.sleep(0.05)
-        c1 = cpu_s()
+        proc.join()
+        c1, k1, v1 = cpu_s(), cpu_s(resource.RUSAGE_CHILDREN), verifiers_cpu_s(daemon)
         stored = daemon.store.certificate_count(0) - len(warm)
         await daemon.stop()
     if proc.exitcode != 0 or stored != len(bodies):
         raise SystemExit(f"load generator failed (exit {proc.exitcode}, stored {stored})")
     wall = elapsed.value
-    print(f"HTTP, workers={workers}: {len(bodies)} certificates in {wall:.2f} s = "
-          f"{len(bodies) / wall:,.0f}/s ({connections} connections); main process CPU "
-          f"{(c1 - c0) / len(bodies) * 1e6:,.0f} us per certificate")
+    print(_line(f"HTTP, workers={workers}, {connections} connections", len(bodies), reports,
+                wall, {"main": c1 - c0, "verifiers": v1 - v0, "load generator": k1 - k0}))
+    return len(bodies) / wall
 
 
 async def without_http(gw: FakeGateway, bodies: list[bytes], concurrency: int, workers: int,
-                       warm: list[bytes]) -> None:
+                       warm: list[bytes], reports: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         daemon = ValidatorDaemon(gw, Path(tmp), port=0, run_settlement=False, workers=workers)
         await daemon.start()
@@ -174,13 +224,25 @@ async def without_http(gw: FakeGateway, bodies: list[bytes], concurrency: int, w
             while queue:
                 await daemon.intake.submit(queue.pop())
 
-        c0, t0 = cpu_s(), time.perf_counter()
+        c0, v0, t0 = cpu_s(), verifiers_cpu_s(daemon), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall, cpu = time.perf_counter() - t0, cpu_s() - c0
+        wall, c1, v1 = time.perf_counter() - t0, cpu_s(), verifiers_cpu_s(daemon)
         await daemon.stop()
-    print(f"no HTTP, workers={workers}: {len(bodies)} certificates in {wall:.2f} s = "
-          f"{len(bodies) / wall:,.0f}/s; main process CPU {cpu / len(bodies) * 1e6:,.0f} us "
-          "per certificate")
+    print(_line(f"no HTTP, workers={workers}", len(bodies), reports, wall,
+                {"main": c1 - c0, "verifiers": v1 - v0}))
+
+
+def build(certificates: int, reports: int) -> tuple[FakeGateway, list[bytes], list[bytes]]:
+    """The network and ``certificates`` bodies (plus 64 to warm up with)."""
+    from dnanet.params import TEST  # build_network's preset
+
+    nodes = nodes_needed(certificates + 64, reports, 4, TEST.rounds_per_epoch)
+    gw, committee = build_network(mixers=4, nodes=nodes, label="bench")
+    gw.advance_to(compute_round_start_block(RoundId(0, gw.preset.rounds_per_epoch - 1),
+                                            gw.preset))
+    keys = {address: t.prover.identity for address, t in committee.transports.items()}
+    bodies = make_certificates(gw, keys, certificates + 64, reports)
+    return gw, bodies[:64], bodies[64:]
 
 
 def main() -> None:
@@ -189,20 +251,19 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2],
                         help="verification processes to compare (0: threads)")
+    parser.add_argument("--reports", type=int, nargs="+", default=[1, 32],
+                        help="reports per certificate to compare")
     args = parser.parse_args()
-    nodes = max(8, args.certificates // 4 + 100)
-    gw, committee = build_network(mixers=4, nodes=nodes, label="bench")
-    gw.advance_to(compute_round_start_block(RoundId(0, gw.preset.rounds_per_epoch - 1),
-                                            gw.preset))
-    keys = {address: t.prover.identity for address, t in committee.transports.items()}
-    t0 = time.perf_counter()
-    bodies = make_certificates(gw, keys, args.certificates + 64)
-    warm, bodies = bodies[:64], bodies[64:]
-    print(f"built {len(bodies)} single-report certificates (4 mixer signatures each) in "
-          f"{time.perf_counter() - t0:.1f} s; {os.cpu_count()} CPUs")
-    for workers in args.workers:
-        asyncio.run(without_http(gw, bodies, args.connections, workers, warm))
-        asyncio.run(over_http(gw, bodies, args.connections, workers, warm))
+    print(f"{os.cpu_count()} CPUs")
+    for reports in args.reports:
+        count = args.certificates if reports == 1 else max(100, args.certificates // reports)
+        t0 = time.perf_counter()
+        gw, warm, bodies = build(count, reports)
+        print(f"built {len(bodies)} certificates of {reports} report(s) (4 mixer signatures "
+              f"each) in {time.perf_counter() - t0:.1f} s")
+        for workers in args.workers:
+            asyncio.run(without_http(gw, bodies, args.connections, workers, warm, reports))
+            asyncio.run(over_http(gw, bodies, args.connections, workers, warm, reports))
 
 
 if __name__ == "__main__":
