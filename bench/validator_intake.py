@@ -206,7 +206,7 @@ async def over_http(gw: FakeGateway, bodies: list[bytes], connections: int, work
         await daemon.stop()
     if proc.exitcode != 0 or stored != len(bodies):
         raise SystemExit(f"load generator failed (exit {proc.exitcode}, stored {stored})")
-    wall = elapsed.value
+    wall = float(elapsed.value)
     print(_line(f"HTTP, workers={workers}, {connections} connections", len(bodies), reports,
                 wall, {"main": c1 - c0, "verifiers": v1 - v0, "load generator": k1 - k0}))
     return len(bodies) / wall
