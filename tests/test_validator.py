@@ -188,6 +188,32 @@ def test_concurrent_copies_store_once_and_a_restart_still_knows_them(
         store.close()
 
 
+def test_an_epoch_closed_while_found_open_is_refused_at_commit(
+        gateway: FakeGateway, corpus: Corpus, tmp_path: Path) -> None:
+    first, second, third = corpus.certificates[0][:3]
+
+    async def body(daemon: ValidatorDaemon, client: httpx.AsyncClient) -> list[int]:
+        statuses = [(await client.post("/v1/certificates", content=first.to_json())).status_code]
+        # The rollup closes the epoch in the database; the intake found it open a moment ago
+        # and does not read again yet: the writer's transaction refuses the certificate.
+        daemon.store.close_epoch(0)
+        late = await client.post("/v1/certificates", content=second.to_json())
+        statuses.append(late.status_code)
+        assert "closed" in late.json()["error"]["message"]
+        # From then on the intake knows, and refuses before verifying.
+        statuses.append((await client.post("/v1/certificates",
+                                           content=third.to_json())).status_code)
+        assert 0 in daemon.intake._closed_epochs
+        return statuses
+
+    assert run(with_validator(gateway, tmp_path, body)) == [200, 409, 409]
+    store = ValidatorStore(tmp_path / "validator.db")
+    try:
+        assert store.certificate_count(0) == 1
+    finally:
+        store.close()
+
+
 def test_stopping_answers_every_certificate_that_arrived(gateway: FakeGateway, corpus: Corpus,
                                                          tmp_path: Path) -> None:
     certificates = corpus.certificates[0]

@@ -32,6 +32,7 @@ import json
 import logging
 import multiprocessing
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ MAX_CHUNK = 256
 """Certificates verified in one hop to a thread or a worker process."""
 MAX_GROUP_COMMIT = 1024
 MAX_WORKER_CACHE = 200_000
+OPEN_RECHECK_S = 1.0
+"""How long an epoch found open in the database is taken to be open without reading again."""
 MAX_REMEMBERED = 1_000_000
 """Stored batch hashes remembered per epoch (beyond it, the store answers duplicates)."""
 
@@ -193,6 +196,7 @@ class CertificateIntake:
         self._closed_epochs: set[int] = set()
         self._closed_lock = threading.Lock()
         self._stored: dict[int, set[bytes]] = {}
+        self._found_open: dict[int, float] = {}
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -226,18 +230,31 @@ class CertificateIntake:
         with self._closed_lock:
             self._closed_epochs.add(epoch)
             self._stored.pop(epoch, None)
+            self._found_open.pop(epoch, None)
 
     def check_open(self, epoch: int) -> None:
-        """Raise EpochClosed if ``epoch`` is settled on chain or its rollup is computed."""
+        """Raise EpochClosed if ``epoch`` is settled on chain or its rollup is computed.
+
+        The database is read at most once per ``OPEN_RECHECK_S`` for an epoch found open (a
+        read waits while the writer commits); the writer's transaction checks again, so a
+        certificate of an epoch closed meanwhile is refused, not stored."""
         chain_next = self.chain_next()
         if chain_next is not None and epoch < chain_next:
             raise EpochClosed(f"epoch {epoch} is already settled on chain", field="epoch")
+        now = time.monotonic()
         with self._closed_lock:
             closed = epoch in self._closed_epochs
+            recent = now - self._found_open.get(epoch, -OPEN_RECHECK_S) < OPEN_RECHECK_S
+        if not closed and recent:
+            return
         if closed or self.store.is_closed(epoch):
             self.mark_closed(epoch)
             raise EpochClosed(f"epoch {epoch} is closed: its rollup is computed and published",
                               field="epoch")
+        with self._closed_lock:
+            if len(self._found_open) > 64:
+                self._found_open.clear()
+            self._found_open[epoch] = now
 
     def _remember(self, epoch: int, batch_hash: bytes) -> None:
         with self._closed_lock:
@@ -451,7 +468,9 @@ class CertificateIntake:
                         DnanetError(f"the validator could not store the certificate: {exc}"))
             return
         for pending, result in zip(group, results, strict=True):
-            if not isinstance(result, EpochClosed):
+            if isinstance(result, EpochClosed):
+                self.mark_closed(pending.certificate.epoch)
+            else:
                 self._remember(pending.certificate.epoch, pending.certificate.batch_hash)
             if not pending.future.done():
                 pending.future.set_result(result)
