@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from dnanet.gateway.app import Gateway, GatewayConfig, StaticDirectory, create_gateway_app
 from dnanet.gateway.scheduler import NodeStats
 from dnanet.node.ai_api import mount_ai_api
-from dnanet.node.backends import Backend, BackendSet
+from dnanet.node.backends import (
+    TRIVIAL_CHAT_MODEL,
+    TRIVIAL_EMBED_MODEL,
+    Backend,
+    BackendSet,
+    TrivialBackend,
+)
 from dnanet.service.http import Server, create_app
 from dnanet.service.network import NodeRecord
 
@@ -81,3 +89,93 @@ async def network(
             await gateway.stop()
     finally:
         await asyncio.gather(*(s.stop() for s in servers))
+
+
+class ScriptedNode:
+    """A node that serves the trivial models and misbehaves as told by ``mode``:
+
+    * ``ok``: answers like a real node;
+    * ``hang``: answers only once ``release`` is set (or after 10 s);
+    * ``error``: HTTP 500; ``malformed``: 200 with a body that is not an answer;
+    * ``refuse``: HTTP 400 in OpenAI's format naming ``messages`` (the request's fault);
+    * ``cut``: streams its first event, then drops the connection;
+    * ``empty``: a 200 stream that ends before its first event.
+    """
+
+    def __init__(self, mode: str = "ok") -> None:
+        self.mode = mode
+        self.calls = 0
+        self.release = asyncio.Event()
+        self.server: Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return self.server.url
+
+    async def __aenter__(self) -> ScriptedNode:
+        self.server = Server(self._app(), "127.0.0.1", free_port())
+        await self.server.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.release.set()
+        assert self.server is not None
+        await self.server.stop()
+
+    def _app(self) -> FastAPI:
+        app = create_app("scripted node")
+        trivial = TrivialBackend()
+
+        @app.get("/v1/models")
+        async def models() -> Response:
+            return JSONResponse({"object": "list", "data": [
+                {"id": m, "object": "model"} for m in (TRIVIAL_CHAT_MODEL, TRIVIAL_EMBED_MODEL)]})
+
+        async def misbehave() -> Response | None:
+            self.calls += 1
+            if self.mode == "hang":
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.release.wait(), 10)
+            if self.mode == "error":
+                return Response(b"boom", status_code=500)
+            if self.mode == "malformed":
+                return JSONResponse({"object": "list", "data": "not vectors"})
+            if self.mode == "refuse":
+                return JSONResponse({"error": {"message": "bad messages", "type": "invalid_request_error",
+                                               "param": "messages", "code": "invalid_value"}},
+                                    status_code=400)
+            return None
+
+        @app.post("/v1/embeddings")
+        async def embeddings(request: Request) -> Response:
+            body = json.loads(await request.body())
+            answer = await misbehave()
+            if answer is not None:
+                return answer
+            vectors = await trivial.embeddings(body["model"], body["input"])
+            return JSONResponse({"object": "list", "data": [
+                {"object": "embedding", "index": i, "embedding": v}
+                for i, v in enumerate(vectors)]})
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request) -> Response:
+            body = json.loads(await request.body())
+            answer = await misbehave()
+            if answer is not None:
+                return answer
+            if not body.get("stream"):
+                return JSONResponse(await trivial.chat(body["model"], body))
+            mode = self.mode
+
+            async def events() -> AsyncIterator[bytes]:
+                if mode == "empty":
+                    return
+                async for chunk in trivial.chat_stream(body["model"], body):
+                    yield b"data: " + chunk + b"\n\n"
+                    if mode == "cut":
+                        raise ConnectionResetError("the node went away mid-stream")
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+
+        return app
