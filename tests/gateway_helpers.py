@@ -95,7 +95,8 @@ class ScriptedNode:
     """A node that serves the trivial models and misbehaves as told by ``mode``:
 
     * ``ok``: answers like a real node;
-    * ``hang``: answers only once ``release`` is set (or after 10 s);
+    * ``hang``: answers only once ``release`` is set (or after 10 s), and reads the request's
+      body only then (so a large one stalls in the network);
     * ``error``: HTTP 500; ``malformed``: 200 with a body that is not an answer;
     * ``refuse``: HTTP 400 in OpenAI's format naming ``messages`` (the request's fault);
     * ``cut``: streams its first event, then drops the connection;
@@ -149,8 +150,8 @@ class ScriptedNode:
 
         @app.post("/v1/embeddings")
         async def embeddings(request: Request) -> Response:
-            body = json.loads(await request.body())
             answer = await misbehave()
+            body = json.loads(await request.body())
             if answer is not None:
                 return answer
             vectors = await trivial.embeddings(body["model"], body["input"])
@@ -160,8 +161,8 @@ class ScriptedNode:
 
         @app.post("/v1/chat/completions")
         async def chat(request: Request) -> Response:
-            body = json.loads(await request.body())
             answer = await misbehave()
+            body = json.loads(await request.body())
             if answer is not None:
                 return answer
             if not body.get("stream"):

@@ -103,6 +103,23 @@ def test_when_every_node_fails_the_answer_is_503_saying_why(mode: str, why: str)
     asyncio.run(go())
 
 
+def test_a_node_that_does_not_take_a_large_request_times_out() -> None:
+    """Its socket buffers fill and the gateway's write stalls: still bounded by the timeout."""
+    # 7.4 MB: beyond what the sockets buffer (4 MB by default), within the app's 8 MiB limit.
+    texts = [f"{i:03d}" + "x" * 62_000 for i in range(120)]
+
+    async def go() -> None:
+        async with ScriptedNode("hang") as bad, network(
+                [], extra_records=[record(BAD, bad.url)],
+                config=config(request_timeout_s=0.5)) as net:
+            response = await post(net, EMBED[0], {"model": TRIVIAL_EMBED_MODEL, "input": texts})
+            assert response.status_code == 503
+            assert "last: node timed out" in response.json()["error"]["message"]
+            assert net.gateway.scheduler.nodes[BAD].in_flight == 0
+
+    asyncio.run(go())
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_node_refusal_is_passed_on_and_not_held_against_it(stream: bool) -> None:
     async def go() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import io
 import json
 import logging
 import random
@@ -55,6 +56,7 @@ log = logging.getLogger("dnanet.gateway")
 
 T = TypeVar("T")
 _JSON = {"content-type": "application/json"}
+_LARGE_BODY_BYTES = 1 << 20
 _TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 _MID_STREAM_ERROR = (b'data: {"error": {"message": "the node failed mid-stream", "type": '
                      b'"api_error", "param": null, "code": "node_failed"}}\n\n')
@@ -236,9 +238,21 @@ class Gateway:
                 self.scheduler.release(node, ok=ok)
         raise attempts.exhausted(model)
 
+    async def _open(self, url: str, body: bytes) -> aiohttp.ClientResponse:
+        """POST a JSON ``body``; the node's response once its status and headers arrived.
+
+        The node has ``request_timeout_s`` to take the request and start answering (a node
+        that does not read a large body included); each later read of the answer gets as long
+        again (the session's ``sock_read``).
+        """
+        # aiohttp takes a large body as a stream, written in chunks that yield to the loop.
+        data = body if len(body) <= _LARGE_BODY_BYTES else io.BytesIO(body)
+        async with asyncio.timeout(self.config.request_timeout_s):
+            return await self.http.post(url, data=data, headers=_JSON)
+
     async def _post(self, url: str, body: bytes) -> tuple[int, bytes]:
         """POST a JSON ``body``; the status and the whole answer."""
-        async with self.http.post(url, data=body, headers=_JSON) as response:
+        async with await self._open(url, body) as response:
             return response.status, await response.read()
 
     async def _candidates(self, model: str, body: bytes, interactive: bool,
@@ -395,8 +409,7 @@ class Gateway:
             handed_over = False  # to the relay, which then releases the node
             ok = False
             try:
-                response = await self.http.post(node.endpoint + "/v1/chat/completions",
-                                                data=body, headers=_JSON)
+                response = await self._open(node.endpoint + "/v1/chat/completions", body)
                 if response.status == 200:
                     lines = _event_lines(response.content)
                     first = await anext(lines)
@@ -490,12 +503,12 @@ def _node_error(status: int, content: bytes) -> ApiError:
 def open_gateway_session(timeout_s: float) -> aiohttp.ClientSession:
     """The gateway's client to the nodes (call inside the serving loop): keep-alive
     connections, up to 512 in all and any number per node (the scheduler bounds each node's
-    requests in flight); waiting for a connection and every read are bounded by
-    ``timeout_s``, the whole answer is not (a long stream runs to its end). No cookies: one
-    node's cookies are not sent to the next."""
+    requests in flight); every read of an answer is bounded by ``timeout_s``, the whole
+    answer is not (a long stream runs to its end). No cookies: one node's cookies are not
+    sent to the next."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=512, limit_per_host=0),
-        timeout=aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s),
+        timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout_s),
         cookie_jar=aiohttp.DummyCookieJar())
 
 
