@@ -503,11 +503,12 @@ def _node_error(status: int, content: bytes) -> ApiError:
 def open_gateway_session(timeout_s: float) -> aiohttp.ClientSession:
     """The gateway's client to the nodes (call inside the serving loop): keep-alive
     connections, up to 512 in all and any number per node (the scheduler bounds each node's
-    requests in flight); every read of an answer is bounded by ``timeout_s``, the whole
-    answer is not (a long stream runs to its end). No cookies: one node's cookies are not
-    sent to the next."""
+    requests in flight), idle ones dropped after 4 s, before uvicorn's 5 s on the node side
+    could close one as a request goes out on it; every read of an answer is bounded by
+    ``timeout_s``, the whole answer is not (a long stream runs to its end). No cookies: one
+    node's cookies are not sent to the next."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=512, limit_per_host=0),
+        connector=aiohttp.TCPConnector(limit=512, limit_per_host=0, keepalive_timeout=4.0),
         timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout_s),
         cookie_jar=aiohttp.DummyCookieJar())
 
