@@ -368,10 +368,11 @@ class CertificateIntake:
         return verdicts
 
     async def _verify_loop(self) -> None:
-        """Take what has arrived as a chunk; keep ``workers`` chunks in flight (two on
-        threads: the C signature checks run beside the Python of the other chunk)."""
+        """Take what has arrived as a chunk; keep ``workers`` chunks in flight, one on a
+        thread (a second verifying thread only fights the event loop for the GIL: measured
+        ~10% more CPU per certificate)."""
         assert self._arrived is not None
-        slots = asyncio.Semaphore(max(2, self.workers))
+        slots = asyncio.Semaphore(max(1, self.workers))
         running: set[asyncio.Task[None]] = set()
         try:
             while True:
