@@ -17,6 +17,7 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from dnanet.errors import ConfigError
+from dnanet.gateway.app import GatewayConfig
 from dnanet.gateway.scheduler import NodeStats
 from dnanet.node.backends import (
     TRIVIAL_CHAT_MODEL,
@@ -24,6 +25,7 @@ from dnanet.node.backends import (
     TrivialBackend,
     UpstreamBackend,
 )
+from dnanet.protocol.codec import MAX_MESSAGE_BYTES
 from dnanet.service.http import Server, create_app
 from gateway_helpers import API_KEY, free_port, network, record
 
@@ -132,6 +134,33 @@ def test_bad_chat_requests_are_400_naming_the_field(body: dict[str, Any], param:
                                     json=body)
             assert response.status_code == 400
             assert response.json()["error"]["param"] == param
+
+    run(go())
+
+
+def test_the_gateways_body_limit_governs_its_routes_in_openai_format() -> None:
+    # The app's own limit (MAX_MESSAGE_BYTES, for protocol messages) must not answer first.
+    limit = MAX_MESSAGE_BYTES + 1024
+    config = GatewayConfig(api_keys=frozenset({API_KEY}), seed=7, canary_rate=0.0,
+                           canary_interval_s=0, max_body_bytes=limit)
+    text = "x" * (MAX_MESSAGE_BYTES + 16)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    async def go() -> None:
+        async with network([[TrivialBackend()]], config=config) as net, \
+                httpx.AsyncClient(base_url=net.base_url, timeout=30) as http:
+            # Past the app's limit, within the gateway's: the gateway itself reads and judges
+            # it (here: an input item too long, 400 naming it).
+            within = await http.post("/embeddings", headers=headers,
+                                     json={"model": TRIVIAL_EMBED_MODEL, "input": text})
+            assert within.status_code == 400, within.text
+            assert within.json()["error"]["param"] == "input[0]"
+            over = await http.post("/embeddings", headers=headers, content=b"x" * (limit + 1))
+            assert over.status_code == 413
+            assert over.json()["error"]["code"] == "request_too_large"
+            chat = await http.post("/chat/completions", headers=headers,
+                                   content=b"x" * (limit + 1))
+            assert (chat.status_code, chat.json()["error"]["code"]) == (413, "request_too_large")
 
     run(go())
 

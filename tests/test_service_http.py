@@ -173,6 +173,16 @@ def test_declared_body_over_the_limit_answers_413_unread() -> None:
     assert at_limit.content == b"x" * 50
 
 
+def test_a_path_with_its_own_body_limit_is_not_refused_by_the_guard() -> None:
+    app = make_app(AppLimits(max_body_bytes=50, rate_per_s=1e9, burst=10**9))
+    app.state.own_body_limit.add("/echo")  # /echo reads at most 100 bytes itself
+    response = request(app, "POST", "/echo", content=b"x" * 80)
+    assert (response.status_code, response.content) == (200, b"x" * 80)
+    assert request(app, "POST", "/echo", content=b"x" * 101).json()["error"]["message"] == (
+        "request body exceeds 100 bytes")
+    assert request(app, "POST", "/json", content=b"x" * 51).status_code == 413
+
+
 def test_read_body_refuses_a_chunked_body_over_its_limit() -> None:
     app = make_app()
 

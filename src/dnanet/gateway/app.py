@@ -346,7 +346,13 @@ class Gateway:
             raise _UNAUTHORIZED
 
     def mount(self, app: FastAPI) -> None:
-        """Add ``/v1/models``, ``/v1/embeddings`` and ``/v1/chat/completions`` to ``app``."""
+        """Add ``/v1/models``, ``/v1/embeddings`` and ``/v1/chat/completions`` to ``app``.
+
+        The POST routes enforce ``max_body_bytes`` themselves (a 413 in OpenAI's format), in
+        place of the app's own body limit."""
+        own_limit = getattr(app.state, "own_body_limit", None)
+        if own_limit is not None:
+            own_limit.update({"/v1/embeddings", "/v1/chat/completions"})
 
         @app.get("/v1/models", tags=["gateway"])
         async def models(request: Request) -> Response:

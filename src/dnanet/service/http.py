@@ -113,11 +113,13 @@ class GuardMiddleware:
     """
 
     def __init__(self, app: ASGIApp, *, bucket: TokenBucket, max_body_bytes: int,
-                 requests: Counter) -> None:
+                 requests: Counter, own_body_limit: set[str] | None = None) -> None:
         self.app = app
         self.bucket = bucket
         self.max_body_bytes = max_body_bytes
         self.requests = requests
+        self.own_body_limit = own_body_limit if own_body_limit is not None else set()
+        """Paths whose routes enforce a body limit of their own, in their own error format."""
 
     def _count(self, route: str, status: int) -> None:
         if len(self.requests._metrics) < 500:  # bound label cardinality from unknown paths
@@ -143,7 +145,7 @@ class GuardMiddleware:
             await JSONResponse(_RATE_LIMITED, status_code=429, headers={"Retry-After": "1"})(
                 scope, receive, send_counted)
             return
-        length = _declared_length(scope)
+        length = (None if scope["path"] in self.own_body_limit else _declared_length(scope))
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             await JSONResponse(
                 {"error": {"type": "TooLarge", "field": None,
@@ -188,8 +190,10 @@ def create_app(
                        registry=registry)
     bucket = TokenBucket(limits.rate_per_s, limits.burst)
 
+    own_body_limit: set[str] = set()
+    app.state.own_body_limit = own_body_limit  # see GuardMiddleware.own_body_limit
     app.add_middleware(GuardMiddleware, bucket=bucket, max_body_bytes=limits.max_body_bytes,
-                       requests=requests)
+                       requests=requests, own_body_limit=own_body_limit)
     # Direct routes share the bucket and the counter: one limit per client, one count.
     app.state.direct_routes = {}
     app.state.direct_guard = lambda inner: GuardMiddleware(
