@@ -17,7 +17,10 @@ Figures, all from this one run, on loopback:
   ``dnanet.node.server``), so the mixer and the nodes do not share a GIL. (A shared httpx
   client measured 36/s here, one per node 79/s: the mixer now uses aiohttp.)
 - ``validator_intake_per_s``: single-report certificates per second into a ``ValidatorDaemon``
-  over HTTP (``bench/validator_intake.py``'s corpus and load generator, in threads mode).
+  over HTTP (``bench/validator_intake.py``'s corpus and load generator, verification as the
+  CLI's default on the host), and the same with ``--batch-reports`` reports per certificate
+  (a mixer certifies one batch per round with every node it challenged) as reports/s; with
+  the Validator's CPU per certificate.
 - ``cosign_round_trip_p50_ms``: a peer's ``BatchProposal`` (one report) POSTed to a running
   ``MixerDaemon``'s ``/v1/batches`` until its ``CoSignature`` is back, one at a time; the
   mixer checks the batch fully (window, VRF assignment, node signature, measurements, score)
@@ -282,24 +285,25 @@ def bench_mixer_challenges(nodes: int, rounds: int, concurrency: int, client: st
 # -- 2. Validator intake -------------------------------------------------------------------------
 
 
-def bench_validator_intake(certificates: int, connections: int) -> float:
+@dataclass
+class IntakeRun:
+    certificates: int
+    reports: int
+    per_s: float
+    cpu_us: float
+    """CPU per certificate: the Validator's process and its verifiers (load generator not)."""
+
+
+def bench_validator_intake(certificates: int, connections: int, reports: int = 1) -> IntakeRun:
     """Certificates/s into a ValidatorDaemon over HTTP (``bench/validator_intake.py``'s corpus
-    and raw-HTTP load generator in another process; verification on threads, as the CLI's
-    default on a 2-core host)."""
+    and raw-HTTP load generator in another process; verification as the CLI's default on this
+    host), with ``reports`` reports per certificate."""
     import validator_intake as vi
-    from dnanet.protocol.schedule import RoundId, compute_round_start_block
     from dnanet.validator.daemon import ValidatorDaemon, default_workers
-    from validator_helpers import build_network
 
-    gw, committee = build_network(mixers=4, nodes=max(8, certificates // 4 + 100),
-                                  label="bench")
-    gw.advance_to(compute_round_start_block(RoundId(0, gw.preset.rounds_per_epoch - 1),
-                                            gw.preset))
-    keys: dict[str, object] = {a: t.prover.identity for a, t in committee.transports.items()}
-    bodies = vi.make_certificates(gw, keys, certificates + 64)
-    warm, bodies = bodies[:64], bodies[64:]
+    gw, warm, bodies = vi.build(certificates, reports)
 
-    async def run() -> float:
+    async def run() -> IntakeRun:
         with tempfile.TemporaryDirectory() as tmp:
             daemon = ValidatorDaemon(
                 gw, Path(tmp), port=0, run_settlement=False,  # type: ignore[arg-type]
@@ -311,16 +315,19 @@ def bench_validator_intake(certificates: int, connections: int) -> float:
                 elapsed = multiprocessing.Value("d", 0.0)
                 load = multiprocessing.Process(target=vi.load,
                                                args=(port, bodies, connections, elapsed))
+                c0 = vi.cpu_s() + vi.verifiers_cpu_s(daemon)
                 load.start()
                 while load.is_alive():
                     await asyncio.sleep(0.05)
+                cpu = vi.cpu_s() + vi.verifiers_cpu_s(daemon) - c0
                 stored = daemon.store.certificate_count(0) - len(warm)
             finally:
                 await daemon.stop()
         if load.exitcode != 0 or stored != len(bodies):
             raise SystemExit(f"intake load failed (exit {load.exitcode}, stored {stored} of "
                              f"{len(bodies)})")
-        return len(bodies) / float(elapsed.value)
+        return IntakeRun(len(bodies), reports, len(bodies) / float(elapsed.value),
+                         cpu / len(bodies) * 1e6)
 
     return asyncio.run(run())
 
@@ -426,6 +433,8 @@ def main() -> None:
                         help="mixer HTTP clients to measure (the first one is the headline)")
     parser.add_argument("--certificates", type=int, default=4000)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--batch-reports", type=int, default=32,
+                        help="reports per certificate of the second intake run (a round's batch)")
     parser.add_argument("--cosign", type=int, default=300, help="co-signing round trips")
     parser.add_argument("--devnet-backend", default="minilm", choices=["minilm", "trivial"],
                         help="model the devnet's nodes serve (default: the devnet's own)")
@@ -448,10 +457,18 @@ def main() -> None:
                      f"({dict(run.outcomes)}); CPU per challenge: mixer "
                      f"{run.mixer_cpu_s / run.sessions * 1e3:.1f} ms, nodes "
                      f"{run.nodes_cpu_s / run.sessions * 1e3:.1f} ms"))
-    rate = bench_validator_intake(args.certificates, args.connections)
-    figures["validator_intake_per_s"] = round(rate, 1)
-    rows.append(("validator_intake_per_s", f"{rate:,.0f}/s",
-                 f"{args.certificates} one-report certificates, {args.connections} connections"))
+    for reports in (1, args.batch_reports):
+        intake = bench_validator_intake(
+            args.certificates if reports == 1 else max(100, args.certificates // reports),
+            args.connections, reports)
+        key = "validator_intake_per_s" + ("" if reports == 1 else f"_{reports}_reports")
+        figures[key] = round(intake.per_s, 1)
+        figures[f"{key}_reports_per_s"] = round(intake.per_s * reports, 1)
+        figures[f"{key}_cpu_us"] = round(intake.cpu_us)
+        rows.append((key, f"{intake.per_s:,.0f}/s",
+                     f"{intake.certificates} certificates of {reports} report(s) = "
+                     f"{intake.per_s * reports:,.0f} reports/s, {args.connections} connections; "
+                     f"Validator CPU {intake.cpu_us:,.0f} us per certificate"))
     times = bench_cosign(args.cosign)
     p50, p90 = statistics.median(times), statistics.quantiles(times, n=10)[-1]
     figures["cosign_round_trip_p50_ms"] = round(p50, 2)
