@@ -215,8 +215,21 @@ def sign_digest(private_key: bytes, digest: bytes) -> bytes:
     """Sign a 32-byte digest; returns 65 bytes ``r || s || v`` (v in {27, 28}, low s)."""
     if len(digest) != 32:
         raise CryptoError("a signed digest must be 32 bytes")
-    raw = coincurve.PrivateKey(private_key).sign_recoverable(digest, hasher=None)
-    return raw[:64] + bytes([raw[64] + 27])
+    if _lib is None:  # pragma: no cover
+        raw = coincurve.PrivateKey(private_key).sign_recoverable(digest, hasher=None)
+        return raw[:64] + bytes([raw[64] + 27])
+    # Straight to libsecp256k1 (RFC 6979 nonces): coincurve.PrivateKey would first derive
+    # the public key, two more curve multiplications per signature.
+    ctx = _CONTEXT.ctx
+    signature = _ffi.new("secp256k1_ecdsa_recoverable_signature *")
+    if len(private_key) != 32 or not _lib.secp256k1_ecdsa_sign_recoverable(
+            ctx, signature, digest, private_key, _ffi.NULL, _ffi.NULL):
+        raise CryptoError("not a valid secp256k1 private key (zero or >= n)")
+    compact = _ffi.new("unsigned char[64]")
+    recovery_id = _ffi.new("int *")
+    _lib.secp256k1_ecdsa_recoverable_signature_serialize_compact(ctx, compact, recovery_id,
+                                                                 signature)
+    return bytes(_ffi.buffer(compact, 64)) + bytes([recovery_id[0] + 27])
 
 
 def recover_signer(digest: bytes, signature: bytes) -> str:
