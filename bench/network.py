@@ -64,6 +64,7 @@ from dnanet.keyfiles import derive_vrf_public_key, derive_vrf_secret  # noqa: E4
 from dnanet.params import TEST  # noqa: E402
 from dnanet.protocol.messages import Outcome  # noqa: E402
 from dnanet.protocol.schedule import compute_vrf_alpha  # noqa: E402
+from dnanet.service.loop import run as run_loop  # noqa: E402
 
 DOMAIN = Domain(chain_id=31337, verifying_contract="0x" + "d7" * 20)
 TARGETS = {"mixer_challenges_per_s": (">=", 200.0), "validator_intake_per_s": (">=", 2000.0),
@@ -183,7 +184,7 @@ def serve_nodes(count: int, mixer_address: str, mixer_vrf_pk: bytes, port: int,
         async with server:
             await server.serve_forever()
 
-    asyncio.run(main())
+    run_loop(main())
 
 
 def cpu_s(pid: int | None = None) -> float:
@@ -275,7 +276,7 @@ def bench_mixer_challenges(nodes: int, rounds: int, concurrency: int, client: st
             raise SystemExit("the node server did not start")
         addresses = [identity(f"node-{i}").address for i in range(nodes)]
         assert server.pid is not None
-        return asyncio.run(drive_challenges(f"http://127.0.0.1:{port}", addresses, rounds,
+        return run_loop(drive_challenges(f"http://127.0.0.1:{port}", addresses, rounds,
                                             concurrency, mixer, server.pid, client))
     finally:
         server.terminate()
@@ -329,7 +330,7 @@ def bench_validator_intake(certificates: int, connections: int, reports: int = 1
         return IntakeRun(len(bodies), reports, len(bodies) / float(elapsed.value),
                          cpu / len(bodies) * 1e6)
 
-    return asyncio.run(run())
+    return run_loop(run())
 
 
 # -- 3. co-signing round trip ---------------------------------------------------------------------
@@ -360,7 +361,7 @@ def bench_cosign(count: int) -> list[float]:
                         batch=batch, reports=(report,),
                         signature=signer.sign_typed(gw.domain, batch.hash_struct())).to_json())
 
-    asyncio.run(make())
+    run_loop(make())
     if len(proposals) < count:
         raise SystemExit(f"only {len(proposals)} proposals for {count} round trips")
 
@@ -391,7 +392,7 @@ def bench_cosign(count: int) -> list[float]:
                 daemon.store.close()
             return times
 
-    return asyncio.run(run())
+    return run_loop(run())
 
 
 # -- 4. one devnet epoch ------------------------------------------------------------------------
@@ -417,7 +418,7 @@ def bench_devnet_epoch(backend: str) -> tuple[float, int]:
                 await devnet.stop()
         return wall, settled.total if settled is not None else 0
 
-    return asyncio.run(run())
+    return run_loop(run())
 
 
 # -- main -----------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from dnanet.protocol.schedule import (
     compute_vrf_alpha,
 )
 from dnanet.protocol.scoring import compute_challenge_score
+from dnanet.service.loop import run as run_loop
 from dnanet.validator.daemon import ValidatorDaemon
 from validator_helpers import FakeGateway, build_network
 
@@ -152,7 +153,7 @@ def load(port: int, bodies: list[bytes], connections: int, result: object) -> No
             raise SystemExit(f"{len(failures)} certificates were refused")
         return time.perf_counter() - t0
 
-    result.value = asyncio.run(main())  # type: ignore[attr-defined]
+    result.value = run_loop(main())  # type: ignore[attr-defined]
 
 
 def cpu_s(who: int = resource.RUSAGE_SELF) -> float:
@@ -262,8 +263,8 @@ def main() -> None:
         print(f"built {len(bodies)} certificates of {reports} report(s) (4 mixer signatures "
               f"each) in {time.perf_counter() - t0:.1f} s")
         for workers in args.workers:
-            asyncio.run(without_http(gw, bodies, args.connections, workers, warm, reports))
-            asyncio.run(over_http(gw, bodies, args.connections, workers, warm, reports))
+            run_loop(without_http(gw, bodies, args.connections, workers, warm, reports))
+            run_loop(over_http(gw, bodies, args.connections, workers, warm, reports))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from dnanet.params import WEI_PER_DNA, Preset, get_preset
 from dnanet.protocol.rollup import verify_proof
 from dnanet.protocol.schedule import compute_epoch_end_block, compute_settlement_block
 from dnanet.service.gateway import ClientGateway
+from dnanet.service.loop import new_event_loop
 
 log = logging.getLogger("dnanet.devnet")
 
@@ -134,7 +135,7 @@ class DaemonThread:
     def __init__(self, daemon: Any, name: str) -> None:
         self.daemon = daemon
         self.name = name
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self.thread.start()
 
@@ -619,7 +620,7 @@ def _devnet_command(args: argparse.Namespace) -> int:
                                                                              "https://")):
         raise DnanetError(f"--chain {args.chain!r}: use embedded, anvil, or an http(s) RPC URL")
     data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="dnanet-"))
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop()
     task = loop.create_task(run_devnet(
         nodes=args.nodes, mixers=args.mixers, epochs=args.epochs,
         preset=get_preset(args.preset), data_dir=data_dir, chain=args.chain,

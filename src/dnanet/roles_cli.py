@@ -16,6 +16,7 @@ import httpx
 
 from dnanet.errors import DnanetError
 from dnanet.params import WEI_PER_DNA
+from dnanet.service.loop import run as run_loop
 
 
 def _add_chain_args(p: argparse.ArgumentParser, *, keystore: bool = True) -> None:
@@ -43,7 +44,7 @@ def _serve_until_signal(daemon: Any) -> None:
         finally:
             await daemon.stop()
 
-    asyncio.run(main())
+    run_loop(main())
 
 
 def _node_run(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ import httpx
 
 from dnanet.crypto.keys import Identity
 from dnanet.service.http import AppLimits, Server, create_app
+from dnanet.service.loop import run as run_loop
 from dnanet.service.network import ChainGateway
 from dnanet.service.views import ViewCache
 from dnanet.validator.intake import CertificateIntake
@@ -157,7 +158,7 @@ def _validator_run(args: argparse.Namespace) -> int:
     gateway = open_gateway(args.rpc, Path(args.deployment), keystore)
     daemon = ValidatorDaemon(gateway, Path(args.data_dir), host=args.host, port=args.port,
                              workers=args.workers)
-    asyncio.run(_serve(daemon))
+    run_loop(_serve(daemon))
     return 0
 
 
