@@ -7,6 +7,7 @@ the transport's), and once through uvicorn over loopback.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -381,3 +382,19 @@ def test_route_label_is_starlettes_url_path(path: str, host: bytes | None, query
              "headers": [] if host is None else [(b"host", host)],
              "server": ("127.0.0.1", 8000) if host != b"test" else None}
     assert _route_label(scope) == URL(scope=scope).path
+
+
+def test_daemons_run_on_uvloop_where_it_is_installed() -> None:
+    from dnanet.service.loop import new_event_loop, run
+
+    async def kind() -> str:
+        await asyncio.sleep(0)
+        return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+    expected = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    assert run(kind()) == expected
+    loop = new_event_loop()
+    try:
+        assert loop.run_until_complete(kind()) == expected
+    finally:
+        loop.close()
