@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import httpx
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -37,7 +36,7 @@ from dnanet.gateway.canary import CanaryBook, ReferenceModels
 from dnanet.keyfiles import derive_vrf_secret
 from dnanet.mixer.session import run_challenge_session
 from dnanet.mixer.store import MixerStore
-from dnanet.node.http_transport import HttpNodeTransport, open_node_session
+from dnanet.node.http_transport import HttpNodeTransport, NodeHttpClient, open_node_session
 from dnanet.protocol.codec import ListOf, Message, Nested, parse_json, wire
 from dnanet.protocol.epoch import process_epochs
 from dnanet.protocol.messages import (
@@ -130,7 +129,7 @@ class MixerDaemon:
             timeout=httpx.Timeout(self.preset.challenge_timeout_ms / 1000 + 5),
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )
-        self._nodes_http: aiohttp.ClientSession | None = None
+        self._nodes_http: NodeHttpClient | None = None
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         registry = self.app.state.registry
@@ -167,7 +166,7 @@ class MixerDaemon:
     def url(self) -> str:
         return self.server.url
 
-    def _node_session(self) -> aiohttp.ClientSession:
+    def _node_session(self) -> NodeHttpClient:
         if self._nodes_http is None:
             self._nodes_http = open_node_session(
                 self.concurrency, self.preset.challenge_timeout_ms / 1000 + 5)
