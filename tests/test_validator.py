@@ -201,8 +201,11 @@ def test_an_epoch_closed_while_found_open_is_refused_at_commit(
         statuses.append(late.status_code)
         assert "closed" in late.json()["error"]["message"]
         # From then on the intake knows, and refuses before verifying.
-        statuses.append((await client.post("/v1/certificates",
-                                           content=third.to_json())).status_code)
+        refused = await client.post("/v1/certificates", content=third.to_json())
+        statuses.append(refused.status_code)
+        assert refused.json()["error"] == {
+            "type": "EpochClosed", "field": "epoch",
+            "message": "epoch 0 is closed: its rollup is computed and published"}
         assert 0 in daemon.intake._closed_epochs
         return statuses
 

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from dnanet import errors
 from dnanet.crypto.eip712 import Domain
@@ -164,6 +164,13 @@ def scan_certificate(raw: bytes) -> tuple[int, int, set[str], object] | None:
     return epoch, round_, nodes, batch
 
 
+def _refuse(futures: Sequence[asyncio.Future[Any]], why: str) -> None:
+    """Answer every request still waiting with ``the validator <why>`` (a DnanetError)."""
+    for future in futures:
+        if not future.done():
+            future.set_exception(DnanetError(f"the validator {why}"))
+
+
 @dataclass
 class _Pending:
     certificate: PreparedCertificate
@@ -277,7 +284,7 @@ class CertificateIntake:
                 self.check_open(epoch)
                 open_epochs[epoch] = None
             except EpochClosed as exc:
-                open_epochs[epoch] = exc.args[0] if exc.args else str(exc)
+                open_epochs[epoch] = RemoteError.of(exc).message  # without the field's prefix
         why_closed = open_epochs[epoch]
         if why_closed is None:
             return True
@@ -399,10 +406,7 @@ class CertificateIntake:
             verdicts = await self._verify_chunk([a.raw for a in chunk])
         except Exception as exc:  # a bug or a dead worker: refuse the chunk, keep serving
             log.exception("verifying %d certificates failed", len(chunk))
-            for arrival in chunk:
-                if not arrival.future.done():
-                    arrival.future.set_exception(
-                        DnanetError(f"the validator could not verify the certificate: {exc}"))
+            _refuse([a.future for a in chunk], f"could not verify the certificate: {exc}")
             return
         for arrival, verdict in zip(chunk, verdicts, strict=True):
             if not arrival.future.done():
@@ -463,10 +467,7 @@ class CertificateIntake:
                 self.store.save_certificates, [p.certificate for p in group])
         except Exception as exc:  # the disk failed: nobody gets an acknowledgement
             log.error("storing %d certificates failed: %s", len(group), exc)
-            for pending in group:
-                if not pending.future.done():
-                    pending.future.set_exception(
-                        DnanetError(f"the validator could not store the certificate: {exc}"))
+            _refuse([p.future for p in group], f"could not store the certificate: {exc}")
             return
         for pending, result in zip(group, results, strict=True):
             if isinstance(result, EpochClosed):
