@@ -31,6 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from starlette.datastructures import URL
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
@@ -192,12 +193,12 @@ def create_app(
 
     own_body_limit: set[str] = set()
     app.state.own_body_limit = own_body_limit  # see GuardMiddleware.own_body_limit
-    app.add_middleware(GuardMiddleware, bucket=bucket, max_body_bytes=limits.max_body_bytes,
-                       requests=requests, own_body_limit=own_body_limit)
-    # Direct routes share the bucket and the counter: one limit per client, one count.
+    guard: dict[str, Any] = {"bucket": bucket, "max_body_bytes": limits.max_body_bytes,
+                             "requests": requests, "own_body_limit": own_body_limit}
+    app.add_middleware(GuardMiddleware, **guard)
+    # Direct routes share the guard's state: one limit per client, one count.
     app.state.direct_routes = {}
-    app.state.direct_guard = lambda inner: GuardMiddleware(
-        inner, bucket=bucket, max_body_bytes=limits.max_body_bytes, requests=requests)
+    app.state.direct_guard = lambda inner: GuardMiddleware(inner, **guard)
 
     @app.exception_handler(DnanetError)
     async def dnanet_error(_: Request, exc: DnanetError) -> JSONResponse:
@@ -276,20 +277,11 @@ class DirectRoutes:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         handler, limit = self.routes[scope["path"]]
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # the client left: nothing to answer
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise CodecError(f"request body exceeds {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        status, body = await handler(b"".join(chunks))
+        try:
+            raw = await read_body(Request(scope, receive), limit)
+        except ClientDisconnect:
+            return  # the client left: nothing to answer
+        status, body = await handler(raw)
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})
