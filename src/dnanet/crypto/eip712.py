@@ -15,12 +15,11 @@ from typing import Any
 
 import coincurve
 
-try:  # libsecp256k1 through coincurve's cffi binding: a third faster than its object API
-    from coincurve._libsecp256k1 import ffi as _ffi
-    from coincurve._libsecp256k1 import lib as _lib
-    from coincurve.context import GLOBAL_CONTEXT as _CONTEXT
-except ImportError:  # pragma: no cover - another coincurve layout: use the public API
-    _lib = None
+# libsecp256k1 through coincurve's cffi binding (coincurve >= 20): its object API derives
+# keys and wraps results on every call, a third of a recovery's cost, most of a signature's.
+from coincurve._libsecp256k1 import ffi as _ffi
+from coincurve._libsecp256k1 import lib as _lib
+from coincurve.context import GLOBAL_CONTEXT as _CONTEXT
 
 from dnanet.crypto.hashing import keccak256
 from dnanet.errors import CryptoError, SignatureError
@@ -208,16 +207,18 @@ def to_checksum_address(address: str) -> str:
 
 
 def public_key_to_address(public_key: coincurve.PublicKey) -> str:
-    return "0x" + keccak256(public_key.format(compressed=False)[1:])[12:].hex()
+    return _uncompressed_key_to_address(public_key.format(compressed=False))
+
+
+def _uncompressed_key_to_address(public_key: bytes) -> str:
+    """The address of a 65-byte uncompressed public key: the last 20 bytes of its keccak."""
+    return "0x" + keccak256(public_key[1:])[12:].hex()
 
 
 def sign_digest(private_key: bytes, digest: bytes) -> bytes:
     """Sign a 32-byte digest; returns 65 bytes ``r || s || v`` (v in {27, 28}, low s)."""
     if len(digest) != 32:
         raise CryptoError("a signed digest must be 32 bytes")
-    if _lib is None:  # pragma: no cover
-        raw = coincurve.PrivateKey(private_key).sign_recoverable(digest, hasher=None)
-        return raw[:64] + bytes([raw[64] + 27])
     # Straight to libsecp256k1 (RFC 6979 nonces): coincurve.PrivateKey would first derive
     # the public key, two more curve multiplications per signature.
     ctx = _CONTEXT.ctx
@@ -254,17 +255,11 @@ def recover_signer(digest: bytes, signature: bytes) -> str:
         raise SignatureError("signature s is zero or high (malleable): rejected")
     if len(digest) != 32:
         raise SignatureError("a signed digest must be 32 bytes")
-    return "0x" + keccak256(_recover_public_key(digest, signature[:64], v - 27)[1:])[12:].hex()
+    return _uncompressed_key_to_address(_recover_public_key(digest, signature[:64], v - 27))
 
 
 def _recover_public_key(digest: bytes, compact: bytes, recovery_id: int) -> bytes:
     """The uncompressed (65-byte) public key recovered from a checked compact signature."""
-    if _lib is None:  # pragma: no cover
-        try:
-            return coincurve.PublicKey.from_signature_and_message(
-                compact + bytes([recovery_id]), digest, hasher=None).format(compressed=False)
-        except Exception as exc:  # coincurve raises ValueError/Exception subclasses
-            raise SignatureError(f"signature does not recover a key: {exc}") from None
     ctx = _CONTEXT.ctx
     parsed = _ffi.new("secp256k1_ecdsa_recoverable_signature *")
     if not _lib.secp256k1_ecdsa_recoverable_signature_parse_compact(ctx, parsed, compact,
