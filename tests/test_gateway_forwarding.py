@@ -52,6 +52,15 @@ def streamed_text(events: list[Any]) -> str:
     return "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
 
 
+def assert_tried_bad_then_good(net: Net, bad: ScriptedNode, good: ScriptedNode) -> None:
+    """Each node was asked once; the bad one's failure counts, and neither holds a slot."""
+    assert (bad.calls, good.calls) == (1, 1)
+    nodes = net.gateway.scheduler.nodes
+    assert nodes[BAD].consecutive_failures == 1
+    assert nodes[GOOD].consecutive_failures == 0
+    assert nodes[BAD].in_flight == nodes[GOOD].in_flight == 0
+
+
 EMBED = ("/embeddings", {"model": TRIVIAL_EMBED_MODEL, "input": ["a", "b"]})
 CHAT = ("/chat/completions", {"model": TRIVIAL_CHAT_MODEL, "messages": MESSAGES})
 
@@ -75,11 +84,7 @@ def test_a_failing_node_is_retried_on_another(mode: str, path: str,
             else:
                 content = response.json()["choices"][0]["message"]["content"]
                 assert content == reference.answer({"messages": MESSAGES})
-            assert (bad.calls, good.calls) == (1, 1)
-            nodes = net.gateway.scheduler.nodes
-            assert nodes[BAD].consecutive_failures == 1
-            assert nodes[GOOD].consecutive_failures == 0
-            assert nodes[BAD].in_flight == nodes[GOOD].in_flight == 0
+            assert_tried_bad_then_good(net, bad, good)
 
     asyncio.run(go())
 
@@ -147,11 +152,7 @@ def test_a_stream_is_retried_on_another_node_until_one_starts(mode: str) -> None
             status, events = await stream_events(net, CHAT[1])
             assert status == 200
             assert streamed_text(events) == TrivialBackend().answer({"messages": MESSAGES})
-            assert (bad.calls, good.calls) == (1, 1)
-            nodes = net.gateway.scheduler.nodes
-            assert nodes[BAD].consecutive_failures == 1
-            assert nodes[GOOD].consecutive_failures == 0
-            assert nodes[BAD].in_flight == nodes[GOOD].in_flight == 0
+            assert_tried_bad_then_good(net, bad, good)
 
     asyncio.run(go())
 
