@@ -301,37 +301,14 @@ def bench_validator_intake(certificates: int, connections: int, reports: int = 1
     and raw-HTTP load generator in another process; verification as the CLI's default on this
     host), with ``reports`` reports per certificate."""
     import validator_intake as vi
-    from dnanet.validator.daemon import ValidatorDaemon, default_workers
+    from dnanet.validator.daemon import default_workers
 
     gw, warm, bodies = vi.build(certificates, reports)
-
-    async def run() -> IntakeRun:
-        with tempfile.TemporaryDirectory() as tmp:
-            daemon = ValidatorDaemon(
-                gw, Path(tmp), port=0, run_settlement=False,  # type: ignore[arg-type]
-                workers=default_workers())
-            await daemon.start()
-            try:
-                await vi.warm_up(daemon, warm)
-                port = int(daemon.url.rsplit(":", 1)[1])
-                elapsed = multiprocessing.Value("d", 0.0)
-                load = multiprocessing.Process(target=vi.load,
-                                               args=(port, bodies, connections, elapsed))
-                c0 = vi.cpu_s() + vi.verifiers_cpu_s(daemon)
-                load.start()
-                while load.is_alive():
-                    await asyncio.sleep(0.05)
-                cpu = vi.cpu_s() + vi.verifiers_cpu_s(daemon) - c0
-                stored = daemon.store.certificate_count(0) - len(warm)
-            finally:
-                await daemon.stop()
-        if load.exitcode != 0 or stored != len(bodies):
-            raise SystemExit(f"intake load failed (exit {load.exitcode}, stored {stored} of "
-                             f"{len(bodies)})")
-        return IntakeRun(len(bodies), reports, len(bodies) / float(elapsed.value),
-                         cpu / len(bodies) * 1e6)
-
-    return run_loop(run())
+    wall, costs = run_loop(vi.measure_over_http(gw, bodies, connections, default_workers(),
+                                                warm))
+    validator_cpu = costs["main"] + costs["verifiers"]
+    return IntakeRun(len(bodies), reports, len(bodies) / wall,
+                     validator_cpu / len(bodies) * 1e6)
 
 
 # -- 3. co-signing round trip ---------------------------------------------------------------------

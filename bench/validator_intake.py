@@ -187,29 +187,41 @@ def _line(label: str, count: int, reports: int, wall: float, costs: dict[str, fl
             f"CPU us per certificate {total / count * 1e6:,.0f} ({parts})")
 
 
-async def over_http(gw: FakeGateway, bodies: list[bytes], connections: int, workers: int,
-                    warm: list[bytes], reports: int) -> float:
-    """Certificates/s over HTTP; prints the figures."""
+async def measure_over_http(gw: FakeGateway, bodies: list[bytes], connections: int,
+                            workers: int, warm: list[bytes]) -> tuple[float, dict[str, float]]:
+    """Send ``bodies`` to a fresh Validator over HTTP: the load's wall seconds and the CPU
+    seconds of the Validator's main process, its verifiers and the load generator."""
     with tempfile.TemporaryDirectory() as tmp:
         daemon = ValidatorDaemon(gw, Path(tmp), port=0, run_settlement=False, workers=workers)
         await daemon.start()
-        await warm_up(daemon, warm)
-        port = int(daemon.url.rsplit(":", 1)[1])
-        elapsed = multiprocessing.Value("d", 0.0)
-        proc = multiprocessing.Process(target=load, args=(port, bodies, connections, elapsed))
-        c0, k0, v0 = cpu_s(), cpu_s(resource.RUSAGE_CHILDREN), verifiers_cpu_s(daemon)
-        proc.start()
-        while proc.is_alive():
-            await asyncio.sleep(0.05)
-        proc.join()
-        c1, k1, v1 = cpu_s(), cpu_s(resource.RUSAGE_CHILDREN), verifiers_cpu_s(daemon)
-        stored = daemon.store.certificate_count(0) - len(warm)
-        await daemon.stop()
+        try:
+            await warm_up(daemon, warm)
+            port = int(daemon.url.rsplit(":", 1)[1])
+            elapsed = multiprocessing.Value("d", 0.0)
+            proc = multiprocessing.Process(target=load,
+                                           args=(port, bodies, connections, elapsed))
+            c0, k0, v0 = cpu_s(), cpu_s(resource.RUSAGE_CHILDREN), verifiers_cpu_s(daemon)
+            proc.start()
+            while proc.is_alive():
+                await asyncio.sleep(0.05)
+            proc.join()
+            c1, k1, v1 = cpu_s(), cpu_s(resource.RUSAGE_CHILDREN), verifiers_cpu_s(daemon)
+            stored = daemon.store.certificate_count(0) - len(warm)
+        finally:
+            await daemon.stop()
     if proc.exitcode != 0 or stored != len(bodies):
-        raise SystemExit(f"load generator failed (exit {proc.exitcode}, stored {stored})")
-    wall = float(elapsed.value)
+        raise SystemExit(f"load generator failed (exit {proc.exitcode}, stored {stored} of "
+                         f"{len(bodies)})")
+    return float(elapsed.value), {"main": c1 - c0, "verifiers": v1 - v0,
+                                  "load generator": k1 - k0}
+
+
+async def over_http(gw: FakeGateway, bodies: list[bytes], connections: int, workers: int,
+                    warm: list[bytes], reports: int) -> float:
+    """Certificates/s over HTTP; prints the figures."""
+    wall, costs = await measure_over_http(gw, bodies, connections, workers, warm)
     print(_line(f"HTTP, workers={workers}, {connections} connections", len(bodies), reports,
-                wall, {"main": c1 - c0, "verifiers": v1 - v0, "load generator": k1 - k0}))
+                wall, costs))
     return len(bodies) / wall
 
 
