@@ -242,6 +242,14 @@ def test_mixer_killed_and_restarted_mid_epoch_counts_nothing_twice(tmp_path: Pat
         assert all(len(hashes) == 1 for hashes in by_key.values())
         assert Counter(k[3] for k in by_key) == Counter(r.node for r in reports)
         assert {r.hash_struct() for r in reports} == set().union(*by_key.values())
+        # With all four mixers up, each certificate still carries exactly the threshold (3):
+        # the originator's signature first.
+        domain = devnet.gateway(None).domain
+        for certificate in certificates:
+            batch_hash = certificate.batch.hash_struct()
+            signers = [recover_typed(domain, batch_hash, s) for s in certificate.signatures]
+            assert len(set(signers)) == len(signers) == 3
+            assert signers[0] == certificate.batch.mixer
         for address, count in Counter(r.node for r in reports).items():
             assert devnet.breakdowns[0][address]["challenges"] == count
         # The restarted daemon carried on: it finished the epoch's last round.

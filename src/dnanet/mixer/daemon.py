@@ -40,7 +40,6 @@ from dnanet.node.http_transport import HttpNodeTransport, NodeHttpClient, open_n
 from dnanet.protocol.codec import ListOf, Message, Nested, parse_json, wire
 from dnanet.protocol.epoch import process_epochs
 from dnanet.protocol.messages import (
-    MAX_SIGNATURES,
     BatchProposal,
     CoSignature,
     EpochSettlement,
@@ -293,8 +292,11 @@ class MixerDaemon:
                         self.address[:10], len(signatures), threshold, batch_hash.hex()[:10],
                         proposal.batch.round)
             return None, refused
+        # Exactly the threshold: ours first, then the co-signers' in the order they answered.
+        # Each extra signature would only cost every verifier (the Validator, each mixer
+        # before it signs a settlement, each audit) one more recovery.
         certificate = QuorumCertificate(batch=proposal.batch, reports=proposal.reports,
-                                        signatures=tuple(signatures.values())[:MAX_SIGNATURES])
+                                        signatures=tuple(signatures.values())[:threshold])
         self.store.save_certificate(certificate)
         self.m_certified.inc()
         return certificate, refused
