@@ -6,9 +6,10 @@
 Builds valid certificates on the fake chain of the tests (``tests/validator_helpers.py``):
 each report is an OK challenge with the node's signature over its response and the mixers'
 VRF proof (the same checks as a real report; the session itself is skipped to build them
-quickly), signed by all 4 mixers. ``--reports`` sets the reports per certificate: 1 is the
-worst case (5 signature recoveries per report); a real mixer certifies one batch per round
-with every node it challenged (about nodes / mixers reports).
+quickly), signed as mixers forward them: by the threshold, 3 of the 4 mixers, the originator
+first (``--signatures 4`` for every mixer). ``--reports`` sets the reports per certificate: 1
+is the worst case (4 signature recoveries per report: 3 mixers' and the node's); a real mixer
+certifies one batch per round with every node it challenged (about nodes / mixers reports).
 
 A load generator in another process sends them over keep-alive connections with raw HTTP/1.1
 (cheap for the client); the Validator runs in this process. Prints certificates/s and reports/s
@@ -42,7 +43,7 @@ from dnanet.protocol.messages import (
     QuorumCertificate,
     ScoreReport,
 )
-from dnanet.protocol.quorum import compute_batch
+from dnanet.protocol.quorum import compute_batch, compute_quorum_threshold
 from dnanet.protocol.schedule import (
     RoundId,
     compute_assigned_nodes,
@@ -57,11 +58,15 @@ from validator_helpers import FakeGateway, build_network
 
 
 def make_certificates(gw: FakeGateway, node_keys: dict[str, object], count: int,
-                      reports_per_certificate: int = 1) -> list[bytes]:
+                      reports_per_certificate: int = 1, signatures: int | None = None
+                      ) -> list[bytes]:
     """``count`` certificates of epoch 0 (as many rounds as needed), each over
     ``reports_per_certificate`` reports of one mixer and round (a mixer certifies one batch
     per round with every node it challenged: a real network's certificates carry about
-    nodes / mixers reports; one report per certificate is the worst case for intake)."""
+    nodes / mixers reports; one report per certificate is the worst case for intake), signed
+    by ``signatures`` mixers, the originator first (default: the threshold, as mixers send
+    them)."""
+    count_signers = signatures or compute_quorum_threshold(len(gw.mixers))
     preset = gw.preset
     target = compute_assignment_target(len(gw.mixers), preset.challenges_per_round)
     sizes = preset.sizes_for_class(0)
@@ -83,7 +88,7 @@ def make_certificates(gw: FakeGateway, node_keys: dict[str, object], count: int,
                 certificate = QuorumCertificate(
                     batch=batch, reports=reports,
                     signatures=tuple(m.sign_typed(gw.domain, batch.hash_struct())
-                                     for m in order))
+                                     for m in order[:count_signers]))
                 out.append(certificate.to_json())
                 if len(out) >= count:
                     return out
@@ -245,8 +250,10 @@ async def without_http(gw: FakeGateway, bodies: list[bytes], concurrency: int, w
                 {"main": c1 - c0, "verifiers": v1 - v0}))
 
 
-def build(certificates: int, reports: int) -> tuple[FakeGateway, list[bytes], list[bytes]]:
-    """The network and ``certificates`` bodies (plus 64 to warm up with)."""
+def build(certificates: int, reports: int, signatures: int | None = None
+          ) -> tuple[FakeGateway, list[bytes], list[bytes]]:
+    """The network and ``certificates`` bodies (plus 64 to warm up with); ``signatures``
+    mixers sign each (default: the threshold)."""
     from dnanet.params import TEST  # build_network's preset
 
     nodes = nodes_needed(certificates + 64, reports, 4, TEST.rounds_per_epoch)
@@ -254,7 +261,7 @@ def build(certificates: int, reports: int) -> tuple[FakeGateway, list[bytes], li
     gw.advance_to(compute_round_start_block(RoundId(0, gw.preset.rounds_per_epoch - 1),
                                             gw.preset))
     keys = {address: t.prover.identity for address, t in committee.transports.items()}
-    bodies = make_certificates(gw, keys, certificates + 64, reports)
+    bodies = make_certificates(gw, keys, certificates + 64, reports, signatures)
     return gw, bodies[:64], bodies[64:]
 
 
@@ -266,14 +273,17 @@ def main() -> None:
                         help="verification processes to compare (0: threads)")
     parser.add_argument("--reports", type=int, nargs="+", default=[1, 32],
                         help="reports per certificate to compare")
+    parser.add_argument("--signatures", type=int, choices=(3, 4), default=3,
+                        help="mixer signatures per certificate (3: the threshold, as mixers "
+                             "forward them)")
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs")
     for reports in args.reports:
         count = args.certificates if reports == 1 else max(100, args.certificates // reports)
         t0 = time.perf_counter()
-        gw, warm, bodies = build(count, reports)
-        print(f"built {len(bodies)} certificates of {reports} report(s) (4 mixer signatures "
-              f"each) in {time.perf_counter() - t0:.1f} s")
+        gw, warm, bodies = build(count, reports, args.signatures)
+        print(f"built {len(bodies)} certificates of {reports} report(s) ({args.signatures} "
+              f"mixer signatures each) in {time.perf_counter() - t0:.1f} s")
         for workers in args.workers:
             run_loop(without_http(gw, bodies, args.connections, workers, warm, reports))
             run_loop(over_http(gw, bodies, args.connections, workers, warm, reports))
