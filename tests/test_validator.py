@@ -568,6 +568,10 @@ def test_node_proofs_breakdowns_and_listings(gateway: FakeGateway, corpus: Corpu
         await post_all(client, corpus.certificates[0])
         gateway.advance_to(last_round_start(gateway, 1))
         await post_all(client, corpus.certificates[1])
+        collecting = corpus.certificates[1][0].reports[0].node
+        pending = (await client.get(f"/v1/nodes/{collecting}/epochs/1")).json()
+        assert pending["final"] is False and pending["challenges"] > 0
+        assert (pending["root"], pending["proof"], pending["in_tree"]) == (None, [], False)
         use_signer(daemon, local_signer(gateway, daemon))
         gateway.advance_to(settle_block(gateway, 1))
         await daemon.loop.step()  # epoch 0
@@ -604,6 +608,16 @@ def test_node_proofs_breakdowns_and_listings(gateway: FakeGateway, corpus: Corpu
                                             report.download_us, report.upload_us)
             assert (entry["latency"], entry["compute"], entry["bandwidth"], entry["score"]) == (
                 score.latency, score.compute, score.bandwidth, report.score)
+        # Each settled epoch's breakdown carries the node's proof against that epoch's root.
+        for epoch in (0, 1):
+            epoch_root = gateway.settled[epoch].rewards_root
+            for earner in earners:
+                row = (await client.get(f"/v1/nodes/{earner}/epochs/{epoch}")).json()
+                assert row["root"] == "0x" + epoch_root.hex()
+                amount = replay[epoch].cumulative.get(earner, 0)
+                assert row["in_tree"] is (amount > 0) and row["cumulative"] == amount
+                proof = [bytes.fromhex(p[2:]) for p in row["proof"]]
+                assert not amount or verify_proof(epoch_root, earner, amount, proof)
         offline = gateway.nodes_list[OFFLINE].address
         failed = (await client.get(f"/v1/nodes/{offline}/epochs/0")).json()
         assert {r["outcome"] for r in failed["reports"]} == {"UNREACHABLE"}

@@ -10,7 +10,8 @@
 ``GET /v1/epochs/{epoch}/reports``       the selected reports the rollup is computed from
 ``GET /v1/nodes/{address}``              cumulative total, proof and root of the latest
                                          settled epoch, and the node's per-epoch rows
-``GET /v1/nodes/{address}/epochs/{e}``   the score breakdown of one epoch
+``GET /v1/nodes/{address}/epochs/{e}``   the score breakdown of one epoch and, once its rollup
+                                         is computed, the node's proof against its root
 ``GET /v1/status``                       chain position and what is pending
 =======================================  =====================================================
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +34,7 @@ from prometheus_client import CollectorRegistry, Counter
 from dnanet.errors import CodecError, DnanetError
 from dnanet.params import Preset
 from dnanet.protocol.codec import MAX_MESSAGE_BYTES, Address, canonical_json
-from dnanet.protocol.messages import Outcome, QuorumCertificate
+from dnanet.protocol.messages import ZERO32, Outcome, QuorumCertificate
 from dnanet.protocol.rollup import RewardTree
 from dnanet.protocol.schedule import compute_epoch
 from dnanet.protocol.scoring import compute_node_epoch_scores, compute_report_score
@@ -49,7 +51,8 @@ from dnanet.validator.store import (
 log = logging.getLogger("dnanet.validator")
 
 MAX_EPOCH = (1 << 63) - 1
-MAX_GROUP_COMMIT = 1024
+KEEP_TREES = 4
+"""Reward trees kept in memory (the latest settled epoch's is the one claims use)."""
 _ADDRESS = Address()
 
 
@@ -133,6 +136,7 @@ class ValidatorApi:
         self.intake = intake
         self.status = status
         self._trees: dict[int, RewardTree | None] = {}
+        self._trees_lock = threading.Lock()
         self._install(app)
 
     def current_epoch(self) -> int | None:
@@ -152,18 +156,33 @@ class ValidatorApi:
         return EpochRecord(epoch, COLLECTING, reports, None, None, None, None)
 
     def tree(self, epoch: int) -> RewardTree | None:
-        """The reward tree after ``epoch``, rebuilt from the stored totals and checked
-        against the stored root."""
-        if epoch in self._trees:
-            return self._trees[epoch]
+        """The reward tree after ``epoch`` (None if nobody has earned yet), rebuilt from the
+        stored totals and checked against the stored root; the last ``KEEP_TREES`` are kept."""
+        with self._trees_lock:
+            if epoch in self._trees:
+                return self._trees[epoch]
         entries = self.store.tree_entries(epoch)
         tree = RewardTree.build(entries) if entries else None
         settlement = self.store.settlement(epoch)
-        root = tree.root if tree is not None else b"\x00" * 32
+        root = tree.root if tree is not None else ZERO32
         if settlement is None or root != settlement.rewards_root:
             raise InconsistentState(f"the stored totals of epoch {epoch} do not rebuild its root")
-        self._trees = {epoch: tree}  # only the latest settled epoch is asked for
+        with self._trees_lock:
+            self._trees[epoch] = tree
+            while len(self._trees) > KEEP_TREES:
+                del self._trees[next(iter(self._trees))]
         return tree
+
+    def tree_claim(self, address: str, epoch: int) -> dict[str, Any]:
+        """The root of ``epoch``'s reward tree and ``address``'s leaf in it: its cumulative
+        total and the proof (empty and not in the tree if it has earned nothing yet)."""
+        tree = self.tree(epoch)
+        out: dict[str, Any] = {"root": _hex(tree.root if tree is not None else ZERO32),
+                               "cumulative": 0, "proof": [], "in_tree": False}
+        if tree is not None and address in tree:
+            out.update(cumulative=tree.amount(address),
+                       proof=[_hex(p) for p in tree.proof(address)], in_tree=True)
+        return out
 
     def node_summary(self, address: str) -> dict[str, Any]:
         settled = self.store.latest_settled_epoch()
@@ -171,12 +190,7 @@ class ValidatorApi:
         out: dict[str, Any] = {"address": address, "epoch": settled, "root": None,
                                "cumulative": 0, "proof": [], "in_tree": False}
         if settled is not None:
-            tree = self.tree(settled)
-            out["root"] = _hex(tree.root) if tree is not None else _hex(b"\x00" * 32)
-            if tree is not None and address in tree:
-                out["cumulative"] = tree.amount(address)
-                out["proof"] = [_hex(p) for p in tree.proof(address)]
-                out["in_tree"] = True
+            out.update(self.tree_claim(address, settled))
         out["epochs"] = [dict(r.to_json(), settled=settled is not None and r.epoch <= settled)
                          for r in rows]
         return out
@@ -201,6 +215,9 @@ class ValidatorApi:
             })
         node_score = compute_node_epoch_scores(reports).get(address)
         scoring = self.preset.scoring
+        # The node's leaf in this epoch's reward tree, once the rollup has computed it.
+        claim = (self.tree_claim(address, epoch) if published
+                 else {"root": None, "proof": [], "in_tree": False})
         return {
             "address": address, "epoch": epoch,
             "status": record.status if record is not None else COLLECTING,
@@ -216,6 +233,7 @@ class ValidatorApi:
             "weights_bps": {"compute": scoring.weight_compute_bps,
                             "bandwidth": scoring.weight_bandwidth_bps,
                             "latency": scoring.weight_latency_bps},
+            "root": claim["root"], "proof": claim["proof"], "in_tree": claim["in_tree"],
             "reports": entries,
         }
 
