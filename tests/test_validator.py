@@ -727,8 +727,11 @@ def test_validator_command_line_parses() -> None:
     parser = argparse.ArgumentParser(prog="dnanet")
     add_validator_commands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["validator", "run", "--data-dir", "d", "--deployment", "n.json",
-                              "--port", "9000", "--workers", "0"])
-    assert (args.data_dir, args.deployment, args.port, args.workers) == ("d", "n.json", 9000, 0)
-    assert args.keystore is None and callable(args.handler)
+                              "--keystore", "v.json", "--port", "9000", "--workers", "0"])
+    assert (args.data_dir, args.deployment, args.keystore, args.port, args.workers) == (
+        "d", "n.json", "v.json", 9000, 0)
+    assert callable(args.handler)
     with pytest.raises(SystemExit):
-        parser.parse_args(["validator", "run", "--data-dir", "d"])  # no deployment
+        parser.parse_args(["validator", "run", "--data-dir", "d", "--keystore", "v.json"])
+    with pytest.raises(SystemExit):  # settlements cannot be sent without an identity
+        parser.parse_args(["validator", "run", "--data-dir", "d", "--deployment", "n.json"])

@@ -154,8 +154,7 @@ def _validator_run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    keystore = Path(args.keystore) if args.keystore else None
-    gateway = open_gateway(args.rpc, Path(args.deployment), keystore)
+    gateway = open_gateway(args.rpc, Path(args.deployment), Path(args.keystore))
     daemon = ValidatorDaemon(gateway, Path(args.data_dir), host=args.host, port=args.port,
                              workers=args.workers)
     run_loop(_serve(daemon))
@@ -175,8 +174,9 @@ def add_validator_commands(sub: Any) -> None:
     run.add_argument("--data-dir", required=True, help="directory of the Validator's database")
     run.add_argument("--deployment", required=True, help="deployment file of the network")
     run.add_argument("--rpc", default="http://127.0.0.1:8545", help="chain JSON-RPC URL")
-    run.add_argument("--keystore", help="keystore of the account that pays for settlement "
-                     "transactions (password from DNANET_KEYSTORE_PASSWORD or a prompt)")
+    run.add_argument("--keystore", required=True,
+                     help="keystore of the account that submits settlements and punishments "
+                     "and pays for them (password from DNANET_KEYSTORE_PASSWORD or a prompt)")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8700)
     run.add_argument("--workers", type=int, default=default_workers(),
