@@ -10,11 +10,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from dnanet.mixer.session import run_challenge_session
+from dnanet.node.hardware import CLASS_GPU
 from dnanet.node.http_transport import HttpNodeTransport, open_node_session
-from dnanet.node.server import NODE_SCHEMA, build_node_app
-from dnanet.params import TEST
+from dnanet.node.server import MAX_DOWNLOAD_BYTES, NODE_SCHEMA, build_node_app, download_path
+from dnanet.params import MAINNET, PRESETS, TEST, Preset
+from dnanet.protocol.challenge_params import compute_challenge
+from dnanet.protocol.challenges.bandwidth import download_payload, payload_digest
+from dnanet.protocol.codec import MAX_MESSAGE_BYTES
 from dnanet.protocol.messages import Outcome, SignedChallenge
 from dnanet.protocol.validation import verify_score_report
 from dnanet.service.http import Server
@@ -35,11 +40,18 @@ NODE = make_nodes(1, "http-node")[0]
 
 @contextlib.asynccontextmanager
 async def serving_node(tmp_path: Path) -> AsyncIterator[tuple[str, Store]]:
+    async with serving_node_app(tmp_path) as (url, store, _):
+        yield url, store
+
+
+@contextlib.asynccontextmanager
+async def serving_node_app(tmp_path: Path) -> AsyncIterator[tuple[str, Store, FastAPI]]:
     store = Store(tmp_path / "node.db", NODE_SCHEMA)
-    server = Server(build_node_app(make_prover(NODE, MIXERS), store), "127.0.0.1", _free_port())
+    app = build_node_app(make_prover(NODE, MIXERS), store)
+    server = Server(app, "127.0.0.1", _free_port())
     await server.start()
     try:
-        yield server.url, store
+        yield server.url, store, app
     finally:
         await server.stop()
         store.close()
@@ -208,3 +220,81 @@ async def _non_mixer(tmp_path: Path) -> None:
         assert response.status_code == 422
         assert response.json()["error"]["field"] == "mixer"
         assert store.query("SELECT count(*) FROM challenges") == [(0,)]
+
+
+def _signed_challenge(round_: int, hardware_class: int, preset: Preset) -> SignedChallenge:
+    mixer = MIXERS[0]
+    _, beta = prove_round(mixer, round_)
+    challenge = compute_challenge(beta=beta, epoch=EPOCH, round_=round_, mixer=mixer.address,
+                                  node=NODE.address, hardware_class=hardware_class,
+                                  preset=preset)
+    return SignedChallenge(challenge=challenge,
+                           signature=mixer.identity.sign_typed(DOMAIN, challenge.hash_struct()))
+
+
+def test_the_download_limit_covers_every_preset_and_class() -> None:
+    largest = max(s.download_bytes for p in PRESETS.values() for s in p.hardware_classes)
+    assert largest == MAINNET.sizes_for_class(CLASS_GPU).download_bytes == 16 * 1024 * 1024
+    # Above the app-wide limit, which must not answer for a challenge's download.
+    assert MAX_MESSAGE_BYTES < largest < MAX_DOWNLOAD_BYTES <= largest + 1024 * 1024
+
+
+def test_a_mainnet_gpu_download_of_16_mib_is_received_over_http(tmp_path: Path) -> None:
+    asyncio.run(_gpu_download(tmp_path))
+
+
+async def _gpu_download(tmp_path: Path) -> None:
+    signed = _signed_challenge(0, CLASS_GPU, MAINNET)
+    challenge = signed.challenge
+    assert challenge.download_bytes == 16 * 1024 * 1024
+    payload = download_payload(b"\x07" * 32, challenge.download_bytes)
+    async with serving_node_app(tmp_path) as (url, _, app):
+        # Through the mixer's own HTTP transport, as a challenge session sends it.
+        async with open_node_session(8, 30) as session:
+            transport = HttpNodeTransport(session, url)
+            await transport.start(signed)
+            assert download_path(challenge.challenge_id) in app.state.own_body_limit
+            digest = await transport.download(challenge.challenge_id, [payload])
+        assert digest == payload_digest(payload)
+        # One download per session: afterwards the app-wide limit applies to the path again.
+        assert download_path(challenge.challenge_id) not in app.state.own_body_limit
+        async with httpx.AsyncClient(timeout=30) as client:
+            status = (await client.get(url + "/v1/status")).json()
+        entry = status["recent_challenges"][0]
+        assert entry["stage"] == "download" and entry["error"] is None
+        assert entry["node_metrics"]["download_bytes"] == challenge.download_bytes
+        assert entry["node_metrics"]["download_us"] > 0
+
+
+def test_a_download_over_its_limit_is_413_naming_the_limit(tmp_path: Path) -> None:
+    asyncio.run(_download_over_limit(tmp_path))
+
+
+async def _download_over_limit(tmp_path: Path) -> None:
+    over = b"\0" * (MAX_DOWNLOAD_BYTES + 1)
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        for start in range(0, len(over), 1 << 20):
+            yield over[start:start + (1 << 20)]
+
+    async with serving_node_app(tmp_path) as (url, store, app), \
+            httpx.AsyncClient(timeout=30) as client:
+        for round_, content in ((1, over), (2, chunked())):
+            signed = _signed_challenge(round_, CLASS_GPU, MAINNET)
+            key = signed.challenge.challenge_id
+            started = await client.post(url + "/v1/challenges", content=signed.to_json())
+            assert started.status_code == 200, started.text
+            response = await client.post(url + download_path(key), content=content)
+            assert response.status_code == 413, response.text
+            error = response.json()["error"]
+            assert error["type"] == "TooLarge" and error["field"] == "body"
+            assert str(MAX_DOWNLOAD_BYTES) in error["message"]
+            assert download_path(key) not in app.state.own_body_limit
+            status = (await client.get(url + "/v1/status")).json()
+            assert status["recent_challenges"][0]["error"].startswith("download: ")
+        # A challenge the node never accepted keeps the app-wide limit.
+        unknown = download_path(b"\xab" * 32)
+        response = await client.post(url + unknown, content=b"\0" * (MAX_MESSAGE_BYTES + 1))
+        assert response.status_code == 413
+        assert str(MAX_MESSAGE_BYTES) in response.json()["error"]["message"]
+        assert store.query("SELECT count(*) FROM challenges") == [(2,)]

@@ -3,16 +3,32 @@
 Challenge endpoints (``/v1/challenges``) follow the session order of
 :mod:`dnanet.node.prover`. Signed challenges and the node's signed responses are written to
 the node's SQLite store before the node answers.
+
+Body limits: every route takes at most the app-wide ``MAX_MESSAGE_BYTES`` (protocol messages),
+except a challenge's download, which carries the bandwidth payload: up to
+``MAX_DOWNLOAD_BYTES``, the largest download any preset's hardware class sends plus a margin.
+The download path of a challenge is exempted from the app-wide limit (``own_body_limit``)
+once a current mixer's signed challenge for it is accepted, and until its download ends; the
+route enforces its own limit and answers 413 naming it.
+
+What the node saw of each challenge (the last step it completed, the error it answered, its
+own timings) is kept beside it, for ``GET /v1/status`` and ``dnanet node status``: the node
+never learns the mixer's verdict, which comes from the Validator.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 
+from dnanet.errors import CodecError, DnanetError
 from dnanet.node.api import (
     DigestMessage,
     EchoMessage,
@@ -21,8 +37,8 @@ from dnanet.node.api import (
     OpenRequest,
     RootMessage,
 )
-from dnanet.node.prover import ChallengeProver
-from dnanet.protocol.challenges.bandwidth import MAX_PAYLOAD_BYTES
+from dnanet.node.prover import MAX_OPEN_SESSIONS, ChallengeProver
+from dnanet.params import PRESETS
 from dnanet.protocol.codec import FixedBytes, Message, parse_json
 from dnanet.protocol.messages import SignedChallenge
 from dnanet.service.http import create_app, message_schema, read_body
@@ -38,11 +54,59 @@ CREATE TABLE IF NOT EXISTS challenges (
     challenge_json BLOB NOT NULL,
     response_json BLOB
 );
-CREATE INDEX IF NOT EXISTS challenges_epoch ON challenges(epoch, round)
+CREATE INDEX IF NOT EXISTS challenges_epoch ON challenges(epoch, round);
+CREATE TABLE IF NOT EXISTS challenge_progress (
+    challenge_id BLOB PRIMARY KEY,
+    stage TEXT NOT NULL,
+    error TEXT,
+    echoes INTEGER NOT NULL,
+    download_bytes INTEGER,
+    download_us INTEGER,
+    upload_bytes INTEGER,
+    compute_us INTEGER
+)
 """
 
 _CID = FixedBytes(32)
-MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+
+DOWNLOAD_MARGIN_BYTES = 1024 * 1024
+MAX_DOWNLOAD_BYTES = max(
+    sizes.download_bytes for preset in PRESETS.values() for sizes in preset.hardware_classes
+) + DOWNLOAD_MARGIN_BYTES
+"""The most a challenge's download may carry: the largest download of any preset's hardware
+class (mainnet's GPU class: 16 MiB), plus a margin."""
+
+STAGES = ("started", "echo", "download", "upload", "compute", "finish", "open")
+"""A session's steps in order; ``stage`` is the last one the node completed."""
+
+T = TypeVar("T")
+
+
+def download_path(challenge_id: bytes) -> str:
+    """The download path of a challenge as mixers spell it (``0x`` + lowercase hex)."""
+    return f"/v1/challenges/0x{challenge_id.hex()}/download"
+
+
+@dataclass
+class _Progress:
+    """What the node saw of one challenge session (its own measurements, not the mixer's)."""
+
+    stage: str = "started"
+    error: str | None = None
+    echoes: int = 0
+    download_bytes: int | None = None
+    download_us: int | None = None
+    upload_bytes: int | None = None
+    compute_us: int | None = None
+
+    def row(self, challenge_id: bytes) -> tuple[Any, ...]:
+        return (challenge_id, self.stage, self.error, self.echoes, self.download_bytes,
+                self.download_us, self.upload_bytes, self.compute_us)
+
+
+_SAVE_PROGRESS = (
+    "INSERT OR REPLACE INTO challenge_progress(challenge_id, stage, error, echoes,"
+    " download_bytes, download_us, upload_bytes, compute_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 def _json(message: Message) -> Response:
@@ -56,6 +120,44 @@ def build_node_app(prover: ChallengeProver, store: Store, *, status: Any = None)
     def cid(challenge_id: str) -> bytes:
         return _CID.from_wire(challenge_id, "challengeId")
 
+    own_body_limit: set[str] = app.state.own_body_limit
+    progress: OrderedDict[bytes, _Progress] = OrderedDict()
+    """Sessions in flight (as many as the prover keeps open), by challenge id."""
+
+    def save(key: bytes, state: _Progress) -> None:
+        with store.transaction() as db:
+            db.execute(_SAVE_PROGRESS, state.row(key))
+
+    def forget(key: bytes) -> None:
+        """The session is over (or the prover dropped it): keep what the node saw on disk."""
+        state = progress.pop(key, None)
+        own_body_limit.discard(download_path(key))
+        if state is not None:
+            save(key, state)
+
+    def failed(key: bytes, name: str, exc: DnanetError) -> None:
+        if (state := progress.get(key)) is not None:
+            state.error = f"{name}: {exc}"
+            save(key, state)
+
+    def refuse(key: bytes, message: str) -> JSONResponse:
+        """A download over ``MAX_DOWNLOAD_BYTES``: 413, in the app-wide limit's format."""
+        failed(key, "download", CodecError(message, field="body"))
+        return JSONResponse(
+            {"error": {"type": "TooLarge", "message": message, "field": "body"}},
+            status_code=413)
+
+    def step(key: bytes, name: str, call: Callable[[], T]) -> T:
+        """Run a session step; remember it was done, or the error the node answered."""
+        try:
+            out = call()
+        except DnanetError as exc:
+            failed(key, name, exc)
+            raise
+        if (state := progress.get(key)) is not None:
+            state.stage = name
+        return out
+
     @app.post("/v1/challenges", tags=["challenge"], openapi_extra=message_schema(SignedChallenge))
     async def start(request: Request) -> Response:
         signed = SignedChallenge.from_wire(parse_json(await read_body(request)))
@@ -67,63 +169,107 @@ def build_node_app(prover: ChallengeProver, store: Store, *, status: Any = None)
                 " challenge_json) VALUES (?, ?, ?, ?, ?, ?)",
                 (c.challenge_id, c.epoch, c.round, c.mixer, time.time(), signed.to_json()),
             )
+        progress[c.challenge_id] = _Progress()
+        own_body_limit.add(download_path(c.challenge_id))
+        while len(progress) > MAX_OPEN_SESSIONS:  # the prover dropped the oldest too
+            forget(next(iter(progress)))
         return Response(b'{"accepted":true}', media_type="application/json")
 
     @app.post("/v1/challenges/{challenge_id}/echo", tags=["challenge"],
               openapi_extra=message_schema(EchoMessage))
     async def echo(challenge_id: str, request: Request) -> Response:
+        key = cid(challenge_id)
         msg = EchoMessage.from_wire(parse_json(await read_body(request, 1024)))
-        return _json(EchoMessage(nonce=prover.echo(cid(challenge_id), msg.nonce)))
+        nonce = step(key, "echo", lambda: prover.echo(key, msg.nonce))
+        if (state := progress.get(key)) is not None:
+            state.echoes += 1
+        return _json(EchoMessage(nonce=nonce))
 
-    @app.post("/v1/challenges/{challenge_id}/download", tags=["challenge"])
+    @app.post("/v1/challenges/{challenge_id}/download", tags=["challenge"],
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/octet-stream": {"schema": {
+                      "type": "string", "format": "binary", "maxLength": MAX_DOWNLOAD_BYTES}}}}})
     async def download(challenge_id: str, request: Request) -> Response:
         key = cid(challenge_id)
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > min(MAX_DOWNLOAD_BYTES, MAX_PAYLOAD_BYTES):
-                from dnanet.errors import CodecError
-
-                raise CodecError("download payload too large", field="body")
-            prover.download_chunk(key, chunk)
-        return _json(DigestMessage(digest=prover.download_done(key)))
+        try:
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_DOWNLOAD_BYTES:
+                return refuse(key, f"body of {declared} bytes exceeds {MAX_DOWNLOAD_BYTES}")
+            t0 = time.perf_counter()
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_DOWNLOAD_BYTES:
+                    return refuse(key, f"request body exceeds {MAX_DOWNLOAD_BYTES} bytes")
+                prover.download_chunk(key, chunk)
+            digest = prover.download_done(key)
+        except DnanetError as exc:
+            failed(key, "download", exc)
+            raise
+        finally:  # one download per session: the app-wide limit applies again
+            own_body_limit.discard(download_path(key))
+        if (state := progress.get(key)) is not None:
+            state.stage = "download"
+            state.download_bytes, state.download_us = size, _us(time.perf_counter() - t0)
+        return _json(DigestMessage(digest=digest))
 
     @app.get("/v1/challenges/{challenge_id}/upload", tags=["challenge"])
     async def upload(challenge_id: str) -> Response:
-        return Response(prover.upload(cid(challenge_id)), media_type="application/octet-stream")
+        key = cid(challenge_id)
+        data = step(key, "upload", lambda: prover.upload(key))
+        if (state := progress.get(key)) is not None:
+            state.upload_bytes = len(data)
+        return Response(data, media_type="application/octet-stream")
 
     @app.post("/v1/challenges/{challenge_id}/compute", tags=["challenge"])
     async def compute(challenge_id: str) -> Response:
-        root = await asyncio.to_thread(prover.compute, cid(challenge_id))
+        key = cid(challenge_id)
+
+        def timed() -> tuple[bytes, float]:
+            t0 = time.perf_counter()
+            return prover.compute(key), time.perf_counter() - t0
+
+        try:
+            root, seconds = await asyncio.to_thread(timed)
+        except DnanetError as exc:
+            failed(key, "compute", exc)
+            raise
+        if (state := progress.get(key)) is not None:
+            state.stage, state.compute_us = "compute", _us(seconds)
         return _json(RootMessage(root=root))
 
     @app.post("/v1/challenges/{challenge_id}/finish", tags=["challenge"])
     async def finish(challenge_id: str) -> Response:
         key = cid(challenge_id)
-        signed = prover.finish(key)
+        signed = step(key, "finish", lambda: prover.finish(key))
+        state = progress.get(key)
         with store.transaction() as db:
             db.execute("UPDATE challenges SET response_json=? WHERE challenge_id=?",
                        (signed.to_json(), key))
+            if state is not None:
+                db.execute(_SAVE_PROGRESS, state.row(key))
         return _json(signed)
 
     @app.post("/v1/challenges/{challenge_id}/open", tags=["challenge"],
               openapi_extra=message_schema(OpenRequest))
     async def open_rows(challenge_id: str, request: Request) -> Response:
+        key = cid(challenge_id)
         msg = OpenRequest.from_wire(parse_json(await read_body(request, 64 * 1024)))
-        openings = prover.open_rows(cid(challenge_id), list(msg.indices))
+        openings = step(key, "open", lambda: prover.open_rows(key, list(msg.indices)))
+        forget(key)  # the session ends here
         return _json(OpeningsMessage(openings=tuple(OpeningMessage.of(o) for o in openings)))
 
     @app.get("/v1/status", tags=["status"])
     async def node_status() -> Any:
         recent = store.query(
-            "SELECT epoch, round, mixer, received_at, response_json IS NOT NULL FROM challenges"
-            " ORDER BY received_at DESC LIMIT 50")
+            "SELECT c.challenge_id, c.epoch, c.round, c.mixer, c.received_at,"
+            " c.response_json IS NOT NULL, p.stage, p.error, p.echoes, p.download_bytes,"
+            " p.download_us, p.upload_bytes, p.compute_us FROM challenges c"
+            " LEFT JOIN challenge_progress p ON p.challenge_id = c.challenge_id"
+            " ORDER BY c.received_at DESC LIMIT 50")
         body: dict[str, Any] = {
             "address": prover.identity.address,
-            "recent_challenges": [
-                {"epoch": e, "round": r, "mixer": m, "received_at": t, "answered": bool(a)}
-                for e, r, m, t, a in recent
-            ],
+            "recent_challenges": [_recent(row, progress.get(row[0])) for row in recent],
         }
         if status is not None:
             body.update(status())
@@ -132,4 +278,30 @@ def build_node_app(prover: ChallengeProver, store: Store, *, status: Any = None)
     return app
 
 
-__all__ = ["NODE_SCHEMA", "build_node_app"]
+def _us(seconds: float) -> int:
+    return max(1, round(seconds * 1e6))
+
+
+def _recent(row: tuple[Any, ...], live: _Progress | None) -> dict[str, Any]:
+    """One entry of ``recent_challenges``: the session as the node saw it (in flight: from
+    memory; otherwise as stored when it signed, ended or answered an error)."""
+    key, epoch, round_, mixer, received_at, answered = row[:6]
+    if live is not None:
+        state = live
+    elif row[6] is not None:
+        state = _Progress(*row[6:])
+    else:
+        state = _Progress(stage="finish" if answered else "started")
+    return {
+        "challenge_id": "0x" + bytes(key).hex(), "epoch": epoch, "round": round_,
+        "mixer": mixer, "received_at": received_at, "answered": bool(answered),
+        "stage": state.stage, "completed": state.stage == "open", "error": state.error,
+        "node_metrics": {
+            "echoes": state.echoes, "download_bytes": state.download_bytes,
+            "download_us": state.download_us, "upload_bytes": state.upload_bytes,
+            "compute_us": state.compute_us,
+        },
+    }
+
+
+__all__ = ["MAX_DOWNLOAD_BYTES", "NODE_SCHEMA", "STAGES", "build_node_app", "download_path"]
