@@ -122,7 +122,7 @@ async def _unreachable() -> None:
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "field"),
     [
-        ("POST", "/v1/challenges", b"not json", 400, None),
+        ("POST", "/v1/challenges", b"not json", 400, "body"),
         ("POST", "/v1/challenges", b"[]", 400, "SignedChallenge"),
         (
             "POST",

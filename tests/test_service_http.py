@@ -166,7 +166,7 @@ def test_declared_body_over_the_limit_answers_413_unread() -> None:
     app = make_app(AppLimits(max_body_bytes=50, rate_per_s=1e9, burst=10**9))
     response = request(app, "POST", "/echo", content=b"x" * 51)
     assert response.status_code == 413
-    assert response.json() == {"error": {"type": "TooLarge", "field": None,
+    assert response.json() == {"error": {"type": "TooLarge", "field": "body",
                                          "message": "body of 51 bytes exceeds 50"}}
     assert requests_counted(app, "/echo", 413) == 1
     at_limit = request(app, "POST", "/echo", content=b"x" * 50)
@@ -195,8 +195,8 @@ def test_read_body_refuses_a_chunked_body_over_its_limit() -> None:
     assert ok.status_code == 200
     assert ok.content == b"x" * 90
     too_big = request(app, "POST", "/echo", content=chunks(4))
-    assert too_big.status_code == 400
-    assert too_big.json()["error"] == {"type": "CodecError", "field": None,
+    assert too_big.status_code == 413
+    assert too_big.json()["error"] == {"type": "TooLarge", "field": "body",
                                        "message": "request body exceeds 100 bytes"}
 
 
@@ -207,6 +207,7 @@ def test_read_json_is_strict() -> None:
         response = request(app, "POST", "/json", content=raw)
         assert response.status_code == 400, raw
         assert response.json()["error"]["type"] == "CodecError"
+        assert response.json()["error"]["field"] == "body"  # the document as a whole
 
 
 def test_request_validation_error_is_a_codec_error() -> None:
@@ -273,11 +274,11 @@ def test_served_over_loopback() -> None:
                 assert (await http.post("/echo", content=b"hello")).content == b"hello"
                 assert (await http.get("/raise/chain")).status_code == 503
                 assert (await http.post("/echo", content=b"x" * 1001)).status_code == 413
-                assert (await http.post("/echo", content=b"x" * 101)).status_code == 400
+                assert (await http.post("/echo", content=b"x" * 101)).status_code == 413
 
     asyncio.run(body())
     assert requests_counted(app, "/echo", 200) == 1
-    assert requests_counted(app, "/echo", 413) == 1
+    assert requests_counted(app, "/echo", 413) == 2
 
 
 def _direct_app() -> FastAPI:
@@ -314,11 +315,11 @@ def test_a_direct_route_answers_alike_through_the_server_and_the_app() -> None:
         (200, {"length": 3}),
         (422, {"error": {"type": "ProtocolError", "field": "round", "message": "breaks a rule"}}),
         (409, {"closed": True}),
-        (400, {"error": {"type": "CodecError", "field": None,
+        (413, {"error": {"type": "TooLarge", "field": "body",
                          "message": "request body exceeds 100 bytes"}}),
-        (413, {"error": {"type": "TooLarge", "field": None,
+        (413, {"error": {"type": "TooLarge", "field": "body",
                          "message": "body of 1001 bytes exceeds 1000"}}),
-        (400, {"error": {"type": "CodecError", "field": None,
+        (413, {"error": {"type": "TooLarge", "field": "body",
                          "message": "request body exceeds 100 bytes"}}),
     ]
     served, in_app = _direct_app(), _direct_app()
@@ -339,8 +340,7 @@ def test_a_direct_route_answers_alike_through_the_server_and_the_app() -> None:
     asyncio.run(body())
     for app in (served, in_app):
         assert requests_counted(app, "/direct", 200) == 1
-        assert requests_counted(app, "/direct", 400) == 2
-        assert requests_counted(app, "/direct", 413) == 1
+        assert requests_counted(app, "/direct", 413) == 3
     spec = request(in_app, "GET", "/openapi.json").json()
     assert spec["paths"]["/direct"]["post"]["x-test"] is True
 

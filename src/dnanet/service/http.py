@@ -41,8 +41,14 @@ from dnanet.protocol.codec import MAX_MESSAGE_BYTES, Message, parse_json
 log = logging.getLogger("dnanet.http")
 
 
+class TooLarge(CodecError):
+    """A request body over its route's limit (413)."""
+
+
 def error_body(exc: DnanetError | Exception, kind: str | None = None) -> dict[str, Any]:
     field = getattr(exc, "field", None)
+    if field is None and isinstance(exc, CodecError):
+        field = "body"  # the document as a whole: not JSON, too deep, too large
     message = str(exc)
     if field and message.startswith(f"{field}: "):
         message = message[len(field) + 2 :]
@@ -50,6 +56,8 @@ def error_body(exc: DnanetError | Exception, kind: str | None = None) -> dict[st
 
 
 def status_for(exc: DnanetError) -> int:
+    if isinstance(exc, TooLarge):
+        return 413
     if isinstance(exc, CodecError):
         return 400
     if isinstance(exc, ChainError):
@@ -149,7 +157,7 @@ class GuardMiddleware:
         length = (None if scope["path"] in self.own_body_limit else _declared_length(scope))
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             await JSONResponse(
-                {"error": {"type": "TooLarge", "field": None,
+                {"error": {"type": "TooLarge", "field": "body",
                            "message": f"body of {length} bytes exceeds {self.max_body_bytes}"}},
                 status_code=413)(scope, receive, send_counted)
             return
@@ -230,7 +238,7 @@ async def read_body(request: Request, limit: int = MAX_MESSAGE_BYTES) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise CodecError(f"request body exceeds {limit} bytes")
+            raise TooLarge(f"request body exceeds {limit} bytes", field="body")
         chunks.append(chunk)
     return b"".join(chunks)
 
