@@ -284,7 +284,8 @@ def test_a_node_that_answers_wrongly_earns_nothing_and_is_jailed(tmp_path: Path)
     assert outcomes and Outcome.WRONG_ANSWER.name in outcomes
     assert Outcome.OK.name not in outcomes
     assert all(r["score"] == 0 for r in detail["reports"])
-    assert detail["fraud"] is True
+    assert detail["fraud"] is True and detail["strike"] is True
+    assert detail["failures"] == detail["challenges"] == len(outcomes)
     assert detail["reward"] == 0 and detail["epoch_score"] == 0
     (mine,) = [p for p in punishments if p["punishment"]["node"] == cheater]
     assert len(punishments) == 1
