@@ -50,9 +50,10 @@ def _serve_until_signal(daemon: Any) -> None:
 def _node_run(args: argparse.Namespace) -> int:
     from dnanet.keyfiles import load_identity
     from dnanet.node.backends import make_backends
-    from dnanet.node.daemon import NodeDaemon, NodeProfile
+    from dnanet.node.daemon import NodeDaemon, NodeProfile, resolve_device
     from dnanet.service.gateway import open_gateway
 
+    resolve_device(args.device)  # "cuda" without a CUDA device fails before any password prompt
     gateway = open_gateway(args.rpc, Path(args.deployment), Path(args.keystore))
     backends = make_backends(args.backend or ["minilm"], upstreams=args.upstream or [],
                              upstream_key=os.environ.get("DNANET_UPSTREAM_KEY"))
@@ -154,7 +155,10 @@ def add_role_commands(sub: Any) -> None:
     run.add_argument("--public-url", help="URL mixers reach this node at (default: host:port)")
     run.add_argument("--stake", type=float, help="DNA to stake when registering (default: min)")
     run.add_argument("--profile", default="normal", help="normal (real nodes), throttled, offline")
-    run.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                     help="where compute runs: cuda (fails without torch and a CUDA device), "
+                     "cpu, or auto (cuda when torch sees one); the hardware class the node "
+                     "declares follows it")
     run.add_argument("--offline-at-block", type=int,
                      help="with --profile offline: stop answering from this block (devnets)")
     run.add_argument("--backend", action="append", choices=["minilm", "trivial", "none"],

@@ -39,7 +39,12 @@ def _backend_error(exc: BackendError) -> ApiError:
 
 
 def mount_ai_api(app: FastAPI, backends: BackendSet) -> None:
-    """Add the AI endpoints to the node's app."""
+    """Add the AI endpoints to the node's app. The POST routes take up to
+    ``MAX_AI_BODY_BYTES`` (what a mixer's gateway forwards) and answer past it with a 413 in
+    OpenAI's format, in place of the app's own limit for protocol messages."""
+    own_limit = getattr(app.state, "own_body_limit", None)
+    if own_limit is not None:
+        own_limit.update({"/v1/embeddings", "/v1/chat/completions"})
 
     def backend_for(model: str) -> Backend:
         backend = backends.backend(model)

@@ -1,5 +1,9 @@
 """The AI node daemon: registers on chain, answers challenges from current mixers.
 
+The compute device is resolved when the daemon is built (``--device``: a bad value, or
+"cuda" without a CUDA device, fails there, not at the first challenge), and the hardware class
+the node declares on chain follows that device: GPU only when compute runs on CUDA.
+
 A node's behaviour can be shaped for tests and the devnet (``NodeProfile``): a ``throttled``
 node computes more slowly and answers with added delay, an ``offline`` node stops answering
 at a given block. Scores follow from what mixers measure, so these nodes earn less.
@@ -18,12 +22,19 @@ from pathlib import Path
 from fastapi import Request, Response
 
 from dnanet.crypto.keys import Identity
+from dnanet.errors import ConfigError
 from dnanet.node.ai_api import mount_ai_api
 from dnanet.node.backends import BackendSet
-from dnanet.node.hardware import Hardware, probe_hardware
+from dnanet.node.hardware import Hardware, declared_class, probe_hardware
 from dnanet.node.prover import ChallengeProver
 from dnanet.node.server import NODE_SCHEMA, build_node_app
-from dnanet.protocol.challenges.compute import ComputeAnswer, ComputeSize, compute_product
+from dnanet.params import HARDWARE_CLASS_NAMES
+from dnanet.protocol.challenges.compute import (
+    ComputeAnswer,
+    ComputeSize,
+    compute_product,
+    resolve_compute_device,
+)
 from dnanet.protocol.schedule import compute_epoch
 from dnanet.service.http import Server
 from dnanet.service.network import ChainGateway
@@ -55,6 +66,16 @@ class NodeProfile:
         raise ValueError(f"unknown node profile {name!r}; choose one of {PROFILES}")
 
 
+def resolve_device(device: str) -> str:
+    """The device compute will run on for ``--device`` ("auto", "cpu" or "cuda"): "cpu" or
+    "cuda". Raises ConfigError naming ``--device`` when it is invalid or unavailable."""
+    try:
+        return resolve_compute_device(device)
+    except ConfigError as exc:
+        reason = str(exc).removeprefix(f"{exc.field}: ") if exc.field else str(exc)
+        raise ConfigError(f"--device {device!r}: {reason}") from None
+
+
 class NodeDaemon:
     """One AI node: HTTP challenge API + chain registration + mixer-set refresh."""
 
@@ -73,13 +94,21 @@ class NodeDaemon:
         device: str = "auto",
         backends: BackendSet | None = None,
     ) -> None:
+        # First, before any file or port is opened: a bad --device fails here.
+        self.device = resolve_device(device)
+        """The device compute runs on: "cpu" or "cuda"."""
+        self.hardware_class = declared_class(self.device)
+        """The class declared on chain: it follows the device compute runs on."""
         self.identity = identity
         self.address = identity.address
         self.gateway = gateway
         self.profile = profile or NodeProfile()
         self.hardware = hardware or probe_hardware()
+        if self.hardware.gpu and self.device != "cuda":
+            log.warning("a GPU (%s) is present but compute runs on the CPU (--device %s%s): "
+                        "the node declares the CPU class", self.hardware.gpu, device,
+                        "" if device == "cpu" else "; torch with CUDA is not available")
         self.stake = stake if stake is not None else gateway.preset.min_stake
-        self.device = device
         self._public_url = public_url
         self._mixers: dict[str, bytes] = {}
         self.store = Store(data_dir / "node.db", NODE_SCHEMA)
@@ -118,8 +147,13 @@ class NodeDaemon:
                 await asyncio.sleep(profile.added_delay_s)
             return await call_next(request)
 
+    @property
+    def hardware_class_name(self) -> str:
+        return HARDWARE_CLASS_NAMES[self.hardware_class]
+
     def _status(self) -> dict[str, object]:
-        return {"hardware": self.hardware.to_dict(), "profile": self.profile.name,
+        return {"hardware": self.hardware.to_dict(), "device": self.device,
+                "hardware_class": self.hardware_class_name, "profile": self.profile.name,
                 "mixers": sorted(self._mixers), "models": self.backends.models()}
 
     async def refresh_mixers(self) -> None:
@@ -140,8 +174,16 @@ class NodeDaemon:
         record = await asyncio.to_thread(self.gateway.node, self.address)
         if record is None:
             await asyncio.to_thread(self.gateway.register_node, self.url,
-                                    self.hardware.hardware_class, self.stake)
-            log.info("node %s registered at %s", self.address[:10], self.url)
+                                    self.hardware_class, self.stake)
+            log.info("node %s registered at %s as class %s", self.address[:10], self.url,
+                     self.hardware_class_name)
+        elif record.hardware_class != self.hardware_class:
+            registered = (HARDWARE_CLASS_NAMES[record.hardware_class]
+                          if 0 <= record.hardware_class < len(HARDWARE_CLASS_NAMES)
+                          else str(record.hardware_class))
+            log.warning("node %s is registered as class %s but computes on %s (class %s): "
+                        "mixers size its challenges for %s", self.address[:10], registered,
+                        self.device, self.hardware_class_name, registered)
 
     async def start(self, *, register: bool = True) -> None:
         # A missing model backend fails here, before the node registers or serves.

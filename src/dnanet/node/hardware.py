@@ -1,5 +1,9 @@
-"""Probe the node's hardware. Only used to pick a declared class (challenge sizes): scores
-come from measured work, never from this."""
+"""Probe the node's hardware, for the operator's information.
+
+The class a node declares (which picks its challenge sizes) follows the device its compute
+actually runs on (``declared_class``), not what the probe finds: a GPU that torch cannot use
+(torch missing, a CPU-only build, or ``--device cpu``) leaves the node in the CPU class.
+Scores come from measured work, never from this."""
 
 from __future__ import annotations
 
@@ -21,10 +25,7 @@ class Hardware:
     cpu_cores: int
     memory_bytes: int
     gpu: str | None
-
-    @property
-    def hardware_class(self) -> int:
-        return CLASS_GPU if self.gpu else CLASS_CPU
+    """The GPU the probe found (through torch, else nvidia-smi); compute may not use it."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,9 +71,15 @@ def _gpu() -> str | None:
     return None
 
 
+def declared_class(compute_device: str) -> int:
+    """The hardware class a node declares: GPU only when its compute runs on a CUDA device
+    (``compute_device`` as resolved by ``resolve_compute_device``: "cpu" or "cuda")."""
+    return CLASS_GPU if compute_device == "cuda" else CLASS_CPU
+
+
 def probe_hardware(*, with_gpu: bool = True) -> Hardware:
     return Hardware(cpu_model=_cpu_model(), cpu_cores=os.cpu_count() or 1,
                     memory_bytes=_memory_bytes(), gpu=_gpu() if with_gpu else None)
 
 
-__all__ = ["CLASS_CPU", "CLASS_GPU", "Hardware", "probe_hardware"]
+__all__ = ["CLASS_CPU", "CLASS_GPU", "Hardware", "declared_class", "probe_hardware"]
