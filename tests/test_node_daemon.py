@@ -5,6 +5,7 @@ routes' own body limit, and the ``dnanet node`` commands (status, usage errors, 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 import types
@@ -14,16 +15,28 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dnanet.cli import main
+from dnanet.cli import build_parser, main
 from dnanet.crypto.eip712 import Domain
+from dnanet.crypto.keys import Identity
 from dnanet.errors import ConfigError
 from dnanet.node.ai_api import MAX_AI_BODY_BYTES
 from dnanet.node.daemon import NodeDaemon
 from dnanet.node.hardware import CLASS_CPU, CLASS_GPU, Hardware
+from dnanet.node.http_transport import HttpNodeTransport, open_node_session
+from dnanet.node.status import format_dna
 from dnanet.params import TEST, Preset
 from dnanet.protocol.codec import MAX_MESSAGE_BYTES
 from dnanet.service.network import NodeRecord
+from dnanet.validator.daemon import ValidatorDaemon
+from dnanet.validator.settle import Backoff
 from protocol_fixtures import DOMAIN, make_nodes
+from validator_helpers import (
+    LocalSigner,
+    build_network,
+    post_all,
+    seeded_identity,
+    settle_block,
+)
 
 NODE = make_nodes(1, "daemon-node")[0]
 WITH_GPU = Hardware(cpu_model="test cpu", cpu_cores=2, memory_bytes=1 << 30,
@@ -186,3 +199,142 @@ def test_node_run_without_cuda_fails_on_the_device_before_the_chain(
     err = capsys.readouterr().err
     assert "--device 'cuda': 'cuda' needs torch with a CUDA device" in err
     assert "missing.json" not in err  # the deployment was never opened
+
+
+# -- dnanet node status ---------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+CLAIMED = 123 * 10**15
+
+
+def test_node_status_shows_challenges_verdicts_epochs_and_claimable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    gateway, committee = build_network(mixers=4, nodes=3, offline=[2], label="status")
+    node_address = gateway.nodes_list[0].address
+    offline = gateway.nodes_list[2].address
+    monkeypatch.setattr(gateway, "claimed", lambda account: CLAIMED)
+    monkeypatch.setattr("dnanet.service.gateway.open_gateway",
+                        lambda rpc, deployment, keystore: gateway)
+    deployment = tmp_path / "deployment.json"
+    outputs: dict[str, str] = {}
+
+    def status(*extra: str) -> str:
+        code = main(["node", "status", *extra])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        return captured.out
+
+    async def scenario() -> None:
+        identity = next(i for i in _status_nodes() if i.address == node_address)
+        daemon = NodeDaemon(identity, gateway, tmp_path / "node",  # type: ignore[arg-type]
+                            port=_free_port(), hardware=WITHOUT_GPU, device="cpu")
+        await daemon.start(register=False)
+        validator = ValidatorDaemon(gateway, tmp_path / "validator", port=0,
+                                    run_settlement=False)
+        await validator.start()
+        try:
+            async with open_node_session(8, 10) as session, \
+                    httpx.AsyncClient(base_url=validator.url, timeout=30) as client:
+                committee.transports[node_address] = HttpNodeTransport(  # type: ignore[assignment]
+                    session, daemon.url)
+                for epoch in (0, 1):
+                    await post_all(client, await committee.epoch_certificates(epoch))
+            validator.loop.signer = LocalSigner(gateway, validator.store.certificates)
+            validator.loop.backoff = Backoff(base_s=0.0)
+            gateway.advance_to(settle_block(gateway, 0))
+            await validator.loop.step()
+            assert gateway.next_epoch == 1  # epoch 0 settled, epoch 1 still collecting
+            common = ["--validator", validator.url]
+            outputs["json"] = await asyncio.to_thread(
+                status, *common, "--address", node_address, "--node", daemon.url,
+                "--rpc", "http://127.0.0.1:9", "--deployment", str(deployment), "--json")
+            outputs["text"] = await asyncio.to_thread(
+                status, *common, "--address", node_address, "--node", daemon.url,
+                "--rpc", "http://127.0.0.1:9", "--deployment", str(deployment))
+            outputs["offline"] = await asyncio.to_thread(
+                status, *common, "--address", offline)
+        finally:
+            await validator.stop()
+            await daemon.stop()
+
+    asyncio.run(scenario())
+
+    report = json.loads(outputs["json"])
+    rewards = report["rewards"]
+    assert rewards["settled_epoch"] == 0 and rewards["in_tree"] and rewards["proof_verifies"]
+    assert rewards["cumulative"] > CLAIMED
+    assert rewards["claimed"] == CLAIMED
+    assert rewards["claimable"] == rewards["cumulative"] - CLAIMED
+    assert report["chain"]["current_epoch"] == 1
+    # Per epoch, newest first: the open epoch is marked not final, the settled one has a reward.
+    epochs = {e["epoch"]: e for e in report["epochs"]}
+    assert [e["epoch"] for e in report["epochs"]] == [1, 0]
+    assert epochs[1]["final"] is False and epochs[1]["status"] == "collecting"
+    assert epochs[0]["final"] is True and epochs[0]["reward"] > 0
+    assert epochs[0]["epoch_score"] > 0 and epochs[1]["challenges"] > 0
+    for entry in epochs[0]["reports"]:
+        assert entry["outcome"] == "OK" and entry["score"] > 0 and entry["flops_per_s"] > 0
+    # The node's own challenges, each matched with the mixer's certified verdict.
+    challenges = report["recent_challenges"]
+    assert {c["epoch"] for c in challenges} == {0, 1}
+    assert len(challenges) == epochs[0]["challenges"] + epochs[1]["challenges"]
+    for c in challenges:
+        assert c["completed"] and c["stage"] == "open" and c["error"] is None
+        assert c["node_metrics"]["download_bytes"] == TEST.hardware_classes[0].download_bytes
+        assert c["node_metrics"]["compute_us"] > 0 and c["node_metrics"]["echoes"] > 0
+        verdict = c["verdict"]["report"]
+        assert verdict is not None, c["verdict"]["note"]
+        assert (verdict["round"], verdict["mixer"], verdict["outcome"]) == (
+            c["round"], c["mixer"], "OK")
+    assert report["node"]["device"] == "cpu" and report["node"]["hardware_class"] == "cpu"
+
+    text = outputs["text"]
+    assert f"claimable   {format_dna(rewards['claimable'])}" in text
+    assert "epoch 1: collecting, not published yet" in text
+    assert "epoch 0: settled" in text
+    assert "mixer's verdict: OK, score" in text and "node measured: compute" in text
+
+    # An offline node, without the chain: failure reasons per epoch, claimable unknown.
+    text = outputs["offline"]
+    assert "claimable   unknown (pass --rpc URL --deployment FILE" in text
+    assert "UNREACHABLE, score 0; reason: start: connection refused" in text
+    assert "strike" in text
+
+
+def _status_nodes() -> list[Identity]:
+    return [seeded_identity(f"status/node-{i}") for i in range(3)]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "one of the arguments --keystore --address is required"),
+    (["--address", "0x" + "ab" * 20, "--rpc", "http://127.0.0.1:9"],
+     "--rpc and --deployment go together"),
+    (["--address", "0x1234"], "--address: "),
+])
+def test_node_status_usage_errors_exit_2_naming_the_options(
+        capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    argv = ["node", "status", "--validator", "http://127.0.0.1:9", *args]
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code  # type: ignore[assignment]
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_node_and_validator_default_to_different_ports() -> None:
+    parser = build_parser()
+    common = ["--rpc", "http://x", "--deployment", "d.json", "--keystore", "k.json",
+              "--data-dir", "d"]
+    node = parser.parse_args(["node", "run", *common])
+    validator = parser.parse_args(["validator", "run", *common])
+    assert node.port == 8701 and validator.port == 8700

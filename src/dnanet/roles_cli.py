@@ -8,15 +8,30 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from dnanet.errors import DnanetError
+from dnanet.errors import ConfigError, DnanetError
 from dnanet.params import WEI_PER_DNA
 from dnanet.service.loop import run as run_loop
+
+NODE_PORT = 8701
+"""``dnanet node run``'s default port (``validator run`` defaults to 8700, ``mixer run`` to
+8800), so that a node and the Validator can share a host with their defaults."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _add_chain_args(p: argparse.ArgumentParser, *, keystore: bool = True) -> None:
@@ -92,32 +107,49 @@ def _mixer_run(args: argparse.Namespace) -> int:
 
 
 def _address_of(args: argparse.Namespace) -> str:
+    """``--address``, else the address in ``--keystore`` (read without its password)."""
     if args.address:
-        return str(args.address).lower()
-    from dnanet.keyfiles import read_keystore_document
+        address = str(args.address).lower()
+        option = "--address"
+    else:
+        from dnanet.keyfiles import read_keystore_document
 
-    doc = read_keystore_document(Path(args.keystore))
-    return "0x" + str(doc.get("address", "")).lower().removeprefix("0x")
+        doc = read_keystore_document(Path(args.keystore))
+        address = "0x" + str(doc.get("address", "")).lower().removeprefix("0x")
+        option = "--keystore"
+    if not re.fullmatch(r"0x[0-9a-f]{40}", address):
+        raise ConfigError(f"{option}: not an account address (0x and 40 hex digits): "
+                          f"{address[:60]!r}")
+    return address
+
+
+def _read_only_chain(args: argparse.Namespace) -> Any:
+    """The chain as ``node claim`` reads it (no key needed to read), or None without
+    ``--rpc``/``--deployment``."""
+    if not args.rpc and not args.deployment:
+        return None
+    if not (args.rpc and args.deployment):
+        raise ConfigError("--rpc and --deployment go together (the chain to read claims from)")
+    from dnanet.service.gateway import open_gateway
+
+    return open_gateway(args.rpc, Path(args.deployment), None)
 
 
 def _node_status(args: argparse.Namespace) -> int:
+    from dnanet.node.status import (
+        DEFAULT_EPOCHS,
+        DEFAULT_RECENT,
+        collect_status,
+        render_status,
+    )
+
     address = _address_of(args)
+    chain = _read_only_chain(args)
     with httpx.Client(timeout=10) as client:
-        out: dict[str, Any] = {"address": address}
-        try:
-            node = client.get(f"{args.validator.rstrip('/')}/v1/nodes/{address}")
-            out["rewards"] = node.json() if node.status_code == 200 else None
-            if node.status_code == 200:
-                for row in out["rewards"].get("epochs", [])[-3:]:
-                    detail = client.get(
-                        f"{args.validator.rstrip('/')}/v1/nodes/{address}/epochs/{row['epoch']}")
-                    row["breakdown"] = detail.json() if detail.status_code == 200 else None
-        except httpx.HTTPError as exc:
-            raise DnanetError(f"cannot reach the validator at {args.validator}: {exc}") from None
-        if args.node:
-            with contextlib.suppress(httpx.HTTPError):
-                out["node"] = client.get(f"{args.node.rstrip('/')}/v1/status").json()
-    print(json.dumps(out, indent=2))
+        status = collect_status(client, args.validator, address, node_url=args.node,
+                                chain=chain, epochs=args.epochs or DEFAULT_EPOCHS,
+                                recent=args.recent or DEFAULT_RECENT)
+    print(json.dumps(status, indent=2) if args.json else render_status(status))
     return 0
 
 
@@ -151,7 +183,8 @@ def add_role_commands(sub: Any) -> None:
     _add_chain_args(run)
     run.add_argument("--data-dir", required=True)
     run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=int, default=8700)
+    run.add_argument("--port", type=int, default=NODE_PORT,
+                     help=f"port to serve on (default {NODE_PORT}; the Validator's is 8700)")
     run.add_argument("--public-url", help="URL mixers reach this node at (default: host:port)")
     run.add_argument("--stake", type=float, help="DNA to stake when registering (default: min)")
     run.add_argument("--profile", default="normal", help="normal (real nodes), throttled, offline")
@@ -168,11 +201,23 @@ def add_role_commands(sub: Any) -> None:
                      help="an OpenAI-compatible server to serve (vLLM, llama.cpp, Ollama; "
                      "repeatable; key: $DNANET_UPSTREAM_KEY)")
     run.set_defaults(handler=_node_run)
-    status = node_sub.add_parser("status", help="challenges, scores, rewards and what is claimable")
+    status = node_sub.add_parser(
+        "status", help="recent challenges, scores and failure reasons per epoch, rewards and "
+        "what is claimable")
     status.add_argument("--validator", required=True, help="validator URL")
-    status.add_argument("--keystore")
-    status.add_argument("--address")
-    status.add_argument("--node", help="the node's own URL, for its recent challenges")
+    who = status.add_mutually_exclusive_group(required=True)
+    who.add_argument("--keystore", help="the node's keystore file (its address is read, "
+                     "no password needed)")
+    who.add_argument("--address", help="the node's address")
+    status.add_argument("--node", help="the node's own URL, for the challenges it answered")
+    status.add_argument("--rpc", help="JSON-RPC URL of the chain, to read what is already "
+                        "claimed (with --deployment)")
+    status.add_argument("--deployment", help="deployment file (with --rpc)")
+    status.add_argument("--epochs", type=_positive_int,
+                        help="how many of the latest epochs to break down (default 3)")
+    status.add_argument("--recent", type=_positive_int,
+                        help="how many of the node's latest challenges to show (default 20)")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(handler=_node_status)
     claim = node_sub.add_parser("claim", help="claim rewards with the validator's proof")
     _add_chain_args(claim)
