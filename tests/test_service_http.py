@@ -29,7 +29,9 @@ from dnanet.errors import (
     QuorumError,
     SignatureError,
 )
+from dnanet.node.http_transport import IDLE_S
 from dnanet.service.http import (
+    KEEP_ALIVE_S,
     AppLimits,
     DirectRoutes,
     TokenBucket,
@@ -398,3 +400,30 @@ def test_daemons_run_on_uvloop_where_it_is_installed() -> None:
         assert loop.run_until_complete(kind()) == expected
     finally:
         loop.close()
+
+
+def test_an_idle_keep_alive_connection_outlives_the_clients_pools() -> None:
+    """A connection left idle as long as an httpx pool keeps one (5 s) still serves the next
+    request: the server keeps idle connections open longer than any dnanet client does."""
+    assert max(httpx.Limits().keepalive_expiry or 0, IDLE_S) < KEEP_ALIVE_S
+    app = make_app()
+
+    async def body() -> list[bytes]:
+        async with serving(app, "127.0.0.1", 0) as server:
+            port = server.server.servers[0].sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            statuses = []
+            for pause in (0.0, 5.3):
+                await asyncio.sleep(pause)
+                writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+                status = await reader.readline()
+                statuses.append(status)
+                if not status:  # the server closed the connection
+                    break
+                while (await reader.readline()) not in (b"\r\n", b""):
+                    pass
+                assert await reader.readexactly(2) == b"hi"
+            writer.close()
+            return statuses
+
+    assert asyncio.run(body()) == [b"HTTP/1.1 200 OK\r\n"] * 2

@@ -302,12 +302,20 @@ def message_schema(cls: type[Message]) -> dict[str, Any]:
         "schema": cls.json_schema()}}}}
 
 
+KEEP_ALIVE_S = 15.0
+"""How long a server keeps an idle keep-alive connection open: longer than any dnanet client
+keeps one idle in its pool (httpx's default 5 s; ``NodeHttpClient`` and the gateway 4 s). With
+uvicorn's default of 5 s, a client that reused a connection after 5 s idle could send its
+request just as the server closed it, and read an error instead of an answer."""
+
+
 class Server:
     """A uvicorn server running inside the current event loop."""
 
     def __init__(self, app: FastAPI, host: str, port: int) -> None:
         config = uvicorn.Config(DirectRoutes(app), host=host, port=port, log_level="warning",
-                                lifespan="off", access_log=False)
+                                lifespan="off", access_log=False,
+                                timeout_keep_alive=int(KEEP_ALIVE_S))
         self.server = uvicorn.Server(config)
         self.task: asyncio.Task[None] | None = None
         self.host = host
