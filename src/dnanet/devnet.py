@@ -3,8 +3,10 @@
 It starts a chain (the embedded in-process EVM by default), deploys the contracts, funds and
 registers nodes and mixers, starts every role on its own loopback port, drives 1024-block
 epochs on a fast block clock, settles each epoch on chain, has the nodes claim, audits each
-epoch, and shows a table per epoch. Nodes differ as real ones do: one ``throttled`` (slower
-compute, added delay) and one ``offline`` (drops out mid-epoch); the rest are ``normal``.
+epoch, and shows the node table: redrawn in place while an epoch runs (on a terminal;
+progress lines otherwise) and printed once each epoch is settled and claimed. Nodes differ as
+real ones do: one ``throttled`` (slower compute, added delay) and one ``offline`` (drops out
+mid-epoch); the rest are ``normal``.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import logging
 import os
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 
@@ -72,7 +75,10 @@ class NodeRow:
     hardware: str
     latency_ms: float | None = None
     gflops: float | None = None
-    bandwidth_mbs: float | None = None
+    download_mbs: float | None = None
+    upload_mbs: float | None = None
+    challenges: int = 0
+    failures: int = 0
     score: int = 0
     reward: int = 0
     cumulative: int = 0
@@ -184,6 +190,8 @@ class Devnet:
         """The model backend every node serves (minilm: the packaged all-MiniLM-L6-v2)."""
         self.api_key = generate_api_key(os.urandom(16))
         self.mixer_urls: list[str] = []
+        self.live = LiveBlock(sys.stdout) if out is print and sys.stdout.isatty() else None
+        """On a terminal, the table of the running epoch is redrawn in place."""
 
     def gateway(self, identity: Identity | None) -> ClientGateway:
         return ClientGateway(ChainClient(self.w3, self.deployment, identity), self.preset)
@@ -246,6 +254,7 @@ class Devnet:
         self.out(f"devnet: chain {self.deployment.chain_id} (embedded EVM), genesis block "
                  f"{genesis}, {len(self.node_ids)} nodes, {len(self.mixer_ids)} mixers, "
                  f"validator {self.validator_url}")
+        self.out(f"  host: {describe_hardware(self.hardware)}; every node shares it")
 
     async def announce_gateway(self, timeout_s: float = 120) -> None:
         """Once a mixer's gateway lists a model, print its base URL, key and an example."""
@@ -291,8 +300,18 @@ class Devnet:
                 done = min(1.0, (head - (end + 1 - self.preset.epoch_blocks)) /
                            self.preset.epoch_blocks)
                 state = "settling" if head >= target else f"{done:5.1%}"
-                self.out(f"  epoch {epoch}: block {head} ({state})")
+                progress = f"  epoch {epoch}: block {head} ({state})"
+                rows: list[NodeRow] = []
+                if self.live is not None:
+                    with contextlib.suppress(httpx.HTTPError, ValueError):  # progress only
+                        rows = [await self.node_row(d, epoch) for d in self.node_daemons]
+                if self.live is None:
+                    self.out(progress)
+                else:
+                    self.live.show([progress, *(format_table(rows, final=False) if rows else [])])
             await asyncio.sleep(0.25)
+        if self.live is not None:
+            self.live.clear()
 
     async def claim_all(self) -> None:
         for daemon in self.node_daemons:
@@ -317,7 +336,11 @@ class Devnet:
                         raise
 
     async def _get_json(self, url: str) -> Any:
-        response = await self.http.get(url)
+        try:
+            response = await self.http.get(url)
+        except httpx.TransportError:
+            # A keep-alive connection the server closed as it was reused: a GET may be retried.
+            response = await self.http.get(url)
         if response.status_code == 404:
             return None
         response.raise_for_status()
@@ -335,35 +358,40 @@ class Devnet:
                                audit_ok=bool(audit.ok))
         gateway = self.gateway(None)
         for daemon in self.node_daemons:
-            row = NodeRow(address=daemon.address, profile=daemon.profile.name,
-                          hardware="gpu" if daemon.hardware.gpu else "cpu")
-            detail = await self._get_json(
-                f"{self.validator_url}/v1/nodes/{daemon.address}/epochs/{epoch}")
-            if detail:
-                ok = [r for r in detail.get("reports", []) if r.get("outcome") == "OK"]
-                if ok:
-                    row.latency_ms = _median([r["rtt_us"] for r in ok]) / 1000
-                    row.gflops = _median([r.get("flops_per_s", 0) for r in ok]) / 1e9
-                    row.bandwidth_mbs = _median([r.get("download_bps", 0) for r in ok]) / 1e6
-                row.score = int(detail.get("epoch_score", 0))
-                row.reward = int(detail.get("reward", 0))
-            row.cumulative = int(detail.get("cumulative", 0)) if detail else 0
+            row = await self.node_row(daemon, epoch)
             row.claimed = await asyncio.to_thread(gateway.claimed, daemon.address)
             summary.nodes.append(row)
         return summary
 
+    async def node_row(self, daemon: Any, epoch: int) -> NodeRow:
+        """A node's row for ``epoch`` from the Validator's breakdown: the medians of what was
+        measured in its OK challenges, its score and reward (so far, while the epoch runs)."""
+        hardware = daemon.hardware
+        row = NodeRow(address=daemon.address, profile=daemon.profile.name,
+                      hardware=f"{'gpu' if hardware.gpu else 'cpu'} {hardware.cpu_cores}c")
+        detail = await self._get_json(
+            f"{self.validator_url}/v1/nodes/{daemon.address}/epochs/{epoch}")
+        if not detail:
+            return row
+        reports = detail.get("reports", [])
+        ok = [r for r in reports if r.get("outcome") == "OK"]
+        if ok:
+            row.latency_ms = _median([r["rtt_us"] for r in ok]) / 1000
+            row.gflops = _median([r.get("flops_per_s", 0) for r in ok]) / 1e9
+            row.download_mbs = _median([r.get("download_bps", 0) for r in ok]) / 1e6
+            row.upload_mbs = _median([r.get("upload_bps", 0) for r in ok]) / 1e6
+        row.challenges, row.failures = len(reports), len(reports) - len(ok)
+        row.score = int(detail.get("epoch_score", 0))
+        row.reward = int(detail.get("reward", 0))
+        row.cumulative = int(detail.get("cumulative", 0))
+        return row
+
     def print_table(self, summary: EpochSummary) -> None:
-        out = self.out
-        out(f"epoch {summary.epoch}: settled in {summary.settle_tx[:12]}.. root "
-            f"{summary.root[:14]}.. total {summary.total / WEI_PER_DNA:,.2f} DNA, audit "
-            f"{'OK' if summary.audit_ok else 'MISMATCH'}")
-        out(f"  {'node':<12} {'profile':<10} {'hw':<4} {'latency':>9} {'GFLOP/s':>8} "
-            f"{'MB/s':>8} {'score':>8} {'reward':>10} {'claimed':>10}")
-        for n in summary.nodes:
-            out(f"  {n.address[:12]} {n.profile:<10} {n.hardware:<4} "
-                f"{_fmt(n.latency_ms, 'ms', 2):>9} {_fmt(n.gflops, '', 2):>8} "
-                f"{_fmt(n.bandwidth_mbs, '', 1):>8} {n.score:>8} "
-                f"{n.reward / WEI_PER_DNA:>10.2f} {n.claimed / WEI_PER_DNA:>10.2f}")
+        self.out(f"epoch {summary.epoch}: settled in {summary.settle_tx[:12]}.. root "
+                 f"{summary.root[:14]}.. total {summary.total / WEI_PER_DNA:,.2f} DNA, audit "
+                 f"{'OK' if summary.audit_ok else 'MISMATCH'}")
+        for line in format_table(summary.nodes, final=True):
+            self.out(line)
 
     async def run(self, epochs: int | None) -> list[EpochSummary]:
         epoch = 0
@@ -536,6 +564,7 @@ class ProcessDevnet(Devnet):
                  f" genesis block {genesis}, {len(self.node_ids)} nodes, {len(self.mixer_ids)} "
                  f"mixers, validator {self.validator_url}; each role is its own process, logs "
                  f"in {self.data_dir}")
+        self.out(f"  host: {describe_hardware(self.hardware)}; every node shares it")
 
     @property
     def node_daemons(self) -> list[Any]:
@@ -579,6 +608,51 @@ class _NodeHandle:
     @property
     def profile(self) -> NodeProfile:
         return NodeProfile(name=self.profile_name)
+
+
+def describe_hardware(hardware: Hardware) -> str:
+    gpu = f", GPU {hardware.gpu}" if hardware.gpu else ""
+    return (f"{hardware.cpu_model}, {hardware.cpu_cores} cores, "
+            f"{hardware.memory_bytes / 2**30:.0f} GiB memory{gpu}")
+
+
+def format_table(rows: list[NodeRow], *, final: bool) -> list[str]:
+    """The devnet's node table: hardware, medians of what was measured in OK challenges
+    (latency, verified compute, download/upload bandwidth), challenges failed, score, reward
+    and (once settled) claimed."""
+    lines = [f"  {'node':<12} {'profile':<10} {'hw':<7} {'latency':>9} {'GFLOP/s':>8} "
+             f"{'down/up MB/s':>13} {'failed':>7} {'score':>8} {'reward':>10}"
+             + (f" {'claimed':>10}" if final else "")]
+    for n in rows:
+        bandwidth = ("-" if n.download_mbs is None
+                     else f"{n.download_mbs:.0f}/{n.upload_mbs or 0:.0f}")
+        lines.append(
+            f"  {n.address[:12]} {n.profile:<10} {n.hardware:<7} "
+            f"{_fmt(n.latency_ms, 'ms', 2):>9} {_fmt(n.gflops, '', 2):>8} {bandwidth:>13} "
+            f"{f'{n.failures}/{n.challenges}':>7} {n.score:>8} {n.reward / WEI_PER_DNA:>10.2f}"
+            + (f" {n.claimed / WEI_PER_DNA:>10.2f}" if final else ""))
+    return lines
+
+
+class LiveBlock:
+    """Lines redrawn in place on a terminal (ANSI: back to the block's first line, erase to
+    the end of the screen)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.height = 0
+
+    def show(self, lines: list[str]) -> None:
+        self.clear()
+        self.stream.write("".join(f"{line}\n" for line in lines))
+        self.stream.flush()
+        self.height = len(lines)
+
+    def clear(self) -> None:
+        if self.height:
+            self.stream.write(f"\x1b[{self.height}F\x1b[J")
+            self.stream.flush()
+            self.height = 0
 
 
 def _median(values: list[float]) -> float:
