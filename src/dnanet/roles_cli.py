@@ -11,13 +11,16 @@ import os
 import re
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from dnanet.errors import ConfigError, DnanetError
 from dnanet.params import WEI_PER_DNA
 from dnanet.service.loop import run as run_loop
+
+if TYPE_CHECKING:
+    from dnanet.node.status import ChainReader
 
 NODE_PORT = 8701
 """``dnanet node run``'s default port (``validator run`` defaults to 8700, ``mixer run`` to
@@ -123,7 +126,7 @@ def _address_of(args: argparse.Namespace) -> str:
     return address
 
 
-def _read_only_chain(args: argparse.Namespace) -> Any:
+def _read_only_chain(args: argparse.Namespace) -> ChainReader | None:
     """The chain as ``node claim`` reads it (no key needed to read), or None without
     ``--rpc``/``--deployment``."""
     if not args.rpc and not args.deployment:
