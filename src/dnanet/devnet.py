@@ -366,9 +366,8 @@ class Devnet:
     async def node_row(self, daemon: Any, epoch: int) -> NodeRow:
         """A node's row for ``epoch`` from the Validator's breakdown: the medians of what was
         measured in its OK challenges, its score and reward (so far, while the epoch runs)."""
-        hardware = daemon.hardware
         row = NodeRow(address=daemon.address, profile=daemon.profile.name,
-                      hardware=f"{'gpu' if hardware.gpu else 'cpu'} {hardware.cpu_cores}c")
+                      hardware=f"{daemon.hardware_class_name} {daemon.hardware.cpu_cores}c")
         detail = await self._get_json(
             f"{self.validator_url}/v1/nodes/{daemon.address}/epochs/{epoch}")
         if not detail:
@@ -608,6 +607,10 @@ class _NodeHandle:
     @property
     def profile(self) -> NodeProfile:
         return NodeProfile(name=self.profile_name)
+
+    @property
+    def hardware_class_name(self) -> str:
+        return "cpu"  # the devnet starts its nodes with --device cpu
 
 
 def describe_hardware(hardware: Hardware) -> str:
