@@ -72,11 +72,12 @@ def _node_run(args: argparse.Namespace) -> int:
     from dnanet.service.gateway import open_gateway
 
     resolve_device(args.device)  # "cuda" without a CUDA device fails before any password prompt
-    gateway = open_gateway(args.rpc, Path(args.deployment), Path(args.keystore))
+    identity = load_identity(Path(args.keystore))
+    gateway = open_gateway(args.rpc, Path(args.deployment), identity)
     backends = make_backends(args.backend or ["minilm"], upstreams=args.upstream or [],
                              upstream_key=os.environ.get("DNANET_UPSTREAM_KEY"))
     daemon = NodeDaemon(
-        load_identity(Path(args.keystore)), gateway, Path(args.data_dir), host=args.host,
+        identity, gateway, Path(args.data_dir), host=args.host,
         port=args.port, public_url=args.public_url,
         stake=int(args.stake * WEI_PER_DNA) if args.stake else None,
         profile=NodeProfile.named(args.profile, offline_at_block=args.offline_at_block),
@@ -90,9 +91,8 @@ def _mixer_run(args: argparse.Namespace) -> int:
     from dnanet.mixer.daemon import MixerDaemon
     from dnanet.service.gateway import open_gateway
 
-    gateway = open_gateway(args.rpc, Path(args.deployment), Path(args.keystore))
     gateway_config = None
-    if not args.no_gateway:
+    if not args.no_gateway:  # a missing API key fails before the password prompt
         from dnanet.gateway.app import GatewayConfig, parse_api_keys
 
         keys = parse_api_keys([*(args.gateway_key or []),
@@ -102,7 +102,9 @@ def _mixer_run(args: argparse.Namespace) -> int:
                               "$DNANET_GATEWAY_KEYS (or --no-gateway)")
         gateway_config = GatewayConfig(api_keys=keys, canary_rate=args.canary_rate,
                                        canary_interval_s=args.canary_interval)
-    daemon = MixerDaemon(load_identity(Path(args.keystore)), gateway, Path(args.data_dir),
+    identity = load_identity(Path(args.keystore))
+    gateway = open_gateway(args.rpc, Path(args.deployment), identity)
+    daemon = MixerDaemon(identity, gateway, Path(args.data_dir),
                          validator_url=args.validator, host=args.host, port=args.port,
                          gateway_config=gateway_config)
     _serve_until_signal(daemon)
@@ -157,10 +159,11 @@ def _node_status(args: argparse.Namespace) -> int:
 
 
 def _node_claim(args: argparse.Namespace) -> int:
+    from dnanet.keyfiles import load_identity
     from dnanet.protocol.rollup import verify_proof
     from dnanet.service.gateway import open_gateway
 
-    gateway = open_gateway(args.rpc, Path(args.deployment), Path(args.keystore))
+    gateway = open_gateway(args.rpc, Path(args.deployment), load_identity(Path(args.keystore)))
     address = _address_of(args)
     with httpx.Client(timeout=10) as client:
         response = client.get(f"{args.validator.rstrip('/')}/v1/nodes/{address}")

@@ -103,12 +103,12 @@ class ClientGateway:
         return "" if receipt is None else receipt.tx_hash
 
 
-def open_gateway(rpc: str, deployment: Path, keystore: Path | None) -> ClientGateway:
-    """A gateway to a JSON-RPC chain, sending with the keystore's identity if given."""
+def open_gateway(rpc: str, deployment: Path, identity: Identity | None) -> ClientGateway:
+    """A gateway to a JSON-RPC chain, sending transactions as ``identity`` if given (read-only
+    without). Callers load the identity once and hand the same one to their daemon: a keystore
+    is decrypted, and its password asked for, once."""
     from dnanet.chain.backends import connect_rpc
-    from dnanet.keyfiles import load_identity
 
-    identity: Identity | None = load_identity(keystore) if keystore is not None else None
     client = ChainClient(connect_rpc(rpc), Deployment.load(deployment), identity)
     return ClientGateway(client)
 

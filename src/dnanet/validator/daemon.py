@@ -150,11 +150,12 @@ async def _serve(daemon: ValidatorDaemon) -> None:
 
 
 def _validator_run(args: argparse.Namespace) -> int:
+    from dnanet.keyfiles import load_identity
     from dnanet.service.gateway import open_gateway
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    gateway = open_gateway(args.rpc, Path(args.deployment), Path(args.keystore))
+    gateway = open_gateway(args.rpc, Path(args.deployment), load_identity(Path(args.keystore)))
     daemon = ValidatorDaemon(gateway, Path(args.data_dir), host=args.host, port=args.port,
                              workers=args.workers)
     run_loop(_serve(daemon))
