@@ -1,15 +1,27 @@
 """The QueryMixer daemon: challenge, score, batch, gossip, co-sign, certify, sign settlements.
 
 Each round (a new round's first block is on chain) the mixer proves its VRF output for the
-round, challenges the nodes that output assigns it, concurrently and with timeouts, batches
-the scored reports, signs the batch and sends it to every other mixer of the epoch. Co-signers
-check every report (``verify_batch_proposal``) and return their signature; with a quorum the
-mixer forwards the certificate to the Validator. It signs an epoch's settlement only after
-recomputing it from the certificates the Validator publishes.
+round, logs it with the nodes that output assigns it, challenges them concurrently and with
+timeouts, batches the scored reports, signs the batch and sends it to every other mixer of the
+epoch. Co-signers check every report (``verify_batch_proposal``) and return their signature;
+with a quorum the mixer forwards the certificate to the Validator. It signs an epoch's
+settlement only after recomputing it from the certificates the Validator publishes.
 
-Everything the mixer signs or accepts is in its SQLite store first; restarted, it skips rounds
-it finished, re-sends certificates it had not forwarded, and never co-signs two different
-reports for one (epoch, round, mixer, node).
+Everything the mixer signs or accepts is in its SQLite store first. The store is also its
+outbox, which a task of its own works through while the mixer runs (at start, after each
+round, and on a timer that backs off while nothing gets through), never holding up a round:
+
+- own reports of a past round that no batch holds (the mixer stopped between saving them and
+  signing their batch) are batched and certified;
+- a batch without a quorum is proposed again, until its epoch closes for new reports (then
+  co-signers refuse it: the mixer gives it up and logs why);
+- a certificate the Validator has not acknowledged is sent again, until it answers: 200
+  (stored, or already stored), or another 4xx than 408/429 (it will not change its mind, e.g.
+  409 for a closed epoch); or until the chain settled its epoch.
+
+Restarted, it skips rounds it finished and resumes the outbox. It never co-signs two different
+reports for one (epoch, round, mixer, node); the same report in a re-formed batch it signs
+again.
 """
 
 from __future__ import annotations
@@ -59,12 +71,20 @@ from dnanet.protocol.schedule import (
 )
 from dnanet.protocol.validation import BatchRejected, verify_batch_proposal, verify_certified_batch
 from dnanet.service.http import Server, create_app, error_body, message_schema, read_body
-from dnanet.service.network import ChainGateway
+from dnanet.service.network import ChainGateway, NodeRecord
 from dnanet.service.views import ViewCache
 
 log = logging.getLogger("dnanet.mixer")
 
 MAX_SETTLEMENT_PUNISHMENTS = 1024
+OUTBOX_CONCURRENCY = 4
+"""Batches and certificates the outbox retries at once."""
+RETRY_STATUSES = frozenset({408, 429})
+"""4xx answers of the Validator that are worth a retry (the others are final)."""
+LOGGED_NODES = 8
+"""Assigned nodes named in a round's log line (the count is always there)."""
+STATUS_ROUNDS = 32
+"""Recent rounds in ``GET /v1/status``."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +119,10 @@ class MixerDaemon:
         poll_s: float | None = None,
         gateway_config: GatewayConfig | None = None,
         references: ReferenceModels | None = None,
+        retry_s: tuple[float, float] | None = None,
     ) -> None:
+        """``retry_s``: the outbox's first and longest wait between passes while something is
+        pending (default 2 s, and one round's time up to 60 s)."""
         self.identity = identity
         self.address = identity.address
         self.gateway = gateway
@@ -114,6 +137,12 @@ class MixerDaemon:
         self.vrf_secret = derive_vrf_secret(identity)
         self.concurrency = concurrency
         self.poll_s = poll_s if poll_s is not None else max(0.02, self.preset.block_interval_ms / 2000)
+        if retry_s is None:
+            round_s = self.preset.round_blocks * self.preset.block_interval_ms / 1000
+            retry_s = (2.0, min(60.0, max(2.0, round_s)))
+        if not 0 < retry_s[0] <= retry_s[1]:
+            raise ValueError(f"retry_s must be 0 < first <= longest, not {retry_s}")
+        self.retry_s = retry_s
         self.app = self._build_app()
         # The OpenAI-compatible gateway shares the mixer's app, store and measured reports.
         self.ai_gateway: Gateway | None = None
@@ -131,6 +160,13 @@ class MixerDaemon:
         self._nodes_http: NodeHttpClient | None = None
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._outbox_task: asyncio.Task[None] | None = None
+        self._outbox_wake = asyncio.Event()
+        self._in_flight: set[bytes] = set()
+        """Hashes of the batches being certified or forwarded right now (the outbox skips
+        them)."""
+        self._current: RoundId | None = None
+        """The round ``process_round`` is in (the outbox leaves its reports to it)."""
         registry = self.app.state.registry
         self.m_challenges = Counter("dnanet_mixer_challenges", "challenges run", ["outcome"],
                                     registry=registry)
@@ -146,13 +182,16 @@ class MixerDaemon:
         if self.ai_gateway is not None:
             await self.ai_gateway.start()
         self._task = asyncio.create_task(self._round_loop(), name=f"mixer-{self.address[:8]}")
+        self._outbox_task = asyncio.create_task(self._outbox_loop(),
+                                                name=f"mixer-outbox-{self.address[:8]}")
 
     async def stop(self) -> None:
         self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        for task in (self._task, self._outbox_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self.ai_gateway is not None:
             await self.ai_gateway.stop()
         await self.server.stop()
@@ -163,6 +202,11 @@ class MixerDaemon:
 
     @property
     def url(self) -> str:
+        """The base URL it serves on (the bound port when it was started with port 0)."""
+        server = self.server.server
+        if server.started and server.servers and server.servers[0].sockets:
+            port = server.servers[0].sockets[0].getsockname()[1]
+            return f"http://{self.server.host}:{port}"
         return self.server.url
 
     def _node_session(self) -> NodeHttpClient:
@@ -173,7 +217,6 @@ class MixerDaemon:
 
     # -- rounds -----------------------------------------------------------------------------------
     async def _round_loop(self) -> None:
-        await self._resend_pending()
         while not self._stopping.is_set():
             try:
                 head = await asyncio.to_thread(self.gateway.block_number)
@@ -191,8 +234,10 @@ class MixerDaemon:
         """Challenge this round's assigned nodes, then certify the batch."""
         view = await asyncio.to_thread(self.views.view, rid.epoch, rounds=[rid.round])
         if self.address not in view.mixers:
-            self.store.begin_round(rid.epoch, rid.round, b"", 0)
+            self.store.begin_round(rid.epoch, rid.round, b"", b"", [])
             self.store.finish_round(rid.epoch, rid.round)
+            log.info("mixer %s: epoch %d round %d: not in the epoch's mixer set",
+                     self.address[:10], rid.epoch, rid.round)
             return
         seed = view.round_seeds[rid.round]
         proof = vrf.prove(self.vrf_secret, compute_vrf_alpha(
@@ -201,8 +246,22 @@ class MixerDaemon:
         records = {n.address: n for n in await asyncio.to_thread(self.gateway.nodes)}
         active = sorted(a for a, n in records.items() if n.active)
         assigned = compute_assigned_nodes(beta, active, view.assignment_target)
-        self.store.begin_round(rid.epoch, rid.round, proof, len(assigned))
+        self.store.begin_round(rid.epoch, rid.round, proof, beta, assigned)
+        log.info("mixer %s: epoch %d round %d: VRF output %s.., %d of %d active nodes "
+                 "assigned%s", self.address[:10], rid.epoch, rid.round, beta.hex()[:16],
+                 len(assigned), len(active), _named(assigned))
         self.last_round = rid
+        self._current = rid
+        try:
+            await self._challenge_and_certify(rid, proof, beta, assigned, records)
+        finally:
+            self._current = None
+            self._outbox_wake.set()
+        self.store.finish_round(rid.epoch, rid.round)
+
+    async def _challenge_and_certify(self, rid: RoundId, proof: bytes, beta: bytes,
+                                     assigned: Sequence[str], records: dict[str, NodeRecord]
+                                     ) -> None:
         done = {r.node for r in self.store.own_reports(rid.epoch, rid.round)}
         limit = asyncio.Semaphore(self.concurrency)
 
@@ -223,32 +282,60 @@ class MixerDaemon:
         for report in reports:
             self.m_challenges.labels(Outcome(report.outcome).name.lower()).inc()
         self.store.save_reports(reports)
-        mine = self.store.own_reports(rid.epoch, rid.round)
-        if mine:
-            await self.certify(mine)
-        self.store.finish_round(rid.epoch, rid.round)
+        # Every report of the round that no batch holds yet (after a restart within the round,
+        # a batch saved before it is the outbox's); no await between the read and the save.
+        proposal = self._propose(self.store.unbatched_reports(rid.epoch, rid.round))
+        if proposal is not None:
+            await self._complete(proposal)
 
     async def certify(self, reports: Sequence[ScoreReport]) -> QuorumCertificate | None:
-        """Sign a batch of our reports, gather co-signatures, forward the certificate."""
-        reports = sorted(reports, key=lambda r: r.key)
+        """Sign a batch of our reports (one round's), gather co-signatures, forward the
+        certificate. What stays uncertified or unforwarded is the outbox's."""
+        proposal = self._propose(reports)
+        return None if proposal is None else await self._complete(proposal)
+
+    def _propose(self, reports: Sequence[ScoreReport], *, replaces: bytes | None = None,
+                 why: str = "") -> BatchProposal | None:
+        """Sign a batch of ``reports`` and save it: from then on they are that batch's (with
+        ``replaces``, the batch it re-forms is given up in the same transaction)."""
+        if not reports:
+            return None
+        ordered = sorted(reports, key=lambda r: r.key)
+        first = ordered[0]
+        batch = compute_batch(first.epoch, first.round, self.address, ordered)
+        proposal = BatchProposal(
+            batch=batch, reports=tuple(ordered),
+            signature=self.identity.sign_typed(self.domain, batch.hash_struct()))
+        self.store.save_proposal(proposal, replaces=replaces, why=why)
+        return proposal
+
+    async def _complete(self, proposal: BatchProposal) -> QuorumCertificate | None:
+        """Gather a quorum for a saved proposal and forward its certificate. If co-signers
+        refused some reports, re-form the batch without them (giving the refused one up) and
+        try it once; what is left uncertified, the outbox proposes again later."""
         for _attempt in range(2):
-            if not reports:
-                return None
-            first = reports[0]
-            batch = compute_batch(first.epoch, first.round, self.address, reports)
-            proposal = BatchProposal(
-                batch=batch, reports=tuple(reports),
-                signature=self.identity.sign_typed(self.domain, batch.hash_struct()))
-            self.store.save_proposal(proposal)
-            certificate, refused = await self._gather(proposal)
-            if certificate is not None:
-                await self._forward(certificate)
-                return certificate
+            batch_hash = proposal.batch.hash_struct()
+            self._in_flight.add(batch_hash)
+            try:
+                certificate, refused = await self._gather(proposal)
+                if certificate is not None:
+                    await self._forward(certificate)
+                    return certificate
+            finally:
+                self._in_flight.discard(batch_hash)
             if not refused:
                 return None
-            log.warning("mixer %s: peers refused reports %s; re-forming the batch",
-                        self.address[:10], sorted(refused))
-            reports = [r for i, r in enumerate(reports) if i not in refused]
+            batch = proposal.batch
+            why = f"re-formed without reports {sorted(refused)}, which co-signers refused"
+            kept = [r for i, r in enumerate(proposal.reports) if i not in refused]
+            log.warning("mixer %s: batch %s (epoch %d round %d): %s", self.address[:10],
+                        batch_hash.hex()[:10], batch.epoch, batch.round,
+                        why if kept else "co-signers refused every report; giving it up")
+            reformed = self._propose(kept, replaces=batch_hash, why=why)
+            if reformed is None:
+                self.store.give_up(batch_hash, "co-signers refused every report")
+                return None
+            proposal = reformed
         return None
 
     async def _gather(self, proposal: BatchProposal) -> tuple[QuorumCertificate | None, set[int]]:
@@ -283,7 +370,8 @@ class MixerDaemon:
                     with contextlib.suppress(Exception):
                         for index, _why in parse_json(response.content)["error"].get(
                                 "reasons", []):
-                            refused.add(int(index))
+                            if 0 <= int(index) < len(proposal.reports):
+                                refused.add(int(index))
 
         await asyncio.gather(*(ask(m.endpoint, m.address) for m in members
                                if m.address != self.address))
@@ -302,29 +390,166 @@ class MixerDaemon:
         return certificate, refused
 
     async def _forward(self, certificate: QuorumCertificate) -> bool:
+        """Send a certificate to the Validator; True once it acknowledged it."""
+        batch = certificate.batch
+        batch_hash = batch.hash_struct()
         try:
             response = await self.http.post(
                 f"{self.validator_url}/v1/certificates", content=certificate.to_json(),
                 headers={"content-type": "application/json"})
         except httpx.HTTPError as exc:
-            log.info("validator unreachable (%s): will re-send", exc)
+            log.info("mixer %s: validator unreachable for certificate %s (epoch %d round %d): "
+                     "%r; the outbox re-sends it", self.address[:10], batch_hash.hex()[:10],
+                     batch.epoch, batch.round, exc)
             return False
         if response.status_code == 200:
-            self.store.mark_forwarded(certificate.batch.hash_struct())
+            self.store.mark_forwarded(batch_hash)
             return True
-        log.warning("validator refused certificate: %s %s", response.status_code,
-                    response.text[:300])
-        if 400 <= response.status_code < 500:
-            self.store.mark_forwarded(certificate.batch.hash_struct())  # it won't change its mind
+        status, text = response.status_code, response.text[:300]
+        if 400 <= status < 500 and status not in RETRY_STATUSES:
+            # It won't change its mind (409: the epoch is closed; 422: invalid).
+            log.warning("mixer %s: validator refused certificate %s (epoch %d round %d): HTTP %d "
+                        "%s; not re-sending it", self.address[:10], batch_hash.hex()[:10],
+                        batch.epoch, batch.round, status, text)
+            self.store.mark_forwarded(batch_hash, f"validator answered HTTP {status}: {text}")
+            return False
+        log.warning("mixer %s: validator answered HTTP %d %s for certificate %s (epoch %d round "
+                    "%d); the outbox re-sends it", self.address[:10], status, text,
+                    batch_hash.hex()[:10], batch.epoch, batch.round)
         return False
 
-    async def _resend_pending(self) -> None:
-        for proposal in self.store.uncertified():
-            certificate, _ = await self._gather(proposal)
-            if certificate is not None:
-                await self._forward(certificate)
-        for certificate in self.store.unforwarded():
-            await self._forward(certificate)
+    # -- the outbox -------------------------------------------------------------------------------
+    def epoch_closed(self, epoch: int, head: int) -> bool:
+        """Whether co-signers refuse batches of ``epoch`` at block ``head``."""
+        return head >= compute_settlement_block(epoch, self.preset, self.gateway.genesis_block)
+
+    async def _outbox_loop(self) -> None:
+        """Outbox passes: at once, after each round, and while something is pending after a
+        wait that doubles from ``retry_s[0]`` up to ``retry_s[1]`` (back to the first once a
+        pass gets something through)."""
+        first, longest = self.retry_s
+        delay = first
+        previous = -1
+        while not self._stopping.is_set():
+            self._outbox_wake.clear()
+            try:
+                pending = await self.outbox_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a fault in one pass must not stop the outbox
+                log.warning("mixer %s: outbox pass failed: %s", self.address[:10], exc,
+                            exc_info=True)
+                pending = previous if previous > 0 else 1
+            if pending == 0:
+                delay, wait = first, longest
+            else:
+                if 0 <= pending < previous:
+                    delay = first
+                wait, delay = delay, min(longest, delay * 2)
+            previous = pending
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._outbox_wake.wait(), wait)
+
+    async def outbox_pass(self) -> int:
+        """Certify own reports of past rounds that no batch holds, propose uncertified batches
+        again, re-send unacknowledged certificates (at most ``OUTBOX_CONCURRENCY`` at once),
+        and give up what can no longer be certified or settled. Returns how many batches and
+        certificates still wait."""
+        head = await asyncio.to_thread(self.gateway.block_number)
+        if head < self.gateway.genesis_block:
+            return 0
+        genesis = self.gateway.genesis_block
+        self._batch_stray_reports(head, compute_round(head, self.preset, genesis))
+        # Parsed off the event loop (a batch may hold thousands of reports); a batch that
+        # changed state meanwhile is skipped below (``pending``).
+        uncertified = await asyncio.to_thread(self.store.uncertified)
+        unforwarded = await asyncio.to_thread(self.store.unforwarded)
+        proposals = []
+        for proposal in uncertified:
+            batch = proposal.batch
+            if batch.hash_struct() in self._in_flight:
+                continue
+            if not self.epoch_closed(batch.epoch, head):
+                proposals.append(proposal)
+                continue
+            why = (f"epoch {batch.epoch} closed for new reports at block "
+                   f"{compute_settlement_block(batch.epoch, self.preset, genesis)} (head "
+                   f"{head}): co-signers refuse its batches")
+            log.warning("mixer %s: giving up batch %s (epoch %d round %d, %d reports) without "
+                        "a quorum: %s", self.address[:10], batch.hash_struct().hex()[:10],
+                        batch.epoch, batch.round, len(proposal.reports), why)
+            self.store.give_up(batch.hash_struct(), why)
+        certificates = await self._drop_settled(unforwarded) if unforwarded else []
+        limit = asyncio.Semaphore(OUTBOX_CONCURRENCY)
+
+        def pending(batch_hash: bytes, state: str) -> bool:
+            return batch_hash not in self._in_flight and \
+                self.store.batch_state(batch_hash) == state
+
+        async def propose(proposal: BatchProposal) -> None:
+            async with limit:
+                if pending(proposal.batch.hash_struct(), "uncertified"):
+                    await self._complete(proposal)
+
+        async def send(certificate: QuorumCertificate) -> None:
+            batch_hash = certificate.batch.hash_struct()
+            async with limit:
+                if not pending(batch_hash, "unforwarded"):
+                    return
+                self._in_flight.add(batch_hash)
+                try:
+                    await self._forward(certificate)
+                finally:
+                    self._in_flight.discard(batch_hash)
+
+        await asyncio.gather(*(propose(p) for p in proposals),
+                             *(send(c) for c in certificates))
+        counts = self.store.outbox_counts()
+        return counts["uncertified"] + counts["unforwarded"]
+
+    def _batch_stray_reports(self, head: int, now: RoundId) -> None:
+        """Batch own reports of past rounds that no batch holds (the mixer stopped between
+        saving them and signing their batch); drop those whose epoch closed meanwhile. The
+        new batches are proposed with the other uncertified ones."""
+        for epoch, round_, count in self.store.unbatched_rounds():
+            rid = RoundId(epoch, round_)
+            if rid >= now or rid == self._current:
+                continue  # the round loop's
+            if self.epoch_closed(epoch, head):
+                dropped = self.store.drop_unbatched(epoch, round_)
+                log.warning("mixer %s: %d reports of epoch %d round %d are in no batch and the "
+                            "epoch is closed for new reports (head %d): dropping them",
+                            self.address[:10], dropped, epoch, round_, head)
+                continue
+            log.info("mixer %s: batching %d reports of epoch %d round %d that no batch holds",
+                     self.address[:10], count, epoch, round_)
+            # No await between the read and the save: the round loop cannot take them too.
+            self._propose(self.store.unbatched_reports(epoch, round_))
+
+    async def _drop_settled(self, certificates: list[QuorumCertificate]
+                            ) -> list[QuorumCertificate]:
+        """``certificates`` less those of epochs the chain has settled (given up: no Validator
+        takes them any more)."""
+        try:
+            chain_next = await asyncio.to_thread(self.gateway.next_epoch_to_settle)
+        except DnanetError as exc:
+            log.info("mixer %s: cannot read the next epoch to settle (%s); re-sending anyway",
+                     self.address[:10], exc)
+            return certificates
+        out = []
+        for certificate in certificates:
+            batch = certificate.batch
+            if batch.hash_struct() in self._in_flight:
+                continue
+            if batch.epoch >= chain_next:
+                out.append(certificate)
+                continue
+            why = f"epoch {batch.epoch} is settled on chain"
+            log.warning("mixer %s: giving up certificate %s (epoch %d round %d) the Validator "
+                        "never acknowledged: %s", self.address[:10],
+                        batch.hash_struct().hex()[:10], batch.epoch, batch.round, why)
+            self.store.mark_forwarded(batch.hash_struct(), why)
+        return out
 
     # -- co-signing -------------------------------------------------------------------------------
     def verify_proposal_window(self, proposal: BatchProposal) -> None:
@@ -432,17 +657,31 @@ class MixerDaemon:
 
         @app.post("/v1/batches", tags=["mixer"], openapi_extra=message_schema(BatchProposal))
         async def batches(request: Request) -> Response:
-            proposal = BatchProposal.from_wire(parse_json(await read_body(request)))
+            # Every refusal is logged once with its reason (one line per refused batch).
+            try:
+                proposal = BatchProposal.from_wire(parse_json(await read_body(request)))
+            except DnanetError as exc:
+                self.m_cosign.labels("refused").inc()
+                log.info("mixer %s: refused a malformed batch from %s: %s", self.address[:10],
+                         request.client.host if request.client else "?", exc)
+                raise
+            batch = proposal.batch
             try:
                 cosig = await asyncio.to_thread(self.cosign, proposal)
             except BatchRejected as exc:
                 self.m_cosign.labels("refused").inc()
-                log.info("refused batch from %s: %s", proposal.batch.mixer[:10], exc)
+                log.info("mixer %s: refused batch %s from %s (epoch %d round %d, %d reports): "
+                         "%s", self.address[:10], batch.hash_struct().hex()[:10],
+                         batch.mixer[:10], batch.epoch, batch.round, len(proposal.reports), exc)
                 body = error_body(exc)
                 body["error"]["reasons"] = [[i, why] for i, why in exc.reasons]
                 return JSONResponse(body, status_code=422)
-            except DnanetError:
+            except DnanetError as exc:
                 self.m_cosign.labels("refused").inc()
+                log.info("mixer %s: refused batch %s from %s (epoch %d round %d, %d reports): "
+                         "%s: %s", self.address[:10], batch.hash_struct().hex()[:10],
+                         batch.mixer[:10], batch.epoch, batch.round, len(proposal.reports),
+                         type(exc).__name__, exc)
                 raise
             self.m_cosign.labels("signed").inc()
             return Response(cosig.to_json(), media_type="application/json")
@@ -456,14 +695,24 @@ class MixerDaemon:
 
         @app.get("/v1/status", tags=["mixer"])
         async def status() -> Any:
-            rows = self.store.query(
-                "SELECT epoch, round, assigned, done FROM rounds ORDER BY epoch DESC, round DESC"
-                " LIMIT 32")
+            rounds = self.store.recent_rounds(STATUS_ROUNDS)
             return {"address": self.address,
-                    "rounds": [{"epoch": e, "round": r, "assigned": a, "done": bool(d)}
-                               for e, r, a, d in rows]}
+                    "outbox": self.store.outbox_counts(),
+                    "rounds": [{"epoch": e, "round": r,
+                                "beta": None if beta is None else "0x" + beta.hex(),
+                                "assigned": nodes, "assigned_count": count, "done": done}
+                               for e, r, beta, nodes, count, done in rounds]}
 
         return app
+
+
+def _named(nodes: Sequence[str]) -> str:
+    """``: 0xab12cd34.., ..`` naming the first ``LOGGED_NODES`` nodes, and how many more."""
+    if not nodes:
+        return ""
+    shown = ", ".join(f"{n[:10]}.." for n in nodes[:LOGGED_NODES])
+    more = len(nodes) - LOGGED_NODES
+    return f": {shown}" + (f" and {more} more" if more > 0 else "")
 
 
 __all__ = ["MixerDaemon", "SettlementRequest", "SettlementSignatures"]

@@ -1,0 +1,592 @@
+"""The QueryMixer daemon: its outbox (certificates and batches retried while it runs, stray
+reports after a crash), co-signing of re-formed batches, its round log and status, logged
+refusals, and the migration of an old store.
+
+Mixers are real ``MixerDaemon``s on loopback HTTP against the fake chain of
+``validator_helpers``; nodes are in-process provers (``LocalTransport`` in place of HTTP);
+the Validator, where one is needed, is a real ``ValidatorDaemon``. Only the mixer under test
+runs its loops (``start()``), and most tests drive its steps directly (``certify``,
+``process_round``, ``outbox_pass``), so each outcome is fixed by the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+import dnanet.mixer.daemon as mixer_daemon
+from dnanet.crypto import vrf
+from dnanet.crypto.eip712 import recover_typed
+from dnanet.crypto.keys import Identity
+from dnanet.keyfiles import derive_vrf_secret
+from dnanet.mixer.daemon import MixerDaemon
+from dnanet.mixer.session import run_challenge_session
+from dnanet.mixer.store import MixerStore
+from dnanet.node.local import LocalTransport
+from dnanet.protocol.messages import BatchProposal, Outcome, QuorumCertificate, ScoreReport
+from dnanet.protocol.quorum import compute_batch
+from dnanet.protocol.schedule import (
+    RoundId,
+    compute_assigned_nodes,
+    compute_assignment_target,
+    compute_round_start_block,
+    compute_vrf_alpha,
+)
+from dnanet.protocol.validation import BatchRejected
+from dnanet.service.store import Store
+from dnanet.validator.daemon import ValidatorDaemon
+from validator_helpers import (
+    Committee,
+    FakeGateway,
+    build_network,
+    run,
+    seeded_identity,
+    settle_block,
+)
+
+LABEL = "mixer"
+ROUND0 = RoundId(0, 0)
+RETRY_S = (0.05, 0.2)
+"""The outbox's waits in these tests (first, longest)."""
+DEADLINE_S = 60.0
+
+OLD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rounds (
+    epoch INTEGER NOT NULL, round INTEGER NOT NULL, vrf_proof BLOB NOT NULL,
+    assigned INTEGER NOT NULL, done INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (epoch, round)
+);
+CREATE TABLE IF NOT EXISTS own_batches (
+    batch_hash BLOB PRIMARY KEY, epoch INTEGER NOT NULL, round INTEGER NOT NULL,
+    proposal_json BLOB NOT NULL, certificate_json BLOB, forwarded INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS own_reports (
+    epoch INTEGER NOT NULL, round INTEGER NOT NULL, node TEXT NOT NULL,
+    outcome INTEGER NOT NULL, score INTEGER NOT NULL, report_json BLOB NOT NULL,
+    PRIMARY KEY (epoch, round, node)
+);
+CREATE TABLE IF NOT EXISTS cosigned (
+    epoch INTEGER NOT NULL, round INTEGER NOT NULL, mixer TEXT NOT NULL, node TEXT NOT NULL,
+    batch_hash BLOB NOT NULL,
+    PRIMARY KEY (epoch, round, mixer, node)
+);
+CREATE TABLE IF NOT EXISTS verified_epochs (
+    epoch INTEGER PRIMARY KEY, reports_json BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS settlements_signed (
+    epoch INTEGER PRIMARY KEY, settlement_hash BLOB NOT NULL
+)
+"""
+"""The mixer store's schema before beta, assigned_nodes, batched, given_up, report_hash."""
+
+
+# -- a network of mixer daemons ------------------------------------------------------------------
+
+
+@dataclass
+class MixerNet:
+    """Four mixer daemons on the fake chain, each serving HTTP; nodes answer in-process."""
+
+    gw: FakeGateway
+    committee: Committee
+    daemons: list[MixerDaemon]
+    reports: dict[str, list[ScoreReport]]
+    """Each mixer's reports of round (0, 0), made by the committee (not by the daemons)."""
+    origin: int
+    """The mixer with the most reports in round (0, 0) (at least two)."""
+
+    @property
+    def originator(self) -> MixerDaemon:
+        return self.daemons[self.origin]
+
+    @property
+    def others(self) -> list[MixerDaemon]:
+        return [d for i, d in enumerate(self.daemons) if i != self.origin]
+
+    def own_reports(self) -> list[ScoreReport]:
+        return sorted(self.reports[self.originator.address], key=lambda r: r.key)
+
+    def point(self, daemon: MixerDaemon, url: str) -> None:
+        """Make the chain list ``url`` as the mixer's endpoint (a dead one: an outage)."""
+        self.gw.endpoints[daemon.address] = url
+
+    def restore(self, daemon: MixerDaemon) -> None:
+        self.gw.endpoints[daemon.address] = daemon.url
+
+    def mixer(self, root: Path, index: int, validator_url: str) -> MixerDaemon:
+        """A (new) daemon for mixer ``index`` on its data directory."""
+        return MixerDaemon(self.gw.mixers[index], self.gw, root / f"mixer-{index}",
+                           validator_url=validator_url, retry_s=RETRY_S)
+
+
+@contextlib.asynccontextmanager
+async def mixer_net(root: Path, validator_url: str | None = None, *, label: str = LABEL,
+                    run_origin: bool = False,
+                    route: Callable[[Committee], None] | None = None
+                    ) -> AsyncIterator[MixerNet]:
+    """Every mixer serves HTTP; with ``run_origin`` the originator also runs its loops.
+    Without ``validator_url`` the Validator refuses every connection; ``route`` (the
+    ``local_nodes`` fixture) routes challenge sessions to the in-process nodes."""
+    if validator_url is None:
+        with refused_port() as (dead, _sock):
+            async with mixer_net(root, dead, label=label, run_origin=run_origin,
+                                 route=route) as net:
+                yield net
+        return
+    gw, committee = build_network(mixers=4, nodes=5, label=label)
+    if route is not None:
+        route(committee)
+    reports = await committee.round_reports(0, 0)
+    origin = max(range(4), key=lambda i: (len(reports[gw.mixers[i].address]), -i))
+    assert len(reports[gw.mixers[origin].address]) >= 2, "pick another label"
+    net = MixerNet(gw, committee, [], reports, origin)
+    net.daemons = [net.mixer(root, i, validator_url) for i in range(4)]
+    try:
+        for i, daemon in enumerate(net.daemons):
+            if not (run_origin and i == origin):
+                await daemon.server.start()
+                net.restore(daemon)
+        if run_origin:
+            await net.originator.start()
+            net.restore(net.originator)
+        yield net
+    finally:
+        for daemon in net.daemons:
+            await daemon.stop()
+
+
+@pytest.fixture
+def local_nodes(monkeypatch: pytest.MonkeyPatch) -> Callable[[Committee], None]:
+    """Route the mixers' challenge sessions to the committee's in-process nodes."""
+    def route(committee: Committee) -> None:
+        by_endpoint = {n.endpoint: committee.transports[n.address]
+                       for n in committee.gateway.nodes_list}
+        monkeypatch.setattr(mixer_daemon, "HttpNodeTransport",
+                            lambda _session, endpoint: by_endpoint[endpoint])
+    return route
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[tuple[str, socket.socket]]:
+    """A URL whose port is bound but not listening: every connection is refused, and no one
+    else takes the port until the socket is closed."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", sock
+    finally:
+        sock.close()
+
+
+@contextlib.asynccontextmanager
+async def validator(gw: FakeGateway, data_dir: Path, port: int = 0
+                    ) -> AsyncIterator[ValidatorDaemon]:
+    daemon = ValidatorDaemon(gw, data_dir, port=port, run_settlement=False)
+    await daemon.start()
+    try:
+        yield daemon
+    finally:
+        await daemon.stop()
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {DEADLINE_S:g} s")
+        await asyncio.sleep(0.01)
+
+
+async def stored_certificates(daemon: ValidatorDaemon, epoch: int) -> list[QuorumCertificate]:
+    async with httpx.AsyncClient(base_url=daemon.url, timeout=30) as http:
+        response = await http.get(f"/v1/epochs/{epoch}/certificates")
+    assert response.status_code == 200, response.text
+    return [QuorumCertificate.from_wire(c) for c in response.json()]
+
+
+def proposal_of(identity: Identity, gw: FakeGateway, reports: Sequence[ScoreReport],
+                mixer: str | None = None) -> BatchProposal:
+    """A batch of ``reports`` signed by ``identity`` (as from ``mixer``, default its own)."""
+    ordered = sorted(reports, key=lambda r: r.key)
+    batch = compute_batch(ordered[0].epoch, ordered[0].round, mixer or identity.address,
+                          ordered)
+    return BatchProposal(batch=batch, reports=tuple(ordered),
+                         signature=identity.sign_typed(gw.domain, batch.hash_struct()))
+
+
+def round_vrf(gw: FakeGateway, mixer: Identity, rid: RoundId) -> tuple[bytes, bytes]:
+    seed = gw.block_hash(compute_round_start_block(rid, gw.preset))
+    proof = vrf.prove(derive_vrf_secret(mixer),
+                      compute_vrf_alpha(gw.domain.chain_id, rid.epoch, rid.round, seed))
+    return proof, vrf.proof_to_hash(proof)
+
+
+async def unreachable_report(net: MixerNet, report: ScoreReport) -> ScoreReport:
+    """A different, equally valid report for ``report``'s key: the node did not answer."""
+    mixer = next(m for m in net.gw.mixers if m.address == report.mixer)
+    proof, beta = round_vrf(net.gw, mixer, RoundId(report.epoch, report.round))
+    offline = LocalTransport(net.committee.transports[report.node].prover, online=False)
+    other = await run_challenge_session(
+        offline, identity=mixer, domain=net.gw.domain, preset=net.gw.preset, beta=beta,
+        vrf_proof=proof, epoch=report.epoch, round_=report.round, node=report.node,
+        hardware_class=report.hardware_class)
+    assert other.outcome == Outcome.UNREACHABLE and other.key == report.key
+    assert other.hash_struct() != report.hash_struct()
+    return other
+
+
+def messages(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    """The mixer's log lines that contain ``text``."""
+    return [r.getMessage() for r in caplog.records
+            if r.name == "dnanet.mixer" and text in r.getMessage()]
+
+
+# -- the outbox ---------------------------------------------------------------------------------
+
+
+def test_certificate_reaches_the_validator_after_its_outage_without_a_restart(
+        tmp_path: Path, local_nodes: Callable[[Committee], None],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The running mixer certifies round (0, 0) while the Validator refuses connections; its
+    outbox keeps re-sending, and once the Validator is up the certificate is stored there."""
+    caplog.set_level(logging.INFO, logger="dnanet.mixer")
+
+    async def main() -> None:
+        with refused_port() as (url, sock):
+            async with mixer_net(tmp_path, url, run_origin=True, route=local_nodes) as net:
+                origin = net.originator
+                await until(lambda: origin.store.round_done(0, 0), "round (0, 0) done")
+                assert origin.store.outbox_counts()["unforwarded"] == 1
+                # Re-sent while it runs: two more attempts after the round's own.
+                await until(lambda: len(messages(caplog, "validator unreachable")) >= 3,
+                            "re-sent while the Validator is down")
+                (certificate,) = origin.store.unforwarded()
+                port = sock.getsockname()[1]
+                sock.close()
+                async with validator(net.gw, tmp_path / "validator", port) as up:
+                    await until(lambda: origin.store.outbox_counts()["unforwarded"] == 0,
+                                "forwarded once the Validator is up")
+                    stored = await stored_certificates(up, 0)
+        assert [c.batch for c in stored] == [certificate.batch]
+        assert {r.node for r in certificate.reports} == {r.node for r in net.own_reports()}
+
+    run(main())
+
+
+def test_uncertified_batch_is_proposed_again_after_a_cosigner_outage(tmp_path: Path) -> None:
+    """With two of three co-signers down the batch has no quorum; once they are back the
+    outbox proposes the same batch again, and its certificate reaches the Validator."""
+    async def main() -> None:
+        with refused_port() as (dead, _sock):
+            async with mixer_net(tmp_path) as net, \
+                    validator(net.gw, tmp_path / "validator") as up:
+                origin = net.originator
+                origin.validator_url = up.url
+                for peer in net.others[:2]:
+                    net.point(peer, dead)
+                assert await origin.certify(net.own_reports()) is None
+                (proposal,) = origin.store.uncertified()
+                assert await origin.outbox_pass() == 1  # still down: still pending
+                for peer in net.others[:2]:
+                    net.restore(peer)
+                assert await origin.outbox_pass() == 0
+                (stored,) = await stored_certificates(up, 0)
+                assert stored.batch == proposal.batch
+                assert origin.store.outbox_counts() == {
+                    "uncertified": 0, "unforwarded": 0, "given_up": 0, "unbatched_reports": 0}
+
+    run(main())
+
+
+def test_outbox_gives_up_what_can_no_longer_be_certified_or_settled(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A batch without a quorum when its epoch closes for new reports is given up, with a log
+    line saying why; so is a certificate the Validator never acknowledged once the chain has
+    settled its epoch."""
+    caplog.set_level(logging.INFO, logger="dnanet.mixer")
+
+    async def main() -> None:
+        with refused_port() as (dead, _sock):
+            async with mixer_net(tmp_path, dead) as net:
+                origin = net.originator
+                first, second = net.own_reports()[:2]
+                # A certificate the Validator (down) never acknowledges, and a batch that
+                # gets no quorum (every co-signer down).
+                assert await origin.certify([first]) is not None
+                for peer in net.others:
+                    net.point(peer, dead)
+                assert await origin.certify([second]) is None
+                assert origin.store.outbox_counts()["unforwarded"] == 1
+                assert origin.store.outbox_counts()["uncertified"] == 1
+                net.gw.advance_to(settle_block(net.gw, 0) - 1)
+                assert await origin.outbox_pass() == 2  # epoch 0 still takes reports
+                net.gw.advance_to(settle_block(net.gw, 0))
+                assert await origin.outbox_pass() == 1  # the batch is given up
+                net.gw.next_epoch = 1  # epoch 0 settled on chain without the certificate
+                assert await origin.outbox_pass() == 0
+                assert origin.store.outbox_counts()["given_up"] == 2
+
+    run(main())
+    (batch_line,) = messages(caplog, "giving up batch")
+    assert "epoch 0 closed for new reports" in batch_line
+    (certificate_line,) = messages(caplog, "giving up certificate")
+    assert "epoch 0 is settled on chain" in certificate_line
+
+
+def test_reports_saved_before_a_crash_are_certified_once_their_round_passed(
+        tmp_path: Path) -> None:
+    """The mixer stopped between saving its reports and signing their batch; restarted after
+    the round, its outbox batches and certifies them (once)."""
+    async def main() -> None:
+        async with mixer_net(tmp_path) as net, \
+                validator(net.gw, tmp_path / "validator") as up:
+            reports = net.own_reports()
+            net.originator.store.save_reports(reports)
+            await net.originator.stop()  # the crash: no proposal was saved
+            restarted = net.mixer(tmp_path, net.origin, up.url)
+            net.daemons[net.origin] = restarted
+            # Still in round (0, 0): its reports are the round loop's, not the outbox's.
+            assert await restarted.outbox_pass() == 0
+            assert restarted.store.outbox_counts()["unbatched_reports"] == len(reports)
+            net.gw.advance_to(compute_round_start_block(RoundId(0, 1), net.gw.preset))
+            assert await restarted.outbox_pass() == 0
+            assert await restarted.outbox_pass() == 0
+            (stored,) = await stored_certificates(up, 0)
+            assert list(stored.reports) == reports
+            assert restarted.store.outbox_counts()["unbatched_reports"] == 0
+            (count,), = restarted.store.query("SELECT count(*) FROM own_batches")
+            assert count == 1
+
+    run(main())
+
+
+def test_stray_reports_of_a_closed_epoch_are_dropped(tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="dnanet.mixer")
+
+    async def main() -> None:
+        async with mixer_net(tmp_path) as net:
+            net.originator.store.save_reports(net.own_reports())
+            net.gw.advance_to(settle_block(net.gw, 0))
+            assert await net.originator.outbox_pass() == 0
+            counts = net.originator.store.outbox_counts()
+            assert counts["unbatched_reports"] == 0 and counts["uncertified"] == 0
+
+    run(main())
+    (line,) = messages(caplog, "are in no batch")
+    assert "epoch 0 round 0" in line and "dropping them" in line
+
+
+# -- co-signing -----------------------------------------------------------------------------------
+
+
+def test_a_cosigner_signs_a_reformed_batch_but_never_a_different_report(
+        tmp_path: Path) -> None:
+    """Co-signer A signs [r1, r2], then the re-formed [r1] (the same report in a new batch),
+    and refuses a batch with a different r1' for r1's key."""
+    async def main() -> None:
+        async with mixer_net(tmp_path) as net:
+            r1, r2 = net.own_reports()[:2]
+            other = await unreachable_report(net, r1)
+            origin = net.gw.mixers[net.origin]
+            a = net.others[0]
+            a.cosign(proposal_of(origin, net.gw, [r1, r2]))
+            a.cosign(proposal_of(origin, net.gw, [r1]))
+            a.cosign(proposal_of(origin, net.gw, [r1, r2]))  # the first one again
+            with pytest.raises(BatchRejected) as refused:
+                a.cosign(proposal_of(origin, net.gw, [other]))
+            assert refused.value.reasons == [
+                (0, "a different report for this (epoch, round, mixer, node) was already "
+                    "co-signed")]
+            with pytest.raises(BatchRejected) as refused:
+                a.cosign(proposal_of(origin, net.gw, [other, r2]))
+            assert [i for i, _ in refused.value.reasons] == [0]
+
+    run(main())
+
+
+def test_a_batch_reformed_without_a_refused_report_gets_its_quorum(tmp_path: Path) -> None:
+    """B already co-signed a different r2' and refuses r2, C is down, A signs [r1, r2]: no
+    quorum (2 of 3). The originator re-forms [r1]; A signs it again and so does B: quorum."""
+    async def main() -> None:
+        with refused_port() as (dead, _sock):
+            async with mixer_net(tmp_path) as net:
+                origin = net.originator
+                r1, r2 = net.own_reports()[:2]
+                a, b, c = net.others
+                b.cosign(proposal_of(net.gw.mixers[net.origin], net.gw,
+                                     [await unreachable_report(net, r2)]))
+                net.point(c, dead)
+                certificate = await origin.certify([r1, r2])
+                assert certificate is not None
+                assert certificate.reports == (r1,)
+                batch_hash = certificate.batch.hash_struct()
+                domain = net.gw.domain
+                signers = [recover_typed(domain, batch_hash, s) for s in certificate.signatures]
+                assert signers[0] == origin.address
+                assert set(signers[1:]) == {a.address, b.address}
+                # The refused batch is given up, not retried; the re-formed one is certified.
+                counts = origin.store.outbox_counts()
+                assert counts["uncertified"] == 0 and counts["given_up"] == 1
+
+    run(main())
+
+
+def test_every_refused_batch_is_logged_with_its_reason(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="dnanet.mixer")
+
+    async def main() -> list[int]:
+        async with mixer_net(tmp_path) as net:
+            reports = net.own_reports()
+            origin = net.gw.mixers[net.origin]
+            peer = net.others[0]
+            outsider = seeded_identity(f"{LABEL}/outsider")
+            bodies = [
+                b'{"batch": 1}',  # malformed
+                # signed by another mixer than the one it names
+                proposal_of(net.gw.mixers[(net.origin + 1) % 4], net.gw, reports,
+                            mixer=origin.address).to_json(),
+                # from a mixer outside the epoch's set
+                proposal_of(outsider, net.gw, reports, mixer=outsider.address).to_json(),
+            ]
+            statuses = []
+            async with httpx.AsyncClient(base_url=peer.url, timeout=30) as http:
+                for body in bodies:
+                    statuses.append((await http.post("/v1/batches", content=body)).status_code)
+                net.gw.advance_to(settle_block(net.gw, 0))  # the epoch is closed
+                body = proposal_of(origin, net.gw, reports).to_json()
+                statuses.append((await http.post("/v1/batches", content=body)).status_code)
+            return statuses
+
+    statuses = run(main())
+    assert statuses == [400, 422, 422, 422]
+    lines = messages(caplog, "refused")
+    assert len(lines) == 4
+    assert "malformed batch" in lines[0]
+    assert "SignatureError" in lines[1] and "not by its mixer" in lines[1]
+    assert "ProtocolError" in lines[2] and "is not in epoch 0's set" in lines[2]
+    assert "ScheduleError" in lines[3] and "epoch 0 is closed" in lines[3]
+
+
+# -- rounds: log and status -----------------------------------------------------------------------
+
+
+def test_round_log_and_status_show_the_vrf_output_and_the_assigned_nodes(
+        tmp_path: Path, local_nodes: Callable[[Committee], None],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="dnanet.mixer")
+
+    async def main() -> tuple[MixerNet, dict[str, object]]:
+        async with mixer_net(tmp_path, route=local_nodes) as net:
+            await net.originator.process_round(ROUND0)
+            async with httpx.AsyncClient(base_url=net.originator.url, timeout=30) as http:
+                return net, (await http.get("/v1/status")).json()
+
+    net, status = run(main())
+    gw = net.gw
+    _, beta = round_vrf(gw, gw.mixers[net.origin], ROUND0)
+    active = sorted(n.address for n in gw.nodes_list if n.active)
+    assigned = compute_assigned_nodes(
+        beta, active, compute_assignment_target(len(gw.mixers), gw.preset.challenges_per_round))
+    assert assigned == [r.node for r in net.own_reports()]
+    assert status["address"] == net.originator.address
+    assert status["rounds"] == [{"epoch": 0, "round": 0, "beta": "0x" + beta.hex(),
+                                 "assigned": assigned, "assigned_count": len(assigned),
+                                 "done": True}]
+    assert set(status["outbox"]) == {  # type: ignore[arg-type]
+        "uncertified", "unforwarded", "given_up", "unbatched_reports"}
+    (line,) = messages(caplog, "VRF output")
+    assert f"epoch 0 round 0: VRF output {beta.hex()[:16]}.." in line
+    assert f"{len(assigned)} of {len(active)} active nodes assigned" in line
+    assert all(f"{node[:10]}.." in line for node in assigned)
+
+
+# -- the store ----------------------------------------------------------------------------------
+
+
+def test_a_store_of_the_old_schema_is_migrated(tmp_path: Path) -> None:
+    """A database written before beta, assigned_nodes, batched, given_up and report_hash:
+    opened by this release, beta is filled from the proof, reports in no stored batch are
+    found, and co-signed keys without a report hash keep the old rule (same batch only)."""
+    gw, committee = build_network(mixers=4, nodes=5, label=LABEL)
+    reports = run(committee.round_reports(0, 0))
+    mixer = max(gw.mixers, key=lambda m: len(reports[m.address]))
+    r1, r2 = sorted(reports[mixer.address], key=lambda r: r.key)[:2]
+    proof, beta = round_vrf(gw, mixer, ROUND0)
+    both = proposal_of(mixer, gw, [r1, r2])
+    path = tmp_path / "mixer.db"
+    old = Store(path, OLD_SCHEMA)
+    with old.transaction() as db:
+        db.execute("INSERT INTO rounds(epoch, round, vrf_proof, assigned, done)"
+                   " VALUES (0, 0, ?, 2, 1)", (proof,))
+        db.execute("INSERT INTO rounds(epoch, round, vrf_proof, assigned, done)"
+                   " VALUES (0, 1, x'', 0, 1)")
+        db.executemany("INSERT INTO own_reports VALUES (?, ?, ?, ?, ?, ?)",
+                       [(r.epoch, r.round, r.node, r.outcome, r.score, r.to_json())
+                        for r in (r1, r2)])
+        only_first = proposal_of(mixer, gw, [r1])
+        db.execute("INSERT INTO own_batches(batch_hash, epoch, round, proposal_json)"
+                   " VALUES (?, 0, 0, ?)", (only_first.batch.hash_struct(),
+                                            only_first.to_json()))
+        db.execute("INSERT INTO cosigned VALUES (?, ?, ?, ?, ?)",
+                   (*r1.key, both.batch.hash_struct()))
+    old.close()
+
+    for _reopen in range(2):  # migrating twice changes nothing
+        store = MixerStore(path)
+        for table, column in [("rounds", "beta"), ("rounds", "assigned_nodes"),
+                              ("own_batches", "given_up"), ("own_reports", "batched"),
+                              ("cosigned", "report_hash")]:
+            assert column in {row[1] for row in store.query(f"PRAGMA table_info({table})")}
+        assert store.recent_rounds(8) == [(0, 1, None, None, 0, True),
+                                          (0, 0, beta, None, 2, True)]
+        assert store.unbatched_rounds() == [(0, 0, 1)]
+        assert store.unbatched_reports(0, 0) == [r2]
+        assert [p.batch for p in store.uncertified()] == [only_first.batch]
+        store.close()
+
+    store = MixerStore(path)
+    # r1 was co-signed in ``both`` before report hashes were kept: only that batch again.
+    assert store.record_cosigned(proposal_of(mixer, gw, [r1])) == [0]
+    assert store.record_cosigned(both) == []
+    # r2 is now recorded with its report hash: any batch with that very report is fine.
+    assert store.record_cosigned(proposal_of(mixer, gw, [r2])) == []
+    store.close()
+
+
+def test_new_store_rejects_a_different_report_for_a_cosigned_key(tmp_path: Path) -> None:
+    gw, committee = build_network(mixers=4, nodes=5, label=LABEL)
+    reports = run(committee.round_reports(0, 0))
+    mixer = max(gw.mixers, key=lambda m: len(reports[m.address]))
+    r1, r2 = sorted(reports[mixer.address], key=lambda r: r.key)[:2]
+    store = MixerStore(tmp_path / "mixer.db")
+    try:
+        assert store.record_cosigned(proposal_of(mixer, gw, [r1, r2])) == []
+        assert store.record_cosigned(proposal_of(mixer, gw, [r2])) == []
+        changed = ScoreReport.from_wire({**r2.to_wire(), "score": r2.score + 1})
+        assert store.record_cosigned(proposal_of(mixer, gw, [r1, changed])) == [1]
+    finally:
+        store.close()
+
+
+def test_reopened_store_keeps_rounds(tmp_path: Path) -> None:
+    path = tmp_path / "mixer.db"
+    store = MixerStore(path)
+    store.begin_round(3, 1, b"p" * 80, b"b" * 64, ["0x" + "11" * 20])
+    store.finish_round(3, 1)
+    store.close()
+    store = MixerStore(path)
+    try:
+        assert store.recent_rounds(4) == [(3, 1, b"b" * 64, ["0x" + "11" * 20], 1, True)]
+    finally:
+        store.close()
