@@ -40,6 +40,7 @@ from dnanet.errors import ChainError, ConfigError
 from dnanet.params import TEST, WEI_PER_DNA
 from dnanet.protocol.messages import EpochSettlement, Punishment
 from dnanet.protocol.rollup import RewardTree, compute_cumulative, compute_epoch_rewards
+from dnanet.service.gateway import ClientGateway
 
 FAST = SendPolicy(attempts=4, backoff_s=0.0, max_backoff_s=0.0, receipt_timeout_s=5.0,
                   poll_interval_s=0.001)
@@ -159,6 +160,14 @@ def run_full_flow(net: Net) -> None:
     assert listed[1].hw_class == 1 and listed[1].endpoint == "http://node1:8600"
     assert all(n.active and n.stake == TEST.min_stake for n in listed)
     assert not reader.node_info(n2.address).registered
+    # a node that moved updates its endpoint and class through the daemons' gateway
+    moved = ClientGateway(net.client(n1))
+    assert moved.update_node("http://node1-new:8701", 0).startswith("0x")
+    record = moved.node(n1.address)
+    assert record is not None
+    assert (record.endpoint, record.hardware_class, record.stake) == (
+        "http://node1-new:8701", 0, TEST.min_stake)
+    moved.update_node("http://node1:8600", 1)
 
     # epoch 0 settles with a quorum of mixer signatures
     assert reader.last_settled_epoch() is None

@@ -50,6 +50,7 @@ class RegistryStub:
 
     record: NodeRecord | None = None
     registered: list[tuple[str, int, int]] = field(default_factory=list)
+    updated: list[tuple[str, int]] = field(default_factory=list)
     preset: Preset = TEST
     domain: Domain = DOMAIN
 
@@ -59,6 +60,10 @@ class RegistryStub:
     def register_node(self, endpoint: str, hardware_class: int, stake: int) -> str:
         self.registered.append((endpoint, hardware_class, stake))
         return "0x" + "11" * 32
+
+    def update_node(self, endpoint: str, hardware_class: int) -> str:
+        self.updated.append((endpoint, hardware_class))
+        return "0x" + "22" * 32
 
 
 def fake_torch(monkeypatch: pytest.MonkeyPatch, *, cuda: bool | None) -> None:
@@ -128,20 +133,40 @@ def test_the_declared_class_follows_the_device_compute_runs_on(
         close(daemon)
 
 
-def test_a_registration_with_another_class_is_reported(
+def test_a_registration_with_another_class_is_updated_and_reported(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     fake_torch(monkeypatch, cuda=None)
-    record = NodeRecord(NODE.address, "http://node.example", CLASS_GPU, TEST.min_stake,
-                        False, True)
-    gateway = RegistryStub(record=record)
+    gateway = RegistryStub()
     daemon = build(tmp_path, "auto", WITH_GPU, gateway)
+    gateway.record = NodeRecord(NODE.address, daemon.url, CLASS_GPU, TEST.min_stake,
+                                False, True)
     try:
         with caplog.at_level(logging.WARNING, logger="dnanet.node"):
             asyncio.run(daemon.ensure_registered())
         assert gateway.registered == []
-        assert any("registered as class gpu but computes on cpu" in r.getMessage()
+        assert gateway.updated == [(daemon.url, CLASS_CPU)]
+        assert any("as class gpu; updated to" in r.getMessage()
+                   and "as class cpu (computing on cpu)" in r.getMessage()
                    for r in caplog.records)
+    finally:
+        close(daemon)
+
+
+def test_a_node_that_moved_updates_its_endpoint_and_one_in_place_sends_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_torch(monkeypatch, cuda=None)
+    gateway = RegistryStub()
+    daemon = build(tmp_path, "cpu", WITHOUT_GPU, gateway)
+    try:
+        gateway.record = NodeRecord(NODE.address, daemon.url, CLASS_CPU, TEST.min_stake,
+                                    False, True)
+        asyncio.run(daemon.ensure_registered())  # registered as it runs: no transaction
+        assert gateway.registered == gateway.updated == []
+        gateway.record = NodeRecord(NODE.address, "http://old-host.example:8701", CLASS_CPU,
+                                    TEST.min_stake, False, True)
+        asyncio.run(daemon.ensure_registered())
+        assert gateway.updated == [(daemon.url, CLASS_CPU)] and gateway.registered == []
     finally:
         close(daemon)
 

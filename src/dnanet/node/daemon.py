@@ -177,13 +177,16 @@ class NodeDaemon:
                                     self.hardware_class, self.stake)
             log.info("node %s registered at %s as class %s", self.address[:10], self.url,
                      self.hardware_class_name)
-        elif record.hardware_class != self.hardware_class:
+        elif (record.endpoint, record.hardware_class) != (self.url, self.hardware_class):
+            # Moved, or now computing on another device: mixers must reach the node where it
+            # is and size its challenges for what it computes on.
             registered = (HARDWARE_CLASS_NAMES[record.hardware_class]
                           if 0 <= record.hardware_class < len(HARDWARE_CLASS_NAMES)
                           else str(record.hardware_class))
-            log.warning("node %s is registered as class %s but computes on %s (class %s): "
-                        "mixers size its challenges for %s", self.address[:10], registered,
-                        self.device, self.hardware_class_name, registered)
+            await asyncio.to_thread(self.gateway.update_node, self.url, self.hardware_class)
+            log.warning("node %s was registered at %s as class %s; updated to %s as class %s "
+                        "(computing on %s)", self.address[:10], record.endpoint, registered,
+                        self.url, self.hardware_class_name, self.device)
 
     async def start(self, *, register: bool = True) -> None:
         # A missing model backend fails here, before the node registers or serves.

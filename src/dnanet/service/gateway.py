@@ -73,6 +73,9 @@ class ClientGateway:
     def register_node(self, endpoint: str, hardware_class: int, stake: int) -> str:
         return self.client.register_node(endpoint, hardware_class, stake).tx_hash
 
+    def update_node(self, endpoint: str, hardware_class: int) -> str:
+        return self.client.update_node(endpoint, hardware_class).tx_hash
+
     def next_epoch_to_settle(self) -> int:
         return self.client.next_epoch()
 
