@@ -272,6 +272,7 @@ def test_served_over_loopback() -> None:
     async def body() -> None:
         async with serving(app, "127.0.0.1", 0) as server:
             port = server.server.servers[0].sockets[0].getsockname()[1]
+            assert port != 0 and server.url == f"http://127.0.0.1:{port}"  # the bound port
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
                 assert (await http.post("/echo", content=b"hello")).content == b"hello"
                 assert (await http.get("/raise/chain")).status_code == 503

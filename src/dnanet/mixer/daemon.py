@@ -203,10 +203,6 @@ class MixerDaemon:
     @property
     def url(self) -> str:
         """The base URL it serves on (the bound port when it was started with port 0)."""
-        server = self.server.server
-        if server.started and server.servers and server.servers[0].sockets:
-            port = server.servers[0].sockets[0].getsockname()[1]
-            return f"http://{self.server.host}:{port}"
         return self.server.url
 
     def _node_session(self) -> NodeHttpClient:

@@ -323,6 +323,10 @@ class Server:
 
     @property
     def url(self) -> str:
+        """The base URL: with port 0, the port the OS bound once the server has started."""
+        servers = self.server.servers if self.server.started else []
+        if servers and servers[0].sockets:
+            return f"http://{self.host}:{servers[0].sockets[0].getsockname()[1]}"
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:

@@ -95,10 +95,6 @@ class ValidatorDaemon:
     @property
     def url(self) -> str:
         """The base URL it serves on (the bound port when it was started with port 0)."""
-        server = self.server.server
-        if server.started and server.servers and server.servers[0].sockets:
-            port = server.servers[0].sockets[0].getsockname()[1]
-            return f"http://{self.server.host}:{port}"
         return self.server.url
 
     async def start(self) -> None:
