@@ -70,7 +70,7 @@ def test_a_session_over_http_is_scored_and_verifies(tmp_path: Path) -> None:
 
 
 async def _session_over_http(tmp_path: Path) -> None:
-    async with serving_node(tmp_path) as (url, store):
+    async with serving_node_app(tmp_path) as (url, store, app):
         mixer = MIXERS[0]
         proof, beta = prove_round(mixer, 0)
         async with open_node_session(8, 10) as session:
@@ -94,6 +94,14 @@ async def _session_over_http(tmp_path: Path) -> None:
         rows = store.query("SELECT challenge_json, response_json FROM challenges")
         assert len(rows) == 1 and rows[0][0] and rows[0][1]
         assert SignedChallenge.from_json(rows[0][0]).challenge.node == NODE.address
+        # The ended session is "open" at once in the status; on disk it still says "finish"
+        # (written with the signed response) until the next transaction, or the daemon's stop.
+        async with httpx.AsyncClient(timeout=10) as client:
+            (entry,) = (await client.get(url + "/v1/status")).json()["recent_challenges"]
+        assert entry["completed"] and entry["stage"] == "open"
+        assert store.query("SELECT stage FROM challenge_progress") == [("finish",)]
+        app.state.flush_progress()
+        assert store.query("SELECT stage FROM challenge_progress") == [("open",)]
 
 
 def test_an_unreachable_node_is_reported_unreachable() -> None:

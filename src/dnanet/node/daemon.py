@@ -216,6 +216,7 @@ class NodeDaemon:
                 await self._task
         await self.server.stop()
         await self.backends.close()
+        self.app.state.flush_progress()
         self.store.close()
 
 

@@ -76,6 +76,9 @@ MAX_DOWNLOAD_BYTES = max(
 """The most a challenge's download may carry: the largest download of any preset's hardware
 class (mainnet's GPU class: 16 MiB), plus a margin."""
 
+MAX_ENDED = 64
+"""Ended sessions' rows kept in memory at most before they are written on their own."""
+
 STAGES = ("started", "echo", "download", "upload", "compute", "finish", "open")
 """A session's steps in order; ``stage`` is the last one the node completed."""
 
@@ -124,16 +127,37 @@ def build_node_app(prover: ChallengeProver, store: Store, *, status: Any = None)
     progress: OrderedDict[bytes, _Progress] = OrderedDict()
     """Sessions in flight (as many as the prover keeps open), by challenge id."""
 
+    ended: list[tuple[Any, ...]] = []
+    """Rows of sessions that ended since the last write: they ride along with the next
+    transaction the node makes anyway (a challenge accepted or signed), not one of their own."""
+
+    def write_ended(db: Any) -> None:
+        if ended:
+            db.executemany(_SAVE_PROGRESS, ended)
+            ended.clear()
+
+    def flush() -> None:
+        """Write the ended sessions still in memory (the daemon calls it when it stops)."""
+        if ended:
+            with store.transaction() as db:
+                write_ended(db)
+
+    app.state.flush_progress = flush
+
     def save(key: bytes, state: _Progress) -> None:
         with store.transaction() as db:
             db.execute(_SAVE_PROGRESS, state.row(key))
+            write_ended(db)
 
     def forget(key: bytes) -> None:
-        """The session is over (or the prover dropped it): keep what the node saw on disk."""
+        """The session is over (or the prover dropped it): what the node saw goes to disk with
+        the next transaction (``MAX_ENDED`` at most wait)."""
         state = progress.pop(key, None)
         own_body_limit.discard(download_path(key))
         if state is not None:
-            save(key, state)
+            ended.append(state.row(key))
+            if len(ended) >= MAX_ENDED:
+                flush()
 
     def failed(key: bytes, name: str, exc: DnanetError) -> None:
         if (state := progress.get(key)) is not None:
@@ -169,6 +193,7 @@ def build_node_app(prover: ChallengeProver, store: Store, *, status: Any = None)
                 " challenge_json) VALUES (?, ?, ?, ?, ?, ?)",
                 (c.challenge_id, c.epoch, c.round, c.mixer, time.time(), signed.to_json()),
             )
+            write_ended(db)
         progress[c.challenge_id] = _Progress()
         own_body_limit.add(download_path(c.challenge_id))
         while len(progress) > MAX_OPEN_SESSIONS:  # the prover dropped the oldest too
@@ -248,6 +273,7 @@ def build_node_app(prover: ChallengeProver, store: Store, *, status: Any = None)
                        (signed.to_json(), key))
             if state is not None:
                 db.execute(_SAVE_PROGRESS, state.row(key))
+            write_ended(db)
         return _json(signed)
 
     @app.post("/v1/challenges/{challenge_id}/open", tags=["challenge"],
@@ -267,9 +293,11 @@ def build_node_app(prover: ChallengeProver, store: Store, *, status: Any = None)
             " p.download_us, p.upload_bytes, p.compute_us FROM challenges c"
             " LEFT JOIN challenge_progress p ON p.challenge_id = c.challenge_id"
             " ORDER BY c.received_at DESC LIMIT 50")
+        unwritten = {bytes(row[0]): _Progress(*row[1:]) for row in ended}
         body: dict[str, Any] = {
             "address": prover.identity.address,
-            "recent_challenges": [_recent(row, progress.get(row[0])) for row in recent],
+            "recent_challenges": [_recent(row, progress.get(row[0]) or unwritten.get(row[0]))
+                                  for row in recent],
         }
         if status is not None:
             body.update(status())
