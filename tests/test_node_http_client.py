@@ -198,3 +198,35 @@ def test_at_most_limit_per_host_connections_to_one_node() -> None:
         assert server.connections == 3
 
     run(slow, body, limit_per_host=3)
+
+
+def test_each_node_is_parsed_once_and_every_path_goes_out_as_given() -> None:
+    async def body(server: ScriptedServer, http: NodeHttpClient) -> list[bytes]:
+        base = server.url.removesuffix("/v1/challenges")
+        for i in range(3):
+            assert (await http.request("POST", f"{base}/v1/challenges/0x{i:02x}/echo"))[0] == 200
+        assert (await http.request("GET", f"{base}?probe=1#ignored"))[0] == 200
+        assert list(http._origins) == [base]  # one parse for the node, not one per step
+        return [r.split(b"\r\n", 1)[0] for r in server.requests]
+
+    assert run(echo, body) == [b"POST /v1/challenges/0x00/echo HTTP/1.1",
+                               b"POST /v1/challenges/0x01/echo HTTP/1.1",
+                               b"POST /v1/challenges/0x02/echo HTTP/1.1",
+                               b"GET /?probe=1 HTTP/1.1"]
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("http://node.example:80/a\r\nX-Injected: 1", "not a valid request path"),
+    ("http://node.example:80/a b", "not a valid request path"),
+    ("http://node.example:80/caf\u00e9", "not a valid request path"),
+    ("http://node.example:port/v1", "not an http:// endpoint"),
+    ("http://:80/v1", "not an http:// endpoint"),
+    ("ftp://node.example/v1", "not an http:// endpoint"),
+])
+def test_an_endpoint_that_cannot_make_a_request_line_is_unreachable(url: str, why: str) -> None:
+    async def go() -> None:
+        async with NodeHttpClient(limit=4, timeout_s=2) as http:
+            with pytest.raises(NodeUnreachable, match=why):
+                await http.request("POST", url)
+
+    asyncio.run(go())

@@ -127,22 +127,36 @@ class NodeHttpClient:
         self._all = asyncio.Semaphore(max(1, limit))
         self._hosts: dict[tuple[str, int], asyncio.Semaphore] = {}
         self._idle: dict[tuple[str, int], list[_Exchange]] = {}
-        self._targets: dict[str, tuple[str, int, str]] = {}
+        self._origins: dict[str, tuple[str, int]] = {}
         self._closed = False
 
     def _target(self, url: str) -> tuple[str, int, str]:
-        """(host, port, path?query) of an http:// URL, remembered per URL prefix."""
-        target = self._targets.get(url)
-        if target is None:
-            parts = urlsplit(url)
-            if parts.scheme != "http" or not parts.hostname:
+        """(host, port, path?query) of an http:// URL. The origin (``http://host:port``) is
+        parsed once per node; every challenge step has a path of its own."""
+        end = len(url)
+        for separator in "/?#":  # the authority ends at the first of them
+            found = url.find(separator, len("http://"))
+            if 0 <= found < end:
+                end = found
+        origin, path = url[:end], url[end:].partition("#")[0]
+        if not path.startswith("/"):
+            path = "/" + path
+        address = self._origins.get(origin)
+        if address is None:
+            try:
+                parts = urlsplit(origin)
+                port = parts.port or 80
+            except ValueError:  # a port that is not a number, an unbalanced [ ...
+                parts, port = None, 0
+            if parts is None or parts.scheme != "http" or not parts.hostname:
                 raise NodeUnreachable(f"not an http:// endpoint: {url[:100]!r}")
-            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            target = (parts.hostname, parts.port or 80, path)
-            if len(self._targets) > 100_000:
-                self._targets.clear()
-            self._targets[url] = target
-        return target
+            address = (parts.hostname, port)
+            if len(self._origins) > 100_000:
+                self._origins.clear()
+            self._origins[origin] = address
+        if not (path.isascii() and path.isprintable()) or " " in path:  # one request line
+            raise NodeUnreachable(f"not a valid request path: {path[:100]!r}")
+        return (*address, path)
 
     async def request(self, method: str, url: str, body: bytes = b"",
                       content_type: str = "application/json") -> tuple[int, bytes]:
