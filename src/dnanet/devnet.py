@@ -301,14 +301,14 @@ class Devnet:
                            self.preset.epoch_blocks)
                 state = "settling" if head >= target else f"{done:5.1%}"
                 progress = f"  epoch {epoch}: block {head} ({state})"
-                rows: list[NodeRow] = []
-                if self.live is not None:
-                    with contextlib.suppress(httpx.HTTPError, ValueError):  # progress only
-                        rows = [await self.node_row(d, epoch) for d in self.node_daemons]
                 if self.live is None:
                     self.out(progress)
                 else:
-                    self.live.show([progress, *(format_table(rows, final=False) if rows else [])])
+                    table: list[str] = []
+                    with contextlib.suppress(httpx.HTTPError, ValueError):  # progress only
+                        rows = [await self.node_row(d, epoch) for d in self.node_daemons]
+                        table = format_table(rows, final=False)
+                    self.live.show([progress, *table])
             await asyncio.sleep(0.25)
         if self.live is not None:
             self.live.clear()
@@ -336,11 +336,7 @@ class Devnet:
                         raise
 
     async def _get_json(self, url: str) -> Any:
-        try:
-            response = await self.http.get(url)
-        except httpx.TransportError:
-            # A keep-alive connection the server closed as it was reused: a GET may be retried.
-            response = await self.http.get(url)
+        response = await self.http.get(url)
         if response.status_code == 404:
             return None
         response.raise_for_status()
