@@ -27,11 +27,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from dnanet.gateway.canary import CanaryBook, ReferenceModels, judge, make_canary
 from dnanet.gateway.openai_format import (
+    MAX_AI_BODY_BYTES,
     ApiError,
     check_completion,
     check_vectors,
     count_tokens,
     embeddings_response,
+    exempt_from_app_limit,
     model_not_found,
     models_list,
     no_node,
@@ -79,7 +81,7 @@ class GatewayConfig:
     """Every node gets at least one canary this often (0: only traffic-driven canaries)."""
     canary_tolerance: float = 0.99
     """Minimum cosine similarity of a canary embedding with the reference."""
-    max_body_bytes: int = 16 * 1024 * 1024
+    max_body_bytes: int = MAX_AI_BODY_BYTES
     seed: int | None = None
 
 
@@ -350,9 +352,7 @@ class Gateway:
 
         The POST routes enforce ``max_body_bytes`` themselves (a 413 in OpenAI's format), in
         place of the app's own body limit."""
-        own_limit = getattr(app.state, "own_body_limit", None)
-        if own_limit is not None:
-            own_limit.update({"/v1/embeddings", "/v1/chat/completions"})
+        exempt_from_app_limit(app)
 
         @app.get("/v1/models", tags=["gateway"])
         async def models(request: Request) -> Response:

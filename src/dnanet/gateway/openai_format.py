@@ -15,12 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from dnanet.errors import CodecError
 from dnanet.service.http import read_body
 
+MAX_AI_BODY_BYTES = 16 * 1024 * 1024
+"""The largest request body a gateway takes by default, and so a node (what a gateway forwards)."""
+AI_POST_PATHS = frozenset({"/v1/embeddings", "/v1/chat/completions"})
 MAX_INPUTS = 2048
 MAX_INPUT_CHARS = 64 * 1024
 MAX_MESSAGES = 1024
@@ -63,6 +66,15 @@ def no_node(model: str, why: str, retry_after_s: int = 2) -> ApiError:
     return ApiError(503, f"No node is available for `{model}` right now ({why}); retry in "
                     f"{retry_after_s} s.", type_="service_unavailable", code="no_node_available",
                     retry_after_s=retry_after_s)
+
+
+def exempt_from_app_limit(app: FastAPI) -> None:
+    """The AI POST routes read their bodies with ``read_request`` (a 413 in OpenAI's format past
+    their own limit): the app's guard must not refuse them first at the protocol-message limit,
+    in dnanet's format."""
+    own_limit = getattr(app.state, "own_body_limit", None)
+    if own_limit is not None:
+        own_limit.update(AI_POST_PATHS)
 
 
 async def read_request(request: Request, limit: int) -> bytes:
@@ -252,7 +264,22 @@ def models_list(models: Sequence[str], owner: str) -> dict[str, Any]:
 
 
 __all__ = [
-    "ApiError", "ChatRequest", "EmbeddingsRequest", "bad_request", "check_completion",
-    "check_vectors", "count_tokens", "embeddings_response", "model_not_found", "models_list",
-    "no_node", "parse_chat", "parse_embeddings", "parse_object", "read_request",
+    "AI_POST_PATHS",
+    "MAX_AI_BODY_BYTES",
+    "ApiError",
+    "ChatRequest",
+    "EmbeddingsRequest",
+    "bad_request",
+    "check_completion",
+    "check_vectors",
+    "count_tokens",
+    "embeddings_response",
+    "exempt_from_app_limit",
+    "model_not_found",
+    "models_list",
+    "no_node",
+    "parse_chat",
+    "parse_embeddings",
+    "parse_object",
+    "read_request",
 ]

@@ -15,9 +15,11 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from dnanet.gateway.openai_format import (
+    MAX_AI_BODY_BYTES,
     ApiError,
     count_tokens,
     embeddings_response,
+    exempt_from_app_limit,
     model_not_found,
     models_list,
     parse_chat,
@@ -27,8 +29,6 @@ from dnanet.gateway.openai_format import (
 from dnanet.node.backends import Backend, BackendError, BackendSet
 
 log = logging.getLogger("dnanet.node.ai")
-
-MAX_AI_BODY_BYTES = 16 * 1024 * 1024
 
 
 def _backend_error(exc: BackendError) -> ApiError:
@@ -42,9 +42,7 @@ def mount_ai_api(app: FastAPI, backends: BackendSet) -> None:
     """Add the AI endpoints to the node's app. The POST routes take up to
     ``MAX_AI_BODY_BYTES`` (what a mixer's gateway forwards) and answer past it with a 413 in
     OpenAI's format, in place of the app's own limit for protocol messages."""
-    own_limit = getattr(app.state, "own_body_limit", None)
-    if own_limit is not None:
-        own_limit.update({"/v1/embeddings", "/v1/chat/completions"})
+    exempt_from_app_limit(app)
 
     def backend_for(model: str) -> Backend:
         backend = backends.backend(model)
