@@ -280,9 +280,7 @@ class MixerDaemon:
         self.store.save_reports(reports)
         # Every report of the round that no batch holds yet (after a restart within the round,
         # a batch saved before it is the outbox's); no await between the read and the save.
-        proposal = self._propose(self.store.unbatched_reports(rid.epoch, rid.round))
-        if proposal is not None:
-            await self._complete(proposal)
+        await self.certify(self.store.unbatched_reports(rid.epoch, rid.round))
 
     async def certify(self, reports: Sequence[ScoreReport]) -> QuorumCertificate | None:
         """Sign a batch of our reports (one round's), gather co-signatures, forward the
@@ -557,7 +555,7 @@ class MixerDaemon:
         if start > head:
             raise ScheduleError(f"round {batch.round} of epoch {batch.epoch} has not started",
                                 field="round")
-        if head >= compute_settlement_block(batch.epoch, self.preset, self.gateway.genesis_block):
+        if self.epoch_closed(batch.epoch, head):
             raise ScheduleError(f"epoch {batch.epoch} is closed for new reports", field="epoch")
 
     def cosign(self, proposal: BatchProposal) -> CoSignature:
@@ -664,21 +662,19 @@ class MixerDaemon:
             batch = proposal.batch
             try:
                 cosig = await asyncio.to_thread(self.cosign, proposal)
-            except BatchRejected as exc:
+            except DnanetError as exc:
                 self.m_cosign.labels("refused").inc()
+                reason = (str(exc) if isinstance(exc, BatchRejected)
+                          else f"{type(exc).__name__}: {exc}")
                 log.info("mixer %s: refused batch %s from %s (epoch %d round %d, %d reports): "
                          "%s", self.address[:10], batch.hash_struct().hex()[:10],
-                         batch.mixer[:10], batch.epoch, batch.round, len(proposal.reports), exc)
+                         batch.mixer[:10], batch.epoch, batch.round, len(proposal.reports),
+                         reason)
+                if not isinstance(exc, BatchRejected):
+                    raise
                 body = error_body(exc)
                 body["error"]["reasons"] = [[i, why] for i, why in exc.reasons]
                 return JSONResponse(body, status_code=422)
-            except DnanetError as exc:
-                self.m_cosign.labels("refused").inc()
-                log.info("mixer %s: refused batch %s from %s (epoch %d round %d, %d reports): "
-                         "%s: %s", self.address[:10], batch.hash_struct().hex()[:10],
-                         batch.mixer[:10], batch.epoch, batch.round, len(proposal.reports),
-                         type(exc).__name__, exc)
-                raise
             self.m_cosign.labels("signed").inc()
             return Response(cosig.to_json(), media_type="application/json")
 

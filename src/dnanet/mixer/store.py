@@ -76,8 +76,8 @@ INDEXES = (
     " WHERE forwarded=0 AND given_up IS NULL",
 )
 
-NOT_BATCHED, BATCHED, NEVER_BATCHED = 0, 1, -1
-"""``own_reports.batched``: in no proposal yet; in one; its epoch closed first."""
+BATCHED, NEVER_BATCHED = 1, -1
+"""``own_reports.batched`` besides 0 (in no proposal yet): in one; its epoch closed first."""
 
 
 class MixerStore(Store):
@@ -278,4 +278,4 @@ class MixerStore(Store):
             return conflicts
 
 
-__all__ = ["BATCHED", "NEVER_BATCHED", "NOT_BATCHED", "MixerStore"]
+__all__ = ["BATCHED", "NEVER_BATCHED", "MixerStore"]
