@@ -24,12 +24,13 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import resource
 import socket
 import statistics
 import time
 from typing import Any
 from urllib.parse import urlsplit
+
+from cputime import process_cpu_s
 
 KEY = "dn-bench"
 MODEL = "dnanet-trivial-embed"
@@ -206,27 +207,16 @@ def _load_worker(url: str, n: int, concurrency: int, go: Any, queue: Any) -> Non
                 else:
                     errors += 1
 
-        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu0 = process_cpu_s()
         start = time.monotonic()
         await asyncio.gather(*(one(c) for c in connections))
         end = time.monotonic()
-        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = process_cpu_s() - cpu0
         for connection in connections:
             connection.close()
-        cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
         return ok, errors, start, end, cpu
 
     queue.put(asyncio.run(run()))
-
-
-def _cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc; 0 elsewhere)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _throughput(url: str, n: int, concurrency: int, workers: int,
@@ -242,10 +232,10 @@ def _throughput(url: str, n: int, concurrency: int, workers: int,
         p.start()
     for _ in procs:
         assert queue.get() == "ready"
-    before = [_cpu_seconds(s.pid) for s in servers]
+    before = [process_cpu_s(s.pid) for s in servers]
     go.set()
     results = [queue.get() for _ in procs]
-    after = [_cpu_seconds(s.pid) for s in servers]
+    after = [process_cpu_s(s.pid) for s in servers]
     for p in procs:
         p.join()
     elapsed = max(r[3] for r in results) - min(r[2] for r in results)

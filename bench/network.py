@@ -41,7 +41,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -58,6 +57,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import httpx  # noqa: E402
 
+from cputime import process_cpu_s  # noqa: E402
 from dnanet.crypto import vrf  # noqa: E402
 from dnanet.crypto.eip712 import Domain  # noqa: E402
 from dnanet.crypto.keys import Identity  # noqa: E402
@@ -188,15 +188,6 @@ def serve_nodes(count: int, mixer_address: str, mixer_vrf_pk: bytes, port: int,
     run_loop(main())
 
 
-def cpu_s(pid: int | None = None) -> float:
-    """CPU seconds (user + system) of this process, or of process ``pid`` (Linux /proc)."""
-    if pid is None:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class ChallengeRun:
     sessions: int
@@ -243,10 +234,10 @@ async def drive_challenges(base_url: str, nodes: list[str], rounds: int, concurr
         await run_rounds(challenge, secret, range(rounds, rounds + 1),
                          range(min(len(nodes), 2 * concurrency)))
         outcomes.clear()
-        cpu0, node_cpu0, started = cpu_s(), cpu_s(server_pid), time.perf_counter()
+        cpu0, node_cpu0, started = process_cpu_s(), process_cpu_s(server_pid), time.perf_counter()
         await run_rounds(challenge, secret, range(rounds), range(len(nodes)))
         wall = time.perf_counter() - started
-        cpu, node_cpu = cpu_s() - cpu0, cpu_s(server_pid) - node_cpu0
+        cpu, node_cpu = process_cpu_s() - cpu0, process_cpu_s(server_pid) - node_cpu0
     finally:
         await session.close()
     return ChallengeRun(sum(outcomes.values()), wall, outcomes, cpu, node_cpu)
@@ -436,9 +427,11 @@ def main() -> None:
                      f"({dict(run.outcomes)}); CPU per challenge: mixer "
                      f"{run.mixer_cpu_s / run.sessions * 1e3:.1f} ms, nodes "
                      f"{run.nodes_cpu_s / run.sessions * 1e3:.1f} ms"))
+    import validator_intake as vi
+
     for reports in (1, args.batch_reports):
         intake = bench_validator_intake(
-            args.certificates if reports == 1 else max(100, args.certificates // reports),
+            vi.certificates_for(args.certificates, reports),
             args.connections, reports)
         key = "validator_intake_per_s" + ("" if reports == 1 else f"_{reports}_reports")
         figures[key] = round(intake.per_s, 1)

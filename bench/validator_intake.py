@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from cputime import children_cpu_s, process_cpu_s
 from dnanet.crypto import vrf
 from dnanet.keyfiles import derive_vrf_secret
 from dnanet.protocol.challenge_params import compute_challenge
@@ -161,22 +161,10 @@ def load(port: int, bodies: list[bytes], connections: int, result: object) -> No
     result.value = run_loop(main())  # type: ignore[attr-defined]
 
 
-def cpu_s(who: int = resource.RUSAGE_SELF) -> float:
-    usage = resource.getrusage(who)
-    return usage.ru_utime + usage.ru_stime
-
-
 def verifiers_cpu_s(daemon: ValidatorDaemon) -> float:
     """CPU seconds of the Validator's verifier processes so far (Linux /proc; 0 without)."""
     pool = daemon.intake._pool
-    total = 0.0
-    for pid in list(getattr(pool, "_processes", None) or {}):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    return sum(process_cpu_s(pid) for pid in list(getattr(pool, "_processes", None) or {}))
 
 
 async def warm_up(daemon: ValidatorDaemon, bodies: list[bytes]) -> None:
@@ -205,12 +193,12 @@ async def measure_over_http(gw: FakeGateway, bodies: list[bytes], connections: i
             elapsed = multiprocessing.Value("d", 0.0)
             proc = multiprocessing.Process(target=load,
                                            args=(port, bodies, connections, elapsed))
-            c0, k0, v0 = cpu_s(), cpu_s(resource.RUSAGE_CHILDREN), verifiers_cpu_s(daemon)
+            c0, k0, v0 = process_cpu_s(), children_cpu_s(), verifiers_cpu_s(daemon)
             proc.start()
             while proc.is_alive():
                 await asyncio.sleep(0.05)
             proc.join()
-            c1, k1, v1 = cpu_s(), cpu_s(resource.RUSAGE_CHILDREN), verifiers_cpu_s(daemon)
+            c1, k1, v1 = process_cpu_s(), children_cpu_s(), verifiers_cpu_s(daemon)
             stored = daemon.store.certificate_count(0) - len(warm)
         finally:
             await daemon.stop()
@@ -242,12 +230,18 @@ async def without_http(gw: FakeGateway, bodies: list[bytes], concurrency: int, w
             while queue:
                 await daemon.intake.submit(queue.pop())
 
-        c0, v0, t0 = cpu_s(), verifiers_cpu_s(daemon), time.perf_counter()
+        c0, v0, t0 = process_cpu_s(), verifiers_cpu_s(daemon), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall, c1, v1 = time.perf_counter() - t0, cpu_s(), verifiers_cpu_s(daemon)
+        wall, c1, v1 = time.perf_counter() - t0, process_cpu_s(), verifiers_cpu_s(daemon)
         await daemon.stop()
     print(_line(f"no HTTP, workers={workers}", len(bodies), reports, wall,
                 {"main": c1 - c0, "verifiers": v1 - v0}))
+
+
+def certificates_for(single_report: int, reports: int) -> int:
+    """How many certificates of ``reports`` reports a run sends where it would send
+    ``single_report`` single-report ones: about as many reports, and at least 100."""
+    return single_report if reports == 1 else max(100, single_report // reports)
 
 
 def build(certificates: int, reports: int, signatures: int | None = None
@@ -279,7 +273,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs")
     for reports in args.reports:
-        count = args.certificates if reports == 1 else max(100, args.certificates // reports)
+        count = certificates_for(args.certificates, reports)
         t0 = time.perf_counter()
         gw, warm, bodies = build(count, reports, args.signatures)
         print(f"built {len(bodies)} certificates of {reports} report(s) ({args.signatures} "
