@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
 
-from dnanet.errors import CodecError, DnanetError
+from dnanet.errors import DnanetError
 from dnanet.node.api import (
     DigestMessage,
     EchoMessage,
@@ -41,7 +40,7 @@ from dnanet.node.prover import MAX_OPEN_SESSIONS, ChallengeProver
 from dnanet.params import PRESETS
 from dnanet.protocol.codec import FixedBytes, Message, parse_json
 from dnanet.protocol.messages import SignedChallenge
-from dnanet.service.http import create_app, message_schema, read_body
+from dnanet.service.http import TooLarge, create_app, message_schema, read_body
 from dnanet.service.store import Store
 
 NODE_SCHEMA = """
@@ -164,13 +163,6 @@ def build_node_app(prover: ChallengeProver, store: Store, *, status: Any = None)
             state.error = f"{name}: {exc}"
             save(key, state)
 
-    def refuse(key: bytes, message: str) -> JSONResponse:
-        """A download over ``MAX_DOWNLOAD_BYTES``: 413, in the app-wide limit's format."""
-        failed(key, "download", CodecError(message, field="body"))
-        return JSONResponse(
-            {"error": {"type": "TooLarge", "message": message, "field": "body"}},
-            status_code=413)
-
     def step(key: bytes, name: str, call: Callable[[], T]) -> T:
         """Run a session step; remember it was done, or the error the node answered."""
         try:
@@ -219,13 +211,15 @@ def build_node_app(prover: ChallengeProver, store: Store, *, status: Any = None)
         try:
             declared = request.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > MAX_DOWNLOAD_BYTES:
-                return refuse(key, f"body of {declared} bytes exceeds {MAX_DOWNLOAD_BYTES}")
+                raise TooLarge(f"body of {declared} bytes exceeds {MAX_DOWNLOAD_BYTES}",
+                               field="body")
             t0 = time.perf_counter()
             size = 0
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > MAX_DOWNLOAD_BYTES:
-                    return refuse(key, f"request body exceeds {MAX_DOWNLOAD_BYTES} bytes")
+                    raise TooLarge(f"request body exceeds {MAX_DOWNLOAD_BYTES} bytes",
+                                   field="body")
                 prover.download_chunk(key, chunk)
             digest = prover.download_done(key)
         except DnanetError as exc:
