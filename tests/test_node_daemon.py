@@ -17,7 +17,6 @@ import pytest
 
 from dnanet.cli import build_parser, main
 from dnanet.crypto.eip712 import Domain
-from dnanet.crypto.keys import Identity
 from dnanet.errors import ConfigError
 from dnanet.node.ai_api import MAX_AI_BODY_BYTES
 from dnanet.node.daemon import NodeDaemon
@@ -34,7 +33,6 @@ from validator_helpers import (
     LocalSigner,
     build_network,
     post_all,
-    seeded_identity,
     settle_block,
 )
 
@@ -229,14 +227,6 @@ def test_node_run_without_cuda_fails_on_the_device_before_the_chain(
 # -- dnanet node status ---------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 CLAIMED = 123 * 10**15
 
 
@@ -259,9 +249,9 @@ def test_node_status_shows_challenges_verdicts_epochs_and_claimable(
         return captured.out
 
     async def scenario() -> None:
-        identity = next(i for i in _status_nodes() if i.address == node_address)
+        identity = committee.transports[node_address].prover.identity
         daemon = NodeDaemon(identity, gateway, tmp_path / "node",  # type: ignore[arg-type]
-                            port=_free_port(), hardware=WITHOUT_GPU, device="cpu")
+                            port=0, hardware=WITHOUT_GPU, device="cpu")
         await daemon.start(register=False)
         validator = ValidatorDaemon(gateway, tmp_path / "validator", port=0,
                                     run_settlement=False)
@@ -333,10 +323,6 @@ def test_node_status_shows_challenges_verdicts_epochs_and_claimable(
     assert "claimable   unknown (pass --rpc URL --deployment FILE" in text
     assert "UNREACHABLE, score 0; reason: start: connection refused" in text
     assert "strike" in text
-
-
-def _status_nodes() -> list[Identity]:
-    return [seeded_identity(f"status/node-{i}") for i in range(3)]
 
 
 @pytest.mark.parametrize(("args", "message"), [
