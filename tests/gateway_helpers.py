@@ -8,6 +8,7 @@ import json
 import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -32,6 +33,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def gateway_config(**changes: Any) -> GatewayConfig:
+    """The tests' gateway: their API key, a fixed seed, no canaries (unless ``changes``)."""
+    return GatewayConfig(api_keys=frozenset({API_KEY}), seed=7, canary_rate=0.0,
+                         canary_interval_s=0, **changes)
 
 
 def node_app(backends: Sequence[Backend]) -> tuple[FastAPI, BackendSet]:
@@ -73,14 +80,13 @@ async def network(
         for i, node_backends in enumerate(backends):
             app, backend_set = node_app(node_backends)
             await backend_set.load()
-            server = Server(app, "127.0.0.1", free_port())
+            server = Server(app, "127.0.0.1", 0)
             await server.start()
             servers.append(server)
             records.append(record(f"0x{i + 1:040x}", server.url))
-        config = config or GatewayConfig(api_keys=frozenset({API_KEY}), seed=7,
-                                         canary_rate=0.0, canary_interval_s=0)
-        gateway = Gateway(config, StaticDirectory([*records, *extra_records], stats))
-        gserver = Server(create_gateway_app(gateway), "127.0.0.1", free_port())
+        gateway = Gateway(config or gateway_config(),
+                          StaticDirectory([*records, *extra_records], stats))
+        gserver = Server(create_gateway_app(gateway), "127.0.0.1", 0)
         await gserver.start()
         servers.append(gserver)
         try:
@@ -107,21 +113,18 @@ class ScriptedNode:
         self.mode = mode
         self.calls = 0
         self.release = asyncio.Event()
-        self.server: Server | None = None
+        self.server = Server(self._app(), "127.0.0.1", 0)
 
     @property
     def url(self) -> str:
-        assert self.server is not None
         return self.server.url
 
     async def __aenter__(self) -> ScriptedNode:
-        self.server = Server(self._app(), "127.0.0.1", free_port())
         await self.server.start()
         return self
 
     async def __aexit__(self, *_: object) -> None:
         self.release.set()
-        assert self.server is not None
         await self.server.stop()
 
     def _app(self) -> FastAPI:

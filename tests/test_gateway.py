@@ -17,7 +17,6 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from dnanet.errors import ConfigError
-from dnanet.gateway.app import GatewayConfig
 from dnanet.gateway.scheduler import NodeStats
 from dnanet.node.backends import (
     TRIVIAL_CHAT_MODEL,
@@ -27,7 +26,7 @@ from dnanet.node.backends import (
 )
 from dnanet.protocol.codec import MAX_MESSAGE_BYTES
 from dnanet.service.http import Server, create_app
-from gateway_helpers import API_KEY, free_port, network, record
+from gateway_helpers import API_KEY, free_port, gateway_config, network, record
 
 T = TypeVar("T")
 
@@ -141,10 +140,9 @@ def test_bad_chat_requests_are_400_naming_the_field(body: dict[str, Any], param:
 def test_the_gateways_body_limit_governs_its_routes_in_openai_format() -> None:
     # The app's own limit (MAX_MESSAGE_BYTES, for protocol messages) must not answer first.
     limit = MAX_MESSAGE_BYTES + 1024
-    config = GatewayConfig(api_keys=frozenset({API_KEY}), seed=7, canary_rate=0.0,
-                           canary_interval_s=0, max_body_bytes=limit)
+    config = gateway_config(max_body_bytes=limit)
     text = "x" * (MAX_MESSAGE_BYTES + 16)
-    headers = {"Authorization": f"Bearer {API_KEY}"}
+    headers = _auth()
 
     async def go() -> None:
         async with network([[TrivialBackend()]], config=config) as net, \

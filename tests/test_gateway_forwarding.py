@@ -12,11 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from dnanet.gateway.app import GatewayConfig
 from dnanet.gateway.canary import ReferenceModels
 from dnanet.gateway.scheduler import NodeState, NodeStats, SchedulingPolicy
 from dnanet.node.backends import TRIVIAL_CHAT_MODEL, TRIVIAL_EMBED_MODEL, TrivialBackend
-from gateway_helpers import API_KEY, Net, ScriptedNode, network, record
+from gateway_helpers import API_KEY, Net, ScriptedNode, gateway_config, network, record
 
 BAD = f"0x{0xbad:040x}"
 GOOD = f"0x{0x600d:040x}"
@@ -24,11 +23,6 @@ GOOD = f"0x{0x600d:040x}"
 FAVOUR_BAD = {BAD: NodeStats(score=1_000_000), GOOD: NodeStats(score=1)}
 AUTH = {"authorization": f"Bearer {API_KEY}"}
 MESSAGES = [{"role": "user", "content": "one two three four"}]
-
-
-def config(**changes: Any) -> GatewayConfig:
-    return GatewayConfig(api_keys=frozenset({API_KEY}), seed=7, canary_rate=0.0,
-                         canary_interval_s=0, **changes)
 
 
 async def post(net: Net, path: str, body: dict[str, Any]) -> httpx.Response:
@@ -72,7 +66,7 @@ def test_a_failing_node_is_retried_on_another(mode: str, path: str,
     async def go() -> None:
         async with ScriptedNode(mode) as bad, ScriptedNode() as good, network(
                 [], extra_records=[record(BAD, bad.url), record(GOOD, good.url)],
-                stats=FAVOUR_BAD, config=config(request_timeout_s=0.5)) as net:
+                stats=FAVOUR_BAD, config=gateway_config(request_timeout_s=0.5)) as net:
             response = await post(net, path, body)
             assert response.status_code == 200, response.text
             reference = TrivialBackend()
@@ -95,7 +89,7 @@ def test_when_every_node_fails_the_answer_is_503_saying_why(mode: str, why: str)
     async def go() -> None:
         async with ScriptedNode(mode) as bad, network(
                 [], extra_records=[record(BAD, bad.url)],
-                config=config(request_timeout_s=0.3)) as net:
+                config=gateway_config(request_timeout_s=0.3)) as net:
             for path, body in (EMBED, CHAT, (CHAT[0], {**CHAT[1], "stream": True})):
                 response = await post(net, path, body)
                 assert response.status_code == 503
@@ -116,7 +110,7 @@ def test_a_node_that_does_not_take_a_large_request_times_out() -> None:
     async def go() -> None:
         async with ScriptedNode("hang") as bad, network(
                 [], extra_records=[record(BAD, bad.url)],
-                config=config(request_timeout_s=0.5)) as net:
+                config=gateway_config(request_timeout_s=0.5)) as net:
             response = await post(net, EMBED[0], {"model": TRIVIAL_EMBED_MODEL, "input": texts})
             assert response.status_code == 503
             assert "last: node timed out" in response.json()["error"]["message"]
@@ -148,7 +142,7 @@ def test_a_stream_is_retried_on_another_node_until_one_starts(mode: str) -> None
     async def go() -> None:
         async with ScriptedNode(mode) as bad, ScriptedNode() as good, network(
                 [], extra_records=[record(BAD, bad.url), record(GOOD, good.url)],
-                stats=FAVOUR_BAD, config=config(request_timeout_s=0.5)) as net:
+                stats=FAVOUR_BAD, config=gateway_config(request_timeout_s=0.5)) as net:
             status, events = await stream_events(net, CHAT[1])
             assert status == 200
             assert streamed_text(events) == TrivialBackend().answer({"messages": MESSAGES})
@@ -176,7 +170,7 @@ def test_a_node_at_its_concurrency_limit_gets_no_more_requests() -> None:
     async def go() -> None:
         policy = SchedulingPolicy(max_concurrency=1)
         async with ScriptedNode("hang") as slow, network(
-                [], extra_records=[record(BAD, slow.url)], config=config(policy=policy)) as net:
+                [], extra_records=[record(BAD, slow.url)], config=gateway_config(policy=policy)) as net:
             state: NodeState | None = None
             first = asyncio.create_task(post(net, *EMBED))
             for _ in range(500):

@@ -330,8 +330,7 @@ def test_a_direct_route_answers_alike_through_the_server_and_the_app() -> None:
     async def body() -> None:
         async with serving(served, "127.0.0.1", 0) as server:
             assert isinstance(server.server.config.app, DirectRoutes)
-            port = server.server.servers[0].sockets[0].getsockname()[1]
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            async with httpx.AsyncClient(base_url=server.url) as http:
                 assert await _direct_exchanges(http) == expected
                 # Other methods and paths still reach FastAPI.
                 assert (await http.get("/direct")).status_code == 405
@@ -411,8 +410,8 @@ def test_an_idle_keep_alive_connection_outlives_the_clients_pools() -> None:
 
     async def body() -> list[bytes]:
         async with serving(app, "127.0.0.1", 0) as server:
-            port = server.server.servers[0].sockets[0].getsockname()[1]
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", int(server.url.rsplit(":", 1)[1]))
             statuses = []
             for pause in (0.0, 5.3):
                 await asyncio.sleep(pause)
