@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cputime import process_cpu_s
+from dnanet.node.http_transport import _Exchange
 
 KEY = "dn-bench"
 MODEL = "dnanet-trivial-embed"
@@ -72,66 +73,26 @@ def _serve_gateway(port: int, node_url: str) -> None:
                 access_log=False)
 
 
-class Connection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection, one request at a time; answers must carry a
-    ``content-length`` (uvicorn's JSON answers do)."""
+class Connection:
+    """One keep-alive HTTP/1.1 connection, one request at a time: the mixer's node client's
+    exchange (``dnanet.node.http_transport``), answers parsed by httptools."""
 
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+    def __init__(self, exchange: _Exchange) -> None:
+        self.exchange = exchange
 
     @classmethod
     async def open(cls, url: str) -> Connection:
         parts = urlsplit(url)
-        loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_connection(cls, parts.hostname or "127.0.0.1",
-                                                   parts.port or 80)
-        return protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        lines = bytes(self.buffer[:end]).split(b"\r\n")
-        length = -1
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            if name.lower() == b"content-length":
-                length = int(value)
-        if length < 0:
-            self._fail(ConnectionError("answer without content-length"))
-            return
-        if len(self.buffer) < end + 4 + length:
-            return
-        body = bytes(self.buffer[end + 4:end + 4 + length])
-        del self.buffer[:end + 4 + length]
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result((int(lines[0][9:12]), body))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(exc or ConnectionError("connection closed"))
-
-    def _fail(self, exc: BaseException) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(exc)
-        if self.transport is not None:
-            self.transport.close()
+        _, exchange = await asyncio.get_running_loop().create_connection(
+            lambda: _Exchange(1 << 20), parts.hostname or "127.0.0.1", parts.port or 80)
+        return cls(exchange)
 
     async def request(self, raw: bytes) -> tuple[int, bytes]:
-        assert self.transport is not None
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(raw)
-        return await self.waiter
+        return await self.exchange.send(raw, b"")
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        if self.exchange.transport is not None:
+            self.exchange.transport.close()
 
 
 def embeddings_request(url: str) -> bytes:
