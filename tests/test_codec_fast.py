@@ -127,6 +127,24 @@ def test_fast_to_wire_equals_each_kinds_to_wire(message: Message) -> None:
         wire, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+@settings(max_examples=40, deadline=None)
+@given(message=any_message)
+def test_json_written_once_is_the_same_text_for_the_message_and_inside_others(
+        message: Message) -> None:
+    """Each message keeps its written text: nested in another, or written again, it reads the
+    same as a fresh json.dumps of the wire form."""
+    reference = json.dumps(message.to_wire(), sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False).encode()
+    for _ in range(2):
+        assert message.to_json() == reference
+    proposal = BatchProposal(batch=ScoreBatch(epoch=1, round=1, mixer="0x" + "11" * 20,
+                                              reports_root=bytes(32), report_count=1),
+                             reports=(ScoreReport(**REPORT_DEFAULTS),), signature=b"\x01" * 65)
+    proposal.reports[0].to_json()  # the report's text first, then the proposal's around it
+    assert proposal.to_json() == json.dumps(
+        proposal.to_wire(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 # -- decoding -----------------------------------------------------------------------------------
 @settings(max_examples=80, deadline=None)
 @given(message=any_message)

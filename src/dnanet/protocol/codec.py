@@ -8,6 +8,11 @@ A message class is a frozen dataclass whose fields carry a wire type in their me
 * strict decoding: unknown or missing fields, wrong types, out-of-range integers and oversized
   values raise :class:`~dnanet.errors.CodecError` naming the field (``report.response.computeRoot``);
 * the EIP-712 struct type and ``hashStruct`` for messages that are signed.
+
+The canonical JSON of a message is written field by field by writers built once per class
+(``_Plan.json``), the same text as ``canonical_json(message.to_wire())`` without building the
+dictionaries first; a message keeps its text once written, so a certificate reuses the text of
+reports already written on their own.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import operator
 import re
 from collections.abc import Callable
 from functools import cached_property
+from json.encoder import encode_basestring
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from dnanet.crypto.eip712 import StructType
@@ -32,6 +38,7 @@ T = TypeVar("T")
 Predicate = Callable[[Any], bool]
 Decoder = Callable[[Any], T]
 Encoder = Callable[[Any], bytes]
+JsonWriter = Callable[[Any], str]
 
 
 class _Unhandled(Exception):
@@ -80,6 +87,28 @@ def _hex_wire(value: bytes) -> str:
     return "0x" + value.hex()
 
 
+def _json_hex(value: bytes) -> str:
+    return '"0x' + value.hex() + '"'
+
+
+def _json_address(value: str) -> str:
+    return '"' + value + '"'
+
+
+def _json_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _json_text_of(message: Message) -> str:
+    """The canonical JSON text of ``message``, written once and kept on the instance."""
+    text: str | None = message.__dict__.get("_json")
+    if text is None:
+        write = _plan(type(message)).json
+        text = write(message) if write is not None else _CANONICAL.encode(message.to_wire())
+        object.__setattr__(message, "_json", text)
+    return text
+
+
 class WireType(Generic[T]):
     """How one field is written, read, validated and EIP-712-typed.
 
@@ -119,6 +148,11 @@ class WireType(Generic[T]):
 
     def hash_encoder(self) -> Encoder | None:
         """The EIP-712 ``encodeData`` word of a value that ``check`` accepts."""
+        return None
+
+    def json_writer(self) -> JsonWriter | None:
+        """The canonical JSON text of a value that ``check`` accepts (what ``canonical_json``
+        writes of its ``to_wire``)."""
         return None
 
 
@@ -174,6 +208,9 @@ class Uint(WireType[int]):
     def hash_encoder(self) -> Encoder:
         return _uint_word
 
+    def json_writer(self) -> JsonWriter:
+        return int.__repr__  # an IntEnum member (an outcome) is written as its number
+
 
 class Bool(WireType[bool]):
     eip712 = "bool"
@@ -205,6 +242,9 @@ class Bool(WireType[bool]):
 
     def hash_encoder(self) -> Encoder:
         return _bool_word
+
+    def json_writer(self) -> JsonWriter:
+        return _json_bool
 
 
 def _is_hex_digits(text: str) -> bool:
@@ -274,6 +314,9 @@ class FixedBytes(WireType[bytes]):
     def hash_encoder(self) -> Encoder:
         return _same if self.eip712 == "bytes32" else _hash_bytes
 
+    def json_writer(self) -> JsonWriter:
+        return _json_hex
+
 
 class Bytes(WireType[bytes]):
     """Variable-length bytes, at most ``max_length``; ``allowed`` restricts the lengths."""
@@ -335,6 +378,9 @@ class Bytes(WireType[bytes]):
     def hash_encoder(self) -> Encoder:
         return _hash_bytes
 
+    def json_writer(self) -> JsonWriter:
+        return _json_hex
+
 
 class Address(WireType[str]):
     """A 20-byte account, canonical as lower-case ``0x`` hex (input in any case)."""
@@ -381,6 +427,9 @@ class Address(WireType[str]):
     def hash_encoder(self) -> Encoder:
         return _address_word
 
+    def json_writer(self) -> JsonWriter:
+        return _json_address  # checked: lower-case hex, nothing to escape
+
 
 class Text(WireType[str]):
     eip712 = "string"
@@ -426,6 +475,9 @@ class Text(WireType[str]):
     def hash_encoder(self) -> Encoder:
         return _hash_text
 
+    def json_writer(self) -> JsonWriter:
+        return encode_basestring  # json's own string writer (no ASCII escaping)
+
 
 M = TypeVar("M", bound="Message")
 
@@ -460,6 +512,9 @@ class Nested(WireType[M]):
 
     def hash_encoder(self) -> Encoder | None:
         return (lambda value: value.hash_struct()) if self.eip712 is not None else None
+
+    def json_writer(self) -> JsonWriter:
+        return _json_text_of
 
 
 class ListOf(WireType[tuple[T, ...]]):
@@ -517,6 +572,13 @@ class ListOf(WireType[tuple[T, ...]]):
             raise _Unhandled
 
         return decode
+
+    def json_writer(self) -> JsonWriter | None:
+        item = self.item.json_writer()
+        if item is None:
+            return None
+        write = item
+        return lambda value: "[" + ",".join(map(write, value)) + "]"
 
 
 def wire(kind: WireType[Any], *, name: str | None = None) -> Any:
@@ -604,6 +666,26 @@ class _Plan:
         self.values = values
 
     @cached_property
+    def json(self) -> Callable[[Message], str] | None:
+        """Canonical JSON text of a message whose fields were checked: the fields in the order
+        of their wire names, as ``canonical_json`` sorts them; built at the first write."""
+        spec = sorted(_spec(self._cls), key=lambda field: field[1])
+        writers = _every(tuple(kind.json_writer() for _, _, kind in spec))
+        if writers is None or not spec:
+            return None
+        keys = tuple(json.dumps(wname) + ":" for _, wname, _ in spec)
+        getter = operator.attrgetter(*(attr for attr, _, _ in spec))
+        values: Callable[[Message], tuple[Any, ...]] = (
+            getter if len(spec) > 1 else lambda msg: (getter(msg),))
+        parts = tuple(zip(keys, writers, strict=True))
+
+        def write(msg: Message) -> str:
+            row = zip(parts, values(msg), strict=True)
+            return "{" + ",".join([key + write_value(v) for (key, write_value), v in row]) + "}"
+
+        return write
+
+    @cached_property
     def hash(self) -> Callable[[Message], bytes] | None:
         """hashStruct of a message whose fields were checked; built at the first hash."""
         encoders = _every(tuple(kind.hash_encoder() for _, _, kind in _spec(self._cls)))
@@ -652,7 +734,7 @@ class Message:
 
     def to_json(self) -> bytes:
         """Canonical JSON bytes."""
-        return canonical_json(self.to_wire())
+        return _json_text_of(self).encode()
 
     @classmethod
     def from_wire(cls, data: Any, path: str | None = None) -> Self:

@@ -246,19 +246,19 @@ class ValidatorStore(Store):
                     continue
                 accepted = skipped = 0
                 for report in cert.reports:
+                    values = (report.report_hash, cert.batch_hash, report.outcome, report.score,
+                              report.report_json)
+                    if db.execute(
+                            "INSERT INTO reports(epoch, round, mixer, node, report_hash,"
+                            " batch_hash, outcome, score, report_json)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                            (*report.key, *values)).rowcount:
+                        accepted += 1
+                        continue
+                    skipped += 1  # the key is stored already, from another certificate
                     row = db.execute(
                         "SELECT report_hash FROM reports WHERE epoch=? AND round=? AND mixer=?"
                         " AND node=?", report.key).fetchone()
-                    values = (report.report_hash, cert.batch_hash, report.outcome, report.score,
-                              report.report_json)
-                    if row is None:
-                        db.execute(
-                            "INSERT INTO reports(epoch, round, mixer, node, report_hash,"
-                            " batch_hash, outcome, score, report_json)"
-                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (*report.key, *values))
-                        accepted += 1
-                        continue
-                    skipped += 1
                     if report.report_hash < bytes(row[0]):
                         # Keep the smaller struct hash, as select_epoch_reports does.
                         db.execute(
