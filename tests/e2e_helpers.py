@@ -149,7 +149,7 @@ class LockstepClock(BlockClock):
 async def mixer_rounds(http: httpx.AsyncClient, url: str) -> list[dict[str, Any]] | None:
     """The mixer's recent rounds from ``/v1/status``; None when it does not answer."""
     try:
-        response = await http.get(f"{url}/v1/status")
+        response = await http.get(f"{url}/v1/status", params={"rounds": 4, "assigned": False})
     except httpx.HTTPError:
         return None
     if response.status_code != 200:

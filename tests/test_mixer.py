@@ -55,6 +55,7 @@ from validator_helpers import (
 
 LABEL = "mixer"
 ROUND0 = RoundId(0, 0)
+ROUND1 = RoundId(0, 1)
 RETRY_S = (0.05, 0.2)
 """The outbox's waits in these tests (first, longest)."""
 DEADLINE_S = 60.0
@@ -490,6 +491,17 @@ def test_round_log_and_status_show_the_vrf_output_and_the_assigned_nodes(
         async with mixer_net(tmp_path, route=local_nodes) as net:
             await net.originator.process_round(ROUND0)
             async with httpx.AsyncClient(base_url=net.originator.url, timeout=30) as http:
+                net.gw.advance_to(compute_round_start_block(ROUND1, net.gw.preset))
+                await net.originator.process_round(ROUND1)
+                brief = await http.get("/v1/status", params={"rounds": 1, "assigned": "false"})
+                assert brief.status_code == 200
+                # The newest round only, without its node list.
+                assert [(r["round"], sorted(r)) for r in brief.json()["rounds"]] == [
+                    (1, ["assigned_count", "beta", "done", "epoch", "round"])]
+                for bad in ({"rounds": 0}, {"rounds": 33}, {"rounds": "x"}):
+                    refused = await http.get("/v1/status", params=bad)
+                    assert refused.status_code == 400
+                    assert refused.json()["error"]["field"] == "rounds"
                 return net, (await http.get("/v1/status")).json()
 
     net, status = run(main())
@@ -500,12 +512,12 @@ def test_round_log_and_status_show_the_vrf_output_and_the_assigned_nodes(
         beta, active, compute_assignment_target(len(gw.mixers), gw.preset.challenges_per_round))
     assert assigned == [r.node for r in net.own_reports()]
     assert status["address"] == net.originator.address
-    assert status["rounds"] == [{"epoch": 0, "round": 0, "beta": "0x" + beta.hex(),
-                                 "assigned": assigned, "assigned_count": len(assigned),
-                                 "done": True}]
+    assert status["rounds"][1:] == [{"epoch": 0, "round": 0, "beta": "0x" + beta.hex(),
+                                     "assigned": assigned, "assigned_count": len(assigned),
+                                     "done": True}]
     assert set(status["outbox"]) == {  # type: ignore[arg-type]
         "uncertified", "unforwarded", "given_up", "unbatched_reports"}
-    (line,) = messages(caplog, "VRF output")
+    line = messages(caplog, "VRF output")[0]
     assert f"epoch 0 round 0: VRF output {beta.hex()[:16]}.." in line
     assert f"{len(assigned)} of {len(active)} active nodes assigned" in line
     assert all(f"{node[:10]}.." in line for node in assigned)

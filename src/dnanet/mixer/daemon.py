@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 
@@ -84,7 +84,7 @@ RETRY_STATUSES = frozenset({408, 429})
 LOGGED_NODES = 8
 """Assigned nodes named in a round's log line (the count is always there)."""
 STATUS_ROUNDS = 32
-"""Recent rounds in ``GET /v1/status``."""
+"""Recent rounds in ``GET /v1/status`` (at most, and by default)."""
 
 
 @dataclass(frozen=True)
@@ -686,14 +686,22 @@ class MixerDaemon:
             return Response(signed.to_json(), media_type="application/json")
 
         @app.get("/v1/status", tags=["mixer"])
-        async def status() -> Any:
-            rounds = self.store.recent_rounds(STATUS_ROUNDS)
-            return {"address": self.address,
-                    "outbox": self.store.outbox_counts(),
-                    "rounds": [{"epoch": e, "round": r,
-                                "beta": None if beta is None else "0x" + beta.hex(),
-                                "assigned": nodes, "assigned_count": count, "done": done}
-                               for e, r, beta, nodes, count, done in rounds]}
+        async def status(
+                rounds: int = Query(STATUS_ROUNDS, ge=1, le=STATUS_ROUNDS,
+                                    description="how many of the newest rounds to list"),
+                assigned: bool = Query(True, description="list each round's assigned nodes "
+                                       "(about nodes / mixers addresses per round)"),
+        ) -> Any:
+            listed = []
+            for e, r, beta, nodes, count, done in self.store.recent_rounds(rounds):
+                entry: dict[str, Any] = {"epoch": e, "round": r,
+                                         "beta": None if beta is None else "0x" + beta.hex()}
+                if assigned:
+                    entry["assigned"] = nodes
+                entry.update(assigned_count=count, done=done)
+                listed.append(entry)
+            return {"address": self.address, "outbox": self.store.outbox_counts(),
+                    "rounds": listed}
 
         return app
 
