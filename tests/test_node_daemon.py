@@ -349,3 +349,19 @@ def test_node_and_validator_default_to_different_ports() -> None:
     node = parser.parse_args(["node", "run", *common])
     validator = parser.parse_args(["validator", "run", *common])
     assert node.port == 8701 and validator.port == 8700
+
+
+def test_a_registered_class_this_release_does_not_name_is_reported_by_number(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    fake_torch(monkeypatch, cuda=None)
+    gateway = RegistryStub()
+    daemon = build(tmp_path, "auto", WITH_GPU, gateway)
+    gateway.record = NodeRecord(NODE.address, daemon.url, 7, TEST.min_stake, False, True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="dnanet.node"):
+            asyncio.run(daemon.ensure_registered())
+        assert gateway.updated == [(daemon.url, CLASS_CPU)]
+        assert any("as class 7; updated to" in r.getMessage() for r in caplog.records)
+    finally:
+        close(daemon)

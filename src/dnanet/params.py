@@ -110,6 +110,13 @@ class Preset:
 
 HARDWARE_CLASS_NAMES = ("cpu", "gpu")
 
+
+def hardware_class_name(hardware_class: int) -> str:
+    """``cpu`` or ``gpu``; the number itself for a class this release does not name."""
+    if 0 <= hardware_class < len(HARDWARE_CLASS_NAMES):
+        return HARDWARE_CLASS_NAMES[hardware_class]
+    return str(hardware_class)
+
 _CPU = ChallengeSizes(
     compute_n=2048, compute_rows=8192, compute_checks=32,
     download_bytes=4 * 1024 * 1024, upload_bytes=4 * 1024 * 1024, latency_echoes=5,
@@ -198,4 +205,5 @@ __all__ = [
     "Preset",
     "ScoringParams",
     "get_preset",
+    "hardware_class_name",
 ]

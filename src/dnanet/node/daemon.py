@@ -28,7 +28,7 @@ from dnanet.node.backends import BackendSet
 from dnanet.node.hardware import Hardware, declared_class, probe_hardware
 from dnanet.node.prover import ChallengeProver
 from dnanet.node.server import NODE_SCHEMA, build_node_app
-from dnanet.params import HARDWARE_CLASS_NAMES
+from dnanet.params import hardware_class_name
 from dnanet.protocol.challenges.compute import (
     ComputeAnswer,
     ComputeSize,
@@ -149,7 +149,7 @@ class NodeDaemon:
 
     @property
     def hardware_class_name(self) -> str:
-        return HARDWARE_CLASS_NAMES[self.hardware_class]
+        return hardware_class_name(self.hardware_class)
 
     def _status(self) -> dict[str, object]:
         return {"hardware": self.hardware.to_dict(), "device": self.device,
@@ -180,12 +180,10 @@ class NodeDaemon:
         elif (record.endpoint, record.hardware_class) != (self.url, self.hardware_class):
             # Moved, or now computing on another device: mixers must reach the node where it
             # is and size its challenges for what it computes on.
-            registered = (HARDWARE_CLASS_NAMES[record.hardware_class]
-                          if 0 <= record.hardware_class < len(HARDWARE_CLASS_NAMES)
-                          else str(record.hardware_class))
             await asyncio.to_thread(self.gateway.update_node, self.url, self.hardware_class)
             log.warning("node %s was registered at %s as class %s; updated to %s as class %s "
-                        "(computing on %s)", self.address[:10], record.endpoint, registered,
+                        "(computing on %s)", self.address[:10], record.endpoint,
+                        hardware_class_name(record.hardware_class),
                         self.url, self.hardware_class_name, self.device)
 
     async def start(self, *, register: bool = True) -> None:
