@@ -118,14 +118,16 @@ def test_full_epochs_settle_pay_claims_and_write_the_summary(tmp_path: Path,
                         lambda **kw: E2EDevnet(label="full", **kw))
     summary_path = tmp_path / "summary.json"
     E2EDevnet.instances.clear()
+    printed: list[str] = []
 
     async def main() -> None:
         await asyncio.wait_for(dnanet.devnet.run_devnet(
             nodes=5, mixers=4, epochs=2, preset=E2E_PRESET, data_dir=tmp_path / "net",
-            backend="trivial", summary=summary_path, out=lambda _: None), 300)
+            backend="trivial", summary=summary_path, out=printed.append), 300)
 
     asyncio.run(main())
     (devnet,) = E2EDevnet.instances
+    assert f"  dashboard: {devnet.validator_url}/ (the validator's page, in a browser)" in printed
     summary = json.loads(summary_path.read_text())
     assert summary["chain_id"] == devnet.deployment.chain_id
     profiles = {n.address: n.profile.name for n in devnet.node_daemons}

@@ -254,7 +254,11 @@ class Devnet:
         self.out(f"devnet: chain {self.deployment.chain_id} (embedded EVM), genesis block "
                  f"{genesis}, {len(self.node_ids)} nodes, {len(self.mixer_ids)} mixers, "
                  f"validator {self.validator_url}")
+        self.announce_host()
+
+    def announce_host(self) -> None:
         self.out(f"  host: {describe_hardware(self.hardware)}; every node shares it")
+        self.out(f"  dashboard: {self.validator_url}/ (the validator's page, in a browser)")
 
     async def announce_gateway(self, timeout_s: float = 120) -> None:
         """Once a mixer's gateway lists a model, print its base URL, key and an example."""
@@ -559,7 +563,7 @@ class ProcessDevnet(Devnet):
                  f" genesis block {genesis}, {len(self.node_ids)} nodes, {len(self.mixer_ids)} "
                  f"mixers, validator {self.validator_url}; each role is its own process, logs "
                  f"in {self.data_dir}")
-        self.out(f"  host: {describe_hardware(self.hardware)}; every node shares it")
+        self.announce_host()
 
     @property
     def node_daemons(self) -> list[Any]:

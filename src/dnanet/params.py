@@ -108,6 +108,19 @@ class Preset:
         return self.hardware_classes[hardware_class]
 
 
+def format_dna(wei: int) -> str:
+    """Wei as DNA, exactly (no float): ``1.5 DNA``."""
+    whole, frac = divmod(int(wei), WEI_PER_DNA)
+    text = f"{whole}.{frac:018d}".rstrip("0").rstrip(".")
+    return f"{text} DNA"
+
+
+def format_score(value: int) -> str:
+    """A fixed-point score (``SCORE_ONE`` = 1) with its six decimals: ``0.734000``."""
+    whole, frac = divmod(int(value), SCORE_ONE)
+    return f"{whole}.{frac:06d}"
+
+
 HARDWARE_CLASS_NAMES = ("cpu", "gpu")
 
 
@@ -204,6 +217,8 @@ __all__ = [
     "ChallengeSizes",
     "Preset",
     "ScoringParams",
+    "format_dna",
+    "format_score",
     "get_preset",
     "hardware_class_name",
 ]

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import httpx
 
 from dnanet.errors import DnanetError
-from dnanet.params import SCORE_ONE, WEI_PER_DNA, Preset
+from dnanet.params import Preset, format_dna, format_score
 from dnanet.protocol.rollup import verify_proof
 from dnanet.protocol.schedule import compute_epoch
 from dnanet.service.network import SettledEpoch
@@ -193,19 +193,6 @@ def collect_status(
 
 
 # -- rendering ------------------------------------------------------------------------------------
-
-
-def format_dna(wei: int) -> str:
-    """Wei as DNA, exactly (no float): ``1.5 DNA``."""
-    whole, frac = divmod(int(wei), WEI_PER_DNA)
-    text = f"{whole}.{frac:018d}".rstrip("0").rstrip(".")
-    return f"{text} DNA"
-
-
-def format_score(value: int) -> str:
-    """A fixed-point score (``SCORE_ONE`` = 1) with its six decimals: ``0.734000``."""
-    whole, frac = divmod(int(value), SCORE_ONE)
-    return f"{whole}.{frac:06d}"
 
 
 def _short(address: str) -> str:

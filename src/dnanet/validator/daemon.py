@@ -77,7 +77,8 @@ class ValidatorDaemon:
         self.intake = CertificateIntake(self.store, self.views,
                                         chain_next=lambda: self.loop.chain_next,
                                         workers=workers, on_result=self.metrics.intake_result)
-        self.api = ValidatorApi(self.app, self.store, gateway, self.intake, self.status)
+        self.api = ValidatorApi(self.app, self.store, gateway, self.intake, self.status,
+                                intake_totals=lambda: self.metrics.totals)
         self.server = Server(self.app, host, port)
         self._task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()

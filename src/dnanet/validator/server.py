@@ -13,6 +13,7 @@
 ``GET /v1/nodes/{address}/epochs/{e}``   the score breakdown of one epoch and, once its rollup
                                          is computed, the node's proof against its root
 ``GET /v1/status``                       chain position and what is pending
+``GET /``                                the web dashboard (``dnanet.validator.dashboard``)
 =======================================  =====================================================
 
 Intake (``dnanet.validator.intake``) verifies off the event loop and commits in groups; none
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CollectorRegistry, Counter
 
 from dnanet.errors import CodecError, DnanetError
@@ -40,6 +41,7 @@ from dnanet.protocol.schedule import compute_epoch
 from dnanet.protocol.scoring import compute_node_epoch_scores, compute_report_score
 from dnanet.service.http import add_direct_route, error_body, message_schema
 from dnanet.service.network import ChainGateway
+from dnanet.validator import dashboard
 from dnanet.validator.intake import CertificateIntake
 from dnanet.validator.store import (
     COLLECTING,
@@ -68,13 +70,19 @@ class ValidatorMetrics:
                                       registry=registry)
         self.punishments = Counter("dnanet_validator_punishments_submitted",
                                    "punishments submitted", registry=registry)
+        self.totals: dict[str, int] = {}
+        """Certificates by result, and new reports (``reports``), since start."""
         for result in ("accepted", "duplicate", "rejected", "closed"):
             self.certificates.labels(result)
+            self.totals[result] = 0
+        self.totals["reports"] = 0
 
     def intake_result(self, result: str, reports: int) -> None:
         self.certificates.labels(result).inc()
+        self.totals[result] += 1
         if reports:
             self.reports.inc(reports)
+            self.totals["reports"] += reports
 
     # SettlementHooks
     def settled(self, epoch: int) -> None:
@@ -129,12 +137,14 @@ class ValidatorApi:
     """Routes of the Validator app (see the module docstring)."""
 
     def __init__(self, app: FastAPI, store: ValidatorStore, gateway: ChainGateway,
-                 intake: CertificateIntake, status: Callable[[], dict[str, Any]]) -> None:
+                 intake: CertificateIntake, status: Callable[[], dict[str, Any]],
+                 intake_totals: Callable[[], dict[str, int]] = dict) -> None:
         self.store = store
         self.gateway = gateway
         self.preset: Preset = gateway.preset
         self.intake = intake
         self.status = status
+        self.intake_totals = intake_totals
         self._trees: dict[int, RewardTree | None] = {}
         self._trees_lock = threading.Lock()
         self._install(app)
@@ -305,12 +315,33 @@ class ValidatorApi:
 
         @app.get("/v1/status", tags=["validator"])
         async def status() -> Any:
-            out = dict(self.status())
-            out["latest_settled"] = store.latest_settled_epoch()
-            out["latest_published"] = store.last_published_epoch()
-            out["diverged"] = store.diverged_epochs()
-            out["pending_punishments"] = len(store.punishments(status="pending"))
-            return out
+            return self.full_status()
+
+        @app.get("/", tags=["ops"], response_class=HTMLResponse)
+        async def dashboard_page(request: Request) -> HTMLResponse:
+            """The web dashboard: chain position, intake, the latest epochs, one epoch's
+            nodes (``epoch``, ``nodes``)."""
+            raw_epoch = request.query_params.get("epoch")
+            epoch = None if raw_epoch is None else parse_epoch(raw_epoch)
+            nodes = _query_int(request, "nodes", dashboard.DEFAULT_NODES, dashboard.MAX_NODES)
+            page = await asyncio.to_thread(self.dashboard, epoch, nodes)
+            return HTMLResponse(page)
+
+    def full_status(self) -> dict[str, Any]:
+        out = dict(self.status())
+        out["latest_settled"] = self.store.latest_settled_epoch()
+        out["latest_published"] = self.store.last_published_epoch()
+        out["diverged"] = self.store.diverged_epochs()
+        out["pending_punishments"] = len(self.store.punishments(status="pending"))
+        return out
+
+    def dashboard(self, epoch: int | None, nodes: int) -> str:
+        """The dashboard's HTML (blocking: reads the store)."""
+        title = f"dnanet validator, chain {self.gateway.domain.chain_id}"
+        view = dashboard.gather(self.store, self.preset, title=title,
+                                status=self.full_status(), intake=dict(self.intake_totals()),
+                                epoch=epoch, nodes=nodes)
+        return dashboard.render(view)
 
 
 __all__ = [

@@ -25,7 +25,13 @@ from typing import Any
 
 from dnanet.errors import ConfigError, ScheduleError
 from dnanet.protocol.epoch import EpochRollup
-from dnanet.protocol.messages import EpochSettlement, Punishment, QuorumCertificate, ScoreReport
+from dnanet.protocol.messages import (
+    EpochSettlement,
+    Outcome,
+    Punishment,
+    QuorumCertificate,
+    ScoreReport,
+)
 from dnanet.service.store import Store
 
 SCHEMA_VERSION = 1
@@ -462,6 +468,26 @@ class ValidatorStore(Store):
         rows = self.query(f"SELECT {_NODE_EPOCH_COLUMNS} FROM node_epochs WHERE node=?"
                           " AND epoch <= ? ORDER BY epoch", (node, bound))
         return [_row_to_node_epoch(r) for r in rows]
+
+    def epoch_node_rows(self, epoch: int) -> list[NodeEpochRow]:
+        """Every node's row of ``epoch``'s rollup."""
+        rows = self.query(f"SELECT {_NODE_EPOCH_COLUMNS} FROM node_epochs WHERE epoch=?"
+                          " ORDER BY node", (epoch,))
+        return [_row_to_node_epoch(r) for r in rows]
+
+    def report_totals(self, epoch: int) -> list[tuple[str, int, int, int, tuple[bytes, ...]]]:
+        """Per node, from ``epoch``'s stored reports: (node, challenges, failures, sum of the
+        scores, struct hashes of the fraud reports), what ``NodeEpochScore`` aggregates."""
+        fraud: dict[str, list[bytes]] = {}
+        for node, report_hash in self.query(
+                "SELECT node, report_hash FROM reports WHERE epoch=? AND outcome=?",
+                (epoch, int(Outcome.WRONG_ANSWER))):
+            fraud.setdefault(node, []).append(bytes(report_hash))
+        rows = self.query(
+            "SELECT node, COUNT(*), SUM(outcome != ?), SUM(score) FROM reports WHERE epoch=?"
+            " GROUP BY node ORDER BY node", (int(Outcome.OK), epoch))
+        return [(node, challenges, failures, score_sum, tuple(fraud.get(node, ())))
+                for node, challenges, failures, score_sum in rows]
 
     def node_epoch(self, node: str, epoch: int) -> NodeEpochRow | None:
         row = self.one(f"SELECT {_NODE_EPOCH_COLUMNS} FROM node_epochs WHERE node=? AND epoch=?",
