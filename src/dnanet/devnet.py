@@ -45,6 +45,7 @@ from dnanet.params import WEI_PER_DNA, Preset, get_preset
 from dnanet.protocol.rollup import verify_proof
 from dnanet.protocol.schedule import compute_epoch_end_block, compute_settlement_block
 from dnanet.service.gateway import ClientGateway
+from dnanet.service.logs import configure_logging
 from dnanet.service.loop import new_event_loop
 
 log = logging.getLogger("dnanet.devnet")
@@ -691,8 +692,7 @@ async def run_devnet(*, nodes: int, mixers: int, epochs: int | None, preset: Pre
 
 
 def _devnet_command(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=os.environ.get("DNANET_LOG", "WARNING"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("WARNING")
     if args.chain not in ("embedded", "anvil") and not args.chain.startswith(("http://",
                                                                              "https://")):
         raise DnanetError(f"--chain {args.chain!r}: use embedded, anvil, or an http(s) RPC URL")

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import re
 import signal
@@ -17,6 +16,7 @@ import httpx
 
 from dnanet.errors import ConfigError, DnanetError
 from dnanet.params import WEI_PER_DNA
+from dnanet.service.logs import configure_logging
 from dnanet.service.loop import run as run_loop
 
 if TYPE_CHECKING:
@@ -46,8 +46,7 @@ def _add_chain_args(p: argparse.ArgumentParser, *, keystore: bool = True) -> Non
 
 
 def _serve_until_signal(daemon: Any) -> None:
-    logging.basicConfig(level=os.environ.get("DNANET_LOG", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("INFO")
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -20,6 +20,7 @@ import httpx
 
 from dnanet.crypto.keys import Identity
 from dnanet.service.http import AppLimits, Server, create_app
+from dnanet.service.logs import configure_logging
 from dnanet.service.loop import run as run_loop
 from dnanet.service.network import ChainGateway
 from dnanet.service.views import ViewCache
@@ -150,8 +151,7 @@ def _validator_run(args: argparse.Namespace) -> int:
     from dnanet.keyfiles import load_identity
     from dnanet.service.gateway import open_gateway
 
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("INFO")
     gateway = open_gateway(args.rpc, Path(args.deployment), load_identity(Path(args.keystore)))
     daemon = ValidatorDaemon(gateway, Path(args.data_dir), host=args.host, port=args.port,
                              workers=args.workers)
