@@ -33,7 +33,7 @@ from dnanet.mixer.session import run_challenge_session
 from dnanet.mixer.store import MixerStore
 from dnanet.node.local import LocalTransport
 from dnanet.protocol.messages import BatchProposal, Outcome, QuorumCertificate, ScoreReport
-from dnanet.protocol.quorum import compute_batch
+from dnanet.protocol.quorum import compute_backup_rank, compute_batch
 from dnanet.protocol.schedule import (
     RoundId,
     compute_assigned_nodes,
@@ -58,6 +58,8 @@ ROUND0 = RoundId(0, 0)
 ROUND1 = RoundId(0, 1)
 RETRY_S = (0.05, 0.2)
 """The outbox's waits in these tests (first, longest)."""
+BACKUP_S = 1.0
+"""How long after co-signing a batch its first backup forwarder looks, in these tests."""
 DEADLINE_S = 60.0
 
 OLD_SCHEMA = """
@@ -126,7 +128,13 @@ class MixerNet:
     def mixer(self, root: Path, index: int, validator_url: str) -> MixerDaemon:
         """A (new) daemon for mixer ``index`` on its data directory."""
         return MixerDaemon(self.gw.mixers[index], self.gw, root / f"mixer-{index}",
-                           validator_url=validator_url, retry_s=RETRY_S)
+                           validator_url=validator_url, retry_s=RETRY_S, backup_s=BACKUP_S)
+
+    def backups(self, batch_hash: bytes) -> list[MixerDaemon]:
+        """The originator's co-signers in the order they would forward ``batch_hash``."""
+        members = [m.address for m in self.gw.mixers]
+        return sorted(self.others, key=lambda d: compute_backup_rank(
+            batch_hash, members, self.originator.address, d.address))
 
 
 @contextlib.asynccontextmanager
@@ -304,6 +312,102 @@ def test_uncertified_batch_is_proposed_again_after_a_cosigner_outage(tmp_path: P
                 assert stored.batch == proposal.batch
                 assert origin.store.outbox_counts() == {
                     "uncertified": 0, "unforwarded": 0, "given_up": 0, "unbatched_reports": 0}
+
+    run(main())
+
+
+def test_a_batch_its_originator_never_forwards_reaches_the_validator_through_a_cosigner(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The originator gathers its quorum but never forwards the certificate (the Validator is
+    unreachable for it, then it is gone). After one backup timeout the batch's first backup
+    co-signer finds the Validator without it, gathers signatures again and forwards a
+    certificate that carries the originator's signature first; the later backups find it
+    stored and only stop watching."""
+    caplog.set_level(logging.INFO, logger="dnanet.mixer")
+
+    async def main() -> None:
+        with refused_port() as (dead, _sock):
+            async with mixer_net(tmp_path) as net, \
+                    validator(net.gw, tmp_path / "validator") as up:
+                origin = net.originator
+                origin.validator_url = dead
+                for peer in net.others:
+                    peer.validator_url = up.url
+                certificate = await origin.certify(net.own_reports())
+                assert certificate is not None
+                batch_hash = certificate.batch.hash_struct()
+                assert origin.store.outbox_counts()["unforwarded"] == 1
+                await origin.stop()  # gone for good
+                first, *later = net.backups(batch_hash)
+                head = net.gw.block_number()
+                # Before the timeout nobody looks.
+                assert [await d.watch_pass(head) for d in net.others] == [0, 0, 0]
+                assert await stored_certificates(up, 0) == []
+                await asyncio.sleep(BACKUP_S)
+                assert [await d.watch_pass(head) for d in net.others] == [0, 0, 0]
+                (stored,) = await stored_certificates(up, 0)
+                assert first.store.watch_outcome(batch_hash) == "forwarded it for its originator"
+                assert [d.store.watch_outcome(batch_hash) for d in later] == [None, None]
+                await asyncio.sleep(2 * BACKUP_S)
+                for daemon in later:
+                    await daemon.watch_pass(head)
+                    assert daemon.store.watch_outcome(batch_hash) == "the validator holds it"
+                assert await stored_certificates(up, 0) == [stored]
+                assert [d.store.watching() for d in net.others] == [0, 0, 0]
+                return certificate, stored, first, net
+
+    certificate, stored, first, net = run(main())
+    assert (stored.batch, stored.reports) == (certificate.batch, certificate.reports)
+    domain = net.gw.domain
+    signers = [recover_typed(domain, stored.batch.hash_struct(), s) for s in stored.signatures]
+    assert signers[0] == net.originator.address and first.address in signers
+    assert len(signers) == len(set(signers)) == 3  # the threshold of 4
+    (line,) = messages(caplog, "forwarding it for its originator")
+    assert line.startswith(f"mixer {first.address[:10]}: the validator lacks batch")
+
+
+def test_cosigners_stop_watching_a_batch_the_validator_holds_or_that_can_no_longer_settle(
+        tmp_path: Path) -> None:
+    """Delivered by its originator: each co-signer looks once, finds it stored, forwards
+    nothing. While the Validator cannot be reached a watch waits another timeout; once the
+    batch's epoch is closed it ends without asking."""
+    async def main() -> None:
+        with refused_port() as (dead, _sock):
+            async with mixer_net(tmp_path) as net, \
+                    validator(net.gw, tmp_path / "validator") as up:
+                origin = net.originator
+                origin.validator_url = up.url
+                delivered = await origin.certify(net.own_reports()[:1])
+                assert delivered is not None
+                for peer in net.others:
+                    peer.validator_url = dead
+                second = await origin.certify(net.own_reports()[1:2])
+                assert second is not None
+                delivered_hash = delivered.batch.hash_struct()
+                second_hash = second.batch.hash_struct()
+                await asyncio.sleep(3 * BACKUP_S)  # every co-signer's turn has come
+                head = net.gw.block_number()
+                # The Validator is unreachable: every due watch waits for another look.
+                assert [await d.watch_pass(head) for d in net.others] == [2, 2, 2]
+                for peer in net.others:
+                    peer.validator_url = up.url
+                await asyncio.sleep(BACKUP_S)
+                assert [await d.watch_pass(head) for d in net.others] == [0, 0, 0]
+                for peer in net.others:
+                    for batch_hash in (delivered_hash, second_hash):
+                        assert peer.store.watch_outcome(batch_hash) == "the validator holds it"
+                    assert peer.m_backup._value.get() == 0
+                assert len(await stored_certificates(up, 0)) == 2
+                # A batch still watched when its epoch closes is given up without a look.
+                third = await origin.certify(net.own_reports()[2:3])
+                assert third is not None
+                net.gw.advance_to(settle_block(net.gw, 0))
+                await asyncio.sleep(3 * BACKUP_S)
+                for peer in net.others:
+                    peer.validator_url = dead
+                    assert await peer.watch_pass(net.gw.block_number()) == 0
+                    assert peer.store.watch_outcome(third.batch.hash_struct()) == (
+                        "epoch 0 closed before this mixer's turn to forward it")
 
     run(main())
 
@@ -516,7 +620,7 @@ def test_round_log_and_status_show_the_vrf_output_and_the_assigned_nodes(
                                      "assigned": assigned, "assigned_count": len(assigned),
                                      "done": True}]
     assert set(status["outbox"]) == {  # type: ignore[arg-type]
-        "uncertified", "unforwarded", "given_up", "unbatched_reports"}
+        "uncertified", "unforwarded", "given_up", "unbatched_reports", "watching"}
     line = messages(caplog, "VRF output")[0]
     assert f"epoch 0 round 0: VRF output {beta.hex()[:16]}.." in line
     assert f"{len(assigned)} of {len(active)} active nodes assigned" in line

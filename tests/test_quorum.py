@@ -15,6 +15,7 @@ from dnanet.crypto.keys import Identity
 from dnanet.errors import QuorumError
 from dnanet.protocol.messages import ZERO32, QuorumCertificate, ScoreBatch, ScoreReport
 from dnanet.protocol.quorum import (
+    compute_backup_rank,
     compute_batch,
     compute_quorum_threshold,
     compute_reports_root,
@@ -347,3 +348,39 @@ def test_certificate_under_another_domain_is_rejected() -> None:
     cert = make_certificate(MIXERS[:3])
     with pytest.raises(QuorumError, match="not a member"):
         verify_certificate(Domain(1, DOMAIN.verifying_contract), cert, members(4))
+
+
+# -- backup forwarders --------------------------------------------------------------------------
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(2, 10), origin=st.integers(0, 9), batch_hash=st.binary(min_size=32,
+                                                                             max_size=32))
+def test_backup_ranks_order_every_cosigner_once_by_keccak(n: int, origin: int,
+                                                          batch_hash: bytes) -> None:
+    """The co-signers (every member but the originator) get ranks 0..n-2, in the order of
+    keccak256(batchHash || address), whatever the members' order or address case."""
+    names = members(n)
+    originator = names[origin % n]
+    others = [m for m in names if m != originator]
+    ranks = {m: compute_backup_rank(batch_hash, names, originator, m) for m in others}
+    assert sorted(ranks.values()) == list(range(n - 1))
+    expected = sorted(others, key=lambda m: keccak256(batch_hash + bytes.fromhex(m[2:])))
+    assert sorted(others, key=ranks.__getitem__) == expected
+    shuffled = [to_checksum_address(m) for m in reversed(names)]
+    assert all(compute_backup_rank(batch_hash, shuffled, originator.upper().replace("0X", "0x"),
+                                   to_checksum_address(m)) == r for m, r in ranks.items())
+
+
+def test_the_first_backup_differs_from_batch_to_batch() -> None:
+    names = members(4)
+    firsts = {next(m for m in names[1:] if compute_backup_rank(
+        sha256(b"batch-%d" % i), names, names[0], m) == 0) for i in range(32)}
+    assert firsts == set(names[1:])
+
+
+@pytest.mark.parametrize("who", ["originator", "outsider"])
+def test_no_backup_rank_for_the_originator_or_an_outsider(who: str) -> None:
+    names = members(4)
+    mixer = names[0] if who == "originator" else OUTSIDER.address
+    with pytest.raises(QuorumError) as err:
+        compute_backup_rank(STRUCT_HASH, names, names[0], mixer)
+    assert err.value.field == "mixer"

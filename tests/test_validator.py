@@ -113,6 +113,20 @@ def test_intake_accepts_persists_and_deduplicates(gateway: FakeGateway, corpus: 
         single = committee.certify([certificates[0].reports[0]])
         other = await client.post("/v1/certificates", content=single.to_json())
         assert other.json() == {"accepted": 0, "skipped": 1, "duplicate": False}
+        # A co-signer asks whether a batch is stored before forwarding it itself.
+        batch_hash = certificates[0].batch.hash_struct()
+        held = await client.get(f"/v1/batches/0x{batch_hash.hex().upper()}")
+        assert held.status_code == 200
+        assert held.json() == {"batch_hash": "0x" + batch_hash.hex(), "epoch": 0,
+                               "round": certificates[0].batch.round,
+                               "mixer": certificates[0].batch.mixer,
+                               "reports": len(certificates[0].reports),
+                               "accepted": len(certificates[0].reports)}
+        for path, status in [("/v1/batches/0x" + "ab" * 32, 404), ("/v1/batches/0x12", 400),
+                             ("/v1/batches/" + "ab" * 32, 400)]:
+            response = await client.get(path)
+            assert response.status_code == status, path
+            assert response.json()["error"]["field"] == "batch_hash", path
         metrics = (await client.get("/metrics")).text
         assert f'dnanet_validator_certificates_total{{result="accepted"}} ' \
                f'{len(certificates) + 1}.0' in metrics

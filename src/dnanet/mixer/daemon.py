@@ -19,6 +19,14 @@ round, and on a timer that backs off while nothing gets through), never holding 
   (stored, or already stored), or another 4xx than 408/429 (it will not change its mind, e.g.
   409 for a closed epoch); or until the chain settled its epoch.
 
+A co-signer watches each batch it signed: once the batch's backup timeout has passed
+(``backup_s`` times one more than its ``compute_backup_rank`` among the co-signers), it asks
+the Validator whether it holds the batch and, if not, forwards the batch itself: it proposes
+the originator's signed batch to the other co-signers again, and sends the Validator a
+certificate of the originator's signature, its own and theirs. So a batch the originator
+co-signed into a quorum still reaches the Validator if the originator never forwards it (it
+crashed for good, or withholds it); duplicates are harmless.
+
 Restarted, it skips rounds it finished and resumes the outbox. It never co-signs two different
 reports for one (epoch, round, mixer, node); the same report in a re-formed batch it signs
 again.
@@ -29,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +69,11 @@ from dnanet.protocol.messages import (
     QuorumCertificate,
     ScoreReport,
 )
-from dnanet.protocol.quorum import compute_batch, compute_quorum_threshold
+from dnanet.protocol.quorum import (
+    compute_backup_rank,
+    compute_batch,
+    compute_quorum_threshold,
+)
 from dnanet.protocol.schedule import (
     RoundId,
     compute_assigned_nodes,
@@ -78,6 +91,8 @@ log = logging.getLogger("dnanet.mixer")
 
 MAX_SETTLEMENT_PUNISHMENTS = 1024
 OUTBOX_CONCURRENCY = 4
+WATCH_BATCH = 256
+"""Watched batches looked at in one outbox pass (the rest wait for the next)."""
 """Batches and certificates the outbox retries at once."""
 RETRY_STATUSES = frozenset({408, 429})
 """4xx answers of the Validator that are worth a retry (the others are final)."""
@@ -120,9 +135,12 @@ class MixerDaemon:
         gateway_config: GatewayConfig | None = None,
         references: ReferenceModels | None = None,
         retry_s: tuple[float, float] | None = None,
+        backup_s: float | None = None,
     ) -> None:
         """``retry_s``: the outbox's first and longest wait between passes while something is
-        pending (default 2 s, and one round's time up to 60 s)."""
+        pending (default 2 s, and one round's time up to 60 s). ``backup_s``: how long after
+        co-signing a batch its first backup forwarder looks whether the Validator holds it
+        (default two rounds' time, at least 10 s); the next looks one ``backup_s`` later."""
         self.identity = identity
         self.address = identity.address
         self.gateway = gateway
@@ -143,6 +161,12 @@ class MixerDaemon:
         if not 0 < retry_s[0] <= retry_s[1]:
             raise ValueError(f"retry_s must be 0 < first <= longest, not {retry_s}")
         self.retry_s = retry_s
+        if backup_s is None:
+            backup_s = max(10.0, 2 * self.preset.round_blocks * self.preset.block_interval_ms
+                           / 1000)
+        if not backup_s > 0:
+            raise ValueError(f"backup_s must be positive, not {backup_s}")
+        self.backup_s = backup_s
         self.app = self._build_app()
         # The OpenAI-compatible gateway shares the mixer's app, store and measured reports.
         self.ai_gateway: Gateway | None = None
@@ -174,6 +198,9 @@ class MixerDaemon:
                                 registry=registry)
         self.m_certified = Counter("dnanet_mixer_certified_batches", "batches certified",
                                    registry=registry)
+        self.m_backup = Counter("dnanet_mixer_backup_forwards", "peers' batches this mixer "
+                                "forwarded to the Validator in their originator's stead",
+                                registry=registry)
         self.last_round: RoundId | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -332,11 +359,17 @@ class MixerDaemon:
             proposal = reformed
         return None
 
-    async def _gather(self, proposal: BatchProposal) -> tuple[QuorumCertificate | None, set[int]]:
+    async def _gather(self, proposal: BatchProposal, *, backup: bool = False
+                      ) -> tuple[QuorumCertificate | None, set[int]]:
+        """Ask the epoch's other mixers to co-sign ``proposal``: our own batch, or with
+        ``backup`` a peer's batch we co-signed and now forward in its originator's stead (the
+        originator's signature and ours to start with; the originator is not asked)."""
         members = await asyncio.to_thread(self.gateway.mixer_set, proposal.batch.epoch)
         threshold = compute_quorum_threshold(len(members))
         batch_hash = proposal.batch.hash_struct()
-        signatures = {self.address: proposal.signature}
+        signatures = {proposal.batch.mixer: proposal.signature}
+        if backup:
+            signatures[self.address] = self.identity.sign_typed(self.domain, batch_hash)
         refused: set[int] = set()
         body = proposal.to_json()
 
@@ -368,36 +401,42 @@ class MixerDaemon:
                                 refused.add(int(index))
 
         await asyncio.gather(*(ask(m.endpoint, m.address) for m in members
-                               if m.address != self.address))
+                               if m.address not in signatures))
         if len(signatures) < threshold:
             log.warning("mixer %s: %d of %d signatures for batch %s (round %d): no quorum",
                         self.address[:10], len(signatures), threshold, batch_hash.hex()[:10],
                         proposal.batch.round)
             return None, refused
-        # Exactly the threshold: ours first, then the co-signers' in the order they answered.
-        # Each extra signature would only cost every verifier (the Validator, each mixer
-        # before it signs a settlement, each audit) one more recovery.
+        # Exactly the threshold: the originator's first, then the co-signers' in the order
+        # they answered. Each extra signature would only cost every verifier (the Validator,
+        # each mixer before it signs a settlement, each audit) one more recovery.
         certificate = QuorumCertificate(batch=proposal.batch, reports=proposal.reports,
                                         signatures=tuple(signatures.values())[:threshold])
-        self.store.save_certificate(certificate)
-        self.m_certified.inc()
+        if not backup:
+            self.store.save_certificate(certificate)
+            self.m_certified.inc()
         return certificate, refused
 
     async def _forward(self, certificate: QuorumCertificate) -> bool:
-        """Send a certificate to the Validator; True once it acknowledged it."""
+        """Send a certificate to the Validator; True once it acknowledged it. The outbox
+        (our own batches) or the watch (a peer's) learns what became of it."""
         batch = certificate.batch
         batch_hash = batch.hash_struct()
+        own = batch.mixer == self.address
         try:
             response = await self.http.post(
                 f"{self.validator_url}/v1/certificates", content=certificate.to_json(),
                 headers={"content-type": "application/json"})
         except httpx.HTTPError as exc:
             log.info("mixer %s: validator unreachable for certificate %s (epoch %d round %d): "
-                     "%r; the outbox re-sends it", self.address[:10], batch_hash.hex()[:10],
-                     batch.epoch, batch.round, exc)
+                     "%r; %s", self.address[:10], batch_hash.hex()[:10], batch.epoch,
+                     batch.round, exc, "the outbox re-sends it" if own else "trying later")
             return False
         if response.status_code == 200:
-            self.store.mark_forwarded(batch_hash)
+            if own:
+                self.store.mark_forwarded(batch_hash)
+            else:
+                self.store.end_watch(batch_hash, "forwarded it for its originator")
             return True
         status, text = response.status_code, response.text[:300]
         if 400 <= status < 500 and status not in RETRY_STATUSES:
@@ -405,11 +444,15 @@ class MixerDaemon:
             log.warning("mixer %s: validator refused certificate %s (epoch %d round %d): HTTP %d "
                         "%s; not re-sending it", self.address[:10], batch_hash.hex()[:10],
                         batch.epoch, batch.round, status, text)
-            self.store.mark_forwarded(batch_hash, f"validator answered HTTP {status}: {text}")
+            why = f"validator answered HTTP {status}: {text}"
+            if own:
+                self.store.mark_forwarded(batch_hash, why)
+            else:
+                self.store.end_watch(batch_hash, why)
             return False
         log.warning("mixer %s: validator answered HTTP %d %s for certificate %s (epoch %d round "
-                    "%d); the outbox re-sends it", self.address[:10], status, text,
-                    batch_hash.hex()[:10], batch.epoch, batch.round)
+                    "%d); %s", self.address[:10], status, text, batch_hash.hex()[:10],
+                    batch.epoch, batch.round, "the outbox re-sends it" if own else "trying later")
         return False
 
     # -- the outbox -------------------------------------------------------------------------------
@@ -498,8 +541,64 @@ class MixerDaemon:
 
         await asyncio.gather(*(propose(p) for p in proposals),
                              *(send(c) for c in certificates))
+        due = await self.watch_pass(head)
         counts = self.store.outbox_counts()
-        return counts["uncertified"] + counts["unforwarded"]
+        return counts["uncertified"] + counts["unforwarded"] + due
+
+    async def watch_pass(self, head: int) -> int:
+        """Look at the peers' batches whose backup time has come: done if the Validator holds
+        one, else forward it ourselves (see the module docstring); given up once its epoch is
+        closed. Returns how many were due but are still not at the Validator (tried again
+        after another ``backup_s``)."""
+        proposals = await asyncio.to_thread(self.store.due_watches, time.time(), WATCH_BATCH)
+        limit = asyncio.Semaphore(OUTBOX_CONCURRENCY)
+        left = 0
+
+        async def look(proposal: BatchProposal) -> None:
+            nonlocal left
+            batch = proposal.batch
+            batch_hash = batch.hash_struct()
+            if self.epoch_closed(batch.epoch, head):
+                # Quietly: every co-signer but the first few gets here, as it should.
+                self.store.end_watch(batch_hash, f"epoch {batch.epoch} closed before this "
+                                     "mixer's turn to forward it")
+                return
+            async with limit:
+                held = await self.validator_holds(batch_hash)
+                if held:
+                    self.store.end_watch(batch_hash, "the validator holds it")
+                    return
+                if held is not None:  # it does not: forward it in the originator's stead
+                    log.warning("mixer %s: the validator lacks batch %s of mixer %s (epoch %d "
+                                "round %d, %d reports) that this mixer co-signed: forwarding "
+                                "it for its originator", self.address[:10],
+                                batch_hash.hex()[:10], batch.mixer[:10], batch.epoch,
+                                batch.round, len(proposal.reports))
+                    certificate, _ = await self._gather(proposal, backup=True)
+                    if certificate is not None and await self._forward(certificate):
+                        self.m_backup.inc()
+                        return
+            if self.store.watch_outcome(batch_hash) is None:
+                left += 1
+                self.store.postpone_watch(batch_hash, time.time() + self.backup_s)
+
+        await asyncio.gather(*(look(p) for p in proposals))
+        return left
+
+    async def validator_holds(self, batch_hash: bytes) -> bool | None:
+        """Whether the Validator stores the batch; None when it cannot tell now."""
+        try:
+            response = await self.http.get(
+                f"{self.validator_url}/v1/batches/0x{batch_hash.hex()}")
+        except httpx.HTTPError as exc:
+            log.info("mixer %s: validator unreachable to look for batch %s: %r",
+                     self.address[:10], batch_hash.hex()[:10], exc)
+            return None
+        if response.status_code in (200, 404):
+            return response.status_code == 200
+        log.info("mixer %s: validator answered HTTP %d looking for batch %s",
+                 self.address[:10], response.status_code, batch_hash.hex()[:10])
+        return None
 
     def _batch_stray_reports(self, head: int, now: RoundId) -> None:
         """Batch own reports of past rounds that no batch holds (the mixer stopped between
@@ -567,12 +666,15 @@ class MixerDaemon:
         view = self.views.view(batch.epoch, rounds=[batch.round],
                                nodes=[r.node for r in proposal.reports])
         verify_batch_proposal(proposal, view)
-        conflicts = self.store.record_cosigned(proposal)
+        batch_hash = batch.hash_struct()
+        rank = compute_backup_rank(batch_hash, list(view.mixers), batch.mixer, self.address)
+        conflicts = self.store.record_cosigned(
+            proposal, watch_due=time.time() + self.backup_s * (1 + rank))
         if conflicts:
             raise BatchRejected([(i, "a different report for this (epoch, round, mixer, node) "
                                   "was already co-signed") for i in conflicts])
         return CoSignature(signer=self.address,
-                           signature=self.identity.sign_typed(self.domain, batch.hash_struct()))
+                           signature=self.identity.sign_typed(self.domain, batch_hash))
 
     # -- settlements ------------------------------------------------------------------------------
     async def fetch_certificates(self, epoch: int) -> list[QuorumCertificate]:
@@ -700,8 +802,8 @@ class MixerDaemon:
                     entry["assigned"] = nodes
                 entry.update(assigned_count=count, done=done)
                 listed.append(entry)
-            return {"address": self.address, "outbox": self.store.outbox_counts(),
-                    "rounds": listed}
+            outbox = dict(self.store.outbox_counts(), watching=self.store.watching())
+            return {"address": self.address, "outbox": outbox, "rounds": listed}
 
         return app
 

@@ -12,6 +12,9 @@
 - ``cosigned``: for each report key (epoch, round, mixer, node) it co-signed, the struct hash
   of that report (``report_hash``) and the first batch that carried it. A key is co-signed
   again only for the same report.
+- ``watched``: each peer's batch the mixer co-signed, kept until the Validator is seen to hold
+  it: when (``due``, Unix time) to look, and the proposal, to forward the batch itself if the
+  originator did not (``outcome`` says how it ended; the proposal is dropped then).
 
 Databases written before ``beta``, ``assigned_nodes``, ``batched``, ``given_up`` and
 ``report_hash`` existed are migrated when opened (see ``MixerStore._migrate``).
@@ -51,6 +54,10 @@ CREATE TABLE IF NOT EXISTS cosigned (
     batch_hash BLOB NOT NULL, report_hash BLOB,
     PRIMARY KEY (epoch, round, mixer, node)
 );
+CREATE TABLE IF NOT EXISTS watched (
+    batch_hash BLOB PRIMARY KEY, epoch INTEGER NOT NULL, round INTEGER NOT NULL,
+    mixer TEXT NOT NULL, proposal_json BLOB, due REAL NOT NULL, outcome TEXT
+);
 CREATE TABLE IF NOT EXISTS verified_epochs (
     epoch INTEGER PRIMARY KEY, reports_json BLOB NOT NULL
 );
@@ -74,6 +81,7 @@ INDEXES = (
     " WHERE batched=0",
     "CREATE INDEX IF NOT EXISTS own_batches_pending ON own_batches(epoch)"
     " WHERE forwarded=0 AND given_up IS NULL",
+    "CREATE INDEX IF NOT EXISTS watched_pending ON watched(due) WHERE outcome IS NULL",
 )
 
 BATCHED, NEVER_BATCHED = 1, -1
@@ -251,10 +259,13 @@ class MixerStore(Store):
                 "given_up": int(given_up), "unbatched_reports": int(unbatched)}
 
     # -- co-signing -------------------------------------------------------------------------------
-    def record_cosigned(self, proposal: BatchProposal) -> list[int]:
+    def record_cosigned(self, proposal: BatchProposal, watch_due: float | None = None
+                        ) -> list[int]:
         """Record the batch's report keys; returns the indices of reports whose key was
         already co-signed for a different report (those must be refused). The same report in
         another batch (a re-formed one) is no conflict. Nothing is recorded if any conflicts.
+        With ``watch_due``, the batch is watched from then on (see ``due_watches``), in the
+        same transaction.
 
         A key recorded before report hashes were kept (``report_hash`` NULL) conflicts with
         any batch but the one that first carried it."""
@@ -275,7 +286,40 @@ class MixerStore(Store):
                 db.executemany(
                     "INSERT OR IGNORE INTO cosigned(epoch, round, mixer, node, batch_hash,"
                     " report_hash) VALUES (?, ?, ?, ?, ?, ?)", rows)
+                if watch_due is not None:
+                    batch = proposal.batch
+                    db.execute("INSERT OR IGNORE INTO watched(batch_hash, epoch, round, mixer,"
+                               " proposal_json, due) VALUES (?, ?, ?, ?, ?, ?)",
+                               (batch_hash, batch.epoch, batch.round, batch.mixer,
+                                proposal.to_json(), watch_due))
             return conflicts
+
+    # -- watched peers' batches -------------------------------------------------------------------
+    def due_watches(self, now: float, limit: int) -> list[BatchProposal]:
+        """Watched batches whose time to look has come, oldest first."""
+        rows = self.query("SELECT proposal_json FROM watched WHERE outcome IS NULL AND due<=?"
+                          " ORDER BY due LIMIT ?", (now, limit))
+        return [BatchProposal.from_json(r[0]) for r in rows]
+
+    def postpone_watch(self, batch_hash: bytes, due: float) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE watched SET due=? WHERE batch_hash=? AND outcome IS NULL",
+                       (due, batch_hash))
+
+    def end_watch(self, batch_hash: bytes, outcome: str) -> None:
+        """Stop watching a batch, saying why; its proposal is no longer kept."""
+        with self.transaction() as db:
+            db.execute("UPDATE watched SET outcome=?, proposal_json=NULL WHERE batch_hash=?"
+                       " AND outcome IS NULL", (outcome, batch_hash))
+
+    def watch_outcome(self, batch_hash: bytes) -> str | None:
+        """How watching the batch ended; None while it goes on (or if it is not watched)."""
+        row = self.one("SELECT outcome FROM watched WHERE batch_hash=?", (batch_hash,))
+        return None if row is None else row[0]
+
+    def watching(self) -> int:
+        (count,), = self.query("SELECT count(*) FROM watched WHERE outcome IS NULL")
+        return int(count)
 
 
 __all__ = ["BATCHED", "NEVER_BATCHED", "MixerStore"]

@@ -5,6 +5,12 @@ A certificate over a struct hash is valid iff it carries valid signatures of at 
 non-members, malformed, high-s or missing signatures are rejected, never skipped: a certificate
 is either wholly valid or rejected.
 
+The originator forwards its certificate to the Validator. If the Validator still lacks it after
+a timeout, its co-signers forward it instead, one at a time: ``compute_backup_rank`` orders the
+co-signers of each batch by ``keccak256(batchHash || address)``, so the order differs per batch
+and no mixer is every batch's first backup; the co-signer of rank ``r`` acts after ``r + 1``
+timeouts.
+
 A ``ScoreBatch`` commits to its reports with ``reports_root``: a binary Keccak Merkle tree over
 the reports' EIP-712 struct hashes in batch order, an odd node promoted unchanged to the next
 level, and ``keccak256(left || right)`` for internal nodes.
@@ -14,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dnanet.crypto.eip712 import Domain, recover_signer
+from dnanet.crypto.eip712 import Domain, address_to_bytes, recover_signer
 from dnanet.crypto.hashing import keccak256
 from dnanet.errors import QuorumError, SignatureError
 from dnanet.protocol.messages import (
@@ -104,6 +110,19 @@ def verify_batch_contents(batch: ScoreBatch, reports: Sequence[ScoreReport]) -> 
         raise QuorumError("reports do not hash to the batch's reportsRoot", field="reportsRoot")
 
 
+def compute_backup_rank(batch_hash: bytes, members: Sequence[str], originator: str,
+                        mixer: str) -> int:
+    """``mixer``'s place (0 first) among the batch's possible backup forwarders: the epoch's
+    members but the originator, ordered by ``keccak256(batch_hash || address)``. Raises
+    QuorumError if ``mixer`` is the originator or not a member."""
+    others = {m.lower() for m in members} - {originator.lower()}
+    if mixer.lower() not in others:
+        raise QuorumError(f"{mixer} is not a member of the mixer set besides the originator",
+                          field="mixer")
+    order = sorted(others, key=lambda m: keccak256(batch_hash + address_to_bytes(m)))
+    return order.index(mixer.lower())
+
+
 def verify_certificate(
     domain: Domain, certificate: QuorumCertificate, members: Sequence[str]
 ) -> tuple[str, ...]:
@@ -121,6 +140,7 @@ def verify_certificate(
 
 
 __all__ = [
+    "compute_backup_rank",
     "compute_batch",
     "compute_quorum_threshold",
     "compute_reports_root",

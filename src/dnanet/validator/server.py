@@ -4,6 +4,9 @@
 ``POST /v1/certificates``                a QuorumCertificate; 200 ``{"accepted", "skipped",
                                          "duplicate"}`` once it is on disk; 400 malformed,
                                          409 epoch closed, 422 invalid (the field is named)
+``GET /v1/batches/{batch_hash}``         the stored certificate of a batch (epoch, round,
+                                         mixer, reports, accepted), or 404: how a co-signer
+                                         learns whether to forward a batch itself
 ``GET /v1/epochs``                       epoch summaries, newest first (``before``, ``limit``)
 ``GET /v1/epochs/{epoch}``               summary, settlement, punishments
 ``GET /v1/epochs/{epoch}/certificates``  the stored certificates (``offset``, ``limit``)
@@ -34,7 +37,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from dnanet.errors import CodecError, DnanetError
 from dnanet.params import Preset
-from dnanet.protocol.codec import MAX_MESSAGE_BYTES, Address, canonical_json
+from dnanet.protocol.codec import MAX_MESSAGE_BYTES, Address, FixedBytes, canonical_json
 from dnanet.protocol.messages import ZERO32, Outcome, QuorumCertificate
 from dnanet.protocol.rollup import RewardTree
 from dnanet.protocol.schedule import compute_epoch
@@ -56,6 +59,7 @@ MAX_EPOCH = (1 << 63) - 1
 KEEP_TREES = 4
 """Reward trees kept in memory (the latest settled epoch's is the one claims use)."""
 _ADDRESS = Address()
+_HASH = FixedBytes(32)
 
 
 class ValidatorMetrics:
@@ -260,6 +264,15 @@ class ValidatorApi:
 
         add_direct_route(app, "/v1/certificates", certificates, max_body_bytes=MAX_MESSAGE_BYTES,
                          tags=["validator"], openapi_extra=message_schema(QuorumCertificate))
+
+        @app.get("/v1/batches/{batch_hash}", tags=["validator"])
+        async def batch(batch_hash: str) -> Any:
+            key = _HASH.from_wire(batch_hash.lower(), "batch_hash")
+            record = await asyncio.to_thread(store.batch_record, key)
+            if record is None:
+                return _not_found(f"no certificate of batch {batch_hash[:18]}.. is stored",
+                                  "batch_hash")
+            return record
 
         @app.get("/v1/epochs", tags=["validator"])
         async def epochs(request: Request) -> Any:

@@ -225,6 +225,17 @@ class ValidatorStore(Store):
     def has_batch(self, batch_hash: bytes) -> bool:
         return self.one("SELECT 1 FROM certificates WHERE batch_hash=?", (batch_hash,)) is not None
 
+    def batch_record(self, batch_hash: bytes) -> dict[str, Any] | None:
+        """The stored certificate of a batch: epoch, round, mixer, reports, and how many of
+        them were new (``accepted``); None if no certificate of it is stored."""
+        row = self.one("SELECT epoch, round, mixer, report_count, accepted FROM certificates"
+                       " WHERE batch_hash=?", (batch_hash,))
+        if row is None:
+            return None
+        epoch, round_, mixer, reports, accepted = row
+        return {"batch_hash": "0x" + batch_hash.hex(), "epoch": epoch, "round": round_,
+                "mixer": mixer, "reports": reports, "accepted": accepted}
+
     def is_closed(self, epoch: int) -> bool:
         return self.one("SELECT 1 FROM epochs WHERE epoch=?", (epoch,)) is not None
 
