@@ -207,6 +207,17 @@ async def validator(gw: FakeGateway, data_dir: Path, port: int = 0
         await daemon.stop()
 
 
+@contextlib.asynccontextmanager
+async def with_validator_up(root: Path) -> AsyncIterator[tuple[MixerNet, ValidatorDaemon, str]]:
+    """A mixer net whose mixers all send to a running Validator, and a URL that refuses
+    every connection (point a mixer or the Validator's address there for an outage)."""
+    with refused_port() as (dead, _sock):
+        async with mixer_net(root, dead) as net, validator(net.gw, root / "validator") as up:
+            for daemon in net.daemons:
+                daemon.validator_url = up.url
+            yield net, up, dead
+
+
 async def until(condition: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + DEADLINE_S
     while not condition():
@@ -295,23 +306,20 @@ def test_uncertified_batch_is_proposed_again_after_a_cosigner_outage(tmp_path: P
     """With two of three co-signers down the batch has no quorum; once they are back the
     outbox proposes the same batch again, and its certificate reaches the Validator."""
     async def main() -> None:
-        with refused_port() as (dead, _sock):
-            async with mixer_net(tmp_path) as net, \
-                    validator(net.gw, tmp_path / "validator") as up:
-                origin = net.originator
-                origin.validator_url = up.url
-                for peer in net.others[:2]:
-                    net.point(peer, dead)
-                assert await origin.certify(net.own_reports()) is None
-                (proposal,) = origin.store.uncertified()
-                assert await origin.outbox_pass() == 1  # still down: still pending
-                for peer in net.others[:2]:
-                    net.restore(peer)
-                assert await origin.outbox_pass() == 0
-                (stored,) = await stored_certificates(up, 0)
-                assert stored.batch == proposal.batch
-                assert origin.store.outbox_counts() == {
-                    "uncertified": 0, "unforwarded": 0, "given_up": 0, "unbatched_reports": 0}
+        async with with_validator_up(tmp_path) as (net, up, dead):
+            origin = net.originator
+            for peer in net.others[:2]:
+                net.point(peer, dead)
+            assert await origin.certify(net.own_reports()) is None
+            (proposal,) = origin.store.uncertified()
+            assert await origin.outbox_pass() == 1  # still down: still pending
+            for peer in net.others[:2]:
+                net.restore(peer)
+            assert await origin.outbox_pass() == 0
+            (stored,) = await stored_certificates(up, 0)
+            assert stored.batch == proposal.batch
+            assert origin.store.outbox_counts() == {
+                "uncertified": 0, "unforwarded": 0, "given_up": 0, "unbatched_reports": 0}
 
     run(main())
 
@@ -326,35 +334,31 @@ def test_a_batch_its_originator_never_forwards_reaches_the_validator_through_a_c
     caplog.set_level(logging.INFO, logger="dnanet.mixer")
 
     async def main() -> None:
-        with refused_port() as (dead, _sock):
-            async with mixer_net(tmp_path) as net, \
-                    validator(net.gw, tmp_path / "validator") as up:
-                origin = net.originator
-                origin.validator_url = dead
-                for peer in net.others:
-                    peer.validator_url = up.url
-                certificate = await origin.certify(net.own_reports())
-                assert certificate is not None
-                batch_hash = certificate.batch.hash_struct()
-                assert origin.store.outbox_counts()["unforwarded"] == 1
-                await origin.stop()  # gone for good
-                first, *later = net.backups(batch_hash)
-                head = net.gw.block_number()
-                # Before the timeout nobody looks.
-                assert [await d.watch_pass(head) for d in net.others] == [0, 0, 0]
-                assert await stored_certificates(up, 0) == []
-                await asyncio.sleep(BACKUP_S)
-                assert [await d.watch_pass(head) for d in net.others] == [0, 0, 0]
-                (stored,) = await stored_certificates(up, 0)
-                assert first.store.watch_outcome(batch_hash) == "forwarded it for its originator"
-                assert [d.store.watch_outcome(batch_hash) for d in later] == [None, None]
-                await asyncio.sleep(2 * BACKUP_S)
-                for daemon in later:
-                    await daemon.watch_pass(head)
-                    assert daemon.store.watch_outcome(batch_hash) == "the validator holds it"
-                assert await stored_certificates(up, 0) == [stored]
-                assert [d.store.watching() for d in net.others] == [0, 0, 0]
-                return certificate, stored, first, net
+        async with with_validator_up(tmp_path) as (net, up, dead):
+            origin = net.originator
+            origin.validator_url = dead
+            certificate = await origin.certify(net.own_reports())
+            assert certificate is not None
+            batch_hash = certificate.batch.hash_struct()
+            assert origin.store.outbox_counts()["unforwarded"] == 1
+            await origin.stop()  # gone for good
+            first, *later = net.backups(batch_hash)
+            head = net.gw.block_number()
+            # Before the timeout nobody looks.
+            assert [await d.watch_pass(head) for d in net.others] == [0, 0, 0]
+            assert await stored_certificates(up, 0) == []
+            await asyncio.sleep(BACKUP_S)
+            assert [await d.watch_pass(head) for d in net.others] == [0, 0, 0]
+            (stored,) = await stored_certificates(up, 0)
+            assert first.store.watch_outcome(batch_hash) == "forwarded it for its originator"
+            assert [d.store.watch_outcome(batch_hash) for d in later] == [None, None]
+            await asyncio.sleep(2 * BACKUP_S)
+            for daemon in later:
+                await daemon.watch_pass(head)
+                assert daemon.store.watch_outcome(batch_hash) == "the validator holds it"
+            assert await stored_certificates(up, 0) == [stored]
+            assert [d.store.watching() for d in net.others] == [0, 0, 0]
+            return certificate, stored, first, net
 
     certificate, stored, first, net = run(main())
     assert (stored.batch, stored.reports) == (certificate.batch, certificate.reports)
@@ -372,42 +376,39 @@ def test_cosigners_stop_watching_a_batch_the_validator_holds_or_that_can_no_long
     nothing. While the Validator cannot be reached a watch waits another timeout; once the
     batch's epoch is closed it ends without asking."""
     async def main() -> None:
-        with refused_port() as (dead, _sock):
-            async with mixer_net(tmp_path) as net, \
-                    validator(net.gw, tmp_path / "validator") as up:
-                origin = net.originator
-                origin.validator_url = up.url
-                delivered = await origin.certify(net.own_reports()[:1])
-                assert delivered is not None
-                for peer in net.others:
-                    peer.validator_url = dead
-                second = await origin.certify(net.own_reports()[1:2])
-                assert second is not None
-                delivered_hash = delivered.batch.hash_struct()
-                second_hash = second.batch.hash_struct()
-                await asyncio.sleep(3 * BACKUP_S)  # every co-signer's turn has come
-                head = net.gw.block_number()
-                # The Validator is unreachable: every due watch waits for another look.
-                assert [await d.watch_pass(head) for d in net.others] == [2, 2, 2]
-                for peer in net.others:
-                    peer.validator_url = up.url
-                await asyncio.sleep(BACKUP_S)
-                assert [await d.watch_pass(head) for d in net.others] == [0, 0, 0]
-                for peer in net.others:
-                    for batch_hash in (delivered_hash, second_hash):
-                        assert peer.store.watch_outcome(batch_hash) == "the validator holds it"
-                    assert peer.m_backup._value.get() == 0
-                assert len(await stored_certificates(up, 0)) == 2
-                # A batch still watched when its epoch closes is given up without a look.
-                third = await origin.certify(net.own_reports()[2:3])
-                assert third is not None
-                net.gw.advance_to(settle_block(net.gw, 0))
-                await asyncio.sleep(3 * BACKUP_S)
-                for peer in net.others:
-                    peer.validator_url = dead
-                    assert await peer.watch_pass(net.gw.block_number()) == 0
-                    assert peer.store.watch_outcome(third.batch.hash_struct()) == (
-                        "epoch 0 closed before this mixer's turn to forward it")
+        async with with_validator_up(tmp_path) as (net, up, dead):
+            origin = net.originator
+            delivered = await origin.certify(net.own_reports()[:1])
+            assert delivered is not None
+            for peer in net.others:
+                peer.validator_url = dead
+            second = await origin.certify(net.own_reports()[1:2])
+            assert second is not None
+            delivered_hash = delivered.batch.hash_struct()
+            second_hash = second.batch.hash_struct()
+            await asyncio.sleep(3 * BACKUP_S)  # every co-signer's turn has come
+            head = net.gw.block_number()
+            # The Validator is unreachable: every due watch waits for another look.
+            assert [await d.watch_pass(head) for d in net.others] == [2, 2, 2]
+            for peer in net.others:
+                peer.validator_url = up.url
+            await asyncio.sleep(BACKUP_S)
+            assert [await d.watch_pass(head) for d in net.others] == [0, 0, 0]
+            for peer in net.others:
+                for batch_hash in (delivered_hash, second_hash):
+                    assert peer.store.watch_outcome(batch_hash) == "the validator holds it"
+                assert peer.m_backup._value.get() == 0
+            assert len(await stored_certificates(up, 0)) == 2
+            # A batch still watched when its epoch closes is given up without a look.
+            third = await origin.certify(net.own_reports()[2:3])
+            assert third is not None
+            net.gw.advance_to(settle_block(net.gw, 0))
+            await asyncio.sleep(3 * BACKUP_S)
+            for peer in net.others:
+                peer.validator_url = dead
+                assert await peer.watch_pass(net.gw.block_number()) == 0
+                assert peer.store.watch_outcome(third.batch.hash_struct()) == (
+                    "epoch 0 closed before this mixer's turn to forward it")
 
     run(main())
 

@@ -131,20 +131,22 @@ def test_the_declared_class_follows_the_device_compute_runs_on(
         close(daemon)
 
 
+@pytest.mark.parametrize(("registered", "named"), [(CLASS_GPU, "gpu"), (7, "7")],
+                         ids=["gpu", "a class this release does not name"])
 def test_a_registration_with_another_class_is_updated_and_reported(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, registered: int, named: str) -> None:
     fake_torch(monkeypatch, cuda=None)
     gateway = RegistryStub()
     daemon = build(tmp_path, "auto", WITH_GPU, gateway)
-    gateway.record = NodeRecord(NODE.address, daemon.url, CLASS_GPU, TEST.min_stake,
+    gateway.record = NodeRecord(NODE.address, daemon.url, registered, TEST.min_stake,
                                 False, True)
     try:
         with caplog.at_level(logging.WARNING, logger="dnanet.node"):
             asyncio.run(daemon.ensure_registered())
         assert gateway.registered == []
         assert gateway.updated == [(daemon.url, CLASS_CPU)]
-        assert any("as class gpu; updated to" in r.getMessage()
+        assert any(f"as class {named}; updated to" in r.getMessage()
                    and "as class cpu (computing on cpu)" in r.getMessage()
                    for r in caplog.records)
     finally:
@@ -350,18 +352,3 @@ def test_node_and_validator_default_to_different_ports() -> None:
     validator = parser.parse_args(["validator", "run", *common])
     assert node.port == 8701 and validator.port == 8700
 
-
-def test_a_registered_class_this_release_does_not_name_is_reported_by_number(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
-    fake_torch(monkeypatch, cuda=None)
-    gateway = RegistryStub()
-    daemon = build(tmp_path, "auto", WITH_GPU, gateway)
-    gateway.record = NodeRecord(NODE.address, daemon.url, 7, TEST.min_stake, False, True)
-    try:
-        with caplog.at_level(logging.WARNING, logger="dnanet.node"):
-            asyncio.run(daemon.ensure_registered())
-        assert gateway.updated == [(daemon.url, CLASS_CPU)]
-        assert any("as class 7; updated to" in r.getMessage() for r in caplog.records)
-    finally:
-        close(daemon)
