@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -31,6 +33,7 @@ from dnanet.protocol.codec import (
     Text,
     Uint,
     WireType,
+    load_json,
     parse_json,
 )
 from dnanet.protocol.messages import (
@@ -310,3 +313,44 @@ def test_struct_type_hash_struct_keeps_its_conversions() -> None:
     assert first == struct.hash_struct({"n": 5, "b": True, "t": "7", "x": b""})
     with pytest.raises(KeyError):
         struct.hash_struct({"n": 5})
+
+
+def test_deep_documents_are_refused_before_parsing_under_eth_accounts_recursion_limit() -> None:
+    """eth_account (imported by every daemon through web3) raises the recursion limit to
+    100,000; json's C parser then overflows the C stack on a document nested that deep and the
+    process dies. Both parsers refuse such a document before parsing it."""
+    program = (
+        "import sys, eth_account\n"
+        "from dnanet.errors import CodecError\n"
+        "from dnanet.protocol.codec import load_json, parse_json\n"
+        "assert sys.getrecursionlimit() >= 100_000\n"
+        "for parse in (parse_json, load_json):\n"
+        "    for doc in (b'[' * 100_000, b'{\"a\":' * 60_000 + b'1' + b'}' * 60_000):\n"
+        "        try:\n"
+        "            parse(doc)\n"
+        "        except CodecError as exc:\n"
+        "            print(parse.__name__, exc)\n")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == [
+        "parse_json invalid JSON: nested deeper than 8 levels"] * 2 + [
+        "load_json invalid JSON: nested deeper than 32 levels"] * 2
+
+
+def test_load_json_parses_what_json_loads_does_within_its_limits() -> None:
+    document = {"model": "m", "temperature": 0.5, "messages": [{"role": "user",
+                                                                 "content": [{"text": "é"}]}]}
+    raw = json.dumps(document).encode()
+    assert load_json(raw) == document
+    assert load_json(b'{"a": 1, "a": 2}') == {"a": 2}
+    with pytest.raises(CodecError, match="exceeds the limit of 4"):
+        load_json(raw, max_bytes=4)
+    with pytest.raises(CodecError, match="not UTF-8"):
+        load_json(b'"\xff"')
+    nested: list[Any] = []
+    for _ in range(31):
+        nested = [nested]
+    assert load_json(b"[" * 32 + b"]" * 32) == nested
+    with pytest.raises(CodecError, match="nested deeper than 32 levels"):
+        load_json(b"[" * 33 + b"]" * 33)

@@ -16,6 +16,7 @@ import httpx
 
 from dnanet.errors import ConfigError, DnanetError
 from dnanet.params import WEI_PER_DNA
+from dnanet.protocol.codec import load_json
 from dnanet.service.logs import configure_logging
 from dnanet.service.loop import run as run_loop
 
@@ -169,7 +170,7 @@ def _node_claim(args: argparse.Namespace) -> int:
     if response.status_code != 200:
         raise DnanetError(f"the validator has no rewards for {address} "
                           f"(HTTP {response.status_code})")
-    node = response.json()
+    node = load_json(response.content, max_bytes=None)
     cumulative = int(node["cumulative"])
     proof = [bytes.fromhex(p[2:]) for p in node["proof"]]
     if not verify_proof(bytes.fromhex(node["root"][2:]), address, cumulative, proof):

@@ -25,6 +25,7 @@ import aiohttp
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from dnanet.errors import CodecError
 from dnanet.gateway.canary import CanaryBook, ReferenceModels, judge, make_canary
 from dnanet.gateway.openai_format import (
     MAX_AI_BODY_BYTES,
@@ -49,6 +50,7 @@ from dnanet.gateway.scheduler import (
     stats_from_reports,
 )
 from dnanet.params import Preset
+from dnanet.protocol.codec import load_json
 from dnanet.protocol.messages import ScoreReport
 from dnanet.service.http import create_app
 from dnanet.service.network import NodeRecord
@@ -193,10 +195,10 @@ class Gateway:
                     async with self.http.get(f"{record.endpoint.rstrip('/')}/v1/models",
                                              timeout=models_timeout) as response:
                         content = await response.read()
-                    data = json.loads(content) if response.status == 200 else {}
+                    data = load_json(content, max_bytes=None) if response.status == 200 else {}
                     models = frozenset(str(m["id"]) for m in data.get("data", [])
                                        if isinstance(m, dict) and isinstance(m.get("id"), str))
-                except (*_TRANSPORT_ERRORS, ValueError, AttributeError):
+                except (*_TRANSPORT_ERRORS, CodecError, ValueError, AttributeError):
                     return None
                 return NodeState(address=record.address.lower(),
                                  endpoint=record.endpoint.rstrip("/"), models=models)
@@ -226,7 +228,7 @@ class Gateway:
             try:
                 status, content = await self._post(node.endpoint + path, body)
                 if status == 200:
-                    data = json.loads(content)
+                    data = load_json(content, max_bytes=None)
                     parsed = parse(data)
                     ok = True
                     return node, data, parsed
@@ -234,7 +236,7 @@ class Gateway:
                     ok = True  # the request's fault, not the node's: answer it as is
                     raise _node_error(status, content)
                 attempts.last = f"node answered HTTP {status}"
-            except (*_TRANSPORT_ERRORS, ValueError, TypeError, KeyError) as exc:
+            except (*_TRANSPORT_ERRORS, CodecError, ValueError, TypeError, KeyError) as exc:
                 attempts.last = _failure(exc)
             finally:
                 self.scheduler.release(node, ok=ok)
@@ -306,12 +308,12 @@ class Gateway:
             ok = status == 200
             if not ok:
                 return None
-            data = json.loads(content)
             try:
+                data = load_json(content, max_bytes=None)
                 answer: Any = (check_completion(data) if canary.kind == "chat"
                                else check_vectors(data, len(canary.body["input"])))
                 reason = judge(canary, answer, self.config.canary_tolerance)
-            except (ValueError, TypeError) as exc:
+            except (CodecError, ValueError, TypeError) as exc:
                 reason = f"malformed answer: {exc}"
         except (*_TRANSPORT_ERRORS, ValueError) as exc:
             log.info("canary to %s not delivered: %r", node.address[:10], exc)
@@ -499,10 +501,10 @@ def _interactive(request: Request, *, default: bool) -> bool:
 def _node_error(status: int, content: bytes) -> ApiError:
     """A node's 4xx answer (the request's fault) passed on in OpenAI's format."""
     try:
-        error = json.loads(content)["error"]
+        error = load_json(content, max_bytes=None)["error"]
         return ApiError(status, str(error.get("message", "bad request")),
                         param=error.get("param"), code=error.get("code"))
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (CodecError, ValueError, KeyError, TypeError, AttributeError):
         return ApiError(status, "the node refused the request")
 
 

@@ -8,7 +8,6 @@ with a ``Retry-After`` hint). Validation never raises anything but ``ApiError``.
 from __future__ import annotations
 
 import base64
-import json
 import math
 import struct
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from dnanet.errors import CodecError
+from dnanet.protocol.codec import load_json
 from dnanet.service.http import read_body
 
 MAX_AI_BODY_BYTES = 16 * 1024 * 1024
@@ -88,9 +88,10 @@ async def read_request(request: Request, limit: int) -> bytes:
 
 def parse_object(raw: bytes) -> dict[str, Any]:
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise bad_request("The request body is not valid JSON.", None) from None
+        data = load_json(raw, max_bytes=None)  # read_request bounded it
+    except CodecError as exc:
+        why = str(exc).removeprefix("invalid JSON: ")
+        raise bad_request(f"The request body is not valid JSON: {why}", None) from None
     if not isinstance(data, dict):
         raise bad_request("The request body must be a JSON object.", None)
     return data

@@ -23,7 +23,8 @@ import httpx
 import numpy as np
 
 from dnanet.crypto.hashing import sha256
-from dnanet.errors import ConfigError, DnanetError
+from dnanet.errors import CodecError, ConfigError, DnanetError
+from dnanet.protocol.codec import load_json
 
 MINILM_MODEL = "all-minilm-l6-v2"
 TRIVIAL_EMBED_MODEL = "dnanet-trivial-embed"
@@ -243,9 +244,9 @@ class UpstreamBackend:
         try:
             response = await self.http.get(f"{self.url}/models")
             response.raise_for_status()
-            data = response.json().get("data", [])
+            data = load_json(response.content, max_bytes=None).get("data", [])
             self._models = sorted(str(m["id"]) for m in data if isinstance(m, dict) and "id" in m)
-        except (httpx.HTTPError, ValueError, KeyError, AttributeError) as exc:
+        except (httpx.HTTPError, CodecError, ValueError, KeyError, AttributeError) as exc:
             raise ConfigError(f"upstream {self.url} did not list its models: {exc}",
                               field="upstream") from None
         if not self._models:
@@ -261,9 +262,9 @@ class UpstreamBackend:
                                f"{response.text[:200]}",
                                status=response.status_code if response.status_code < 500 else 502)
         try:
-            data = response.json()
-        except ValueError:
-            raise BackendError("upstream answered invalid JSON") from None
+            data = load_json(response.content, max_bytes=None)
+        except CodecError as exc:
+            raise BackendError(f"upstream answered {exc}") from None
         if not isinstance(data, dict):
             raise BackendError("upstream answered a non-object")
         return data

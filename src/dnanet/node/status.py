@@ -25,8 +25,9 @@ from typing import Any, Protocol
 
 import httpx
 
-from dnanet.errors import DnanetError
+from dnanet.errors import CodecError, DnanetError
 from dnanet.params import Preset, format_dna, format_score
+from dnanet.protocol.codec import load_json
 from dnanet.protocol.rollup import verify_proof
 from dnanet.protocol.schedule import compute_epoch
 from dnanet.service.network import SettledEpoch
@@ -55,14 +56,15 @@ def _get(client: httpx.Client, url: str, what: str) -> Any:
         raise DnanetError(f"cannot reach {what} at {url}: {exc}") from None
     if response.status_code != 200:
         try:
-            detail = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
+            detail = load_json(response.content, max_bytes=None)["error"]["message"]
+        except (CodecError, KeyError, TypeError):
             detail = response.text[:200]
         raise DnanetError(f"{what} answered HTTP {response.status_code} for {url}: {detail}")
     try:
-        return response.json()
-    except ValueError:
-        raise DnanetError(f"{what} answered something that is not JSON for {url}") from None
+        return load_json(response.content, max_bytes=None)
+    except CodecError as exc:
+        raise DnanetError(f"{what} answered something that is not JSON for {url}: {exc}"
+                          ) from None
 
 
 def _read_chain(chain: ChainReader, address: str, settled: int | None) -> dict[str, Any]:

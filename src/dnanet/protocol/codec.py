@@ -901,9 +901,10 @@ def _nesting_exceeds(data: bytes, limit: int) -> bool:
     return True
 
 
-def parse_json(raw: bytes | str, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
-    """Parse JSON strictly: size-limited, UTF-8, shallow, no floats, NaN or duplicate keys."""
-    if len(raw) > max_bytes:
+def _json_text(raw: bytes | str, max_bytes: int | None, max_depth: int) -> str:
+    """``raw`` as text, refused before any parsing if it is too large, not UTF-8, or nested
+    deeper than ``max_depth``. Raises CodecError."""
+    if max_bytes is not None and len(raw) > max_bytes:
         raise CodecError(f"message of {len(raw)} bytes exceeds the limit of {max_bytes}")
     # Decode UTF-8 here: json.loads would guess UTF-16/32 from null bytes.
     if isinstance(raw, bytes):
@@ -916,8 +917,14 @@ def parse_json(raw: bytes | str, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
         text, data = raw, raw.encode("utf-8", "surrogatepass")
     # Verify the nesting is shallow before parsing: eth_account raises the recursion limit to
     # 100000 at import, and json's C parser then overflows the C stack (a segfault) long before.
-    if _nesting_exceeds(data, MAX_JSON_DEPTH):
-        raise CodecError(f"invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels")
+    if _nesting_exceeds(data, max_depth):
+        raise CodecError(f"invalid JSON: nested deeper than {max_depth} levels")
+    return text
+
+
+def parse_json(raw: bytes | str, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+    """Parse JSON strictly: size-limited, UTF-8, shallow, no floats, NaN or duplicate keys."""
+    text = _json_text(raw, max_bytes, MAX_JSON_DEPTH)
     try:
         if text.startswith("\ufeff"):  # what json.loads refuses before decoding
             raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
@@ -928,8 +935,28 @@ def parse_json(raw: bytes | str, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
         raise CodecError("invalid JSON: nested too deeply") from None
 
 
+MAX_FOREIGN_JSON_DEPTH = 32
+"""How deep JSON that is not a dnanet message may nest (OpenAI requests and answers, other
+services' replies)."""
+
+
+def load_json(raw: bytes | str, *, max_bytes: int | None = MAX_MESSAGE_BYTES,
+              max_depth: int = MAX_FOREIGN_JSON_DEPTH) -> Any:
+    """Parse JSON that is not a dnanet message as ``json.loads`` does (floats, duplicate keys:
+    the last wins) from anyone: at most ``max_bytes`` (None: the caller bounded it), UTF-8,
+    and at most ``max_depth`` deep, refused before the parser could recurse (see
+    ``parse_json``: a deep document would crash the process). Raises CodecError."""
+    text = _json_text(raw, max_bytes, max_depth)
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CodecError(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise CodecError("invalid JSON: nested too deeply") from None
+
 
 __all__ = [
+    "MAX_FOREIGN_JSON_DEPTH",
     "MAX_JSON_DEPTH",
     "MAX_MESSAGE_BYTES",
     "Address",
@@ -942,6 +969,7 @@ __all__ = [
     "Text",
     "Uint",
     "canonical_json",
+    "load_json",
     "parse_json",
     "wire",
 ]

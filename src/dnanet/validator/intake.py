@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import multiprocessing
 import threading
@@ -40,9 +39,9 @@ from typing import Any, Literal
 
 from dnanet import errors
 from dnanet.crypto.eip712 import Domain
-from dnanet.errors import DnanetError
+from dnanet.errors import CodecError, DnanetError
 from dnanet.params import Preset
-from dnanet.protocol.codec import parse_json
+from dnanet.protocol.codec import MAX_JSON_DEPTH, load_json, parse_json
 from dnanet.protocol.messages import QuorumCertificate, ScoreBatch
 from dnanet.protocol.validation import EpochView, NodeInfo, verify_certified_batch
 from dnanet.service.views import ViewCache
@@ -153,11 +152,12 @@ def scan_certificate(raw: bytes) -> tuple[int, int, set[str], object] | None:
     they are not where a valid certificate has them (the strict parse then says what is
     wrong)."""
     try:
-        data = json.loads(raw)
+        # Depth-checked like the strict parse: a deep document would crash the process.
+        data = load_json(raw, max_bytes=None, max_depth=MAX_JSON_DEPTH)
         batch = data["batch"]
         epoch, round_ = batch["epoch"], batch["round"]
         nodes = {r["node"].lower() for r in data["reports"]}
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+    except (CodecError, ValueError, TypeError, KeyError, AttributeError):
         return None
     if type(epoch) is not int or type(round_) is not int or epoch < 0:
         return None

@@ -1,0 +1,208 @@
+"""Every route of every daemon, fed junk over real HTTP: never a 500, and a refusal names what
+was wrong.
+
+The Validator, a mixer (with its OpenAI-compatible gateway) and a node (challenge API and model
+routes) serve on loopback from one background event loop. For each route their OpenAPI specs
+declare, hypothesis builds requests: path parameters of any text, the route's query parameters
+and others with any values, bodies of random bytes, random JSON, or objects with the fields the
+route's schema names holding random values, and documents nested 100,000 deep; with and without
+the gateway's API key. Each answer must be below 500; a 400, 413 or 422 must be dnanet's JSON
+error with a ``field`` (or OpenAI's, on the gateway's and the node's model routes).
+
+The test imports eth_account, as each daemon does through web3: it raises the recursion limit to
+100,000, and json's C parser then overflows the C stack on a deep document (the process dies)
+unless the document is refused before parsing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import eth_account  # noqa: F401  raises the recursion limit, as every daemon's chain client does
+import httpx
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from dnanet.mixer.daemon import MixerDaemon
+from dnanet.node.ai_api import mount_ai_api
+from dnanet.node.backends import BackendSet, TrivialBackend
+from dnanet.node.server import NODE_SCHEMA, build_node_app
+from dnanet.service.http import Server
+from dnanet.service.loop import new_event_loop
+from dnanet.service.store import Store
+from dnanet.validator.daemon import ValidatorDaemon
+from gateway_helpers import API_KEY, gateway_config
+from protocol_fixtures import make_mixers, make_nodes, make_prover
+from validator_helpers import build_network, last_round_start
+
+LABEL = "fuzz"
+
+
+@dataclass(frozen=True)
+class Route:
+    daemon: str
+    base_url: str
+    method: str
+    path: str
+    query: tuple[str, ...]
+    body_fields: tuple[str, ...]
+    has_body: bool
+
+    def __str__(self) -> str:
+        return f"{self.daemon} {self.method.upper()} {self.path}"
+
+
+class Loop:
+    """An event loop in a thread: the daemons run there while hypothesis drives requests."""
+
+    def __init__(self) -> None:
+        self.loop = new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def _routes(daemon: str, base_url: str, spec: dict[str, Any]) -> list[Route]:
+    out = []
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            query = tuple(p["name"] for p in operation.get("parameters", [])
+                          if p.get("in") == "query")
+            body = operation.get("requestBody")
+            fields: tuple[str, ...] = ()
+            if body is not None:
+                schema = body.get("content", {}).get("application/json", {}).get("schema", {})
+                fields = tuple(schema.get("properties", {}))
+            out.append(Route(daemon, base_url, method, path, query, fields,
+                             body is not None or method == "post"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def routes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Route]]:
+    root: Path = tmp_path_factory.mktemp("fuzz")
+    gw, _ = build_network(mixers=4, nodes=5, label=LABEL)
+    gw.advance_to(last_round_start(gw, 0))
+    loop = Loop()
+    validator = ValidatorDaemon(gw, root / "validator", port=0, run_settlement=False)
+    mixer = MixerDaemon(gw.mixers[0], gw, root / "mixer", validator_url="http://127.0.0.1:9",
+                        gateway_config=gateway_config())
+    node_store = Store(root / "node.db", NODE_SCHEMA)
+    node_app = build_node_app(make_prover(make_nodes(1, LABEL)[0], make_mixers(1, LABEL)),
+                              node_store)
+    mount_ai_api(node_app, BackendSet([TrivialBackend()]))
+    node = Server(node_app, "127.0.0.1", 0)
+
+    async def start() -> None:
+        await validator.start()
+        await mixer.server.start()  # its HTTP only: no rounds against the fake nodes
+        await node.start()
+
+    async def stop() -> None:
+        await validator.stop()
+        await mixer.stop()
+        await node.stop()
+
+    loop.call(start())
+    try:
+        found = []
+        for name, url, app in [("validator", validator.url, validator.app),
+                               ("mixer", mixer.url, mixer.app), ("node", node.url, node_app)]:
+            found += _routes(name, url, app.openapi())
+        yield found
+    finally:
+        loop.call(stop())
+        node_store.close()
+        loop.close()
+
+
+# -- requests -----------------------------------------------------------------------------------
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(-2, 2**70), st.floats(allow_nan=False),
+    st.text(max_size=30), st.sampled_from(["0x", "0x" + "ab" * 20, "0x" + "cd" * 32, "-1", "1e9",
+                                           "NaN", "\u0000", "%00", "../..", "0X" + "AB" * 32]))
+_json = st.recursive(_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+    max_leaves=12)
+_segment = st.one_of(st.text(max_size=40), st.sampled_from([
+    "0", "1", "-1", "99999999999999999999", "0x" + "ab" * 20, "0x" + "AB" * 32, "0x12", "%2F",
+    "..", "a b", "é", "0x" + "ab" * 32]))
+
+
+def _body(route: Route) -> st.SearchStrategy[bytes | None]:
+    if not route.has_body:
+        return st.none()
+    shaped = (st.fixed_dictionaries({k: _json for k in route.body_fields}).map(
+        lambda d: json.dumps(d).encode()) if route.body_fields else st.nothing())
+    return st.one_of(
+        st.binary(max_size=200),
+        _json.map(lambda v: json.dumps(v).encode()),
+        shaped,
+        st.sampled_from([b"{" * 5000, b"[" * 100_000, b'{"a":' * 60_000]),
+    )
+
+
+@st.composite
+def requests(draw: st.DrawFn, route: Route) -> tuple[str, dict[str, str], dict[str, str],
+                                                       bytes | None]:
+    path = route.path
+    while "{" in path:
+        start, end = path.index("{"), path.index("}")
+        path = path[:start] + urllib.parse.quote(draw(_segment), safe="") + path[end + 1:]
+    names = st.one_of(st.sampled_from(route.query), st.text(max_size=8)) if route.query \
+        else st.text(max_size=8)
+    query = draw(st.dictionaries(names, _segment, max_size=3))
+    headers = {"authorization": f"Bearer {API_KEY}"} if draw(st.booleans()) else {}
+    body = draw(_body(route))
+    if body is not None:
+        headers["content-type"] = draw(st.sampled_from(
+            ["application/json", "text/plain", "application/octet-stream"]))
+    return path, query, headers, body
+
+
+def _check(route: Route, response: httpx.Response) -> None:
+    what = f"{route} -> {response.status_code} {response.text[:300]}"
+    assert response.status_code < 500, what
+    if response.status_code in (400, 413, 422):
+        error = response.json().get("error")
+        assert isinstance(error, dict) and error.get("type") and error.get("message"), what
+        # dnanet names the field; OpenAI's format (the model routes) the parameter.
+        assert "field" in error or "param" in error, what
+
+
+def test_the_daemons_declare_their_routes(routes: list[Route]) -> None:
+    names = {str(r) for r in routes}
+    for expected in ("validator POST /v1/certificates", "validator GET /v1/batches/{batch_hash}",
+                     "validator GET /", "mixer POST /v1/batches", "mixer GET /v1/status",
+                     "mixer POST /v1/embeddings", "node POST /v1/challenges"):
+        assert expected in names, sorted(names)
+
+
+@settings(max_examples=15, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+          phases=[Phase.explicit, Phase.reuse, Phase.generate],  # a failure names its draws
+          derandomize=True)
+@given(data=st.data())
+def test_no_route_answers_junk_with_a_500(routes: list[Route], data: st.DataObject) -> None:
+    """Each example sends one request to every route."""
+    with httpx.Client(timeout=30) as client:
+        for route in routes:
+            path, query, headers, body = data.draw(requests(route), label=str(route))
+            response = client.request(route.method.upper(), route.base_url + path,
+                                      params=query, headers=headers, content=body)
+            _check(route, response)
