@@ -97,6 +97,11 @@ async def network(
         await asyncio.gather(*(s.stop() for s in servers))
 
 
+HUGE_BYTES = 2 << 20
+"""What a ``huge`` or ``endless`` scripted node sends: over the gateway's 1 MiB event line,
+and over the answer limit the tests set."""
+
+
 class ScriptedNode:
     """A node that serves the trivial models and misbehaves as told by ``mode``:
 
@@ -106,7 +111,9 @@ class ScriptedNode:
     * ``error``: HTTP 500; ``malformed``: 200 with a body that is not an answer;
     * ``refuse``: HTTP 400 in OpenAI's format naming ``messages`` (the request's fault);
     * ``cut``: streams its first event, then drops the connection;
-    * ``empty``: a 200 stream that ends before its first event.
+    * ``empty``: a 200 stream that ends before its first event;
+    * ``huge``: a 200 answer of ``HUGE_BYTES`` (a well-formed one, padded), streamed in chunks
+      without a length; ``endless``: streams its first event, then a line that never ends.
     """
 
     def __init__(self, mode: str = "ok") -> None:
@@ -145,6 +152,14 @@ class ScriptedNode:
                 return Response(b"boom", status_code=500)
             if self.mode == "malformed":
                 return JSONResponse({"object": "list", "data": "not vectors"})
+            if self.mode == "huge":
+                async def padded() -> AsyncIterator[bytes]:
+                    yield b'{"object": "list", "data": [], "padding": "'
+                    for _ in range(HUGE_BYTES // 65536):
+                        yield b"x" * 65536
+                    yield b'"}'
+
+                return StreamingResponse(padded(), media_type="application/json")
             if self.mode == "refuse":
                 return JSONResponse({"error": {"message": "bad messages", "type": "invalid_request_error",
                                                "param": "messages", "code": "invalid_value"}},
@@ -179,6 +194,10 @@ class ScriptedNode:
                     yield b"data: " + chunk + b"\n\n"
                     if mode == "cut":
                         raise ConnectionResetError("the node went away mid-stream")
+                    if mode == "endless":
+                        yield b"data: "
+                        for _ in range(HUGE_BYTES // 65536):
+                            yield b"x" * 65536
 
             return StreamingResponse(events(), media_type="text/event-stream")
 

@@ -166,6 +166,64 @@ def test_a_node_failing_mid_stream_ends_it_with_an_error_event() -> None:
     asyncio.run(go())
 
 
+def test_a_node_answering_too_much_fails_and_is_not_held_in_memory() -> None:
+    """An answer over ``max_answer_bytes`` fails the node (another one answers, or a 503 says
+    why); a streamed line over 1 MiB ends the stream with an error event."""
+    limit = 1 << 20
+
+    async def go() -> None:
+        async with ScriptedNode("huge") as bad, ScriptedNode() as good, network(
+                [], extra_records=[record(BAD, bad.url), record(GOOD, good.url)],
+                stats=FAVOUR_BAD, config=gateway_config(max_answer_bytes=limit)) as net:
+            response = await post(net, *EMBED)
+            assert response.status_code == 200, response.text
+            assert_tried_bad_then_good(net, bad, good)
+        async with ScriptedNode("huge") as bad, network(
+                [], extra_records=[record(BAD, bad.url)],
+                config=gateway_config(max_answer_bytes=limit)) as net:
+            response = await post(net, *CHAT)
+            assert response.status_code == 503
+            assert f"last: node answered more than {limit} bytes" in response.json()[
+                "error"]["message"]
+        async with ScriptedNode("endless") as bad, network(
+                [], extra_records=[record(BAD, bad.url)]) as net:
+            status, events = await stream_events(net, CHAT[1])
+            assert status == 200
+            assert events[0]["choices"][0]["delta"]["content"]
+            assert events[-1]["error"]["code"] == "node_failed"
+            state = net.gateway.scheduler.nodes[BAD]
+            assert (state.consecutive_failures, state.in_flight) == (1, 0)
+
+    asyncio.run(go())
+
+
+def test_event_lines_split_once_whatever_the_chunks() -> None:
+    """Lines end with \\n, \\r\\n or \\r, also across chunks; a stream cut into one-byte
+    chunks gives the same lines."""
+    from dnanet.gateway.app import _event_lines
+
+    stream = b"data: a\n\ndata: b\r\n\r\ndata: c\rdata: d\n: tail"
+
+    async def lines(chunks: list[bytes]) -> list[bytes]:
+        reader = FakeReader(chunks)
+        return [line async for line in _event_lines(reader)]  # type: ignore[arg-type]
+
+    expected = [b"data: a", b"data: b", b"data: c", b"data: d", b": tail"]
+    assert asyncio.run(lines([stream])) == expected
+    assert asyncio.run(lines([stream[i:i + 1] for i in range(len(stream))])) == expected
+
+
+class FakeReader:
+    """``iter_any`` over fixed chunks, as aiohttp's StreamReader gives what arrived."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    async def iter_any(self) -> Any:
+        for chunk in self.chunks:
+            yield chunk
+
+
 def test_a_node_at_its_concurrency_limit_gets_no_more_requests() -> None:
     async def go() -> None:
         policy = SchedulingPolicy(max_concurrency=1)

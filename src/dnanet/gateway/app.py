@@ -65,6 +65,30 @@ _TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 _MID_STREAM_ERROR = (b'data: {"error": {"message": "the node failed mid-stream", "type": '
                      b'"api_error", "param": null, "code": "node_failed"}}\n\n')
 _REQUEST_FAULTS = (400, 413, 422)
+MAX_MODEL_LIST_BYTES = 1 << 20
+"""A node's model list or error answer, at most."""
+MAX_EVENT_LINE_BYTES = 1 << 20
+"""One line of a node's event stream, at most."""
+
+
+class NodeAnswerTooLarge(aiohttp.ClientPayloadError):
+    """A node sent more than the gateway takes: the node's failure, like a broken answer (and
+    not held in memory: a node must not be able to exhaust the mixer's)."""
+
+
+async def _read_answer(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body of a node's answer; NodeAnswerTooLarge past ``limit`` bytes."""
+    declared = response.content_length
+    if declared is not None and declared > limit:
+        raise NodeAnswerTooLarge(f"node answered {declared} bytes, more than {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise NodeAnswerTooLarge(f"node answered more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 """Node statuses that are the request's fault: answered to the client as they are."""
 _UNAUTHORIZED = ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
@@ -84,6 +108,9 @@ class GatewayConfig:
     canary_tolerance: float = 0.99
     """Minimum cosine similarity of a canary embedding with the reference."""
     max_body_bytes: int = MAX_AI_BODY_BYTES
+    max_answer_bytes: int = 4 * MAX_AI_BODY_BYTES
+    """A node's whole answer at most (embeddings of a full request take about 4x its bytes);
+    a node that sends more has failed, as with a broken answer."""
     seed: int | None = None
 
 
@@ -194,7 +221,7 @@ class Gateway:
                 try:
                     async with self.http.get(f"{record.endpoint.rstrip('/')}/v1/models",
                                              timeout=models_timeout) as response:
-                        content = await response.read()
+                        content = await _read_answer(response, MAX_MODEL_LIST_BYTES)
                     data = load_json(content, max_bytes=None) if response.status == 200 else {}
                     models = frozenset(str(m["id"]) for m in data.get("data", [])
                                        if isinstance(m, dict) and isinstance(m.get("id"), str))
@@ -257,7 +284,7 @@ class Gateway:
     async def _post(self, url: str, body: bytes) -> tuple[int, bytes]:
         """POST a JSON ``body``; the status and the whole answer."""
         async with await self._open(url, body) as response:
-            return response.status, await response.read()
+            return response.status, await _read_answer(response, self.config.max_answer_bytes)
 
     async def _candidates(self, model: str, body: bytes, interactive: bool,
                           attempts: _Attempts) -> AsyncIterator[NodeState]:
@@ -425,7 +452,7 @@ class Gateway:
                     return StreamingResponse(self._relay(node, response, first, lines),
                                              media_type="text/event-stream")
                 if response.status in _REQUEST_FAULTS:
-                    content = await response.read()
+                    content = await _read_answer(response, MAX_MODEL_LIST_BYTES)
                     ok = True  # the request's fault, not the node's: answer it as is
                     raise _node_error(response.status, content)
                 attempts.last = f"node answered HTTP {response.status}"
@@ -471,23 +498,35 @@ class _Attempts:
 
 async def _event_lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
     """The non-empty lines of a node's event stream, without their ends (``\\n``, ``\\r\\n``
-    or ``\\r``)."""
-    pending = b""
+    or ``\\r``); NodeAnswerTooLarge for a line over ``MAX_EVENT_LINE_BYTES``. Each byte is
+    split once, however the node cuts its stream into chunks."""
+    pending = bytearray()
     async for chunk in content.iter_any():
-        lines = (pending + chunk).splitlines(keepends=True)
-        pending = lines.pop() if not lines[-1].endswith((b"\n", b"\r")) else b""
+        pending += chunk
+        if b"\n" not in chunk and b"\r" not in chunk:
+            if len(pending) > MAX_EVENT_LINE_BYTES:
+                raise NodeAnswerTooLarge(f"node sent an event line over {MAX_EVENT_LINE_BYTES} "
+                                         "bytes")
+            continue
+        lines = bytes(pending).splitlines(keepends=True)
+        tail = lines.pop() if not lines[-1].endswith((b"\n", b"\r")) else b""
+        pending = bytearray(tail)
         for line in lines:
             line = line.rstrip(b"\r\n")
             if line:
                 yield line
+        if len(pending) > MAX_EVENT_LINE_BYTES:
+            raise NodeAnswerTooLarge(f"node sent an event line over {MAX_EVENT_LINE_BYTES} bytes")
     if pending:
-        yield pending
+        yield bytes(pending)
 
 
 def _failure(exc: BaseException) -> str:
     """Why an attempt on a node failed, for the 503 answer when every attempt did."""
     if isinstance(exc, TimeoutError):
         return "node timed out"
+    if isinstance(exc, NodeAnswerTooLarge):
+        return str(exc)
     return f"node failed: {type(exc).__name__}"
 
 
