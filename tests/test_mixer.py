@@ -327,10 +327,10 @@ def test_uncertified_batch_is_proposed_again_after_a_cosigner_outage(tmp_path: P
 def test_a_batch_its_originator_never_forwards_reaches_the_validator_through_a_cosigner(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The originator gathers its quorum but never forwards the certificate (the Validator is
-    unreachable for it, then it is gone). After one backup timeout the batch's first backup
-    co-signer finds the Validator without it, gathers signatures again and forwards a
-    certificate that carries the originator's signature first; the later backups find it
-    stored and only stop watching."""
+    unreachable for it, then it is gone). One backup timeout after co-signing, every co-signer
+    looks: the batch's first backup finds the Validator without it, gathers signatures again
+    and forwards a certificate that carries the originator's signature first; a later backup
+    that looked before it waits for its own turn, one that looks after finds it stored."""
     caplog.set_level(logging.INFO, logger="dnanet.mixer")
 
     async def main() -> None:
@@ -348,15 +348,20 @@ def test_a_batch_its_originator_never_forwards_reaches_the_validator_through_a_c
             assert [await d.watch_pass(head) for d in net.others] == [0, 0, 0]
             assert await stored_certificates(up, 0) == []
             await asyncio.sleep(BACKUP_S)
-            assert [await d.watch_pass(head) for d in net.others] == [0, 0, 0]
+            # The second backup looks first: not there, not its turn yet.
+            assert await later[0].watch_pass(head) == 1
+            assert await stored_certificates(up, 0) == []
+            assert await first.watch_pass(head) == 0
             (stored,) = await stored_certificates(up, 0)
             assert first.store.watch_outcome(batch_hash) == "forwarded it for its originator"
-            assert [d.store.watch_outcome(batch_hash) for d in later] == [None, None]
-            await asyncio.sleep(2 * BACKUP_S)
-            for daemon in later:
-                await daemon.watch_pass(head)
-                assert daemon.store.watch_outcome(batch_hash) == "the validator holds it"
+            assert await later[1].watch_pass(head) == 0
+            assert later[1].store.watch_outcome(batch_hash) == "the validator holds it"
+            assert later[0].store.watch_outcome(batch_hash) is None
+            await asyncio.sleep(BACKUP_S)  # the second backup's turn
+            assert await later[0].watch_pass(head) == 0
+            assert later[0].store.watch_outcome(batch_hash) == "the validator holds it"
             assert await stored_certificates(up, 0) == [stored]
+            assert [d.m_backup._value.get() for d in (first, *later)] == [1, 0, 0]
             assert [d.store.watching() for d in net.others] == [0, 0, 0]
             return certificate, stored, first, net
 
@@ -372,9 +377,10 @@ def test_a_batch_its_originator_never_forwards_reaches_the_validator_through_a_c
 
 def test_cosigners_stop_watching_a_batch_the_validator_holds_or_that_can_no_longer_settle(
         tmp_path: Path) -> None:
-    """Delivered by its originator: each co-signer looks once, finds it stored, forwards
-    nothing. While the Validator cannot be reached a watch waits another timeout; once the
-    batch's epoch is closed it ends without asking."""
+    """Delivered by its originator: each co-signer looks once, one backup timeout after
+    co-signing, finds it stored, forwards nothing. While the Validator cannot be reached a watch
+    waits another timeout; once the batch's epoch is closed it ends without asking, and ended
+    watches of closed epochs are forgotten."""
     async def main() -> None:
         async with with_validator_up(tmp_path) as (net, up, dead):
             origin = net.originator
@@ -386,7 +392,7 @@ def test_cosigners_stop_watching_a_batch_the_validator_holds_or_that_can_no_long
             assert second is not None
             delivered_hash = delivered.batch.hash_struct()
             second_hash = second.batch.hash_struct()
-            await asyncio.sleep(3 * BACKUP_S)  # every co-signer's turn has come
+            await asyncio.sleep(BACKUP_S)  # every co-signer looks
             head = net.gw.block_number()
             # The Validator is unreachable: every due watch waits for another look.
             assert [await d.watch_pass(head) for d in net.others] == [2, 2, 2]
@@ -399,16 +405,18 @@ def test_cosigners_stop_watching_a_batch_the_validator_holds_or_that_can_no_long
                     assert peer.store.watch_outcome(batch_hash) == "the validator holds it"
                 assert peer.m_backup._value.get() == 0
             assert len(await stored_certificates(up, 0)) == 2
-            # A batch still watched when its epoch closes is given up without a look.
+            # A batch still watched when its epoch closes is given up without a look; then
+            # every ended watch of the closed epoch is forgotten.
             third = await origin.certify(net.own_reports()[2:3])
             assert third is not None
             net.gw.advance_to(settle_block(net.gw, 0))
-            await asyncio.sleep(3 * BACKUP_S)
+            await asyncio.sleep(BACKUP_S)
             for peer in net.others:
                 peer.validator_url = dead
+                assert peer.store.watching() == 1
                 assert await peer.watch_pass(net.gw.block_number()) == 0
-                assert peer.store.watch_outcome(third.batch.hash_struct()) == (
-                    "epoch 0 closed before this mixer's turn to forward it")
+                assert peer.store.watching() == 0
+                assert peer.store.query("SELECT count(*) FROM watched") == [(0,)]
 
     run(main())
 

@@ -19,13 +19,13 @@ round, and on a timer that backs off while nothing gets through), never holding 
   (stored, or already stored), or another 4xx than 408/429 (it will not change its mind, e.g.
   409 for a closed epoch); or until the chain settled its epoch.
 
-A co-signer watches each batch it signed: once the batch's backup timeout has passed
-(``backup_s`` times one more than its ``compute_backup_rank`` among the co-signers), it asks
-the Validator whether it holds the batch and, if not, forwards the batch itself: it proposes
-the originator's signed batch to the other co-signers again, and sends the Validator a
-certificate of the originator's signature, its own and theirs. So a batch the originator
-co-signed into a quorum still reaches the Validator if the originator never forwards it (it
-crashed for good, or withholds it); duplicates are harmless.
+A co-signer watches each batch it signed: ``backup_s`` after co-signing it asks the Validator
+whether it holds the batch (then it forgets the batch). If not, once its turn has come
+(``backup_s`` times one more than its ``compute_backup_rank`` among the co-signers) it forwards
+the batch itself: it proposes the originator's signed batch to the other co-signers again, and
+sends the Validator a certificate of the originator's signature, its own and theirs. So a batch
+the originator co-signed into a quorum still reaches the Validator if the originator never
+forwards it (it crashed for good, or withholds it); duplicates are harmless.
 
 Restarted, it skips rounds it finished and resumes the outbox. It never co-signs two different
 reports for one (epoch, round, mixer, node); the same report in a re-formed batch it signs
@@ -77,6 +77,7 @@ from dnanet.protocol.quorum import (
 from dnanet.protocol.schedule import (
     RoundId,
     compute_assigned_nodes,
+    compute_epoch,
     compute_round,
     compute_round_start_block,
     compute_settlement_block,
@@ -546,29 +547,35 @@ class MixerDaemon:
         return counts["uncertified"] + counts["unforwarded"] + due
 
     async def watch_pass(self, head: int) -> int:
-        """Look at the peers' batches whose backup time has come: done if the Validator holds
-        one, else forward it ourselves (see the module docstring); given up once its epoch is
-        closed. Returns how many were due but are still not at the Validator (tried again
-        after another ``backup_s``)."""
-        proposals = await asyncio.to_thread(self.store.due_watches, time.time(), WATCH_BATCH)
+        """Look at the peers' batches whose time to look has come: done if the Validator holds
+        one; else, once our turn has come, forward it ourselves (see the module docstring);
+        given up once its epoch is closed. Returns how many were due but are still not at the
+        Validator (looked at again at our turn, or after another ``backup_s``)."""
+        due = await asyncio.to_thread(self.store.due_watches, time.time(), WATCH_BATCH)
         limit = asyncio.Semaphore(OUTBOX_CONCURRENCY)
         left = 0
 
-        async def look(proposal: BatchProposal) -> None:
+        async def look(proposal: BatchProposal, turn: float) -> None:
             nonlocal left
             batch = proposal.batch
             batch_hash = batch.hash_struct()
             if self.epoch_closed(batch.epoch, head):
-                # Quietly: every co-signer but the first few gets here, as it should.
-                self.store.end_watch(batch_hash, f"epoch {batch.epoch} closed before this "
-                                     "mixer's turn to forward it")
+                why = f"epoch {batch.epoch} closed before the validator was seen to hold it"
+                log.info("mixer %s: stopped watching batch %s of mixer %s (epoch %d round %d): "
+                         "%s", self.address[:10], batch_hash.hex()[:10], batch.mixer[:10],
+                         batch.epoch, batch.round, why)
+                self.store.end_watch(batch_hash, why)
                 return
             async with limit:
                 held = await self.validator_holds(batch_hash)
                 if held:
                     self.store.end_watch(batch_hash, "the validator holds it")
                     return
-                if held is not None:  # it does not: forward it in the originator's stead
+                if held is not None and time.time() < turn:  # not yet: an earlier backup's
+                    left += 1
+                    self.store.postpone_watch(batch_hash, turn)
+                    return
+                if held is not None:  # our turn: forward it in the originator's stead
                     log.warning("mixer %s: the validator lacks batch %s of mixer %s (epoch %d "
                                 "round %d, %d reports) that this mixer co-signed: forwarding "
                                 "it for its originator", self.address[:10],
@@ -582,7 +589,12 @@ class MixerDaemon:
                 left += 1
                 self.store.postpone_watch(batch_hash, time.time() + self.backup_s)
 
-        await asyncio.gather(*(look(p) for p in proposals))
+        await asyncio.gather(*(look(p, turn) for p, turn in due))
+        current = compute_epoch(head, self.preset, self.gateway.genesis_block)
+        closed = next((e for e in (current - 1, current - 2)
+                       if e >= 0 and self.epoch_closed(e, head)), None)
+        if closed is not None:
+            await asyncio.to_thread(self.store.prune_watches, closed)
         return left
 
     async def validator_holds(self, batch_hash: bytes) -> bool | None:
@@ -668,8 +680,9 @@ class MixerDaemon:
         verify_batch_proposal(proposal, view)
         batch_hash = batch.hash_struct()
         rank = compute_backup_rank(batch_hash, list(view.mixers), batch.mixer, self.address)
+        now = time.time()
         conflicts = self.store.record_cosigned(
-            proposal, watch_due=time.time() + self.backup_s * (1 + rank))
+            proposal, watch=(now + self.backup_s, now + self.backup_s * (1 + rank)))
         if conflicts:
             raise BatchRejected([(i, "a different report for this (epoch, round, mixer, node) "
                                   "was already co-signed") for i in conflicts])

@@ -13,8 +13,9 @@
   of that report (``report_hash``) and the first batch that carried it. A key is co-signed
   again only for the same report.
 - ``watched``: each peer's batch the mixer co-signed, kept until the Validator is seen to hold
-  it: when (``due``, Unix time) to look, and the proposal, to forward the batch itself if the
-  originator did not (``outcome`` says how it ended; the proposal is dropped then).
+  it: when (``due``, Unix time) to look next, from when (``turn``) to forward it itself if the
+  Validator still lacks it, and the proposal to do so (``outcome`` says how the watch ended;
+  the proposal is dropped then, and the row once its epoch is closed).
 
 Databases written before ``beta``, ``assigned_nodes``, ``batched``, ``given_up`` and
 ``report_hash`` existed are migrated when opened (see ``MixerStore._migrate``).
@@ -56,7 +57,7 @@ CREATE TABLE IF NOT EXISTS cosigned (
 );
 CREATE TABLE IF NOT EXISTS watched (
     batch_hash BLOB PRIMARY KEY, epoch INTEGER NOT NULL, round INTEGER NOT NULL,
-    mixer TEXT NOT NULL, proposal_json BLOB, due REAL NOT NULL, outcome TEXT
+    mixer TEXT NOT NULL, proposal_json BLOB, due REAL NOT NULL, turn REAL, outcome TEXT
 );
 CREATE TABLE IF NOT EXISTS verified_epochs (
     epoch INTEGER PRIMARY KEY, reports_json BLOB NOT NULL
@@ -72,6 +73,7 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("own_batches", "given_up", "TEXT"),
     ("own_reports", "batched", "INTEGER NOT NULL DEFAULT 0"),
     ("cosigned", "report_hash", "BLOB"),
+    ("watched", "turn", "REAL"),
 )
 """Columns later releases added to the first schema: (table, column, declaration)."""
 
@@ -259,13 +261,13 @@ class MixerStore(Store):
                 "given_up": int(given_up), "unbatched_reports": int(unbatched)}
 
     # -- co-signing -------------------------------------------------------------------------------
-    def record_cosigned(self, proposal: BatchProposal, watch_due: float | None = None
-                        ) -> list[int]:
+    def record_cosigned(self, proposal: BatchProposal,
+                        watch: tuple[float, float] | None = None) -> list[int]:
         """Record the batch's report keys; returns the indices of reports whose key was
         already co-signed for a different report (those must be refused). The same report in
         another batch (a re-formed one) is no conflict. Nothing is recorded if any conflicts.
-        With ``watch_due``, the batch is watched from then on (see ``due_watches``), in the
-        same transaction.
+        With ``watch`` (when to look first, when its turn to forward comes), the batch is
+        watched from then on (see ``due_watches``), in the same transaction.
 
         A key recorded before report hashes were kept (``report_hash`` NULL) conflicts with
         any batch but the one that first carried it."""
@@ -286,20 +288,27 @@ class MixerStore(Store):
                 db.executemany(
                     "INSERT OR IGNORE INTO cosigned(epoch, round, mixer, node, batch_hash,"
                     " report_hash) VALUES (?, ?, ?, ?, ?, ?)", rows)
-                if watch_due is not None:
+                if watch is not None:
                     batch = proposal.batch
                     db.execute("INSERT OR IGNORE INTO watched(batch_hash, epoch, round, mixer,"
-                               " proposal_json, due) VALUES (?, ?, ?, ?, ?, ?)",
+                               " proposal_json, due, turn) VALUES (?, ?, ?, ?, ?, ?, ?)",
                                (batch_hash, batch.epoch, batch.round, batch.mixer,
-                                proposal.to_json(), watch_due))
+                                proposal.to_json(), *watch))
             return conflicts
 
     # -- watched peers' batches -------------------------------------------------------------------
-    def due_watches(self, now: float, limit: int) -> list[BatchProposal]:
-        """Watched batches whose time to look has come, oldest first."""
-        rows = self.query("SELECT proposal_json FROM watched WHERE outcome IS NULL AND due<=?"
-                          " ORDER BY due LIMIT ?", (now, limit))
-        return [BatchProposal.from_json(r[0]) for r in rows]
+    def due_watches(self, now: float, limit: int) -> list[tuple[BatchProposal, float]]:
+        """Watched batches whose time to look has come, oldest first, each with the time its
+        turn to forward comes."""
+        rows = self.query("SELECT proposal_json, coalesce(turn, due) FROM watched"
+                          " WHERE outcome IS NULL AND due<=? ORDER BY due LIMIT ?", (now, limit))
+        return [(BatchProposal.from_json(r[0]), float(r[1])) for r in rows]
+
+    def prune_watches(self, through_epoch: int) -> int:
+        """Forget ended watches of epochs up to ``through_epoch`` (closed ones); how many."""
+        with self.transaction() as db:
+            return db.execute("DELETE FROM watched WHERE outcome IS NOT NULL AND epoch<=?",
+                              (through_epoch,)).rowcount
 
     def postpone_watch(self, batch_hash: bytes, due: float) -> None:
         with self.transaction() as db:
