@@ -1,8 +1,8 @@
 """Every route of every daemon, fed junk over real HTTP: never a 500, and a refusal names what
 was wrong.
 
-The Validator, a mixer (with its OpenAI-compatible gateway) and a node (challenge API and model
-routes) serve on loopback from one background event loop. For each route their OpenAPI specs
+The Validator, a mixer (with its OpenAI-compatible gateway) and a node daemon (challenge API,
+status and model routes) serve on loopback from one background event loop. For each route their OpenAPI specs
 declare, hypothesis builds requests: path parameters of any text, the route's query parameters
 and others with any values, bodies of random bytes, random JSON, or objects with the fields the
 route's schema names holding random values, and documents nested 100,000 deep; with and without
@@ -32,16 +32,13 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from dnanet.mixer.daemon import MixerDaemon
-from dnanet.node.ai_api import mount_ai_api
 from dnanet.node.backends import BackendSet, TrivialBackend
-from dnanet.node.server import NODE_SCHEMA, build_node_app
-from dnanet.service.http import Server
+from dnanet.node.daemon import NodeDaemon
+from dnanet.node.hardware import Hardware
 from dnanet.service.loop import new_event_loop
-from dnanet.service.store import Store
 from dnanet.validator.daemon import ValidatorDaemon
 from gateway_helpers import API_KEY, gateway_config
-from protocol_fixtures import make_mixers, make_nodes, make_prover
-from validator_helpers import build_network, last_round_start
+from validator_helpers import build_network, last_round_start, seeded_identity
 
 LABEL = "fuzz"
 
@@ -102,16 +99,16 @@ def routes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Route]]:
     validator = ValidatorDaemon(gw, root / "validator", port=0, run_settlement=False)
     mixer = MixerDaemon(gw.mixers[0], gw, root / "mixer", validator_url="http://127.0.0.1:9",
                         gateway_config=gateway_config())
-    node_store = Store(root / "node.db", NODE_SCHEMA)
-    node_app = build_node_app(make_prover(make_nodes(1, LABEL)[0], make_mixers(1, LABEL)),
-                              node_store)
-    mount_ai_api(node_app, BackendSet([TrivialBackend()]))
-    node = Server(node_app, "127.0.0.1", 0)
+    node = NodeDaemon(seeded_identity(f"{LABEL}/node"), gw, root / "node",  # type: ignore[arg-type]
+                      device="cpu", backends=BackendSet([TrivialBackend()]),
+                      hardware=Hardware(cpu_model="fuzz", cpu_cores=2, memory_bytes=1 << 30,
+                                        gpu=None))
 
     async def start() -> None:
         await validator.start()
-        await mixer.server.start()  # its HTTP only: no rounds against the fake nodes
-        await node.start()
+        # Their HTTP only: no rounds against the fake nodes, no registration.
+        await mixer.server.start()
+        await node.server.start()
 
     async def stop() -> None:
         await validator.stop()
@@ -122,12 +119,11 @@ def routes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Route]]:
     try:
         found = []
         for name, url, app in [("validator", validator.url, validator.app),
-                               ("mixer", mixer.url, mixer.app), ("node", node.url, node_app)]:
+                               ("mixer", mixer.url, mixer.app), ("node", node.url, node.app)]:
             found += _routes(name, url, app.openapi())
         yield found
     finally:
         loop.call(stop())
-        node_store.close()
         loop.close()
 
 
@@ -189,7 +185,8 @@ def test_the_daemons_declare_their_routes(routes: list[Route]) -> None:
     names = {str(r) for r in routes}
     for expected in ("validator POST /v1/certificates", "validator GET /v1/batches/{batch_hash}",
                      "validator GET /", "mixer POST /v1/batches", "mixer GET /v1/status",
-                     "mixer POST /v1/embeddings", "node POST /v1/challenges"):
+                     "mixer POST /v1/embeddings", "node POST /v1/challenges",
+                     "node GET /v1/status", "node POST /v1/chat/completions"):
         assert expected in names, sorted(names)
 
 
