@@ -92,9 +92,9 @@ log = logging.getLogger("dnanet.mixer")
 
 MAX_SETTLEMENT_PUNISHMENTS = 1024
 OUTBOX_CONCURRENCY = 4
+"""Batches and certificates the outbox retries at once."""
 WATCH_BATCH = 256
 """Watched batches looked at in one outbox pass (the rest wait for the next)."""
-"""Batches and certificates the outbox retries at once."""
 RETRY_STATUSES = frozenset({408, 429})
 """4xx answers of the Validator that are worth a retry (the others are final)."""
 LOGGED_NODES = 8
@@ -140,8 +140,9 @@ class MixerDaemon:
     ) -> None:
         """``retry_s``: the outbox's first and longest wait between passes while something is
         pending (default 2 s, and one round's time up to 60 s). ``backup_s``: how long after
-        co-signing a batch its first backup forwarder looks whether the Validator holds it
-        (default two rounds' time, at least 10 s); the next looks one ``backup_s`` later."""
+        co-signing a peer's batch the mixer looks whether the Validator holds it (default two
+        rounds' time, at least 10 s); if not, it forwards the batch itself from ``backup_s``
+        times one more than its backup rank on."""
         self.identity = identity
         self.address = identity.address
         self.gateway = gateway
