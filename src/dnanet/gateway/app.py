@@ -65,6 +65,8 @@ _TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 _MID_STREAM_ERROR = (b'data: {"error": {"message": "the node failed mid-stream", "type": '
                      b'"api_error", "param": null, "code": "node_failed"}}\n\n')
 _REQUEST_FAULTS = (400, 413, 422)
+"""Node statuses that are the request's fault: answered to the client as they are."""
+_UNAUTHORIZED = ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 MAX_MODEL_LIST_BYTES = 1 << 20
 """A node's model list or error answer, at most."""
 MAX_EVENT_LINE_BYTES = 1 << 20
@@ -89,8 +91,6 @@ async def _read_answer(response: aiohttp.ClientResponse, limit: int) -> bytes:
             raise NodeAnswerTooLarge(f"node answered more than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-"""Node statuses that are the request's fault: answered to the client as they are."""
-_UNAUTHORIZED = ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
 
 @dataclass(frozen=True)
