@@ -202,6 +202,45 @@ def test_read_body_refuses_a_chunked_body_over_its_limit() -> None:
                                        "message": "request body exceeds 100 bytes"}
 
 
+def test_bodies_held_at_once_are_bounded_over_all_requests() -> None:
+    """Past ``max_held_body_bytes`` held at once a request is refused with 503 Busy (unread
+    when it declares its length, else as its body arrives); answered requests give theirs
+    back."""
+    app = make_app(AppLimits(rate_per_s=1e9, burst=10**9, max_held_body_bytes=100))
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    @app.post("/hold")
+    async def hold(request: Request) -> Response:
+        body = await read_body(request, 1000)
+        entered.set()
+        await release.wait()
+        return Response(body, media_type="application/octet-stream")
+
+    async def chunks(n: int) -> AsyncIterator[bytes]:
+        for _ in range(n):
+            yield b"x" * 30
+
+    async def go() -> None:
+        held = asyncio.create_task(_request(app, "POST", "/hold", content=b"x" * 60))
+        await entered.wait()  # 60 bytes held
+        for content in (b"y" * 50, chunks(2)):
+            refused = await _request(app, "POST", "/echo", content=content)
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["retry-after"] == "1"
+            assert refused.json()["error"]["type"] == "Busy"
+            assert refused.json()["error"]["field"] == "body"
+        fits = await _request(app, "POST", "/echo", content=b"z" * 40)
+        assert (fits.status_code, fits.content) == (200, b"z" * 40)
+        release.set()
+        assert (await held).content == b"x" * 60
+        # Everything given back: a request of the whole budget fits again.
+        again = await _request(app, "POST", "/hold", content=b"w" * 100)
+        assert again.status_code == 200
+
+    asyncio.run(go())
+    assert requests_counted(app, "/echo", 503) == 2
+
+
 def test_read_json_is_strict() -> None:
     app = make_app()
     assert request(app, "POST", "/json", content=b'{"a":[1,2]}').json() == {"got": {"a": [1, 2]}}

@@ -11,7 +11,14 @@ rate limit            429
 ProtocolError         422
 CryptoError           422
 ChainError            503
+Busy                  503
 ====================  ======
+
+Besides each route's body limit, a daemon holds at most ``AppLimits.max_held_body_bytes`` of
+request bodies at once, over all requests (a body counts from its first byte read until its
+request is answered): past it a request is refused with 503 ``Busy`` and ``Retry-After``,
+before its body is read when it declares its length. Many large bodies at once cannot exhaust
+a daemon's memory.
 """
 
 from __future__ import annotations
@@ -45,6 +52,28 @@ class TooLarge(CodecError):
     """A request body over its route's limit (413)."""
 
 
+class Busy(DnanetError):
+    """The daemon holds as many request bodies as it takes; retry later (503)."""
+
+
+class BodyBudget:
+    """Bytes of request bodies held at once, over all of an app's requests."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> None:
+        """Hold ``size`` more bytes, or raise Busy (holding nothing more)."""
+        if self.held + size > self.limit:
+            raise Busy(f"the daemon holds {self.held} bytes of request bodies, at most "
+                       f"{self.limit}: retry later", field="body")
+        self.held += size
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
 def error_body(exc: DnanetError | Exception, kind: str | None = None) -> dict[str, Any]:
     field = getattr(exc, "field", None)
     if field is None and isinstance(exc, CodecError):
@@ -55,12 +84,18 @@ def error_body(exc: DnanetError | Exception, kind: str | None = None) -> dict[st
     return {"error": {"type": kind or type(exc).__name__, "message": message, "field": field}}
 
 
+def error_response(exc: DnanetError) -> JSONResponse:
+    """The JSON error answer of ``exc`` (with ``Retry-After`` where retrying helps)."""
+    headers = {"Retry-After": "1"} if isinstance(exc, Busy) else None
+    return JSONResponse(error_body(exc), status_code=status_for(exc), headers=headers)
+
+
 def status_for(exc: DnanetError) -> int:
     if isinstance(exc, TooLarge):
         return 413
     if isinstance(exc, CodecError):
         return 400
-    if isinstance(exc, ChainError):
+    if isinstance(exc, ChainError | Busy):
         return 503
     if isinstance(exc, ProtocolError | CryptoError):
         return 422
@@ -122,10 +157,12 @@ class GuardMiddleware:
     """
 
     def __init__(self, app: ASGIApp, *, bucket: TokenBucket, max_body_bytes: int,
-                 requests: Counter, own_body_limit: set[str] | None = None) -> None:
+                 requests: Counter, own_body_limit: set[str] | None = None,
+                 bodies: BodyBudget | None = None) -> None:
         self.app = app
         self.bucket = bucket
         self.max_body_bytes = max_body_bytes
+        self.bodies = bodies if bodies is not None else BodyBudget(1 << 62)
         self.requests = requests
         self.own_body_limit = own_body_limit if own_body_limit is not None else set()
         """Paths whose routes enforce a body limit of their own, in their own error format."""
@@ -154,20 +191,36 @@ class GuardMiddleware:
             await JSONResponse(_RATE_LIMITED, status_code=429, headers={"Retry-After": "1"})(
                 scope, receive, send_counted)
             return
-        length = (None if scope["path"] in self.own_body_limit else _declared_length(scope))
+        declared = _declared_length(scope)
+        length = None if scope["path"] in self.own_body_limit else declared
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             await JSONResponse(
                 {"error": {"type": "TooLarge", "field": "body",
                            "message": f"body of {length} bytes exceeds {self.max_body_bytes}"}},
                 status_code=413)(scope, receive, send_counted)
             return
+        held = 0
+
+        async def receive_counted() -> AsgiMessage:
+            nonlocal held
+            message = await receive()
+            if message["type"] == "http.request":
+                size = len(message.get("body", b""))
+                self.bodies.take(size)
+                held += size
+            return message
+
         try:
-            await self.app(scope, receive, send_counted)
+            if declared is not None and declared.isdigit():
+                # Refused unread if it cannot fit; counted as it is read.
+                bodies = self.bodies
+                if bodies.held + int(declared) > bodies.limit:
+                    bodies.take(int(declared))  # raises Busy
+            await self.app(scope, receive_counted, send_counted)
         except DnanetError as exc:
             if started:  # too late for an error response: let the server drop the connection
                 raise
-            await JSONResponse(error_body(exc), status_code=status_for(exc))(
-                scope, receive, send_counted)
+            await error_response(exc)(scope, receive, send_counted)
             return
         except Exception:  # a bug: log it, answer 500 without details
             if started:
@@ -175,6 +228,8 @@ class GuardMiddleware:
             log.exception("unhandled error on %s", route)
             await JSONResponse(_INTERNAL_ERROR, status_code=500)(scope, receive, send_counted)
             return
+        finally:
+            self.bodies.give(held)
         if not started:  # the app returned without answering
             log.error("unhandled error on %s: no response returned", route)
             await JSONResponse(_INTERNAL_ERROR, status_code=500)(scope, receive, send_counted)
@@ -185,6 +240,8 @@ class AppLimits:
     max_body_bytes: int = MAX_MESSAGE_BYTES
     rate_per_s: float = 2_000.0
     burst: int = 4_000
+    max_held_body_bytes: int = 256 * 1024 * 1024
+    """Request bodies held at once, over all requests (see the module docstring)."""
 
 
 def create_app(
@@ -202,7 +259,8 @@ def create_app(
     own_body_limit: set[str] = set()
     app.state.own_body_limit = own_body_limit  # see GuardMiddleware.own_body_limit
     guard: dict[str, Any] = {"bucket": bucket, "max_body_bytes": limits.max_body_bytes,
-                             "requests": requests, "own_body_limit": own_body_limit}
+                             "requests": requests, "own_body_limit": own_body_limit,
+                             "bodies": BodyBudget(limits.max_held_body_bytes)}
     app.add_middleware(GuardMiddleware, **guard)
     # Direct routes share the guard's state: one limit per client, one count.
     app.state.direct_routes = {}
@@ -210,7 +268,7 @@ def create_app(
 
     @app.exception_handler(DnanetError)
     async def dnanet_error(_: Request, exc: DnanetError) -> JSONResponse:
-        return JSONResponse(error_body(exc), status_code=status_for(exc))
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
