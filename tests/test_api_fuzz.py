@@ -1,7 +1,8 @@
 """Every route of every daemon, fed junk over real HTTP: never a 500, and a refusal names what
 was wrong.
 
-The Validator, a mixer (with its OpenAI-compatible gateway) and a node daemon (challenge API,
+The Validator (once verifying on a thread, once in a worker process, whose intake pre-scans
+each body), a mixer (with its OpenAI-compatible gateway) and a node daemon (challenge API,
 status and model routes) serve on loopback from one background event loop. For each route their OpenAPI specs
 declare, hypothesis builds requests: path parameters of any text, the route's query parameters
 and others with any values, bodies of random bytes, random JSON, or objects with the fields the
@@ -97,6 +98,7 @@ def routes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Route]]:
     gw.advance_to(last_round_start(gw, 0))
     loop = Loop()
     validator = ValidatorDaemon(gw, root / "validator", port=0, run_settlement=False)
+    pooled = ValidatorDaemon(gw, root / "pooled", port=0, run_settlement=False, workers=1)
     mixer = MixerDaemon(gw.mixers[0], gw, root / "mixer", validator_url="http://127.0.0.1:9",
                         gateway_config=gateway_config())
     node = NodeDaemon(seeded_identity(f"{LABEL}/node"), gw, root / "node",  # type: ignore[arg-type]
@@ -106,12 +108,14 @@ def routes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Route]]:
 
     async def start() -> None:
         await validator.start()
+        await pooled.start()
         # Their HTTP only: no rounds against the fake nodes, no registration.
         await mixer.server.start()
         await node.server.start()
 
     async def stop() -> None:
         await validator.stop()
+        await pooled.stop()
         await mixer.stop()
         await node.stop()
 
@@ -119,6 +123,7 @@ def routes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Route]]:
     try:
         found = []
         for name, url, app in [("validator", validator.url, validator.app),
+                               ("validator --workers 1", pooled.url, pooled.app),
                                ("mixer", mixer.url, mixer.app), ("node", node.url, node.app)]:
             found += _routes(name, url, app.openapi())
         yield found
@@ -203,3 +208,22 @@ def test_no_route_answers_junk_with_a_500(routes: list[Route], data: st.DataObje
             response = client.request(route.method.upper(), route.base_url + path,
                                       params=query, headers=headers, content=body)
             _check(route, response)
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"a":' * 60_000],
+                         ids=["lists", "objects"])
+def test_every_route_with_a_body_refuses_a_deeply_nested_document(routes: list[Route],
+                                                                   body: bytes) -> None:
+    """Sent to every route that takes a body, with the API key: refused, and every daemon
+    still answers (a crash would also fail every later request)."""
+    with httpx.Client(timeout=30) as client:
+        for route in routes:
+            if route.has_body and "{" not in route.path:
+                response = client.request(
+                    route.method.upper(), route.base_url + route.path, content=body,
+                    headers={"authorization": f"Bearer {API_KEY}",
+                             "content-type": "application/json"})
+                _check(route, response)
+                assert 400 <= response.status_code < 500, f"{route} -> {response.status_code}"
+        for base_url in {route.base_url for route in routes}:
+            assert client.get(base_url + "/health").status_code == 200, base_url
