@@ -749,3 +749,67 @@ def test_validator_command_line_parses() -> None:
         parser.parse_args(["validator", "run", "--data-dir", "d", "--keystore", "v.json"])
     with pytest.raises(SystemExit):  # settlements cannot be sent without an identity
         parser.parse_args(["validator", "run", "--data-dir", "d", "--deployment", "n.json"])
+
+
+# -- the Validator's own faults ------------------------------------------------------------------
+
+
+def test_a_failed_commit_is_a_503_to_retry_and_acknowledges_nothing(
+        gateway: FakeGateway, corpus: Corpus, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fails at commit: every certificate of the group is answered 503 with
+    Retry-After (its mixer sends it again; a 4xx would make it give up), none is stored, and
+    the next commit works."""
+    first, second = corpus.certificates[0][:2]
+
+    async def body(daemon: ValidatorDaemon, client: httpx.AsyncClient) -> None:
+        save = daemon.store.save_certificates
+        calls = []
+
+        def failing(items: Any) -> Any:
+            calls.append(len(items))
+            if len(calls) == 1:
+                raise OSError("disk I/O error")
+            return save(items)
+
+        monkeypatch.setattr(daemon.store, "save_certificates", failing)
+        refused = await client.post("/v1/certificates", content=first.to_json())
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "1"
+        error = refused.json()["error"]
+        assert error["type"] == "Unavailable"
+        assert "could not store the certificate: disk I/O error" in error["message"]
+        assert daemon.store.certificate_count(0) == 0
+        for certificate in (first, second):
+            again = await client.post("/v1/certificates", content=certificate.to_json())
+            assert again.status_code == 200 and not again.json()["duplicate"]
+        assert daemon.store.certificate_count(0) == 2
+
+    run(with_validator(gateway, tmp_path, body))
+
+
+def test_a_dead_verifier_process_is_replaced(gateway: FakeGateway, corpus: Corpus,
+                                             tmp_path: Path) -> None:
+    """A verifier process killed breaks its pool: the certificate then in hand is answered
+    503 (sent again by its mixer), a new pool starts, and the next certificates are taken."""
+    import os
+    import signal
+
+    first, second = corpus.certificates[0][:2]
+
+    async def body(daemon: ValidatorDaemon, client: httpx.AsyncClient) -> None:
+        assert (await client.post("/v1/certificates", content=first.to_json())).status_code == 200
+        pool = daemon.intake._pool
+        assert pool is not None
+        for pid in list(pool._processes):  # type: ignore[attr-defined]
+            os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.5)  # the pool notices its dead process
+        refused = await client.post("/v1/certificates", content=second.to_json())
+        assert refused.status_code == 503, refused.text
+        assert "BrokenProcessPool" in refused.json()["error"]["message"]
+        assert daemon.intake._pool is not pool
+        taken = await client.post("/v1/certificates", content=second.to_json())
+        assert taken.status_code == 200, taken.text
+        assert daemon.store.certificate_count(0) == 2
+
+    run(with_validator(gateway, tmp_path, body, workers=1))

@@ -80,3 +80,8 @@ class RollupError(ProtocolError):
 
 class ChainError(DnanetError):
     """The chain refused a transaction or could not be reached."""
+
+
+class Unavailable(DnanetError):
+    """A daemon cannot serve a request now through a fault of its own (a dead worker process,
+    a failed disk, too much held at once), not the request's: retry later (HTTP 503)."""

@@ -11,7 +11,7 @@ rate limit            429
 ProtocolError         422
 CryptoError           422
 ChainError            503
-Busy                  503
+Unavailable, Busy     503
 ====================  ======
 
 Besides each route's body limit, a daemon holds at most ``AppLimits.max_held_body_bytes`` of
@@ -42,7 +42,14 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
-from dnanet.errors import ChainError, CodecError, CryptoError, DnanetError, ProtocolError
+from dnanet.errors import (
+    ChainError,
+    CodecError,
+    CryptoError,
+    DnanetError,
+    ProtocolError,
+    Unavailable,
+)
 from dnanet.protocol.codec import MAX_MESSAGE_BYTES, Message, parse_json
 
 log = logging.getLogger("dnanet.http")
@@ -52,7 +59,7 @@ class TooLarge(CodecError):
     """A request body over its route's limit (413)."""
 
 
-class Busy(DnanetError):
+class Busy(Unavailable):
     """The daemon holds as many request bodies as it takes; retry later (503)."""
 
 
@@ -86,7 +93,7 @@ def error_body(exc: DnanetError | Exception, kind: str | None = None) -> dict[st
 
 def error_response(exc: DnanetError) -> JSONResponse:
     """The JSON error answer of ``exc`` (with ``Retry-After`` where retrying helps)."""
-    headers = {"Retry-After": "1"} if isinstance(exc, Busy) else None
+    headers = {"Retry-After": "1"} if isinstance(exc, Unavailable) else None
     return JSONResponse(error_body(exc), status_code=status_for(exc), headers=headers)
 
 
@@ -95,7 +102,7 @@ def status_for(exc: DnanetError) -> int:
         return 413
     if isinstance(exc, CodecError):
         return 400
-    if isinstance(exc, ChainError | Busy):
+    if isinstance(exc, ChainError | Unavailable):
         return 503
     if isinstance(exc, ProtocolError | CryptoError):
         return 422

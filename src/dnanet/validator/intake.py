@@ -34,12 +34,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from dnanet import errors
 from dnanet.crypto.eip712 import Domain
-from dnanet.errors import CodecError, DnanetError
+from dnanet.errors import CodecError, DnanetError, Unavailable
 from dnanet.params import Preset
 from dnanet.protocol.codec import MAX_JSON_DEPTH, load_json, parse_json
 from dnanet.protocol.messages import QuorumCertificate, ScoreBatch
@@ -165,10 +166,11 @@ def scan_certificate(raw: bytes) -> tuple[int, int, set[str], object] | None:
 
 
 def _refuse(futures: Sequence[asyncio.Future[Any]], why: str) -> None:
-    """Answer every request still waiting with ``the validator <why>`` (a DnanetError)."""
+    """Answer every request still waiting with ``the validator <why>``: Unavailable (503), a
+    fault of the Validator's own, so mixers send the certificate again."""
     for future in futures:
         if not future.done():
-            future.set_exception(DnanetError(f"the validator {why}"))
+            future.set_exception(Unavailable(f"the validator {why}; retry later"))
 
 
 @dataclass
@@ -211,9 +213,7 @@ class CertificateIntake:
         self._writer = asyncio.create_task(self._write_loop(), name="validator-writer")
         self._verifier = asyncio.create_task(self._verify_loop(), name="validator-verifier")
         if self.workers > 0:
-            # spawn, not fork: the parent runs threads (uvicorn, the executor).
-            self._pool = ProcessPoolExecutor(self.workers,
-                                             mp_context=multiprocessing.get_context("spawn"))
+            self._pool = self._new_pool()
 
     async def stop(self) -> None:
         """Finish what has arrived (verify, store, answer), then stop."""
@@ -401,12 +401,27 @@ class CertificateIntake:
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
 
+    def _replace_pool(self) -> None:
+        """A worker process died, which breaks the whole pool: start a new one."""
+        broken, self._pool = self._pool, None
+        if broken is not None:
+            broken.shutdown(wait=False, cancel_futures=True)
+        log.warning("a verifier process died: starting %d new ones", self.workers)
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn, not fork: the parent runs threads (uvicorn, the executor).
+        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+
     async def _run_chunk(self, chunk: list[_Arrival]) -> None:
         try:
             verdicts = await self._verify_chunk([a.raw for a in chunk])
         except Exception as exc:  # a bug or a dead worker: refuse the chunk, keep serving
             log.exception("verifying %d certificates failed", len(chunk))
-            _refuse([a.future for a in chunk], f"could not verify the certificate: {exc}")
+            if isinstance(exc, BrokenProcessPool):
+                self._replace_pool()
+            _refuse([a.future for a in chunk],
+                    f"could not verify the certificate ({type(exc).__name__}: {exc})")
             return
         for arrival, verdict in zip(chunk, verdicts, strict=True):
             if not arrival.future.done():
