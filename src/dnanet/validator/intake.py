@@ -432,7 +432,7 @@ class CertificateIntake:
         """Verify and durably store one certificate; raises DnanetError if it is refused
         (EpochClosed when its epoch no longer takes certificates)."""
         if self._queue is None or self._arrived is None:
-            raise DnanetError("the validator is not running")
+            raise Unavailable("the validator is not running; retry later")
         loop = asyncio.get_running_loop()
         arrival = _Arrival(raw, loop.create_future())
         self._arrivals.append(arrival)
