@@ -33,7 +33,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from dnanet.mixer.daemon import MixerDaemon
-from dnanet.node.backends import BackendSet, TrivialBackend
+from dnanet.node.backends import (
+    TRIVIAL_CHAT_MODEL,
+    TRIVIAL_EMBED_MODEL,
+    BackendSet,
+    TrivialBackend,
+)
 from dnanet.node.daemon import NodeDaemon
 from dnanet.node.hardware import Hardware
 from dnanet.service.loop import new_event_loop
@@ -145,11 +150,29 @@ _segment = st.one_of(st.text(max_size=40), st.sampled_from([
     "..", "a b", "é", "0x" + "ab" * 32]))
 
 
+# OpenAI requests close to valid ones, so that the checks past the first reach them too:
+# served models, streamed or not, messages and inputs of any shape.
+_MODELS = st.sampled_from([TRIVIAL_CHAT_MODEL, TRIVIAL_EMBED_MODEL, "no-such-model"])
+_OPENAI = {
+    "/v1/chat/completions": st.fixed_dictionaries(
+        {"model": _MODELS, "messages": st.one_of(_json, st.lists(st.fixed_dictionaries(
+            {"role": st.sampled_from(["user", "system", "x"]), "content": _json}), max_size=3))},
+        optional={"stream": st.one_of(st.booleans(), _scalars), "max_tokens": _scalars,
+                  "temperature": _scalars}),
+    "/v1/embeddings": st.fixed_dictionaries(
+        {"model": _MODELS, "input": st.one_of(_json, st.lists(st.text(max_size=20),
+                                                               max_size=4))},
+        optional={"encoding_format": st.sampled_from(["float", "base64", "x"])}),
+}
+
+
 def _body(route: Route) -> st.SearchStrategy[bytes | None]:
     if not route.has_body:
         return st.none()
     shaped = (st.fixed_dictionaries({k: _json for k in route.body_fields}).map(
         lambda d: json.dumps(d).encode()) if route.body_fields else st.nothing())
+    if route.path in _OPENAI:
+        shaped = _OPENAI[route.path].map(lambda d: json.dumps(d).encode())
     return st.one_of(
         st.binary(max_size=200),
         _json.map(lambda v: json.dumps(v).encode()),
@@ -195,7 +218,7 @@ def test_the_daemons_declare_their_routes(routes: list[Route]) -> None:
         assert expected in names, sorted(names)
 
 
-@settings(max_examples=15, deadline=None, database=None,
+@settings(max_examples=25, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
           phases=[Phase.explicit, Phase.reuse, Phase.generate],  # a failure names its draws
           derandomize=True)
