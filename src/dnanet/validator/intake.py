@@ -354,16 +354,16 @@ class CertificateIntake:
                 {n: known[n] for n in named if n in known}, dict(view.round_seeds))
         return verdicts, snapshots
 
-    async def _verify_chunk(self, raws: list[bytes]) -> list[Verdict]:
-        if self._pool is None:
+    async def _verify_chunk(self, raws: list[bytes], pool: ProcessPoolExecutor | None
+                            ) -> list[Verdict]:
+        if pool is None:
             return await asyncio.to_thread(self._verify_here, raws)
         screened, snapshots = await asyncio.to_thread(self._snapshots, raws)
         todo = [raw for raw, v in zip(raws, screened, strict=True) if v is True]
         verified: list[PreparedCertificate | RemoteError] = []
         if todo:
             loop = asyncio.get_running_loop()
-            verified = await loop.run_in_executor(self._pool, _worker_prepare_chunk, todo,
-                                                  snapshots)
+            verified = await loop.run_in_executor(pool, _worker_prepare_chunk, todo, snapshots)
         results = iter(verified)
         verdicts: list[Verdict] = []
         for screen in screened:
@@ -401,11 +401,12 @@ class CertificateIntake:
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
 
-    def _replace_pool(self) -> None:
-        """A worker process died, which breaks the whole pool: start a new one."""
-        broken, self._pool = self._pool, None
-        if broken is not None:
-            broken.shutdown(wait=False, cancel_futures=True)
+    def _replace_pool(self, broken: ProcessPoolExecutor) -> None:
+        """A worker process died, which breaks the whole pool: start a new one (once: chunks
+        that were in the same broken pool find it replaced already)."""
+        if self._pool is not broken:
+            return
+        broken.shutdown(wait=False, cancel_futures=True)
         log.warning("a verifier process died: starting %d new ones", self.workers)
         self._pool = self._new_pool()
 
@@ -414,12 +415,13 @@ class CertificateIntake:
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
 
     async def _run_chunk(self, chunk: list[_Arrival]) -> None:
+        pool = self._pool
         try:
-            verdicts = await self._verify_chunk([a.raw for a in chunk])
+            verdicts = await self._verify_chunk([a.raw for a in chunk], pool)
         except Exception as exc:  # a bug or a dead worker: refuse the chunk, keep serving
             log.exception("verifying %d certificates failed", len(chunk))
-            if isinstance(exc, BrokenProcessPool):
-                self._replace_pool()
+            if isinstance(exc, BrokenProcessPool) and pool is not None:
+                self._replace_pool(pool)
             _refuse([a.future for a in chunk],
                     f"could not verify the certificate ({type(exc).__name__}: {exc})")
             return
