@@ -72,8 +72,7 @@ def resolve_device(device: str) -> str:
     try:
         return resolve_compute_device(device)
     except ConfigError as exc:
-        reason = str(exc).removeprefix(f"{exc.field}: ") if exc.field else str(exc)
-        raise ConfigError(f"--device {device!r}: {reason}") from None
+        raise ConfigError(f"--device {device!r}: {exc.reason}") from None
 
 
 class NodeDaemon:

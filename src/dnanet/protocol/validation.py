@@ -83,8 +83,7 @@ class EpochView:
                 )
             except InvalidProof as exc:
                 # Name the report's field, not the VRF module's parameter ("pi").
-                why = str(exc).removeprefix(f"{exc.field}: ")
-                raise InvalidProof(why, field="vrfProof") from None
+                raise InvalidProof(exc.reason, field="vrfProof") from None
             self.beta_cache[key] = beta
         return beta
 

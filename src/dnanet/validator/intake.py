@@ -95,12 +95,9 @@ class RemoteError:
 
     @classmethod
     def of(cls, exc: DnanetError) -> RemoteError:
-        message = str(exc)
-        if exc.field and message.startswith(f"{exc.field}: "):
-            message = message[len(exc.field) + 2:]
         kind = next((k.__name__ for k in type(exc).__mro__
                      if getattr(errors, k.__name__, None) is k), "DnanetError")
-        return cls(kind, message, exc.field)
+        return cls(kind, exc.reason, exc.field)
 
     def error(self) -> DnanetError:
         kind = getattr(errors, self.kind, DnanetError)
@@ -284,7 +281,7 @@ class CertificateIntake:
                 self.check_open(epoch)
                 open_epochs[epoch] = None
             except EpochClosed as exc:
-                open_epochs[epoch] = RemoteError.of(exc).message  # without the field's prefix
+                open_epochs[epoch] = exc.reason
         why_closed = open_epochs[epoch]
         if why_closed is None:
             return True
