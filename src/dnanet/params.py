@@ -130,6 +130,7 @@ def hardware_class_name(hardware_class: int) -> str:
         return HARDWARE_CLASS_NAMES[hardware_class]
     return str(hardware_class)
 
+
 _CPU = ChallengeSizes(
     compute_n=2048, compute_rows=8192, compute_checks=32,
     download_bytes=4 * 1024 * 1024, upload_bytes=4 * 1024 * 1024, latency_echoes=5,

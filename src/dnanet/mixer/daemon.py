@@ -157,15 +157,14 @@ class MixerDaemon:
         self.vrf_secret = derive_vrf_secret(identity)
         self.concurrency = concurrency
         self.poll_s = poll_s if poll_s is not None else max(0.02, self.preset.block_interval_ms / 2000)
+        round_s = self.preset.round_blocks * self.preset.block_interval_ms / 1000
         if retry_s is None:
-            round_s = self.preset.round_blocks * self.preset.block_interval_ms / 1000
             retry_s = (2.0, min(60.0, max(2.0, round_s)))
         if not 0 < retry_s[0] <= retry_s[1]:
             raise ValueError(f"retry_s must be 0 < first <= longest, not {retry_s}")
         self.retry_s = retry_s
         if backup_s is None:
-            backup_s = max(10.0, 2 * self.preset.round_blocks * self.preset.block_interval_ms
-                           / 1000)
+            backup_s = max(10.0, 2 * round_s)
         if not backup_s > 0:
             raise ValueError(f"backup_s must be positive, not {backup_s}")
         self.backup_s = backup_s

@@ -17,8 +17,9 @@
   Validator still lacks it, and the proposal to do so (``outcome`` says how the watch ended;
   the proposal is dropped then, and the row once its epoch is closed).
 
-Databases written before ``beta``, ``assigned_nodes``, ``batched``, ``given_up`` and
-``report_hash`` existed are migrated when opened (see ``MixerStore._migrate``).
+Databases written before ``beta``, ``assigned_nodes``, ``batched``, ``given_up``,
+``report_hash`` and ``watched.turn`` existed are migrated when opened (see
+``MixerStore._migrate``).
 """
 
 from __future__ import annotations
