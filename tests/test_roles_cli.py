@@ -76,3 +76,13 @@ def test_a_mixer_without_an_api_key_fails_before_the_password_prompt(
     assert main(["mixer", "run", *CHAIN, "--data-dir", "m", "--validator", "http://v"]) == 2
     assert "the gateway needs an API key" in capsys.readouterr().err
     assert recorder.loads == recorder.gateways == recorder.daemons == []
+
+
+def test_node_claim_names_an_unreachable_validator_instead_of_failing_with_a_traceback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    Recorder(monkeypatch)
+    address = IDENTITY.address
+    assert main(["node", "claim", *CHAIN, "--validator", "http://127.0.0.1:9",
+                 "--address", address]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach the Validator at http://127.0.0.1:9/v1/nodes/{address}" in err

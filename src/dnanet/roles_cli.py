@@ -16,7 +16,6 @@ import httpx
 
 from dnanet.errors import ConfigError, DnanetError
 from dnanet.params import WEI_PER_DNA
-from dnanet.protocol.codec import load_json
 from dnanet.service.logs import configure_logging
 from dnanet.service.loop import run as run_loop
 
@@ -160,17 +159,15 @@ def _node_status(args: argparse.Namespace) -> int:
 
 def _node_claim(args: argparse.Namespace) -> int:
     from dnanet.keyfiles import load_identity
+    from dnanet.node.status import get_json
     from dnanet.protocol.rollup import verify_proof
     from dnanet.service.gateway import open_gateway
 
     gateway = open_gateway(args.rpc, Path(args.deployment), load_identity(Path(args.keystore)))
     address = _address_of(args)
     with httpx.Client(timeout=10) as client:
-        response = client.get(f"{args.validator.rstrip('/')}/v1/nodes/{address}")
-    if response.status_code != 200:
-        raise DnanetError(f"the validator has no rewards for {address} "
-                          f"(HTTP {response.status_code})")
-    node = load_json(response.content, max_bytes=None)
+        node = get_json(client, f"{args.validator.rstrip('/')}/v1/nodes/{address}",
+                        "the Validator")
     cumulative = int(node["cumulative"])
     proof = [bytes.fromhex(p[2:]) for p in node["proof"]]
     if not verify_proof(bytes.fromhex(node["root"][2:]), address, cumulative, proof):

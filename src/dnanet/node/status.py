@@ -48,7 +48,7 @@ class ChainReader(Protocol):
     def settled_epoch(self, epoch: int) -> SettledEpoch | None: ...
 
 
-def _get(client: httpx.Client, url: str, what: str) -> Any:
+def get_json(client: httpx.Client, url: str, what: str) -> Any:
     """GET ``url`` as JSON; DnanetError naming ``what`` when it cannot be had."""
     try:
         response = client.get(url)
@@ -148,15 +148,15 @@ def collect_status(
 ) -> dict[str, Any]:
     """Everything ``dnanet node status`` shows, as a JSON-able dict."""
     base = validator_url.rstrip("/")
-    summary = _get(client, f"{base}/v1/nodes/{address}", "the Validator")
-    listed = _get(client, f"{base}/v1/epochs?limit={max(epochs, 1)}", "the Validator")
+    summary = get_json(client, f"{base}/v1/nodes/{address}", "the Validator")
+    listed = get_json(client, f"{base}/v1/epochs?limit={max(epochs, 1)}", "the Validator")
     chain_view = _read_chain(chain, address, summary.get("epoch")) if chain else None
 
     node: dict[str, Any] | None = None
     challenges: list[dict[str, Any]] = []
     if node_url:
         try:
-            node = _get(client, f"{node_url.rstrip('/')}/v1/status", "the node")
+            node = get_json(client, f"{node_url.rstrip('/')}/v1/status", "the node")
         except DnanetError as exc:
             node = {"error": str(exc)}
         else:
@@ -175,7 +175,7 @@ def collect_status(
     breakdowns: dict[int, dict[str, Any]] = {}
     for epoch in shown:
         try:
-            breakdowns[epoch] = _get(client, f"{base}/v1/nodes/{address}/epochs/{epoch}",
+            breakdowns[epoch] = get_json(client, f"{base}/v1/nodes/{address}/epochs/{epoch}",
                                      "the Validator")
         except DnanetError as exc:
             breakdowns[epoch] = {"epoch": epoch, "error": str(exc)}
@@ -341,4 +341,4 @@ def render_status(status: dict[str, Any]) -> str:
 
 
 __all__ = ["DEFAULT_EPOCHS", "DEFAULT_RECENT", "ChainReader", "collect_status", "format_dna",
-           "format_score", "render_status"]
+           "format_score", "get_json", "render_status"]
