@@ -70,11 +70,15 @@ class BodyBudget:
         self.limit = limit
         self.held = 0
 
-    def take(self, size: int) -> None:
-        """Hold ``size`` more bytes, or raise Busy (holding nothing more)."""
+    def check(self, size: int) -> None:
+        """Raise Busy unless ``size`` more bytes fit."""
         if self.held + size > self.limit:
             raise Busy(f"the daemon holds {self.held} bytes of request bodies, at most "
                        f"{self.limit}: retry later", field="body")
+
+    def take(self, size: int) -> None:
+        """Hold ``size`` more bytes, or raise Busy (holding nothing more)."""
+        self.check(size)
         self.held += size
 
     def give(self, size: int) -> None:
@@ -217,10 +221,7 @@ class GuardMiddleware:
 
         try:
             if declared is not None and declared.isdigit():
-                # Refused unread if it cannot fit; counted as it is read.
-                bodies = self.bodies
-                if bodies.held + int(declared) > bodies.limit:
-                    bodies.take(int(declared))  # raises Busy
+                self.bodies.check(int(declared))  # refused unread; counted as it is read
             await self.app(scope, receive_counted, send_counted)
         except DnanetError as exc:
             if started:  # too late for an error response: let the server drop the connection
