@@ -79,7 +79,7 @@ class ValidatorDaemon:
                                         chain_next=lambda: self.loop.chain_next,
                                         workers=workers, on_result=self.metrics.intake_result)
         self.api = ValidatorApi(self.app, self.store, gateway, self.intake, self.status,
-                                intake_totals=lambda: self.metrics.totals)
+                                intake_totals=self.metrics.totals)
         self.server = Server(self.app, host, port)
         self._task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()

@@ -60,6 +60,7 @@ KEEP_TREES = 4
 """Reward trees kept in memory (the latest settled epoch's is the one claims use)."""
 _ADDRESS = Address()
 _HASH = FixedBytes(32)
+INTAKE_RESULTS = ("accepted", "duplicate", "rejected", "closed")
 
 
 class ValidatorMetrics:
@@ -74,19 +75,23 @@ class ValidatorMetrics:
                                       registry=registry)
         self.punishments = Counter("dnanet_validator_punishments_submitted",
                                    "punishments submitted", registry=registry)
-        self.totals: dict[str, int] = {}
-        """Certificates by result, and new reports (``reports``), since start."""
-        for result in ("accepted", "duplicate", "rejected", "closed"):
+        self.registry = registry
+        for result in INTAKE_RESULTS:
             self.certificates.labels(result)
-            self.totals[result] = 0
-        self.totals["reports"] = 0
 
     def intake_result(self, result: str, reports: int) -> None:
         self.certificates.labels(result).inc()
-        self.totals[result] += 1
         if reports:
             self.reports.inc(reports)
-            self.totals["reports"] += reports
+
+    def totals(self) -> dict[str, int]:
+        """Certificates by result, and new reports (``reports``), since start: the counters'
+        values."""
+        sample = self.registry.get_sample_value
+        out = {r: int(sample("dnanet_validator_certificates_total", {"result": r}) or 0)
+               for r in INTAKE_RESULTS}
+        out["reports"] = int(sample("dnanet_validator_reports_accepted_total") or 0)
+        return out
 
     # SettlementHooks
     def settled(self, epoch: int) -> None:
