@@ -27,8 +27,8 @@ class DnanetError(Exception):
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         self.field = field
-        self.reason = message
-        """The message without the field's name (``str(exc)`` is ``"field: reason"``)."""
+        self.detail = message
+        """The message without the field's name (``str(exc)`` is ``"field: detail"``)."""
         super().__init__(f"{field}: {message}" if field else message)
 
 

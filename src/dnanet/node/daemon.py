@@ -72,7 +72,7 @@ def resolve_device(device: str) -> str:
     try:
         return resolve_compute_device(device)
     except ConfigError as exc:
-        raise ConfigError(f"--device {device!r}: {exc.reason}") from None
+        raise ConfigError(f"--device {device!r}: {exc.detail}") from None
 
 
 class NodeDaemon:

@@ -83,7 +83,7 @@ class EpochView:
                 )
             except InvalidProof as exc:
                 # Name the report's field, not the VRF module's parameter ("pi").
-                raise InvalidProof(exc.reason, field="vrfProof") from None
+                raise InvalidProof(exc.detail, field="vrfProof") from None
             self.beta_cache[key] = beta
         return beta
 

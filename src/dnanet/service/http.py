@@ -89,7 +89,7 @@ def error_body(exc: DnanetError | Exception, kind: str | None = None) -> dict[st
     field = getattr(exc, "field", None)
     if field is None and isinstance(exc, CodecError):
         field = "body"  # the document as a whole: not JSON, too deep, too large
-    message = exc.reason if isinstance(exc, DnanetError) else str(exc)
+    message = exc.detail if isinstance(exc, DnanetError) else str(exc)
     return {"error": {"type": kind or type(exc).__name__, "message": message, "field": field}}
 
 

@@ -97,7 +97,7 @@ class RemoteError:
     def of(cls, exc: DnanetError) -> RemoteError:
         kind = next((k.__name__ for k in type(exc).__mro__
                      if getattr(errors, k.__name__, None) is k), "DnanetError")
-        return cls(kind, exc.reason, exc.field)
+        return cls(kind, exc.detail, exc.field)
 
     def error(self) -> DnanetError:
         kind = getattr(errors, self.kind, DnanetError)
@@ -281,7 +281,7 @@ class CertificateIntake:
                 self.check_open(epoch)
                 open_epochs[epoch] = None
             except EpochClosed as exc:
-                open_epochs[epoch] = exc.reason
+                open_epochs[epoch] = exc.detail
         why_closed = open_epochs[epoch]
         if why_closed is None:
             return True
