@@ -295,8 +295,7 @@ def bench_validator_intake(certificates: int, connections: int, reports: int = 1
     from dnanet.validator.daemon import default_workers
 
     gw, warm, bodies = vi.build(certificates, reports)
-    wall, costs = run_loop(vi.measure_over_http(gw, bodies, connections, default_workers(),
-                                                warm))
+    wall, costs = vi.measure_over_http(gw, bodies, connections, default_workers(), warm)
     validator_cpu = costs["main"] + costs["verifiers"]
     return IntakeRun(len(bodies), reports, len(bodies) / wall,
                      validator_cpu / len(bodies) * 1e6)

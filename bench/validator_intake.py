@@ -52,6 +52,7 @@ from dnanet.protocol.schedule import (
     compute_vrf_alpha,
 )
 from dnanet.protocol.scoring import compute_challenge_score
+from dnanet.service.http import listen
 from dnanet.service.loop import run as run_loop
 from dnanet.validator.daemon import ValidatorDaemon
 from validator_helpers import FakeGateway, build_network
@@ -180,28 +181,80 @@ def _line(label: str, count: int, reports: int, wall: float, costs: dict[str, fl
             f"CPU us per certificate {total / count * 1e6:,.0f} ({parts})")
 
 
-async def measure_over_http(gw: FakeGateway, bodies: list[bytes], connections: int,
-                            workers: int, warm: list[bytes]) -> tuple[float, dict[str, float]]:
-    """Send ``bodies`` to a fresh Validator over HTTP: the load's wall seconds and the CPU
-    seconds of the Validator's main process, its verifiers and the load generator."""
-    with tempfile.TemporaryDirectory() as tmp:
-        daemon = ValidatorDaemon(gw, Path(tmp), port=0, run_settlement=False, workers=workers)
+def _serve_beside(gw: FakeGateway, data_dir: Path, port: int, warm: list[bytes],
+                  conn: Any) -> None:
+    """In a forked process: one more process of the Validator (``--processes``), on the same
+    port and database; reports its CPU seconds when told the load is over."""
+
+    async def main() -> None:
+        daemon = ValidatorDaemon(gw, data_dir, run_settlement=False,
+                                 sock=listen("127.0.0.1", port, join=True))
         await daemon.start()
         try:
             await warm_up(daemon, warm)
-            port = int(daemon.url.rsplit(":", 1)[1])
-            elapsed = multiprocessing.Value("d", 0.0)
-            proc = multiprocessing.Process(target=load,
-                                           args=(port, bodies, connections, elapsed))
-            c0, k0, v0 = process_cpu_s(), children_cpu_s(), verifiers_cpu_s(daemon)
-            proc.start()
-            while proc.is_alive():
+            conn.send("ready")
+            c0 = process_cpu_s()
+            while not conn.poll():
                 await asyncio.sleep(0.05)
-            proc.join()
-            c1, k1, v1 = process_cpu_s(), children_cpu_s(), verifiers_cpu_s(daemon)
-            stored = daemon.store.certificate_count(0) - len(warm)
+            conn.recv()
+            conn.send(process_cpu_s() - c0)
         finally:
             await daemon.stop()
+
+    run_loop(main())
+
+
+def measure_over_http(gw: FakeGateway, bodies: list[bytes], connections: int, workers: int,
+                      warm: list[bytes], processes: int = 1) -> tuple[float, dict[str, float]]:
+    """Send ``bodies`` to a fresh Validator over HTTP: the load's wall seconds and the CPU
+    seconds of the Validator's processes, its verifiers and the load generator. With
+    ``processes`` > 1 the others are forked beside it, as ``validator run --processes`` starts
+    them (each on the same port and database)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sock = listen("127.0.0.1", 0, share=processes > 1)
+        port = int(sock.getsockname()[1])
+        beside = []
+        fork = multiprocessing.get_context("fork")
+        for _ in range(processes - 1):  # forked before this process runs a loop or threads
+            here, there = fork.Pipe()
+            child = fork.Process(target=_serve_beside, args=(gw, Path(tmp), port, warm, there))
+            child.start()
+            beside.append((here, child))
+        for here, _child in beside:
+            here.recv()
+        elapsed, costs = run_loop(_measure(gw, Path(tmp), sock, bodies, connections, workers,
+                                           warm))
+        others = 0.0
+        for here, child in beside:
+            here.send("stop")
+            others += here.recv()
+            child.join()
+        if processes > 1:
+            costs = {"main": costs["main"], f"{processes - 1} other(s)": others,
+                     **{k: v for k, v in costs.items() if k != "main"}}
+    return elapsed, costs
+
+
+async def _measure(gw: FakeGateway, data_dir: Path, sock: Any, bodies: list[bytes],
+                   connections: int, workers: int, warm: list[bytes]
+                   ) -> tuple[float, dict[str, float]]:
+    daemon = ValidatorDaemon(gw, data_dir, run_settlement=False, workers=workers, sock=sock)
+    await daemon.start()
+    try:
+        await warm_up(daemon, warm)
+        port = int(daemon.url.rsplit(":", 1)[1])
+        elapsed = multiprocessing.Value("d", 0.0)
+        proc = multiprocessing.Process(target=load,
+                                       args=(port, bodies, connections, elapsed))
+        c0, k0, v0 = process_cpu_s(), children_cpu_s(), verifiers_cpu_s(daemon)
+        proc.start()
+        while proc.is_alive():
+            await asyncio.sleep(0.05)
+        proc.join()
+        c1, k1, v1 = process_cpu_s(), children_cpu_s(), verifiers_cpu_s(daemon)
+        stored = daemon.store.certificate_count(0) - len(warm)
+    finally:
+        await daemon.stop()
     if proc.exitcode != 0 or stored != len(bodies):
         raise SystemExit(f"load generator failed (exit {proc.exitcode}, stored {stored} of "
                          f"{len(bodies)})")
@@ -209,12 +262,12 @@ async def measure_over_http(gw: FakeGateway, bodies: list[bytes], connections: i
                                   "load generator": k1 - k0}
 
 
-async def over_http(gw: FakeGateway, bodies: list[bytes], connections: int, workers: int,
-                    warm: list[bytes], reports: int) -> float:
+def over_http(gw: FakeGateway, bodies: list[bytes], connections: int, workers: int,
+              warm: list[bytes], reports: int, processes: int = 1) -> float:
     """Certificates/s over HTTP; prints the figures."""
-    wall, costs = await measure_over_http(gw, bodies, connections, workers, warm)
-    print(_line(f"HTTP, workers={workers}, {connections} connections", len(bodies), reports,
-                wall, costs))
+    wall, costs = measure_over_http(gw, bodies, connections, workers, warm, processes)
+    label = f"HTTP, {processes} processes" if processes > 1 else f"HTTP, workers={workers}"
+    print(_line(f"{label}, {connections} connections", len(bodies), reports, wall, costs))
     return len(bodies) / wall
 
 
@@ -267,6 +320,9 @@ def main() -> None:
                         help="verification processes to compare (0: threads)")
     parser.add_argument("--reports", type=int, nargs="+", default=[1, 32],
                         help="reports per certificate to compare")
+    parser.add_argument("--processes", type=int, nargs="*", default=[2],
+                        help="also run the Validator as this many processes on one port and "
+                        "database (validator run --processes), verifying on threads")
     parser.add_argument("--signatures", type=int, choices=(3, 4), default=3,
                         help="mixer signatures per certificate (3: the threshold, as mixers "
                              "forward them)")
@@ -280,7 +336,9 @@ def main() -> None:
               f"mixer signatures each) in {time.perf_counter() - t0:.1f} s")
         for workers in args.workers:
             run_loop(without_http(gw, bodies, args.connections, workers, warm, reports))
-            run_loop(over_http(gw, bodies, args.connections, workers, warm, reports))
+            over_http(gw, bodies, args.connections, workers, warm, reports)
+        for processes in args.processes:
+            over_http(gw, bodies, args.connections, 0, warm, reports, processes)
 
 
 if __name__ == "__main__":

@@ -141,12 +141,55 @@ def test_full_epochs_settle_pay_claims_and_write_the_summary(tmp_path: Path,
         assert client.balance_of(claim.address) == claim.balance_after
 
 
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the running children of process ``pid`` (Linux /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            if entry.name.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append((int(entry.name),
+                            (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+class _KillingDevnet(E2EProcessDevnet):
+    """Kills one of the Validator's serving processes once certificates arrive, and records
+    that the Validator started it again."""
+
+    killed: int | None = None
+    restarted = False
+
+    async def setup(self) -> None:
+        await super().setup()
+        self._killer = asyncio.create_task(self._kill_a_serving_process())
+
+    async def _kill_a_serving_process(self) -> None:
+        import os
+        import signal
+
+        leader = dict(self.processes)["validator"].pid
+        while not ((await self.get_json("/v1/epochs/0")) or {}).get("certificates"):
+            await asyncio.sleep(0.2)  # None (404) until the epoch begins
+        serving = [pid for pid, cmd in _children(leader) if "validator serve" in cmd]
+        assert len(serving) == dnanet.devnet.VALIDATOR_PROCESSES - 1
+        self.killed = serving[0]
+        os.kill(serving[0], signal.SIGKILL)
+        while not self.restarted:
+            await asyncio.sleep(0.2)
+            metrics = (await self.http.get(f"{self.validator_url}/metrics")).text
+            self.restarted = "dnanet_validator_process_restarts_total 1.0" in metrics
+
+
 @pytest.mark.npm
 def test_full_epoch_on_anvil_with_every_role_its_own_process(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``run_devnet(chain="anvil")``: anvil from npm, the Validator, mixers and nodes each
-    started as its own OS process with the operator commands; the epoch settles, audits and
-    pays claims as on the embedded chain."""
+    """``run_devnet(chain="anvil")``: anvil from npm, the Validator (two processes), mixers and
+    nodes each started as its own OS process with the operator commands; the epoch settles,
+    audits and pays claims as on the embedded chain, though one of the Validator's processes
+    is killed once certificates arrive (and started again)."""
     if shutil.which("npm") is None or shutil.which("node") is None:
         pytest.skip("the anvil devnet needs node and npm on PATH")
     from dnanet.chain.anvil import ensure_anvil
@@ -156,7 +199,7 @@ def test_full_epoch_on_anvil_with_every_role_its_own_process(
     except ConfigError as exc:
         pytest.skip(f"no usable anvil here: {exc}")
     monkeypatch.setattr(dnanet.devnet, "ProcessDevnet",
-                        lambda *, chain, keystore, **kw: E2EProcessDevnet(**kw))
+                        lambda *, chain, keystore, **kw: _KillingDevnet(**kw))
     summary_path = tmp_path / "summary.json"
     E2EProcessDevnet.instances.clear()
 
@@ -173,6 +216,11 @@ def test_full_epoch_on_anvil_with_every_role_its_own_process(
     check_summary_and_claims(devnet, summary, TEST, profiles)
     assert [p.poll() is not None for _, p in devnet.processes] == \
         [True] * (1 + 4 + 4)  # every role was its own process, and it stopped
+    assert isinstance(devnet, _KillingDevnet)
+    if devnet._killer.done():
+        devnet._killer.result()  # its failure, if it failed
+    assert devnet.killed is not None and devnet.restarted
+    assert _children(devnet.processes[0][1].pid) == []  # the Validator stopped its own
 
 
 def test_quorum_forms_with_one_of_four_mixers_down(tmp_path: Path) -> None:

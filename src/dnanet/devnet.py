@@ -415,6 +415,9 @@ class Devnet:
 ANVIL_DEV_KEY = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 """anvil's first pre-funded development account (public knowledge; dev chains only)."""
 KEYSTORE_PASSWORD = "dnanet-devnet"
+VALIDATOR_PROCESSES = 2
+"""Processes the devnet's Validator runs as over JSON-RPC (``validator run --processes``): its
+intake uses two cores, as a real Validator uses all of its own."""
 """Password of the devnet's throwaway keystores (they live in its data directory)."""
 
 
@@ -519,7 +522,8 @@ class ProcessDevnet(Devnet):
         self.validator_url = f"http://127.0.0.1:{validator_port}"
         self._spawn("validator", ["validator", "run", *common, *keystore(self.validator_id),
                                   "--data-dir", str(self.data_dir / "validator"),
-                                  "--port", str(validator_port)], env)
+                                  "--port", str(validator_port),
+                                  "--processes", str(VALIDATOR_PROCESSES)], env)
         await self._wait_healthy("validator", self.validator_url)
         for identity, port in zip(self.mixer_ids, mixer_ports, strict=True):
             name = f"mixer-{identity.address[2:10]}"
@@ -562,7 +566,8 @@ class ProcessDevnet(Devnet):
             self.clock.start()
         self.out(f"devnet: chain {self.deployment.chain_id} ({self.chain_arg} at {self.rpc_url}),"
                  f" genesis block {genesis}, {len(self.node_ids)} nodes, {len(self.mixer_ids)} "
-                 f"mixers, validator {self.validator_url}; each role is its own process, logs "
+                 f"mixers, validator {self.validator_url} ({VALIDATOR_PROCESSES} processes); each "
+                 f"role is its own process, logs "
                  f"in {self.data_dir}")
         self.announce_host()
 

@@ -26,10 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import uvicorn
@@ -37,6 +40,8 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import values as prometheus_values
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.datastructures import URL
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -45,6 +50,7 @@ from starlette.types import Message as AsgiMessage
 from dnanet.errors import (
     ChainError,
     CodecError,
+    ConfigError,
     CryptoError,
     DnanetError,
     ProtocolError,
@@ -250,14 +256,45 @@ class AppLimits:
     """Request bodies held at once, over all requests (see the module docstring)."""
 
 
+_shared_metrics_dir: Path | None = None
+
+
+def share_metrics(directory: Path, *, clear: bool = False) -> None:
+    """Keep every metric this process creates from now on in ``directory``, shared by the
+    processes of one daemon (prometheus_client's multiprocess mode): the ``/metrics`` of an app
+    created with ``shared_metrics=True`` then answers the sums over all of them, whichever
+    process serves it. ``clear`` first empties the directory (the process that starts the
+    others, before it does). Only counters are used: they add up across processes."""
+    global _shared_metrics_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    if clear:
+        for old in directory.glob("*.db"):
+            old.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    prometheus_values.ValueClass = prometheus_values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    _shared_metrics_dir = directory
+
+
 def create_app(
-    title: str, *, limits: AppLimits | None = None, registry: CollectorRegistry | None = None
+    title: str, *, limits: AppLimits | None = None, registry: CollectorRegistry | None = None,
+    shared_metrics: bool = False,
 ) -> FastAPI:
-    """A FastAPI app with dnanet's error mapping, body-size and rate limits, /health, /metrics."""
+    """A FastAPI app with dnanet's error mapping, body-size and rate limits, /health, /metrics.
+
+    Metrics are registered on ``app.state.registry`` and read from ``app.state.exposition``:
+    the same registry, or with ``shared_metrics`` (after ``share_metrics``) a registry that
+    sums every process's."""
     limits = limits or AppLimits()
     registry = registry or CollectorRegistry()
     app = FastAPI(title=title, version="1", docs_url=None, redoc_url=None)
     app.state.registry = registry
+    exposition = registry
+    if shared_metrics:
+        if _shared_metrics_dir is None:
+            raise ConfigError("shared metrics need share_metrics(directory) first")
+        exposition = CollectorRegistry()
+        MultiProcessCollector(exposition, path=str(_shared_metrics_dir))  # type: ignore[no-untyped-call]
+    app.state.exposition = exposition
     requests = Counter("dnanet_http_requests", "HTTP requests", ["path", "status"],
                        registry=registry)
     bucket = TokenBucket(limits.rate_per_s, limits.burst)
@@ -290,7 +327,7 @@ def create_app(
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
     async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(exposition), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -373,10 +410,41 @@ uvicorn's default of 5 s, a client that reused a connection after 5 s idle could
 request just as the server closed it, and read an error instead of an answer."""
 
 
-class Server:
-    """A uvicorn server running inside the current event loop."""
+def listen(host: str, port: int, *, share: bool = False, join: bool = False,
+           backlog: int = 2048) -> socket.socket:
+    """A listening TCP socket on ``host``:``port`` (0: a free port), for ``Server(sock=...)``.
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    ``share``: other processes may listen on the same port with ``join`` (``SO_REUSEPORT``); the
+    kernel then spreads new connections evenly over them. The port must be free first: a
+    process left listening with ``SO_REUSEPORT`` from an earlier run is an error, not a
+    process that silently shares the port. ``join``: listen beside a process that ``share``d.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if share and not join:
+        # Refused if anyone listens there, with SO_REUSEPORT or without (port 0: a free one).
+        probe = listen(host, port)
+        port = int(probe.getsockname()[1])
+        probe.close()
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if share or join:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise DnanetError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                          field="port") from exc
+    return sock
+
+
+class Server:
+    """A uvicorn server running inside the current event loop: on ``host``:``port``, or on a
+    listening socket ``sock`` (see ``listen``), which it closes when it stops."""
+
+    def __init__(self, app: FastAPI, host: str, port: int,
+                 sock: socket.socket | None = None) -> None:
         config = uvicorn.Config(DirectRoutes(app), host=host, port=port, log_level="warning",
                                 lifespan="off", access_log=False,
                                 timeout_keep_alive=int(KEEP_ALIVE_S))
@@ -384,17 +452,22 @@ class Server:
         self.task: asyncio.Task[None] | None = None
         self.host = host
         self.port = port
+        self.sock = sock
+        self.sock_port = None if sock is None else int(sock.getsockname()[1])
 
     @property
     def url(self) -> str:
         """The base URL: with port 0, the port the OS bound once the server has started."""
+        if self.sock_port is not None:
+            return f"http://{self.host}:{self.sock_port}"
         servers = self.server.servers if self.server.started else []
         if servers and servers[0].sockets:
             return f"http://{self.host}:{servers[0].sockets[0].getsockname()[1]}"
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        self.task = asyncio.create_task(self.server.serve())
+        sockets = None if self.sock is None else [self.sock]
+        self.task = asyncio.create_task(self.server.serve(sockets=sockets))
         while not self.server.started:
             if self.task.done():
                 self.task.result()  # raise the start-up error (port in use...)

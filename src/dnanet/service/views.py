@@ -129,5 +129,11 @@ class ViewCache:
         with self._lock:
             self._views.pop(epoch, None)
 
+    def forget_before(self, epoch: int) -> None:
+        """Drop the views of every epoch before ``epoch`` (settled ones)."""
+        with self._lock:
+            for old in [e for e in self._views if e < epoch]:
+                del self._views[old]
+
 
 __all__ = ["ViewCache", "build_epoch_view", "compute_node_infos", "read_round_seeds"]

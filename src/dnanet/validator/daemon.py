@@ -13,18 +13,22 @@ import contextlib
 import logging
 import os
 import signal
+import socket
+import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from dnanet.crypto.keys import Identity
-from dnanet.service.http import AppLimits, Server, create_app
+from dnanet.errors import ConfigError
+from dnanet.service.http import AppLimits, Server, create_app, listen, share_metrics
 from dnanet.service.logs import configure_logging
 from dnanet.service.loop import run as run_loop
 from dnanet.service.network import ChainGateway
 from dnanet.service.views import ViewCache
 from dnanet.validator.intake import CertificateIntake
+from dnanet.validator.processes import ServingProcesses
 from dnanet.validator.server import ValidatorApi, ValidatorMetrics
 from dnanet.validator.settle import Backoff, HttpSettlementSigner, SettlementLoop, SettlementSigner
 from dnanet.validator.store import ValidatorStore
@@ -32,6 +36,8 @@ from dnanet.validator.store import ValidatorStore
 log = logging.getLogger("dnanet.validator")
 
 DB_NAME = "validator.db"
+METRICS_DIR = "metrics"
+"""Under the data directory: the metrics shared by a Validator's processes."""
 
 
 class ValidatorDaemon:
@@ -41,7 +47,11 @@ class ValidatorDaemon:
     ``signer`` replaces the HTTP client that asks mixers for settlement signatures (tests);
     ``poll_s`` is how often the settlement loop looks at the chain (default: half a block);
     ``run_settlement=False`` serves without the loop (the caller drives ``loop.step()``);
-    ``workers`` > 0 verifies certificates in that many processes (else in threads).
+    ``follow_chain=True`` (with ``run_settlement=False``) instead follows the chain's position
+    once per poll, as the other processes of a Validator do (``dnanet.validator.processes``);
+    ``workers`` > 0 verifies certificates in that many processes (else in threads);
+    ``sock`` is a listening socket to serve on instead of ``host``:``port`` (shared by the
+    processes of one Validator).
     """
 
     def __init__(
@@ -58,16 +68,21 @@ class ValidatorDaemon:
         backoff: Backoff | None = None,
         limits: AppLimits | None = None,
         run_settlement: bool = True,
+        follow_chain: bool = False,
         workers: int = 0,
+        sock: socket.socket | None = None,
+        shared_metrics: bool = False,
     ) -> None:
         self.gateway = gateway
         self.preset = gateway.preset
         self.identity = identity
+        self.address = identity.address if identity else None
+        """The Validator's account, shown in the status (set by the other processes)."""
         self.data_dir = Path(data_dir)
         self.store = ValidatorStore(self.data_dir / DB_NAME)
         self.views = ViewCache(gateway)
-        self.app = create_app("dnanet validator", limits=limits)
-        self.metrics = ValidatorMetrics(self.app.state.registry)
+        self.app = create_app("dnanet validator", limits=limits, shared_metrics=shared_metrics)
+        self.metrics = ValidatorMetrics(self.app.state.registry, self.app.state.exposition)
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(sign_timeout_s, connect=5.0),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
@@ -80,18 +95,21 @@ class ValidatorDaemon:
                                         workers=workers, on_result=self.metrics.intake_result)
         self.api = ValidatorApi(self.app, self.store, gateway, self.intake, self.status,
                                 intake_totals=self.metrics.totals)
-        self.server = Server(self.app, host, port)
+        self.server = Server(self.app, host, port, sock)
         self._task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._started = False
         self.run_settlement = run_settlement
+        self.follow_chain = follow_chain and not run_settlement
+        self.processes: ServingProcesses | None = None
+        """The other processes serving this Validator, when this one started them."""
 
     def _published(self, epoch: int) -> None:
         self.intake.mark_closed(epoch)
         self.views.forget(epoch)
 
     def status(self) -> dict[str, Any]:
-        return {"validator": self.identity.address if self.identity else None,
+        return {"validator": self.address,
                 "head": self.loop.head, "next_epoch_to_settle": self.loop.chain_next}
 
     @property
@@ -108,10 +126,38 @@ class ValidatorDaemon:
         self.loop.chain_next = await asyncio.to_thread(gw.next_epoch_to_settle)
         await self.intake.start()
         await self.server.start()
+        if self.processes is not None:
+            await self.processes.start()
         if self.run_settlement:
             self._task = asyncio.create_task(self.loop.run(), name="validator-settlement")
+        elif self.follow_chain:
+            self._task = asyncio.create_task(self._follow(), name="validator-follow")
         self._started = True
         log.info("validator serving on %s (data %s)", self.url, self.data_dir)
+
+    async def _follow(self) -> None:
+        """Follow the chain's head and next epoch to settle (what the settlement loop does in
+        the first process): the status shows them, and intake refuses settled epochs early.
+        Views of settled epochs are dropped. Epochs whose rollup the first process has
+        published are refused through the shared database (``CertificateIntake.check_open``).
+        Stops this process if the process that started it is gone."""
+        gw, parent = self.gateway, os.getppid()
+        while True:
+            try:
+                self.loop.head = await asyncio.to_thread(gw.block_number)
+                chain_next = await asyncio.to_thread(gw.next_epoch_to_settle)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the chain is down: keep serving what is stored
+                log.warning("cannot read the chain's position: %s", exc)
+            else:
+                self.loop.chain_next = chain_next
+                self.views.forget_before(chain_next)
+            if os.getppid() != parent:
+                log.error("the validator process that started this one is gone: stopping")
+                self._stopped.set()
+                return
+            await asyncio.sleep(self.loop.poll_s)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -120,6 +166,8 @@ class ValidatorDaemon:
                 await self._task
             self._task = None
         if self._started:
+            if self.processes is not None:
+                await self.processes.stop()
             await self.server.stop()
             await self.intake.stop()
             self._started = False
@@ -128,12 +176,13 @@ class ValidatorDaemon:
         self._stopped.set()
 
     async def run(self) -> None:
-        """Serve until cancelled (Ctrl-C) or ``stop()``."""
+        """Serve until cancelled (Ctrl-C), ``stop()``, or (following the chain) the process
+        that started this one is gone."""
         await self.start()
         try:
             await self._stopped.wait()
         finally:
-            if not self._stopped.is_set():
+            if self._started:
                 await self.stop()
 
 
@@ -152,9 +201,47 @@ def _validator_run(args: argparse.Namespace) -> int:
     from dnanet.service.gateway import open_gateway
 
     configure_logging("INFO")
-    gateway = open_gateway(args.rpc, Path(args.deployment), load_identity(Path(args.keystore)))
-    daemon = ValidatorDaemon(gateway, Path(args.data_dir), host=args.host, port=args.port,
-                             workers=args.workers)
+    if args.processes < 1:
+        raise ConfigError(f"--processes must be at least 1, got {args.processes}",
+                          field="processes")
+    workers = args.workers
+    if workers is None:
+        workers = 0 if args.processes > 1 else default_workers()
+    identity = load_identity(Path(args.keystore))
+    gateway = open_gateway(args.rpc, Path(args.deployment), identity)
+    data_dir = Path(args.data_dir)
+    if args.processes == 1:
+        daemon = ValidatorDaemon(gateway, data_dir, host=args.host, port=args.port,
+                                 identity=identity, workers=workers)
+        run_loop(_serve(daemon))
+        return 0
+    metrics_dir = data_dir / METRICS_DIR
+    share_metrics(metrics_dir, clear=True)
+    sock = listen(args.host, args.port, share=True)
+    daemon = ValidatorDaemon(gateway, data_dir, host=args.host, identity=identity,
+                             workers=workers, sock=sock, shared_metrics=True)
+    argv = [sys.executable, "-m", "dnanet.cli", "validator", "serve",
+            "--port", str(sock.getsockname()[1]), "--data-dir", str(data_dir),
+            "--deployment", args.deployment, "--rpc", args.rpc, "--host", args.host,
+            "--validator", identity.address, "--workers", str(workers)]
+    daemon.processes = ServingProcesses(argv, args.processes - 1,
+                                        on_restart=daemon.metrics.process_restarted)
+    run_loop(_serve(daemon))
+    return 0
+
+
+def _validator_serve(args: argparse.Namespace) -> int:
+    from dnanet.service.gateway import open_gateway
+
+    configure_logging("INFO")
+    data_dir = Path(args.data_dir)
+    share_metrics(data_dir / METRICS_DIR)
+    sock = listen(args.host, args.port, join=True)
+    gateway = open_gateway(args.rpc, Path(args.deployment), None)
+    daemon = ValidatorDaemon(gateway, data_dir, host=args.host, run_settlement=False,
+                             follow_chain=True, workers=args.workers, sock=sock,
+                             shared_metrics=True)
+    daemon.address = args.validator
     run_loop(_serve(daemon))
     return 0
 
@@ -177,10 +264,25 @@ def add_validator_commands(sub: Any) -> None:
                      "and pays for them (password from DNANET_KEYSTORE_PASSWORD or a prompt)")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8700)
-    run.add_argument("--workers", type=int, default=default_workers(),
-                     help="processes that verify certificates; 0 verifies on threads of the main "
-                     "process (default: CPUs - 2, so 0 on a 2-core host)")
+    run.add_argument("--workers", type=int, default=None,
+                     help="processes that verify certificates for each serving process; 0 "
+                     "verifies on threads (default: CPUs - 2 with one process, so 0 on a 2-core "
+                     "host; 0 with --processes)")
+    run.add_argument("--processes", type=int, default=1,
+                     help="processes that serve the port, each taking in certificates on its "
+                     "own core (default 1; see docs/validator.md)")
     run.set_defaults(handler=_validator_run)
+    serve = actions.add_parser(
+        "serve", help="serve beside a Validator, on its port and database (started by "
+        "validator run --processes; not run by hand)")
+    serve.add_argument("--port", type=int, required=True, help="the Validator's port")
+    serve.add_argument("--data-dir", required=True, help="the Validator's data directory")
+    serve.add_argument("--deployment", required=True, help="deployment file of the network")
+    serve.add_argument("--rpc", required=True, help="chain JSON-RPC URL")
+    serve.add_argument("--host", default="127.0.0.1", help="the Validator's host")
+    serve.add_argument("--validator", default=None, help="the Validator's account (status)")
+    serve.add_argument("--workers", type=int, default=0)
+    serve.set_defaults(handler=_validator_serve)
 
 
 __all__ = ["DB_NAME", "ValidatorDaemon", "add_validator_commands", "default_workers"]

@@ -64,9 +64,12 @@ INTAKE_RESULTS = ("accepted", "duplicate", "rejected", "closed")
 
 
 class ValidatorMetrics:
-    """The Validator's Prometheus counters (registered on the app's registry)."""
+    """The Validator's Prometheus counters, registered on the app's ``registry``; ``totals``
+    reads them from ``exposition`` (the same registry, or with shared metrics the sums over
+    every process of the Validator)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry,
+                 exposition: CollectorRegistry | None = None) -> None:
         self.certificates = Counter("dnanet_validator_certificates", "certificates received",
                                     ["result"], registry=registry)
         self.reports = Counter("dnanet_validator_reports_accepted",
@@ -75,7 +78,11 @@ class ValidatorMetrics:
                                       registry=registry)
         self.punishments = Counter("dnanet_validator_punishments_submitted",
                                    "punishments submitted", registry=registry)
+        self.restarts = Counter("dnanet_validator_process_restarts",
+                                "serving processes started again after they exited",
+                                registry=registry)
         self.registry = registry
+        self.exposition = exposition if exposition is not None else registry
         for result in INTAKE_RESULTS:
             self.certificates.labels(result)
 
@@ -87,11 +94,14 @@ class ValidatorMetrics:
     def totals(self) -> dict[str, int]:
         """Certificates by result, and new reports (``reports``), since start: the counters'
         values."""
-        sample = self.registry.get_sample_value
+        sample = self.exposition.get_sample_value
         out = {r: int(sample("dnanet_validator_certificates_total", {"result": r}) or 0)
                for r in INTAKE_RESULTS}
         out["reports"] = int(sample("dnanet_validator_reports_accepted_total") or 0)
         return out
+
+    def process_restarted(self) -> None:
+        self.restarts.inc()
 
     # SettlementHooks
     def settled(self, epoch: int) -> None:
