@@ -17,11 +17,13 @@ Figures, all from this one run, on loopback:
   ``dnanet.node.server``), so the mixer and the nodes do not share a GIL. (A shared httpx
   client measured 36/s here, one per node 79/s, aiohttp 178-190/s; the mixer now uses its
   own ``NodeHttpClient``: 277/s in the same run, mixer CPU 2.9 ms per challenge, was 5.1.)
-- ``validator_intake_per_s``: single-report certificates per second into a ``ValidatorDaemon``
-  over HTTP (``bench/validator_intake.py``'s corpus and load generator, verification as the
-  CLI's default on the host), and the same with ``--batch-reports`` reports per certificate
-  (a mixer certifies one batch per round with every node it challenged) as reports/s; with
-  the Validator's CPU per certificate.
+- ``validator_intake_per_s``: single-report certificates per second into a Validator over
+  HTTP (``bench/validator_intake.py``'s corpus and load generator) that runs as one process per
+  CPU on one port and database (``validator run --processes``, ``--validator-processes``);
+  ``..._1_process`` the same as one process (verification as the CLI's default on the host),
+  and the ratio; and with ``--batch-reports`` reports per certificate (a mixer certifies one
+  batch per round with every node it challenged) as reports/s; each with the Validator's CPU
+  per certificate (every process of it).
 - ``cosign_round_trip_p50_ms``: a peer's ``BatchProposal`` (one report) POSTed to a running
   ``MixerDaemon``'s ``/v1/batches`` until its ``CoSignature`` is back, one at a time; the
   mixer checks the batch fully (window, VRF assignment, node signature, measurements, score)
@@ -287,16 +289,19 @@ class IntakeRun:
     """CPU per certificate: the Validator's process and its verifiers (load generator not)."""
 
 
-def bench_validator_intake(certificates: int, connections: int, reports: int = 1) -> IntakeRun:
-    """Certificates/s into a ValidatorDaemon over HTTP (``bench/validator_intake.py``'s corpus
-    and raw-HTTP load generator in another process; verification as the CLI's default on this
-    host), with ``reports`` reports per certificate."""
+def bench_validator_intake(certificates: int, connections: int, reports: int = 1,
+                           processes: int = 1) -> IntakeRun:
+    """Certificates/s into a Validator over HTTP (``bench/validator_intake.py``'s corpus and
+    raw-HTTP load generator in another process), with ``reports`` reports per certificate,
+    run as ``processes`` processes on one port and database (``validator run --processes``;
+    one process verifies as the CLI's default on this host)."""
     import validator_intake as vi
     from dnanet.validator.daemon import default_workers
 
     gw, warm, bodies = vi.build(certificates, reports)
-    wall, costs = vi.measure_over_http(gw, bodies, connections, default_workers(), warm)
-    validator_cpu = costs["main"] + costs["verifiers"]
+    workers = default_workers() if processes == 1 else 0
+    wall, costs = vi.measure_over_http(gw, bodies, connections, workers, warm, processes)
+    validator_cpu = sum(cpu for name, cpu in costs.items() if name != "load generator")
     return IntakeRun(len(bodies), reports, len(bodies) / wall,
                      validator_cpu / len(bodies) * 1e6)
 
@@ -404,6 +409,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--batch-reports", type=int, default=32,
                         help="reports per certificate of the second intake run (a round's batch)")
+    parser.add_argument("--validator-processes", type=int, default=os.cpu_count() or 1,
+                        help="processes the Validator runs as (validator run --processes; "
+                        "default: one per CPU); also measured as one process")
     parser.add_argument("--cosign", type=int, default=300, help="co-signing round trips")
     parser.add_argument("--devnet-backend", default="minilm", choices=["minilm", "trivial"],
                         help="model the devnet's nodes serve (default: the devnet's own)")
@@ -428,18 +436,25 @@ def main() -> None:
                      f"{run.nodes_cpu_s / run.sessions * 1e3:.1f} ms"))
     import validator_intake as vi
 
-    for reports in (1, args.batch_reports):
+    processes = args.validator_processes
+    runs = [(1, processes), *([(1, 1)] if processes > 1 else []), (args.batch_reports, processes)]
+    for reports, count in runs:
         intake = bench_validator_intake(
-            vi.certificates_for(args.certificates, reports),
-            args.connections, reports)
-        key = "validator_intake_per_s" + ("" if reports == 1 else f"_{reports}_reports")
+            vi.certificates_for(args.certificates, reports), args.connections, reports, count)
+        key = "validator_intake_per_s" + ("" if reports == 1 else f"_{reports}_reports") + (
+            "_1_process" if count == 1 else "")
         figures[key] = round(intake.per_s, 1)
         figures[f"{key}_reports_per_s"] = round(intake.per_s * reports, 1)
         figures[f"{key}_cpu_us"] = round(intake.cpu_us)
+        ratio = ""
+        if (reports, count) == (1, 1) and processes > 1:
+            ratio = (f"; {processes} processes took "
+                     f"{figures['validator_intake_per_s'] / intake.per_s:.2f}x as many")
         rows.append((key, f"{intake.per_s:,.0f}/s",
-                     f"{intake.certificates} certificates of {reports} report(s) = "
-                     f"{intake.per_s * reports:,.0f} reports/s, {args.connections} connections; "
-                     f"Validator CPU {intake.cpu_us:,.0f} us per certificate"))
+                     f"{count} process(es): {intake.certificates} certificates of {reports} "
+                     f"report(s) = {intake.per_s * reports:,.0f} reports/s, {args.connections} "
+                     f"connections; Validator CPU {intake.cpu_us:,.0f} us per certificate"
+                     + ratio))
     times = bench_cosign(args.cosign)
     p50, p90 = statistics.median(times), statistics.quantiles(times, n=10)[-1]
     figures["cosign_round_trip_p50_ms"] = round(p50, 2)
