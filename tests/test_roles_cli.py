@@ -86,3 +86,46 @@ def test_node_claim_names_an_unreachable_validator_instead_of_failing_with_a_tra
                  "--address", address]) == 2
     err = capsys.readouterr().err
     assert f"cannot reach the Validator at http://127.0.0.1:9/v1/nodes/{address}" in err
+
+
+_SERVE = """
+import asyncio, sys
+from dnanet.roles_cli import _serve_until_signal
+
+class Daemon:
+    address, url = "0xab", "http://127.0.0.1:1"
+
+    async def start(self):
+        print("starting", flush=True)
+        if sys.argv[1] == "slow":  # loading a model, registering on chain...
+            await asyncio.sleep(3600)
+            print("registered", flush=True)
+
+    async def stop(self):
+        print("stopped", flush=True)
+
+_serve_until_signal(Daemon())
+"""
+
+
+@pytest.mark.parametrize("start", ["slow", "quick"])
+def test_a_signal_stops_a_daemon_also_while_it_starts(start: str) -> None:
+    """SIGTERM while the daemon starts ends the start-up where it is (it neither registers
+    nor serves) and stops it; once serving, SIGTERM stops it."""
+    import signal
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", _SERVE, start], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    assert child.stdout is not None
+    lines = [child.stdout.readline().strip()]
+    if start == "quick":
+        lines.append(child.stdout.readline().strip())  # the address and URL: serving
+    child.send_signal(signal.SIGTERM)
+    out, _ = child.communicate(timeout=30)
+    lines += out.split("\n")
+    assert child.returncode == 0
+    assert "stopped" in lines and "registered" not in lines
+    assert (lines[1] == '{"address": "0xab", "url": "http://127.0.0.1:1"}') == (start == "quick")
+    assert ("stopped during start-up" in out) == (start == "slow")

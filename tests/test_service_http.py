@@ -441,6 +441,41 @@ def test_daemons_run_on_uvloop_where_it_is_installed() -> None:
         loop.close()
 
 
+def test_in_daemon_thread_returns_raises_and_is_not_waited_for_at_exit() -> None:
+    import subprocess
+    import sys
+    import time
+
+    from dnanet.service.loop import in_daemon_thread, run
+
+    def fail() -> None:
+        raise ValueError("no model here")
+
+    async def both() -> tuple[int, str]:
+        value = await in_daemon_thread(lambda: 6 * 7, "answer")
+        try:
+            await in_daemon_thread(fail, "failing")
+        except ValueError as exc:
+            return value, str(exc)
+        raise AssertionError("the error was not raised")
+
+    assert run(both()) == (42, "no model here")
+    # A process that gives up waiting (a signal during start-up) exits at once.
+    code = ("import asyncio, time\n"
+            "from dnanet.service.loop import in_daemon_thread, run\n"
+            "async def main():\n"
+            "    try:\n"
+            "        await asyncio.wait_for(in_daemon_thread(lambda: time.sleep(60), 'x'), 0.2)\n"
+            "    except TimeoutError:\n"
+            "        print('gave up', flush=True)\n"
+            "run(main())\n")
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=50)
+    assert out.returncode == 0 and out.stdout == "gave up\n", out.stderr
+    assert time.monotonic() - t0 < 30  # not the 60 s of the thread
+
+
 def test_an_idle_keep_alive_connection_outlives_the_clients_pools() -> None:
     """A connection left idle as long as an httpx pool keeps one (5 s) still serves the next
     request: the server keeps idle connections open longer than any dnanet client does."""

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -21,6 +22,8 @@ from dnanet.service.loop import run as run_loop
 
 if TYPE_CHECKING:
     from dnanet.node.status import ChainReader
+
+log = logging.getLogger("dnanet.cli")
 
 NODE_PORT = 8701
 """``dnanet node run``'s default port (``validator run`` defaults to 8700, ``mixer run`` to
@@ -46,6 +49,9 @@ def _add_chain_args(p: argparse.ArgumentParser, *, keystore: bool = True) -> Non
 
 
 def _serve_until_signal(daemon: Any) -> None:
+    """Start ``daemon``, serve until SIGINT or SIGTERM, stop it. A signal during start-up
+    (a model loading, the registration on chain) ends the start-up at its current step: the
+    daemon does not go on to register or serve, and stops."""
     configure_logging("INFO")
 
     async def main() -> None:
@@ -54,8 +60,18 @@ def _serve_until_signal(daemon: Any) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
-        await daemon.start()
-        print(json.dumps({"address": daemon.address, "url": daemon.url}), flush=True)
+        starting = asyncio.create_task(daemon.start())
+        signalled = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            log.warning("stopped during start-up: a signal arrived before it was serving")
+        else:
+            signalled.cancel()
+            starting.result()  # a start-up error ends the command with its message
+            print(json.dumps({"address": daemon.address, "url": daemon.url}), flush=True)
         try:
             await stop.wait()
         finally:

@@ -25,6 +25,7 @@ import numpy as np
 from dnanet.crypto.hashing import sha256
 from dnanet.errors import CodecError, ConfigError, DnanetError
 from dnanet.protocol.codec import load_json
+from dnanet.service.loop import in_daemon_thread
 
 MINILM_MODEL = "all-minilm-l6-v2"
 TRIVIAL_EMBED_MODEL = "dnanet-trivial-embed"
@@ -199,7 +200,7 @@ class MiniLMBackend:
         return [self.model_id]
 
     async def load(self) -> None:
-        self._model = await asyncio.to_thread(load_minilm)
+        self._model = await in_daemon_thread(load_minilm, "load-minilm")
 
     def _encode(self, inputs: Sequence[str]) -> list[list[float]]:
         if self._model is None:

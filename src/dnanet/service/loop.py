@@ -9,8 +9,10 @@ cost ~10% less CPU. Code never depends on which loop it got.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+import contextlib
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -30,4 +32,32 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-__all__ = ["new_event_loop", "run"]
+async def in_daemon_thread(fn: Callable[[], T], name: str) -> T:
+    """``fn()`` on a thread of its own, awaited. Unlike ``asyncio.to_thread``, whose executor a
+    process waits for when it exits, a process that stops meanwhile (a signal during start-up)
+    does not wait for ``fn`` to finish: for steps that take long and leave nothing to clean
+    up, such as loading a model."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():  # the awaiting task was cancelled
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(cast(T, result))
+
+    def work() -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as exc:  # handed to the awaiting task
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return await future
+
+
+__all__ = ["in_daemon_thread", "new_event_loop", "run"]
