@@ -415,6 +415,9 @@ class Devnet:
 ANVIL_DEV_KEY = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 """anvil's first pre-funded development account (public knowledge; dev chains only)."""
 KEYSTORE_PASSWORD = "dnanet-devnet"
+STOP_S = 20.0
+"""How long the devnet's role processes have to stop after SIGTERM before they are killed
+(together: a dozen Python processes exiting at once on two cores take several seconds)."""
 VALIDATOR_PROCESSES = 2
 """Processes the devnet's Validator runs as over JSON-RPC (``validator run --processes``): its
 intake uses two cores, as a real Validator uses all of its own."""
@@ -587,11 +590,15 @@ class ProcessDevnet(Devnet):
         for _name, process in self.processes:
             if process.poll() is None:
                 process.send_signal(signals.SIGTERM)
-        for _name, process in self.processes:
-            try:
-                await asyncio.to_thread(process.wait, 10)
-            except Exception:
+        # All stop together, within STOP_S for the whole network; the rest are killed.
+        deadline = time.monotonic() + STOP_S
+        while time.monotonic() < deadline and any(p.poll() is None for _, p in self.processes):
+            await asyncio.sleep(0.1)
+        for name, process in self.processes:
+            if process.poll() is None:
+                log.warning("%s did not stop within %g s: killing it", name, STOP_S)
                 process.kill()
+                await asyncio.to_thread(process.wait)
         await self.http.aclose()
         if self.anvil is not None:
             self.anvil.stop()
@@ -708,9 +715,18 @@ def _devnet_command(args: argparse.Namespace) -> int:
         preset=get_preset(args.preset), data_dir=data_dir, chain=args.chain,
         keystore=Path(args.keystore) if args.keystore else None, backend=args.backend,
         summary=Path(args.summary) if args.summary else None))
+    signalled: list[int] = []
+
+    def on_signal() -> None:
+        # Once: a second Ctrl-C (or a SIGTERM after it) must not interrupt the stopping,
+        # which would leave role processes running.
+        if not signalled:
+            signalled.append(1)
+            task.cancel()
+
     with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(signal.SIGINT, task.cancel)
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        loop.add_signal_handler(signal.SIGINT, on_signal)
+        loop.add_signal_handler(signal.SIGTERM, on_signal)
     try:
         loop.run_until_complete(task)
     except asyncio.CancelledError:

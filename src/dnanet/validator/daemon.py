@@ -166,10 +166,12 @@ class ValidatorDaemon:
                 await self._task
             self._task = None
         if self._started:
-            if self.processes is not None:
-                await self.processes.stop()
+            if self.processes is not None:  # they stop while this one does
+                await self.processes.terminate()
             await self.server.stop()
             await self.intake.stop()
+            if self.processes is not None:
+                await self.processes.wait()
             self._started = False
         await self.http.aclose()
         self.store.close()
@@ -186,12 +188,23 @@ class ValidatorDaemon:
                 await self.stop()
 
 
-async def _serve(daemon: ValidatorDaemon) -> None:
+async def _serve(daemon: ValidatorDaemon,
+                 signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
+    """Run ``daemon`` until one of ``signals`` arrives, then stop it cleanly. Later signals
+    do not interrupt the stopping (Ctrl-C reaches a whole process group, and a supervisor
+    then sends SIGTERM as well)."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    signalled: list[int] = []
+
+    def on_signal() -> None:
+        if task is not None and not signalled:
+            signalled.append(1)
+            task.cancel()
+
+    for sig in signals:
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, task.cancel if task else (lambda: None))
+            loop.add_signal_handler(sig, on_signal)
     with contextlib.suppress(asyncio.CancelledError):
         await daemon.run()
 
@@ -242,7 +255,10 @@ def _validator_serve(args: argparse.Namespace) -> int:
                              follow_chain=True, workers=args.workers, sock=sock,
                              shared_metrics=True)
     daemon.address = args.validator
-    run_loop(_serve(daemon))
+    # Ctrl-C reaches the whole process group: the first process stops this one (SIGTERM)
+    # once it has stopped watching, so it does not start it again meanwhile.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    run_loop(_serve(daemon, (signal.SIGTERM,)))
     return 0
 
 

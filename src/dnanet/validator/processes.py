@@ -110,27 +110,36 @@ class ServingProcesses:
                 log.error("cannot start a validator process: %s", exc)
             await asyncio.sleep(self.poll_s)
 
-    async def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop watching, ask every process to finish (SIGTERM: each answers what it has
-        taken in), and kill those still running after ``timeout_s``."""
+    async def terminate(self) -> None:
+        """Stop watching and ask every process to finish (SIGTERM: each answers what it has
+        taken in, then exits)."""
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
             self._watch = None
+        for serving in self.serving:
+            if serving.process is not None and serving.process.poll() is None:
+                serving.process.send_signal(signal.SIGTERM)
+
+    async def wait(self, timeout_s: float = 10.0) -> None:
+        """Wait for the processes to exit; kill those still running after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
         running = [s.process for s in self.serving if s.process is not None]
+        while time.monotonic() < deadline and any(p.poll() is None for p in running):
+            await asyncio.sleep(0.05)
         for process in running:
             if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in running:
-            try:
-                await asyncio.to_thread(process.wait, timeout_s)
-            except subprocess.TimeoutExpired:
                 log.error("validator process pid %d did not stop: killing it", process.pid)
                 process.kill()
                 await asyncio.to_thread(process.wait)
         for serving in self.serving:
             serving.process = None
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """``terminate`` and ``wait``."""
+        await self.terminate()
+        await self.wait(timeout_s)
 
 
 __all__ = ["STABLE_S", "ServingProcesses"]
