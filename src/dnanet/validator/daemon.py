@@ -228,9 +228,8 @@ def _validator_run(args: argparse.Namespace) -> int:
                                  identity=identity, workers=workers)
         run_loop(_serve(daemon))
         return 0
-    metrics_dir = data_dir / METRICS_DIR
-    share_metrics(metrics_dir, clear=True)
-    sock = listen(args.host, args.port, share=True)
+    sock = listen(args.host, args.port, share=True)  # before touching anything shared
+    share_metrics(data_dir / METRICS_DIR, clear=True)
     daemon = ValidatorDaemon(gateway, data_dir, host=args.host, identity=identity,
                              workers=workers, sock=sock, shared_metrics=True)
     argv = [sys.executable, "-m", "dnanet.cli", "validator", "serve",
