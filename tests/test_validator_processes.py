@@ -196,19 +196,21 @@ def test_the_supervisor_restarts_a_process_that_dies_and_stops_them_all(
 
 
 def test_the_supervisor_kills_a_process_that_ignores_sigterm(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
     code = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-            "print('ready', flush=True)\nwhile True: time.sleep(0.05)\n")
+            f"open({str(ready)!r}, 'w').close()\nwhile True: time.sleep(0.05)\n")
 
     async def body() -> None:
         processes = ServingProcesses([sys.executable, "-c", code], 1, poll_s=0.02)
         await processes.start()
-        (serving,) = processes.serving
-        assert serving.process is not None
-        await asyncio.sleep(0.5)  # let it install the handler
+        (pid,) = processes.pids()
+        await _until(ready.exists)  # SIGTERM is ignored from here on
         t0 = time.monotonic()
         await processes.stop(timeout_s=0.5)
         assert time.monotonic() - t0 < 5
         assert processes.pids() == []
+        with pytest.raises(ProcessLookupError):  # killed and reaped
+            os.kill(pid, 0)
 
     run(body())
 
