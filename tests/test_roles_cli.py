@@ -119,11 +119,15 @@ def test_a_signal_stops_a_daemon_also_while_it_starts(start: str) -> None:
     child = subprocess.Popen([sys.executable, "-c", _SERVE, start], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     assert child.stdout is not None
-    lines = [child.stdout.readline().strip()]
-    if start == "quick":
-        lines.append(child.stdout.readline().strip())  # the address and URL: serving
-    child.send_signal(signal.SIGTERM)
-    out, _ = child.communicate(timeout=30)
+    try:
+        lines = [child.stdout.readline().strip()]
+        if start == "quick":
+            lines.append(child.stdout.readline().strip())  # the address and URL: serving
+        child.send_signal(signal.SIGTERM)
+        out, _ = child.communicate(timeout=30)
+    finally:
+        child.kill()  # a daemon that did not stop must not outlive the test
+        child.wait()
     lines += out.split("\n")
     assert child.returncode == 0
     assert "stopped" in lines and "registered" not in lines
