@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -259,8 +260,9 @@ def test_the_command_line_takes_processes_and_the_serving_command() -> None:
                               "--processes", "4"])
     assert (args.processes, args.workers) == (4, None)  # workers: 0 with --processes
     serve = parser.parse_args(["validator", "serve", *common, "--port", "9000",
-                               "--rpc", "http://127.0.0.1:8545", "--validator", "0xab"])
-    assert (serve.port, serve.workers, serve.validator) == (9000, 0, "0xab")
+                               "--rpc", "http://127.0.0.1:8545", "--validator", "0xab",
+                               "--parent", "77"])
+    assert (serve.port, serve.workers, serve.validator, serve.parent) == (9000, 0, "0xab", 77)
     assert serve.handler is not args.handler
     with pytest.raises(SystemExit):  # the port is not optional: it is the Validator's
         parser.parse_args(["validator", "serve", *common, "--rpc", "http://127.0.0.1:8545"])
@@ -269,3 +271,63 @@ def test_the_command_line_takes_processes_and_the_serving_command() -> None:
     with pytest.raises(ConfigError) as refused:  # before any keystore is read
         none.handler(none)
     assert refused.value.field == "processes"
+
+
+_ORPHAN = """
+import asyncio, os, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from dnanet.service.http import listen
+from dnanet.service.loop import run
+from dnanet.validator.daemon import ValidatorDaemon
+from validator_helpers import build_network, last_round_start
+
+data_dir = Path(sys.argv[1])
+gw, _ = build_network(mixers=4, nodes=4, label="orphan")
+gw.advance_to(last_round_start(gw, 0))
+first = os.getpid()
+if os.fork():  # this process stands for the first one: it dies once the other serves
+    while not (data_dir / "pid").exists():
+        time.sleep(0.01)
+    os._exit(0)
+
+
+async def main() -> None:
+    daemon = ValidatorDaemon(gw, data_dir, run_settlement=False, follow_chain=True,
+                             poll_s=0.05, sock=listen("127.0.0.1", 0), parent_pid=first)
+    await daemon.start()
+    (data_dir / "pid").write_text(str(os.getpid()))
+    await daemon.run()  # returns once it has noticed its first process is gone
+    (data_dir / "stopped").write_text("clean")
+
+run(main())
+"""
+
+
+def test_a_process_whose_first_process_died_stops_itself(tmp_path: Path) -> None:
+    """The first process dies (SIGKILL, a crash): a process it started notices within a
+    poll and stops cleanly instead of serving on alone."""
+    log = tmp_path / "log"
+    with log.open("wb") as out:  # a file, not a pipe: the other process inherits it
+        first = subprocess.Popen([sys.executable, "-c", _ORPHAN, str(tmp_path),
+                                  str(Path(__file__).parent)], stdout=out,
+                                 stderr=subprocess.STDOUT)
+    assert first.wait(timeout=60) == 0, log.read_text()
+    pid = int((tmp_path / "pid").read_text())
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "stopped").exists() or _running(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            raise AssertionError("the process kept serving after its first process died")
+        time.sleep(0.05)
+    assert (tmp_path / "stopped").read_text() == "clean"
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs (not exited, nor exited and waiting to be reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

@@ -51,7 +51,8 @@ class ValidatorDaemon:
     once per poll, as the other processes of a Validator do (``dnanet.validator.processes``);
     ``workers`` > 0 verifies certificates in that many processes (else in threads);
     ``sock`` is a listening socket to serve on instead of ``host``:``port`` (shared by the
-    processes of one Validator).
+    processes of one Validator); ``parent_pid``: following the chain, stop once this process
+    is no longer the parent (default: the parent when it starts).
     """
 
     def __init__(
@@ -72,6 +73,7 @@ class ValidatorDaemon:
         workers: int = 0,
         sock: socket.socket | None = None,
         shared_metrics: bool = False,
+        parent_pid: int | None = None,
     ) -> None:
         self.gateway = gateway
         self.preset = gateway.preset
@@ -101,6 +103,7 @@ class ValidatorDaemon:
         self._started = False
         self.run_settlement = run_settlement
         self.follow_chain = follow_chain and not run_settlement
+        self.parent_pid = parent_pid
         self.processes: ServingProcesses | None = None
         """The other processes serving this Validator, when this one started them."""
 
@@ -141,7 +144,8 @@ class ValidatorDaemon:
         Views of settled epochs are dropped. Epochs whose rollup the first process has
         published are refused through the shared database (``CertificateIntake.check_open``).
         Stops this process if the process that started it is gone."""
-        gw, parent = self.gateway, os.getppid()
+        gw = self.gateway
+        parent = self.parent_pid if self.parent_pid is not None else os.getppid()
         while True:
             try:
                 self.loop.head = await asyncio.to_thread(gw.block_number)
@@ -178,9 +182,10 @@ class ValidatorDaemon:
         self._stopped.set()
 
     async def run(self) -> None:
-        """Serve until cancelled (Ctrl-C), ``stop()``, or (following the chain) the process
-        that started this one is gone."""
-        await self.start()
+        """Serve (starting first unless started) until cancelled (Ctrl-C), ``stop()``, or
+        (following the chain) the process that started this one is gone."""
+        if not self._started:
+            await self.start()
         try:
             await self._stopped.wait()
         finally:
@@ -235,7 +240,8 @@ def _validator_run(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "dnanet.cli", "validator", "serve",
             "--port", str(sock.getsockname()[1]), "--data-dir", str(data_dir),
             "--deployment", args.deployment, "--rpc", args.rpc, "--host", args.host,
-            "--validator", identity.address, "--workers", str(workers)]
+            "--validator", identity.address, "--workers", str(workers),
+            "--parent", str(os.getpid())]
     daemon.processes = ServingProcesses(argv, args.processes - 1,
                                         on_restart=daemon.metrics.process_restarted)
     run_loop(_serve(daemon))
@@ -252,7 +258,7 @@ def _validator_serve(args: argparse.Namespace) -> int:
     gateway = open_gateway(args.rpc, Path(args.deployment), None)
     daemon = ValidatorDaemon(gateway, data_dir, host=args.host, run_settlement=False,
                              follow_chain=True, workers=args.workers, sock=sock,
-                             shared_metrics=True)
+                             shared_metrics=True, parent_pid=args.parent)
     daemon.address = args.validator
     # Ctrl-C reaches the whole process group: the first process stops this one (SIGTERM)
     # once it has stopped watching, so it does not start it again meanwhile.
@@ -297,6 +303,8 @@ def add_validator_commands(sub: Any) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="the Validator's host")
     serve.add_argument("--validator", default=None, help="the Validator's account (status)")
     serve.add_argument("--workers", type=int, default=0)
+    serve.add_argument("--parent", type=int, default=None,
+                       help="stop once this process (the first) is gone (default: the parent)")
     serve.set_defaults(handler=_validator_serve)
 
 
