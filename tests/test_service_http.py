@@ -7,6 +7,7 @@ the transport's), and once through uvicorn over loopback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -474,6 +475,23 @@ def test_in_daemon_thread_returns_raises_and_is_not_waited_for_at_exit() -> None
                          timeout=50)
     assert out.returncode == 0 and out.stdout == "gave up\n", out.stderr
     assert time.monotonic() - t0 < 30  # not the 60 s of the thread
+
+
+def test_cancel_once_cancels_on_the_first_signal_only() -> None:
+    from dnanet.service.loop import cancel_once, run
+
+    async def body() -> int:
+        task = asyncio.create_task(asyncio.sleep(3600))
+        on_signal = cancel_once(task)
+        on_signal()
+        on_signal()  # a second Ctrl-C, or SIGTERM after it
+        cancelling = task.cancelling()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return cancelling
+
+    assert run(body()) == 1
+    cancel_once(None)()  # no task: nothing to cancel, no error
 
 
 def test_an_idle_keep_alive_connection_outlives_the_clients_pools() -> None:

@@ -46,7 +46,7 @@ from dnanet.protocol.rollup import verify_proof
 from dnanet.protocol.schedule import compute_epoch_end_block, compute_settlement_block
 from dnanet.service.gateway import ClientGateway
 from dnanet.service.logs import configure_logging
-from dnanet.service.loop import new_event_loop
+from dnanet.service.loop import cancel_once, new_event_loop, wait_or_kill
 
 log = logging.getLogger("dnanet.devnet")
 
@@ -590,15 +590,7 @@ class ProcessDevnet(Devnet):
         for _name, process in self.processes:
             if process.poll() is None:
                 process.send_signal(signals.SIGTERM)
-        # All stop together, within STOP_S for the whole network; the rest are killed.
-        deadline = time.monotonic() + STOP_S
-        while time.monotonic() < deadline and any(p.poll() is None for _, p in self.processes):
-            await asyncio.sleep(0.1)
-        for name, process in self.processes:
-            if process.poll() is None:
-                log.warning("%s did not stop within %g s: killing it", name, STOP_S)
-                process.kill()
-                await asyncio.to_thread(process.wait)
+        await wait_or_kill(self.processes, STOP_S)  # all together, not each in turn
         await self.http.aclose()
         if self.anvil is not None:
             self.anvil.stop()
@@ -715,15 +707,7 @@ def _devnet_command(args: argparse.Namespace) -> int:
         preset=get_preset(args.preset), data_dir=data_dir, chain=args.chain,
         keystore=Path(args.keystore) if args.keystore else None, backend=args.backend,
         summary=Path(args.summary) if args.summary else None))
-    signalled: list[int] = []
-
-    def on_signal() -> None:
-        # Once: a second Ctrl-C (or a SIGTERM after it) must not interrupt the stopping,
-        # which would leave role processes running.
-        if not signalled:
-            signalled.append(1)
-            task.cancel()
-
+    on_signal = cancel_once(task)
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGINT, on_signal)
         loop.add_signal_handler(signal.SIGTERM, on_signal)

@@ -24,6 +24,7 @@ from dnanet.crypto.keys import Identity
 from dnanet.errors import ConfigError
 from dnanet.service.http import AppLimits, Server, create_app, listen, share_metrics
 from dnanet.service.logs import configure_logging
+from dnanet.service.loop import cancel_once
 from dnanet.service.loop import run as run_loop
 from dnanet.service.network import ChainGateway
 from dnanet.service.views import ViewCache
@@ -195,18 +196,10 @@ class ValidatorDaemon:
 
 async def _serve(daemon: ValidatorDaemon,
                  signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
-    """Run ``daemon`` until one of ``signals`` arrives, then stop it cleanly. Later signals
-    do not interrupt the stopping (Ctrl-C reaches a whole process group, and a supervisor
-    then sends SIGTERM as well)."""
+    """Run ``daemon`` until one of ``signals`` arrives, then stop it cleanly (later signals
+    do not interrupt the stopping: ``cancel_once``)."""
     loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    signalled: list[int] = []
-
-    def on_signal() -> None:
-        if task is not None and not signalled:
-            signalled.append(1)
-            task.cancel()
-
+    on_signal = cancel_once(asyncio.current_task())
     for sig in signals:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal)

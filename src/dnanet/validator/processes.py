@@ -37,6 +37,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from dnanet.service.loop import wait_or_kill
+
 log = logging.getLogger("dnanet.validator.processes")
 
 STABLE_S = 60.0
@@ -124,15 +126,8 @@ class ServingProcesses:
 
     async def wait(self, timeout_s: float = 10.0) -> None:
         """Wait for the processes to exit; kill those still running after ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        running = [s.process for s in self.serving if s.process is not None]
-        while time.monotonic() < deadline and any(p.poll() is None for p in running):
-            await asyncio.sleep(0.05)
-        for process in running:
-            if process.poll() is None:
-                log.error("validator process pid %d did not stop: killing it", process.pid)
-                process.kill()
-                await asyncio.to_thread(process.wait)
+        await wait_or_kill([(f"validator process {s.index + 1} (pid {s.process.pid})", s.process)
+                            for s in self.serving if s.process is not None], timeout_s)
         for serving in self.serving:
             serving.process = None
 
