@@ -17,7 +17,7 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -32,7 +32,14 @@ from dnanet.mixer.daemon import MixerDaemon
 from dnanet.mixer.session import run_challenge_session
 from dnanet.mixer.store import MixerStore
 from dnanet.node.local import LocalTransport
-from dnanet.protocol.messages import BatchProposal, Outcome, QuorumCertificate, ScoreReport
+from dnanet.params import TEST, Preset
+from dnanet.protocol.messages import (
+    BatchProposal,
+    Outcome,
+    QuorumCertificate,
+    ScoreReport,
+    SignedChallenge,
+)
 from dnanet.protocol.quorum import compute_backup_rank, compute_batch
 from dnanet.protocol.schedule import (
     RoundId,
@@ -140,18 +147,18 @@ class MixerNet:
 @contextlib.asynccontextmanager
 async def mixer_net(root: Path, validator_url: str | None = None, *, label: str = LABEL,
                     run_origin: bool = False,
-                    route: Callable[[Committee], None] | None = None
-                    ) -> AsyncIterator[MixerNet]:
+                    route: Callable[[Committee], None] | None = None,
+                    preset: Preset = TEST) -> AsyncIterator[MixerNet]:
     """Every mixer serves HTTP; with ``run_origin`` the originator also runs its loops.
     Without ``validator_url`` the Validator refuses every connection; ``route`` (the
     ``local_nodes`` fixture) routes challenge sessions to the in-process nodes."""
     if validator_url is None:
         with refused_port() as (dead, _sock):
             async with mixer_net(root, dead, label=label, run_origin=run_origin,
-                                 route=route) as net:
+                                 route=route, preset=preset) as net:
                 yield net
         return
-    gw, committee = build_network(mixers=4, nodes=5, label=label)
+    gw, committee = build_network(mixers=4, nodes=5, label=label, preset=preset)
     if route is not None:
         route(committee)
     reports = await committee.round_reports(0, 0)
@@ -182,6 +189,21 @@ def local_nodes(monkeypatch: pytest.MonkeyPatch) -> Callable[[Committee], None]:
         monkeypatch.setattr(mixer_daemon, "HttpNodeTransport",
                             lambda _session, endpoint: by_endpoint[endpoint])
     return route
+
+
+class HeldRound(LocalTransport):
+    """A node that takes up challenges of round ``held`` only once ``release`` is set (it
+    answers others at once)."""
+
+    def __init__(self, transport: LocalTransport, held: RoundId, release: asyncio.Event):
+        super().__init__(transport.prover)
+        self.held = held
+        self.release = release
+
+    async def start(self, signed: SignedChallenge) -> None:
+        if RoundId(signed.challenge.epoch, signed.challenge.round) == self.held:
+            await self.release.wait()
+        await super().start(signed)
 
 
 @contextlib.contextmanager
@@ -634,6 +656,89 @@ def test_round_log_and_status_show_the_vrf_output_and_the_assigned_nodes(
     assert f"epoch 0 round 0: VRF output {beta.hex()[:16]}.." in line
     assert f"{len(assigned)} of {len(active)} active nodes assigned" in line
     assert all(f"{node[:10]}.." in line for node in assigned)
+
+
+def round_start(net: MixerNet, rid: RoundId) -> int:
+    return compute_round_start_block(rid, net.gw.preset)
+
+
+def test_a_round_held_up_by_a_node_that_does_not_answer_does_not_delay_the_next(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The nodes take up no challenge of round (0, 0) until released: meanwhile round (0, 1)
+    begins and finishes; once released, round (0, 0) finishes too, every report answered."""
+    release = asyncio.Event()
+
+    def route(committee: Committee) -> None:
+        by_endpoint = {n.endpoint: HeldRound(committee.transports[n.address], ROUND0, release)
+                       for n in committee.gateway.nodes_list}
+        monkeypatch.setattr(mixer_daemon, "HttpNodeTransport",
+                            lambda _session, endpoint: by_endpoint[endpoint])
+
+    async def main() -> None:
+        # A timeout far longer than the test: only the release ends round (0, 0).
+        preset = replace(TEST, challenge_timeout_ms=600_000)
+        async with mixer_net(tmp_path, run_origin=True, route=route, preset=preset) as net:
+            origin = net.originator
+            await until(lambda: origin.store.newest_round() == (0, 0), "round (0, 0) begun")
+            net.gw.advance_to(round_start(net, ROUND1))
+            await until(lambda: origin.store.round_done(0, 1), "round (0, 1) done")
+            assert not origin.store.round_done(0, 0)
+            release.set()
+            await until(lambda: origin.store.round_done(0, 0), "round (0, 0) done")
+            reports = origin.store.own_reports(0, 0)
+            assert [r.node for r in reports] == [r.node for r in net.own_reports()]
+            assert {Outcome(r.outcome) for r in reports} == {Outcome.OK}
+            assert origin.store.outbox_counts()["uncertified"] == 0
+
+    run(main())
+
+
+def test_rounds_the_mixer_did_not_see_begin_are_challenged_late_while_their_epoch_is_open(
+        tmp_path: Path, local_nodes: Callable[[Committee], None],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The chain moves two rounds while the mixer looks away, then the mixer is stopped for
+    three rounds: it challenges every round it missed, late and oldest first; stopped past
+    the close of an epoch, it gives up that epoch's missed rounds and says so."""
+    caplog.set_level(logging.INFO, logger="dnanet.mixer")
+
+    async def restart(net: MixerNet, at: int) -> MixerDaemon:
+        await net.originator.stop()
+        net.gw.advance_to(at)
+        daemon = net.mixer(tmp_path, net.origin, net.originator.validator_url)
+        net.daemons[net.origin] = daemon
+        await daemon.start()
+        net.restore(daemon)
+        return daemon
+
+    def done(daemon: MixerDaemon, *rounds: tuple[int, int]) -> Callable[[], bool]:
+        return lambda: all(daemon.store.round_done(*rid) for rid in rounds)
+
+    def late() -> list[str]:
+        return [line.split(": ", 1)[1] for line in messages(caplog, "late (head")]
+
+    async def main() -> None:
+        async with mixer_net(tmp_path, run_origin=True, route=local_nodes) as net:
+            origin = net.originator
+            await until(done(origin, (0, 0)), "round (0, 0) done")
+            net.gw.advance_to(round_start(net, RoundId(0, 2)))  # round (0, 1) passes unseen
+            await until(done(origin, (0, 1), (0, 2)), "rounds (0, 1) and (0, 2) done")
+            assert late() == ["challenging epoch 0 round 1 late (head 16)"]
+            # Stopped through round (0, 3); back in epoch 1's first round, before epoch 0's
+            # settlement block (34): round (0, 3) can still be certified.
+            restarted = await restart(net, round_start(net, RoundId(1, 0)) + 1)
+            await until(done(restarted, (0, 3), (1, 0)), "rounds (0, 3) and (1, 0) done")
+            assert late()[1:] == ["challenging epoch 0 round 3 late (head 33)"]
+            # Stopped through the rest of epoch 1 and past its settlement block.
+            again = await restart(net, round_start(net, RoundId(2, 1)))
+            await until(done(again, (2, 0), (2, 1)), "rounds (2, 0) and (2, 1) done")
+            assert late()[2:] == ["challenging epoch 2 round 0 late (head 72)"]
+            assert again.store.newest_round() == (2, 1)
+            assert not any(again.store.round_done(1, r) for r in (1, 2, 3))
+        (given_up,) = messages(caplog, "never challenged")
+        assert given_up.endswith("3 round(s) from epoch 1 round 1 to epoch 1 round 3 were "
+                                 "never challenged and their epochs are closed for new reports")
+
+    run(main())
 
 
 # -- the store ----------------------------------------------------------------------------------

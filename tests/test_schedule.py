@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -21,8 +22,10 @@ from dnanet.protocol.schedule import (
     compute_assignment_target,
     compute_epoch,
     compute_epoch_end_block,
+    compute_oldest_open_round,
     compute_round,
     compute_round_start_block,
+    compute_rounds_after,
     compute_settlement_block,
     compute_vrf_alpha,
     is_assigned,
@@ -74,6 +77,48 @@ def test_an_epoch_has_rounds_per_epoch_consecutive_rounds(
     assert compute_settlement_block(epoch, preset, genesis) == (
         first + preset.epoch_blocks + preset.settlement_grace_blocks
     )
+
+
+@settings(max_examples=200)
+@given(preset=presets, genesis=st.integers(0, 10**6), first=st.integers(0, 10**6),
+       count=st.integers(-3, 40))
+def test_rounds_after_are_every_round_in_between_in_order(
+    preset: Preset, genesis: int, first: int, count: int
+) -> None:
+    """The rounds after one round up to another are those whose start blocks lie between."""
+    per_epoch = preset.rounds_per_epoch
+    previous = RoundId(*divmod(first, per_epoch))
+    last = RoundId(*divmod(max(0, first + count), per_epoch))
+    rounds = compute_rounds_after(previous, last, preset)
+    assert len(rounds) == max(0, count)
+    assert rounds == sorted(rounds) and all(previous < r <= last for r in rounds)
+    starts = [compute_round_start_block(r, preset, genesis) for r in [previous, *rounds]]
+    assert all(b - a == preset.round_blocks for a, b in itertools.pairwise(starts))
+
+
+@settings(max_examples=200)
+@given(preset=presets, genesis=st.integers(0, 10**6), offset=st.integers(0, 10**7))
+def test_the_oldest_open_round_opens_the_oldest_epoch_not_yet_closed(
+    preset: Preset, genesis: int, offset: int
+) -> None:
+    block = genesis + offset
+    oldest = compute_oldest_open_round(block, preset, genesis)
+    assert oldest.round == 0
+    assert block < compute_settlement_block(oldest.epoch, preset, genesis)
+    assert oldest.epoch == 0 or block >= compute_settlement_block(oldest.epoch - 1, preset,
+                                                                 genesis)
+    assert oldest.epoch in (compute_epoch(block, preset, genesis) - 1,
+                            compute_epoch(block, preset, genesis))
+
+
+def test_rounds_after_and_the_oldest_open_round_worked_example() -> None:
+    # TEST: 4 rounds an epoch, a 2-block grace period; genesis at block 100.
+    assert compute_rounds_after(RoundId(0, 2), RoundId(1, 1), TEST) == [
+        RoundId(0, 3), RoundId(1, 0), RoundId(1, 1)]
+    assert compute_rounds_after(RoundId(1, 1), RoundId(1, 1), TEST) == []
+    assert compute_oldest_open_round(131, TEST, 100) == RoundId(0, 0)
+    assert compute_oldest_open_round(133, TEST, 100) == RoundId(0, 0)  # epoch 0's grace
+    assert compute_oldest_open_round(134, TEST, 100) == RoundId(1, 0)
 
 
 def test_test_preset_worked_example() -> None:

@@ -3,7 +3,10 @@
 Each round (a new round's first block is on chain) the mixer proves its VRF output for the
 round, logs it with the nodes that output assigns it, challenges them concurrently and with
 timeouts, batches the scored reports, signs the batch and sends it to every other mixer of the
-epoch. Co-signers check every report (``verify_batch_proposal``) and return their signature;
+epoch. Each round runs in a task of its own, so a round held up by a node that never answers
+does not delay the next one. A round the mixer did not see begin (it was stopped, or too busy
+for a whole round) is challenged late, one such round at a time, while its epoch still takes
+reports; once the epoch is closed the round is given up, with a warning. Co-signers check every report (``verify_batch_proposal``) and return their signature;
 with a quorum the mixer forwards the certificate to the Validator. It signs an epoch's
 settlement only after recomputing it from the certificates the Validator publishes.
 
@@ -27,7 +30,8 @@ sends the Validator a certificate of the originator's signature, its own and the
 the originator co-signed into a quorum still reaches the Validator if the originator never
 forwards it (it crashed for good, or withholds it); duplicates are harmless.
 
-Restarted, it skips rounds it finished and resumes the outbox. It never co-signs two different
+Restarted, it skips rounds it finished, finishes the ones it was in, challenges late the ones
+it missed while its epoch still takes reports, and resumes the outbox. It never co-signs two different
 reports for one (epoch, round, mixer, node); the same report in a re-formed batch it signs
 again.
 """
@@ -78,8 +82,10 @@ from dnanet.protocol.schedule import (
     RoundId,
     compute_assigned_nodes,
     compute_epoch,
+    compute_oldest_open_round,
     compute_round,
     compute_round_start_block,
+    compute_rounds_after,
     compute_settlement_block,
     compute_vrf_alpha,
 )
@@ -190,8 +196,14 @@ class MixerDaemon:
         self._in_flight: set[bytes] = set()
         """Hashes of the batches being certified or forwarded right now (the outbox skips
         them)."""
-        self._current: RoundId | None = None
-        """The round ``process_round`` is in (the outbox leaves its reports to it)."""
+        self._running: set[RoundId] = set()
+        """The rounds ``process_round`` is in (the outbox leaves their reports to them)."""
+        self._round_tasks: set[asyncio.Task[None]] = set()
+        self._newest: RoundId | None = None
+        """The newest round the round loop has started (None until its first pass)."""
+        self._late: list[RoundId] = []
+        """Rounds the mixer did not see begin, to challenge late, oldest first."""
+        self._late_task: asyncio.Task[None] | None = None
         registry = self.app.state.registry
         self.m_challenges = Counter("dnanet_mixer_challenges", "challenges run", ["outcome"],
                                     registry=registry)
@@ -202,7 +214,6 @@ class MixerDaemon:
         self.m_backup = Counter("dnanet_mixer_backup_forwards", "peers' batches this mixer "
                                 "forwarded to the Validator in their originator's stead",
                                 registry=registry)
-        self.last_round: RoundId | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -215,7 +226,7 @@ class MixerDaemon:
 
     async def stop(self) -> None:
         self._stopping.set()
-        for task in (self._task, self._outbox_task):
+        for task in (self._task, self._outbox_task, self._late_task, *self._round_tasks):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -244,15 +255,76 @@ class MixerDaemon:
         while not self._stopping.is_set():
             try:
                 head = await asyncio.to_thread(self.gateway.block_number)
-                rid = compute_round(head, self.preset, self.gateway.genesis_block) \
-                    if head >= self.gateway.genesis_block else None
-                if rid is not None and not self.store.round_done(rid.epoch, rid.round):
-                    await self.process_round(rid)
+                if head >= self.gateway.genesis_block:
+                    self._start_rounds(head)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a fault in one round must not stop the mixer
-                log.warning("mixer %s: round failed: %s", self.address[:10], exc, exc_info=True)
+            except Exception as exc:  # a fault in one pass must not stop the mixer
+                log.warning("mixer %s: round loop failed: %s", self.address[:10], exc,
+                            exc_info=True)
             await asyncio.sleep(self.poll_s)
+
+    def _start_rounds(self, head: int) -> None:
+        """Start the round ``head`` is in if it is new, in a task of its own; queue the rounds
+        not seen begin since the previous pass (at the first pass: the rounds begun and not
+        finished before a restart, and those after the newest begun) to challenge late."""
+        now = compute_round(head, self.preset, self.gateway.genesis_block)
+        if self._newest is not None and now <= self._newest:
+            return
+        if self._newest is None:
+            newest = self.store.newest_round()
+            missed = [RoundId(*rid) for rid in self.store.unfinished_rounds()]
+            if newest is not None:
+                missed += compute_rounds_after(RoundId(*newest), now, self.preset)
+        else:
+            missed = compute_rounds_after(self._newest, now, self.preset)
+        self._newest = now
+        oldest = compute_oldest_open_round(head, self.preset, self.gateway.genesis_block)
+        closed = sorted(rid for rid in missed if rid < oldest)
+        if closed:
+            log.warning("mixer %s: %d round(s) from epoch %d round %d to epoch %d round %d were "
+                        "never challenged and their epochs are closed for new reports",
+                        self.address[:10], len(closed), closed[0].epoch, closed[0].round,
+                        closed[-1].epoch, closed[-1].round)
+        queued = set(self._late)
+        self._late += sorted({rid for rid in missed if oldest <= rid < now and rid not in queued})
+        if not self.store.round_done(now.epoch, now.round):
+            self._spawn_round(now)
+        if self._late and (self._late_task is None or self._late_task.done()):
+            self._late_task = asyncio.create_task(self._challenge_late(),
+                                                  name=f"mixer-late-{self.address[:8]}")
+
+    def _spawn_round(self, rid: RoundId) -> None:
+        task = asyncio.create_task(self._run_round(rid),
+                                   name=f"mixer-{self.address[:8]}-{rid.epoch}-{rid.round}")
+        self._round_tasks.add(task)
+        task.add_done_callback(self._round_tasks.discard)
+
+    async def _run_round(self, rid: RoundId) -> None:
+        try:
+            await self.process_round(rid)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a fault in one round must not stop the mixer
+            log.warning("mixer %s: epoch %d round %d failed: %s", self.address[:10], rid.epoch,
+                        rid.round, exc, exc_info=True)
+
+    async def _challenge_late(self) -> None:
+        """Challenge the queued rounds one at a time, oldest first; give up those whose epoch
+        no longer takes reports."""
+        while self._late:
+            rid = self._late.pop(0)
+            if rid in self._running or self.store.round_done(rid.epoch, rid.round):
+                continue
+            head = await asyncio.to_thread(self.gateway.block_number)
+            if self.epoch_closed(rid.epoch, head):
+                log.warning("mixer %s: epoch %d round %d was never challenged: its epoch is "
+                            "closed for new reports (head %d)", self.address[:10], rid.epoch,
+                            rid.round, head)
+                continue
+            log.warning("mixer %s: challenging epoch %d round %d late (head %d)",
+                        self.address[:10], rid.epoch, rid.round, head)
+            await self._run_round(rid)
 
     async def process_round(self, rid: RoundId) -> None:
         """Challenge this round's assigned nodes, then certify the batch."""
@@ -274,12 +346,11 @@ class MixerDaemon:
         log.info("mixer %s: epoch %d round %d: VRF output %s.., %d of %d active nodes "
                  "assigned%s", self.address[:10], rid.epoch, rid.round, beta.hex()[:16],
                  len(assigned), len(active), _named(assigned))
-        self.last_round = rid
-        self._current = rid
+        self._running.add(rid)
         try:
             await self._challenge_and_certify(rid, proof, beta, assigned, records)
         finally:
-            self._current = None
+            self._running.discard(rid)
             self._outbox_wake.set()
         self.store.finish_round(rid.epoch, rid.round)
 
@@ -618,7 +689,7 @@ class MixerDaemon:
         new batches are proposed with the other uncertified ones."""
         for epoch, round_, count in self.store.unbatched_rounds():
             rid = RoundId(epoch, round_)
-            if rid >= now or rid == self._current:
+            if rid >= now or rid in self._running:
                 continue  # the round loop's
             if self.epoch_closed(epoch, head):
                 dropped = self.store.drop_unbatched(epoch, round_)

@@ -133,6 +133,17 @@ class MixerStore(Store):
         row = self.one("SELECT done FROM rounds WHERE epoch=? AND round=?", (epoch, round_))
         return bool(row and row[0])
 
+    def newest_round(self) -> tuple[int, int] | None:
+        """(epoch, round) of the newest round begun, or None before the first."""
+        row = self.one("SELECT epoch, round FROM rounds ORDER BY epoch DESC, round DESC LIMIT 1")
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def unfinished_rounds(self) -> list[tuple[int, int]]:
+        """(epoch, round) of the rounds begun and not finished (the mixer stopped in them),
+        oldest first."""
+        return [(int(e), int(r)) for e, r in self.query(
+            "SELECT epoch, round FROM rounds WHERE done=0 ORDER BY epoch, round")]
+
     def begin_round(self, epoch: int, round_: int, proof: bytes, beta: bytes,
                     assigned: Sequence[str]) -> None:
         """Record the round's VRF proof and output and the nodes it assigned (empty proof and

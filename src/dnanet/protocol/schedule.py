@@ -64,6 +64,24 @@ def compute_settlement_block(epoch: int, preset: Preset, genesis_block: int = 0)
     return compute_epoch_end_block(epoch, preset, genesis_block) + 1 + preset.settlement_grace_blocks
 
 
+def compute_rounds_after(previous: RoundId, last: RoundId, preset: Preset) -> list[RoundId]:
+    """Every round after ``previous`` up to and including ``last``, in order (none when
+    ``last`` <= ``previous``)."""
+    per_epoch = preset.rounds_per_epoch
+    return [RoundId(*divmod(index, per_epoch))
+            for index in range(previous.epoch * per_epoch + previous.round + 1,
+                               last.epoch * per_epoch + last.round + 1)]
+
+
+def compute_oldest_open_round(block: int, preset: Preset, genesis_block: int = 0) -> RoundId:
+    """The first round of the oldest epoch that still takes reports at ``block``: the previous
+    epoch's until its settlement block (the grace period), else the current epoch's."""
+    epoch = compute_epoch(block, preset, genesis_block)
+    if epoch > 0 and block < compute_settlement_block(epoch - 1, preset, genesis_block):
+        return RoundId(epoch - 1, 0)
+    return RoundId(epoch, 0)
+
+
 def compute_vrf_alpha(chain_id: int, epoch: int, round_: int, round_seed: bytes) -> bytes:
     """The VRF input of a round."""
     if len(round_seed) != 32:
@@ -119,8 +137,10 @@ __all__ = [
     "compute_assignment_target",
     "compute_epoch",
     "compute_epoch_end_block",
+    "compute_oldest_open_round",
     "compute_round",
     "compute_round_start_block",
+    "compute_rounds_after",
     "compute_settlement_block",
     "compute_vrf_alpha",
     "is_assigned",
