@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from dnanet.cliargs import non_negative_int
 from dnanet.errors import CodecError, CryptoError, DnanetError, ProtocolError
 from dnanet.protocol.codec import parse_json
 from dnanet.protocol.epoch import EpochRollup, process_epochs
@@ -308,18 +309,12 @@ def _audit_command(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-def _non_negative(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return int(text)
-
-
 def add_audit_command(sub: Any) -> None:
     """``dnanet audit --epoch N --validator URL --rpc URL --deployment FILE``."""
     audit = sub.add_parser(
         "audit", help="recompute an epoch from the published certificates; compare with the "
         "validator and the chain (exit 0 match, 1 mismatch, 2 error)")
-    audit.add_argument("--epoch", type=_non_negative, required=True, help="epoch to audit")
+    audit.add_argument("--epoch", type=non_negative_int, required=True, help="epoch to audit")
     audit.add_argument("--validator", required=True, help="the Validator's URL")
     audit.add_argument("--rpc", default="http://127.0.0.1:8545", help="chain JSON-RPC URL")
     audit.add_argument("--deployment", required=True, help="deployment file of the network")

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from dnanet.cliargs import positive_int
 from dnanet.crypto import vrf
 from dnanet.crypto.eip712 import Domain
 from dnanet.crypto.keys import Identity
@@ -244,8 +245,8 @@ def _demo_command(args: argparse.Namespace) -> int:
 
 def add_demo_command(sub: Any) -> None:
     demo = sub.add_parser("demo", help="one epoch of the protocol in one process (no chain)")
-    demo.add_argument("--nodes", type=int, default=8)
-    demo.add_argument("--mixers", type=int, default=4)
+    demo.add_argument("--nodes", type=positive_int, default=8, help="AI nodes (default 8)")
+    demo.add_argument("--mixers", type=positive_int, default=4, help="QueryMixers (default 4)")
     demo.add_argument("--preset", default="test", help="parameter preset (test, local)")
     demo.set_defaults(handler=_demo_command)
 

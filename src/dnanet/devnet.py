@@ -33,6 +33,7 @@ import httpx
 from dnanet.chain.backends import connect_embedded
 from dnanet.chain.client import ChainClient, TransactionReverted
 from dnanet.chain.deploy import MixerSpec, deploy
+from dnanet.cliargs import positive_int
 from dnanet.crypto.keys import Identity
 from dnanet.errors import DnanetError
 from dnanet.gateway.app import GatewayConfig, generate_api_key
@@ -41,7 +42,7 @@ from dnanet.mixer.daemon import MixerDaemon
 from dnanet.node.backends import make_backends
 from dnanet.node.daemon import NodeDaemon, NodeProfile
 from dnanet.node.hardware import Hardware, probe_hardware
-from dnanet.params import WEI_PER_DNA, Preset, get_preset
+from dnanet.params import PRESETS, WEI_PER_DNA, Preset, get_preset
 from dnanet.protocol.rollup import verify_proof
 from dnanet.protocol.schedule import compute_epoch_end_block, compute_settlement_block
 from dnanet.service.gateway import ClientGateway
@@ -722,12 +723,14 @@ def _devnet_command(args: argparse.Namespace) -> int:
 
 def add_devnet_command(sub: Any) -> None:
     p = sub.add_parser("devnet", help="run a whole local network (chain, mixers, validator, nodes)")
-    p.add_argument("--nodes", type=int, default=8)
-    p.add_argument("--mixers", type=int, default=4)
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--nodes", type=positive_int, default=8, help="AI nodes (default 8)")
+    p.add_argument("--mixers", type=positive_int, default=4, help="QueryMixers (default 4)")
+    p.add_argument("--epochs", type=positive_int, default=None,
                    help="stop after this many settled epochs (default: run until Ctrl-C)")
     p.add_argument("--chain", default="embedded", help="embedded (default), anvil, or an RPC URL")
-    p.add_argument("--preset", default="local")
+    p.add_argument("--preset", default="local", choices=sorted(PRESETS),
+                   help="protocol parameters (default: local, 1024-block epochs on a 50 ms "
+                   "block clock)")
     p.add_argument("--summary", help="write a JSON summary of every epoch to this file")
     p.add_argument("--data-dir", help="keep daemon state here (default: a new temp dir)")
     p.add_argument("--keystore", help="with --chain URL: a funded account that deploys and "

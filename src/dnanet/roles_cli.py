@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from dnanet.cliargs import dna_amount, fraction, non_negative_int, port, positive_int, seconds
 from dnanet.errors import ConfigError, DnanetError
-from dnanet.params import WEI_PER_DNA
 from dnanet.service.logs import configure_logging
 from dnanet.service.loop import run as run_loop
 
@@ -28,16 +28,6 @@ log = logging.getLogger("dnanet.cli")
 NODE_PORT = 8701
 """``dnanet node run``'s default port (``validator run`` defaults to 8700, ``mixer run`` to
 8800), so that a node and the Validator can share a host with their defaults."""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _add_chain_args(p: argparse.ArgumentParser, *, keystore: bool = True) -> None:
@@ -94,7 +84,7 @@ def _node_run(args: argparse.Namespace) -> int:
     daemon = NodeDaemon(
         identity, gateway, Path(args.data_dir), host=args.host,
         port=args.port, public_url=args.public_url,
-        stake=int(args.stake * WEI_PER_DNA) if args.stake else None,
+        stake=args.stake,
         profile=NodeProfile.named(args.profile, offline_at_block=args.offline_at_block),
         device=args.device, backends=backends)
     _serve_until_signal(daemon)
@@ -202,16 +192,18 @@ def add_role_commands(sub: Any) -> None:
     _add_chain_args(run)
     run.add_argument("--data-dir", required=True)
     run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=int, default=NODE_PORT,
+    run.add_argument("--port", type=port, default=NODE_PORT,
                      help=f"port to serve on (default {NODE_PORT}; the Validator's is 8700)")
     run.add_argument("--public-url", help="URL mixers reach this node at (default: host:port)")
-    run.add_argument("--stake", type=float, help="DNA to stake when registering (default: min)")
+    run.add_argument("--stake", type=dna_amount, metavar="DNA",
+                     help="DNA to stake when registering, e.g. 100 or 250.5 (default: the "
+                     "minimum stake)")
     run.add_argument("--profile", default="normal", help="normal (real nodes), throttled, offline")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                      help="where compute runs: cuda (fails without torch and a CUDA device), "
                      "cpu, or auto (cuda when torch sees one); the hardware class the node "
                      "declares follows it")
-    run.add_argument("--offline-at-block", type=int,
+    run.add_argument("--offline-at-block", type=non_negative_int,
                      help="with --profile offline: stop answering from this block (devnets)")
     run.add_argument("--backend", action="append", choices=["minilm", "trivial", "none"],
                      help="built-in model backend (repeatable; default: minilm, the packaged "
@@ -232,9 +224,9 @@ def add_role_commands(sub: Any) -> None:
     status.add_argument("--rpc", help="JSON-RPC URL of the chain, to read what is already "
                         "claimed (with --deployment)")
     status.add_argument("--deployment", help="deployment file (with --rpc)")
-    status.add_argument("--epochs", type=_positive_int,
+    status.add_argument("--epochs", type=positive_int,
                         help="how many of the latest epochs to break down (default 3)")
-    status.add_argument("--recent", type=_positive_int,
+    status.add_argument("--recent", type=positive_int,
                         help="how many of the node's latest challenges to show (default 20)")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(handler=_node_status)
@@ -251,14 +243,14 @@ def add_role_commands(sub: Any) -> None:
     mrun.add_argument("--data-dir", required=True)
     mrun.add_argument("--validator", required=True, help="validator URL")
     mrun.add_argument("--host", default="127.0.0.1")
-    mrun.add_argument("--port", type=int, default=8800)
+    mrun.add_argument("--port", type=port, default=8800)
     mrun.add_argument("--gateway-key", action="append", metavar="KEY",
                       help="an API key the OpenAI-compatible gateway accepts (repeatable; or "
                       "$DNANET_GATEWAY_KEYS, comma-separated)")
     mrun.add_argument("--no-gateway", action="store_true", help="serve no AI gateway")
-    mrun.add_argument("--canary-rate", type=float, default=0.05,
+    mrun.add_argument("--canary-rate", type=fraction, default=0.05,
                       help="fraction of gateway requests followed by a canary")
-    mrun.add_argument("--canary-interval", type=float, default=60.0,
+    mrun.add_argument("--canary-interval", type=seconds, default=60.0,
                       help="seconds between canaries to every node (0: traffic only)")
     mrun.set_defaults(handler=_mixer_run)
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from dnanet.cliargs import non_negative_int
 from dnanet.errors import ConfigError
 from dnanet.params import PRESETS, WEI_PER_DNA
 
@@ -44,17 +45,17 @@ def add_contracts_commands(subparsers: Any) -> None:
     deploy.add_argument("--mixer", action="append", default=[], metavar="ADDR:VRFPK:URL",
                         help="a mixer of epoch 0 (repeat): address, 32-byte hex VRF public "
                         "key, endpoint URL")
-    deploy.add_argument("--genesis-block", type=int, default=None,
+    deploy.add_argument("--genesis-block", type=non_negative_int, default=None,
                         help="first block of epoch 0 (default: the block of the first "
                         "deployment transaction)")
-    deploy.add_argument("--genesis-supply", type=int, default=0, metavar="DNA",
+    deploy.add_argument("--genesis-supply", type=non_negative_int, default=0, metavar="DNA",
                         help="whole DNA minted to the deployer at deployment (default: 0 "
                         "plus any --allocate)")
     deploy.add_argument("--allocate", action="append", default=[], metavar="ADDR=DNA",
                         help="pay whole DNA of the genesis supply to an account (repeat)")
     deploy.add_argument("--treasury", default=None,
                         help="account receiving slashed stake (default: slashed stake is burned)")
-    deploy.add_argument("--confirmations", type=int, default=0,
+    deploy.add_argument("--confirmations", type=non_negative_int, default=0,
                         help="blocks to wait on each transaction before trusting it (default 0;"
                         " use a few on a public chain)")
     deploy.set_defaults(handler=_deploy)
@@ -90,10 +91,6 @@ def _deploy(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     if args.out.exists() and not args.force:
         raise ConfigError(f"{args.out} already exists; pass --force to overwrite it or choose "
                           "another --out", field="out")
-    if args.confirmations < 0:
-        raise ConfigError("confirmations must be >= 0", field="confirmations")
-    if args.genesis_supply < 0:
-        raise ConfigError("the genesis supply cannot be negative", field="genesis-supply")
     mixers = [MixerSpec.parse(text) for text in args.mixer]
     allocations: dict[str, int] = {}
     for text in args.allocate:

@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 
+from dnanet.cliargs import non_negative_int, port, positive_int
 from dnanet.crypto.keys import Identity
-from dnanet.errors import ConfigError
 from dnanet.service.http import AppLimits, Server, create_app, listen, share_metrics
 from dnanet.service.logs import configure_logging
 from dnanet.service.loop import cancel_once
@@ -212,9 +212,6 @@ def _validator_run(args: argparse.Namespace) -> int:
     from dnanet.service.gateway import open_gateway
 
     configure_logging("INFO")
-    if args.processes < 1:
-        raise ConfigError(f"--processes must be at least 1, got {args.processes}",
-                          field="processes")
     workers = args.workers
     if workers is None:
         workers = 0 if args.processes > 1 else default_workers()
@@ -277,26 +274,26 @@ def add_validator_commands(sub: Any) -> None:
                      help="keystore of the account that submits settlements and punishments "
                      "and pays for them (password from DNANET_KEYSTORE_PASSWORD or a prompt)")
     run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=int, default=8700)
-    run.add_argument("--workers", type=int, default=None,
+    run.add_argument("--port", type=port, default=8700)
+    run.add_argument("--workers", type=non_negative_int, default=None,
                      help="processes that verify certificates for each serving process; 0 "
                      "verifies on threads (default: CPUs - 2 with one process, so 0 on a 2-core "
                      "host; 0 with --processes)")
-    run.add_argument("--processes", type=int, default=1,
+    run.add_argument("--processes", type=positive_int, default=1,
                      help="processes that serve the port, each taking in certificates on its "
                      "own core (default 1; see docs/validator.md)")
     run.set_defaults(handler=_validator_run)
     serve = actions.add_parser(
         "serve", help="serve beside a Validator, on its port and database (started by "
         "validator run --processes; not run by hand)")
-    serve.add_argument("--port", type=int, required=True, help="the Validator's port")
+    serve.add_argument("--port", type=port, required=True, help="the Validator's port")
     serve.add_argument("--data-dir", required=True, help="the Validator's data directory")
     serve.add_argument("--deployment", required=True, help="deployment file of the network")
     serve.add_argument("--rpc", required=True, help="chain JSON-RPC URL")
     serve.add_argument("--host", default="127.0.0.1", help="the Validator's host")
     serve.add_argument("--validator", default=None, help="the Validator's account (status)")
-    serve.add_argument("--workers", type=int, default=0)
-    serve.add_argument("--parent", type=int, default=None,
+    serve.add_argument("--workers", type=non_negative_int, default=0)
+    serve.add_argument("--parent", type=positive_int, default=None,
                        help="stop once this process (the first) is gone (default: the parent)")
     serve.set_defaults(handler=_validator_serve)
 
