@@ -693,6 +693,58 @@ def test_a_round_held_up_by_a_node_that_does_not_answer_does_not_delay_the_next(
     run(main())
 
 
+class RecordingTransport(LocalTransport):
+    """A node that notes when each challenge session starts."""
+
+    def __init__(self, transport: LocalTransport, starts: dict[str, float]) -> None:
+        super().__init__(transport.prover)
+        self.starts = starts
+
+    async def start(self, signed: SignedChallenge) -> None:
+        self.starts[signed.challenge.node] = time.monotonic()
+        await super().start(signed)
+
+
+def test_challenge_offsets_are_a_fraction_of_the_spread_drawn_from_the_vrf_output() -> None:
+    betas = [bytes([i]) * 32 for i in range(64)]
+    nodes = [seeded_identity(f"offset/{i}").address for i in range(16)]
+    offsets = [mixer_daemon.challenge_offset(b, n) for b in betas for n in nodes]
+    assert all(0 <= x < 1 for x in offsets)
+    assert offsets == [mixer_daemon.challenge_offset(b, n) for b in betas for n in nodes]
+    assert len(set(offsets)) == len(offsets)
+    # Spread over the whole range: each tenth holds about a tenth of them.
+    tenths = [sum(1 for x in offsets if i / 10 <= x < (i + 1) / 10) for i in range(10)]
+    assert min(tenths) > len(offsets) / 10 * 0.7 and max(tenths) < len(offsets) / 10 * 1.3
+
+
+def test_a_rounds_challenges_start_at_their_offsets_in_the_spread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No challenge starts before its offset into the spread, and they start in the order
+    of their offsets."""
+    starts: dict[str, float] = {}
+
+    def route(committee: Committee) -> None:
+        by_endpoint = {n.endpoint: RecordingTransport(committee.transports[n.address], starts)
+                       for n in committee.gateway.nodes_list}
+        monkeypatch.setattr(mixer_daemon, "HttpNodeTransport",
+                            lambda _session, endpoint: by_endpoint[endpoint])
+
+    async def main() -> tuple[MixerNet, float]:
+        async with mixer_net(tmp_path, route=route) as net:
+            net.originator.spread_s = 1.5
+            began = time.monotonic()
+            await net.originator.process_round(ROUND0)
+            return net, began
+
+    net, began = run(main())
+    _, beta = round_vrf(net.gw, net.gw.mixers[net.origin], ROUND0)
+    offsets = {r.node: mixer_daemon.challenge_offset(beta, r.node) for r in net.own_reports()}
+    assert set(starts) == set(offsets)
+    for node, offset in offsets.items():
+        assert starts[node] - began >= 1.5 * offset - 0.005  # timers may round by a ms
+    assert sorted(starts, key=starts.__getitem__) == sorted(offsets, key=offsets.__getitem__)
+
+
 def test_rounds_the_mixer_did_not_see_begin_are_challenged_late_while_their_epoch_is_open(
         tmp_path: Path, local_nodes: Callable[[Committee], None],
         caplog: pytest.LogCaptureFixture) -> None:

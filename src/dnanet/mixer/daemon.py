@@ -3,7 +3,10 @@
 Each round (a new round's first block is on chain) the mixer proves its VRF output for the
 round, logs it with the nodes that output assigns it, challenges them concurrently and with
 timeouts, batches the scored reports, signs the batch and sends it to every other mixer of the
-epoch. Each round runs in a task of its own, so a round held up by a node that never answers
+epoch. Each assigned node's challenge starts at its own moment in the first half of the round
+(``challenge_offset``: from the round's VRF output, so no node can tell when, or whether, it
+will be challenged, and the mixers' sessions do not all start at once). Each round runs in a
+task of its own, so a round held up by a node that never answers
 does not delay the next one. A round the mixer did not see begin (it was stopped, or too busy
 for a whole round) is challenged late, one such round at a time, while its epoch still takes
 reports; once the epoch is closed the round is given up, with a warning. Co-signers check every report (``verify_batch_proposal``) and return their signature;
@@ -53,7 +56,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 
 from dnanet.crypto import vrf
-from dnanet.crypto.eip712 import recover_typed
+from dnanet.crypto.eip712 import address_to_bytes, recover_typed
+from dnanet.crypto.hashing import sha256
 from dnanet.crypto.keys import Identity
 from dnanet.errors import ChainError, CodecError, DnanetError, ProtocolError, ScheduleError
 from dnanet.gateway.app import CallbackDirectory, Gateway, GatewayConfig, mixer_stats
@@ -103,6 +107,8 @@ WATCH_BATCH = 256
 """Watched batches looked at in one outbox pass (the rest wait for the next)."""
 RETRY_STATUSES = frozenset({408, 429})
 """4xx answers of the Validator that are worth a retry (the others are final)."""
+CHALLENGE_SPREAD = 0.5
+"""The part of a round over which a mixer spreads the starts of its challenges."""
 LOGGED_NODES = 8
 """Assigned nodes named in a round's log line (the count is always there)."""
 STATUS_ROUNDS = 32
@@ -143,12 +149,15 @@ class MixerDaemon:
         references: ReferenceModels | None = None,
         retry_s: tuple[float, float] | None = None,
         backup_s: float | None = None,
+        spread_s: float | None = None,
     ) -> None:
         """``retry_s``: the outbox's first and longest wait between passes while something is
         pending (default 2 s, and one round's time up to 60 s). ``backup_s``: how long after
         co-signing a peer's batch the mixer looks whether the Validator holds it (default two
         rounds' time, at least 10 s); if not, it forwards the batch itself from ``backup_s``
-        times one more than its backup rank on."""
+        times one more than its backup rank on. ``spread_s``: the challenges of a round start
+        within this many seconds of the round's start (default ``CHALLENGE_SPREAD`` of the
+        round's time on the preset's block clock)."""
         self.identity = identity
         self.address = identity.address
         self.gateway = gateway
@@ -174,6 +183,11 @@ class MixerDaemon:
         if not backup_s > 0:
             raise ValueError(f"backup_s must be positive, not {backup_s}")
         self.backup_s = backup_s
+        if spread_s is None:
+            spread_s = CHALLENGE_SPREAD * round_s
+        if not spread_s >= 0:
+            raise ValueError(f"spread_s must be 0 or more, not {spread_s}")
+        self.spread_s = spread_s
         self.app = self._build_app()
         # The OpenAI-compatible gateway shares the mixer's app, store and measured reports.
         self.ai_gateway: Gateway | None = None
@@ -361,6 +375,7 @@ class MixerDaemon:
         limit = asyncio.Semaphore(self.concurrency)
 
         async def challenge(node: str) -> ScoreReport:
+            await asyncio.sleep(self.spread_s * challenge_offset(beta, node))
             async with limit:
                 record = records[node]
                 return await run_challenge_session(
@@ -890,6 +905,13 @@ class MixerDaemon:
             return {"address": self.address, "outbox": outbox, "rounds": listed}
 
         return app
+
+
+def challenge_offset(beta: bytes, node: str) -> float:
+    """When in the spread (a fraction in [0, 1)) the mixer whose round VRF output is ``beta``
+    starts challenging ``node``: unknown to anyone before the mixer reveals its proof."""
+    digest = sha256(b"dnanet/challenge-offset" + beta + address_to_bytes(node))
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def _named(nodes: Sequence[str]) -> str:
