@@ -26,27 +26,29 @@ def _integer(text: str) -> int:
     return int(text)
 
 
+def _refuse_unless(ok: bool, why: str) -> None:
+    if not ok:
+        raise argparse.ArgumentTypeError(why)
+
+
 def positive_int(text: str) -> int:
     """A whole number of at least 1 (a count)."""
     value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    _refuse_unless(value >= 1, f"must be at least 1, got {value}")
     return value
 
 
 def non_negative_int(text: str) -> int:
     """A whole number of at least 0 (a block number, a count that may be none)."""
     value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    _refuse_unless(value >= 0, f"must be 0 or more, got {value}")
     return value
 
 
 def port(text: str) -> int:
     """A TCP port, 0 to 65535 (0: any free port, which the daemon prints)."""
     value = _integer(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {value}")
+    _refuse_unless(0 <= value <= 65535, f"a port is 0 to 65535, got {value}")
     return value
 
 
@@ -55,24 +57,21 @@ def _real(text: str) -> float:
         value = float(text) if len(text) <= MAX_TEXT else math.nan
     except ValueError:
         value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    _refuse_unless(math.isfinite(value), f"not a finite number: {text!r}")
     return value
 
 
 def seconds(text: str) -> float:
     """A duration in seconds, 0 or more."""
     value = _real(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    _refuse_unless(value >= 0, f"must be 0 or more seconds, got {text}")
     return value
 
 
 def fraction(text: str) -> float:
     """A fraction from 0 to 1."""
     value = _real(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"a fraction is 0 to 1, got {text}")
+    _refuse_unless(0 <= value <= 1, f"a fraction is 0 to 1, got {text}")
     return value
 
 
