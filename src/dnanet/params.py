@@ -168,7 +168,9 @@ LOCAL = Preset(
     epoch_blocks=1024,
     round_blocks=64,
     block_interval_ms=50,
-    settlement_grace_blocks=64,
+    # Two rounds (6.4 s): the last round's challenges start up to half a round in and may
+    # wait out the 5 s timeout; their batches are co-signed before the epoch closes.
+    settlement_grace_blocks=128,
     challenges_per_round=1,
     hardware_classes=(_LOCAL_CPU, _LOCAL_CPU),
     challenge_timeout_ms=5_000,
