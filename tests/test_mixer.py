@@ -45,6 +45,7 @@ from dnanet.protocol.schedule import (
     RoundId,
     compute_assigned_nodes,
     compute_assignment_target,
+    compute_challenge_offset,
     compute_round_start_block,
     compute_vrf_alpha,
 )
@@ -705,18 +706,6 @@ class RecordingTransport(LocalTransport):
         await super().start(signed)
 
 
-def test_challenge_offsets_are_a_fraction_of_the_spread_drawn_from_the_vrf_output() -> None:
-    betas = [bytes([i]) * 32 for i in range(64)]
-    nodes = [seeded_identity(f"offset/{i}").address for i in range(16)]
-    offsets = [mixer_daemon.challenge_offset(b, n) for b in betas for n in nodes]
-    assert all(0 <= x < 1 for x in offsets)
-    assert offsets == [mixer_daemon.challenge_offset(b, n) for b in betas for n in nodes]
-    assert len(set(offsets)) == len(offsets)
-    # Spread over the whole range: each tenth holds about a tenth of them.
-    tenths = [sum(1 for x in offsets if i / 10 <= x < (i + 1) / 10) for i in range(10)]
-    assert min(tenths) > len(offsets) / 10 * 0.7 and max(tenths) < len(offsets) / 10 * 1.3
-
-
 def test_a_rounds_challenges_start_at_their_offsets_in_the_spread(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No challenge starts before its offset into the spread, and they start in the order
@@ -738,7 +727,7 @@ def test_a_rounds_challenges_start_at_their_offsets_in_the_spread(
 
     net, began = run(main())
     _, beta = round_vrf(net.gw, net.gw.mixers[net.origin], ROUND0)
-    offsets = {r.node: mixer_daemon.challenge_offset(beta, r.node) for r in net.own_reports()}
+    offsets = {r.node: compute_challenge_offset(beta, r.node) for r in net.own_reports()}
     assert set(starts) == set(offsets)
     for node, offset in offsets.items():
         assert starts[node] - began >= 1.5 * offset - 0.005  # timers may round by a ms

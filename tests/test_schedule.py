@@ -20,6 +20,7 @@ from dnanet.protocol.schedule import (
     compute_assigned_nodes,
     compute_assignment_hash,
     compute_assignment_target,
+    compute_challenge_offset,
     compute_epoch,
     compute_epoch_end_block,
     compute_oldest_open_round,
@@ -119,6 +120,17 @@ def test_rounds_after_and_the_oldest_open_round_worked_example() -> None:
     assert compute_oldest_open_round(131, TEST, 100) == RoundId(0, 0)
     assert compute_oldest_open_round(133, TEST, 100) == RoundId(0, 0)  # epoch 0's grace
     assert compute_oldest_open_round(134, TEST, 100) == RoundId(1, 0)
+
+
+def test_challenge_offsets_are_fractions_spread_evenly_and_drawn_from_the_vrf_output() -> None:
+    betas = [sha256(b"beta-%d" % i) for i in range(128)]
+    offsets = [compute_challenge_offset(beta, node) for beta in betas for node in NODES]
+    assert all(0 <= x < 1 for x in offsets)
+    assert offsets == [compute_challenge_offset(beta, node) for beta in betas for node in NODES]
+    assert len(set(offsets)) == len(offsets)
+    # Spread over the whole range: each tenth holds about a tenth of them.
+    tenths = [sum(1 for x in offsets if i / 10 <= x < (i + 1) / 10) for i in range(10)]
+    assert min(tenths) > len(offsets) / 10 * 0.7 and max(tenths) < len(offsets) / 10 * 1.3
 
 
 def test_test_preset_worked_example() -> None:

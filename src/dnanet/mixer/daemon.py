@@ -4,13 +4,16 @@ Each round (a new round's first block is on chain) the mixer proves its VRF outp
 round, logs it with the nodes that output assigns it, challenges them concurrently and with
 timeouts, batches the scored reports, signs the batch and sends it to every other mixer of the
 epoch. Each assigned node's challenge starts at its own moment in the first half of the round
-(``challenge_offset``: from the round's VRF output, so no node can tell when, or whether, it
-will be challenged, and the mixers' sessions do not all start at once). Each round runs in a
-task of its own, so a round held up by a node that never answers
-does not delay the next one. A round the mixer did not see begin (it was stopped, or too busy
-for a whole round) is challenged late, one such round at a time, while its epoch still takes
-reports; once the epoch is closed the round is given up, with a warning. Co-signers check every report (``verify_batch_proposal``) and return their signature;
-with a quorum the mixer forwards the certificate to the Validator. It signs an epoch's
+(``compute_challenge_offset``: from the round's VRF output, so no node can tell when, or
+whether, it will be challenged, and the mixers' sessions do not all start at once).
+
+Each round runs in a task of its own, so a round held up by a node that never answers does not
+delay the next one. A round the mixer did not see begin (it was stopped, or too busy for a whole
+round) is challenged late, one such round at a time, while its epoch still takes reports; once
+the epoch is closed the round is given up, with a warning.
+
+Co-signers check every report (``verify_batch_proposal``) and return their signature; with a
+quorum the mixer forwards the certificate to the Validator. It signs an epoch's
 settlement only after recomputing it from the certificates the Validator publishes.
 
 Everything the mixer signs or accepts is in its SQLite store first. The store is also its
@@ -34,9 +37,9 @@ the originator co-signed into a quorum still reaches the Validator if the origin
 forwards it (it crashed for good, or withholds it); duplicates are harmless.
 
 Restarted, it skips rounds it finished, finishes the ones it was in, challenges late the ones
-it missed while its epoch still takes reports, and resumes the outbox. It never co-signs two different
-reports for one (epoch, round, mixer, node); the same report in a re-formed batch it signs
-again.
+it missed while their epoch still takes reports, and resumes the outbox. It never co-signs two
+different reports for one (epoch, round, mixer, node); the same report in a re-formed batch it
+signs again.
 """
 
 from __future__ import annotations
@@ -56,8 +59,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 
 from dnanet.crypto import vrf
-from dnanet.crypto.eip712 import address_to_bytes, recover_typed
-from dnanet.crypto.hashing import sha256
+from dnanet.crypto.eip712 import recover_typed
 from dnanet.crypto.keys import Identity
 from dnanet.errors import ChainError, CodecError, DnanetError, ProtocolError, ScheduleError
 from dnanet.gateway.app import CallbackDirectory, Gateway, GatewayConfig, mixer_stats
@@ -85,6 +87,7 @@ from dnanet.protocol.quorum import (
 from dnanet.protocol.schedule import (
     RoundId,
     compute_assigned_nodes,
+    compute_challenge_offset,
     compute_epoch,
     compute_oldest_open_round,
     compute_round,
@@ -375,7 +378,7 @@ class MixerDaemon:
         limit = asyncio.Semaphore(self.concurrency)
 
         async def challenge(node: str) -> ScoreReport:
-            await asyncio.sleep(self.spread_s * challenge_offset(beta, node))
+            await asyncio.sleep(self.spread_s * compute_challenge_offset(beta, node))
             async with limit:
                 record = records[node]
                 return await run_challenge_session(
@@ -905,13 +908,6 @@ class MixerDaemon:
             return {"address": self.address, "outbox": outbox, "rounds": listed}
 
         return app
-
-
-def challenge_offset(beta: bytes, node: str) -> float:
-    """When in the spread (a fraction in [0, 1)) the mixer whose round VRF output is ``beta``
-    starts challenging ``node``: unknown to anyone before the mixer reveals its proof."""
-    digest = sha256(b"dnanet/challenge-offset" + beta + address_to_bytes(node))
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def _named(nodes: Sequence[str]) -> str:

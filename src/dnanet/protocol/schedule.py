@@ -106,6 +106,14 @@ def compute_assignment_hash(beta: bytes, node: str) -> int:
     return int.from_bytes(sha256(b"dnanet/assign" + beta + address_to_bytes(node)), "big")
 
 
+def compute_challenge_offset(beta: bytes, node: str) -> float:
+    """When a mixer whose round output is ``beta`` starts challenging ``node``: a fraction in
+    [0, 1) of the part of the round its challenges are spread over. Nobody can tell it before
+    the mixer reveals its proof; nobody checks it (co-signers take any round of an open epoch)."""
+    digest = sha256(b"dnanet/challenge-offset" + beta + address_to_bytes(node))
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def is_assigned(beta: bytes, node: str, target: int) -> bool:
     """Whether ``node`` is assigned to the mixer whose round VRF output is ``beta``."""
     return compute_assignment_hash(beta, node) < target
@@ -135,6 +143,7 @@ __all__ = [
     "compute_assigned_nodes",
     "compute_assignment_hash",
     "compute_assignment_target",
+    "compute_challenge_offset",
     "compute_epoch",
     "compute_epoch_end_block",
     "compute_oldest_open_round",
