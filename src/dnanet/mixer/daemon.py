@@ -112,6 +112,8 @@ RETRY_STATUSES = frozenset({408, 429})
 """4xx answers of the Validator that are worth a retry (the others are final)."""
 CHALLENGE_SPREAD = 0.5
 """The part of a round over which a mixer spreads the starts of its challenges."""
+ROUND_POLLS = 32
+"""How many times a round the round loop reads the chain's head (at most every 20 ms)."""
 LOGGED_NODES = 8
 """Assigned nodes named in a round's log line (the count is always there)."""
 STATUS_ROUNDS = 32
@@ -174,8 +176,9 @@ class MixerDaemon:
         self.past_views = ViewCache(gateway, assume_active=True)
         self.vrf_secret = derive_vrf_secret(identity)
         self.concurrency = concurrency
-        self.poll_s = poll_s if poll_s is not None else max(0.02, self.preset.block_interval_ms / 2000)
         round_s = self.preset.round_blocks * self.preset.block_interval_ms / 1000
+        # The round loop looks for a new round this often: a round starts at most this late.
+        self.poll_s = poll_s if poll_s is not None else max(0.02, round_s / ROUND_POLLS)
         if retry_s is None:
             retry_s = (2.0, min(60.0, max(2.0, round_s)))
         if not 0 < retry_s[0] <= retry_s[1]:
