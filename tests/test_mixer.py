@@ -184,8 +184,15 @@ async def mixer_net(root: Path, validator_url: str | None = None, *, label: str 
 @pytest.fixture
 def local_nodes(monkeypatch: pytest.MonkeyPatch) -> Callable[[Committee], None]:
     """Route the mixers' challenge sessions to the committee's in-process nodes."""
+    return routing(monkeypatch, lambda transport: transport)
+
+
+def routing(monkeypatch: pytest.MonkeyPatch,
+            wrap: Callable[[LocalTransport], LocalTransport]) -> Callable[[Committee], None]:
+    """A ``route`` for ``mixer_net``: each node's challenge sessions go to ``wrap`` of its
+    in-process transport."""
     def route(committee: Committee) -> None:
-        by_endpoint = {n.endpoint: committee.transports[n.address]
+        by_endpoint = {n.endpoint: wrap(committee.transports[n.address])
                        for n in committee.gateway.nodes_list}
         monkeypatch.setattr(mixer_daemon, "HttpNodeTransport",
                             lambda _session, endpoint: by_endpoint[endpoint])
@@ -669,11 +676,7 @@ def test_a_round_held_up_by_a_node_that_does_not_answer_does_not_delay_the_next(
     begins and finishes; once released, round (0, 0) finishes too, every report answered."""
     release = asyncio.Event()
 
-    def route(committee: Committee) -> None:
-        by_endpoint = {n.endpoint: HeldRound(committee.transports[n.address], ROUND0, release)
-                       for n in committee.gateway.nodes_list}
-        monkeypatch.setattr(mixer_daemon, "HttpNodeTransport",
-                            lambda _session, endpoint: by_endpoint[endpoint])
+    route = routing(monkeypatch, lambda transport: HeldRound(transport, ROUND0, release))
 
     async def main() -> None:
         # A timeout far longer than the test: only the release ends round (0, 0).
@@ -712,11 +715,7 @@ def test_a_rounds_challenges_start_at_their_offsets_in_the_spread(
     of their offsets."""
     starts: dict[str, float] = {}
 
-    def route(committee: Committee) -> None:
-        by_endpoint = {n.endpoint: RecordingTransport(committee.transports[n.address], starts)
-                       for n in committee.gateway.nodes_list}
-        monkeypatch.setattr(mixer_daemon, "HttpNodeTransport",
-                            lambda _session, endpoint: by_endpoint[endpoint])
+    route = routing(monkeypatch, lambda transport: RecordingTransport(transport, starts))
 
     async def main() -> tuple[MixerNet, float]:
         async with mixer_net(tmp_path, route=route) as net:
