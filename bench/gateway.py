@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cputime import process_cpu_s
-from dnanet.node.http_transport import _Exchange
+from dnanet.mixer.node_client import _Exchange
 
 KEY = "dn-bench"
 MODEL = "dnanet-trivial-embed"
@@ -47,8 +47,8 @@ def _port() -> int:
 def _serve_node(port: int) -> None:
     import uvicorn
 
+    from dnanet.ai.backends import BackendSet, TrivialBackend
     from dnanet.node.ai_api import mount_ai_api
-    from dnanet.node.backends import BackendSet, TrivialBackend
     from dnanet.service.http import create_app
 
     backends = BackendSet([TrivialBackend()])
@@ -75,7 +75,7 @@ def _serve_gateway(port: int, node_url: str) -> None:
 
 class Connection:
     """One keep-alive HTTP/1.1 connection, one request at a time: the mixer's node client's
-    exchange (``dnanet.node.http_transport``), answers parsed by httptools."""
+    exchange (``dnanet.mixer.node_client``), answers parsed by httptools."""
 
     def __init__(self, exchange: _Exchange) -> None:
         self.exchange = exchange

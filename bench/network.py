@@ -212,8 +212,8 @@ async def drive_challenges(base_url: str, nodes: list[str], rounds: int, concurr
                            mixer: Identity, server_pid: int, client: str) -> ChallengeRun:
     """Challenge every node once per round, ``concurrency`` sessions in flight (after a
     warm-up round over the first ``2 * concurrency`` nodes)."""
+    from dnanet.mixer.node_client import HttpNodeTransport, open_node_session
     from dnanet.mixer.session import run_challenge_session
-    from dnanet.node.http_transport import HttpNodeTransport, open_node_session
 
     del client  # one client kind: the daemon's
     secret = derive_vrf_secret(mixer)

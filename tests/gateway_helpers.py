@@ -13,16 +13,16 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from dnanet.gateway.app import Gateway, GatewayConfig, StaticDirectory, create_gateway_app
-from dnanet.gateway.scheduler import NodeStats
-from dnanet.node.ai_api import mount_ai_api
-from dnanet.node.backends import (
+from dnanet.ai.backends import (
     TRIVIAL_CHAT_MODEL,
     TRIVIAL_EMBED_MODEL,
     Backend,
     BackendSet,
     TrivialBackend,
 )
+from dnanet.gateway.app import Gateway, GatewayConfig, StaticDirectory, create_gateway_app
+from dnanet.gateway.scheduler import NodeStats
+from dnanet.node.ai_api import mount_ai_api
 from dnanet.service.http import Server, create_app
 from dnanet.service.network import NodeRecord
 

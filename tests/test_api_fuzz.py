@@ -32,13 +32,13 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from dnanet.mixer.daemon import MixerDaemon
-from dnanet.node.backends import (
+from dnanet.ai.backends import (
     TRIVIAL_CHAT_MODEL,
     TRIVIAL_EMBED_MODEL,
     BackendSet,
     TrivialBackend,
 )
+from dnanet.mixer.daemon import MixerDaemon
 from dnanet.node.daemon import NodeDaemon
 from dnanet.node.hardware import Hardware
 from dnanet.service.loop import new_event_loop

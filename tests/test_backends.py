@@ -8,8 +8,7 @@ import math
 
 import pytest
 
-from dnanet.errors import ConfigError
-from dnanet.node.backends import (
+from dnanet.ai.backends import (
     MINILM_MODEL,
     TRIVIAL_CHAT_MODEL,
     TRIVIAL_EMBED_MODEL,
@@ -19,6 +18,7 @@ from dnanet.node.backends import (
     load_minilm,
     make_backends,
 )
+from dnanet.errors import ConfigError
 
 
 def test_trivial_backend_is_deterministic_and_salted() -> None:

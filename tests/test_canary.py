@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from dnanet.ai.backends import TRIVIAL_CHAT_MODEL, TRIVIAL_EMBED_MODEL, TrivialBackend
 from dnanet.errors import DnanetError
 from dnanet.gateway.app import GatewayConfig
 from dnanet.gateway.canary import (
@@ -20,7 +21,6 @@ from dnanet.gateway.canary import (
     compare_embeddings,
     make_canary,
 )
-from dnanet.node.backends import TRIVIAL_CHAT_MODEL, TRIVIAL_EMBED_MODEL, TrivialBackend
 from dnanet.params import TEST
 from dnanet.protocol.epoch import process_epoch
 from dnanet.protocol.messages import ZERO32, Outcome

@@ -16,14 +16,14 @@ import pytest
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from dnanet.errors import ConfigError
-from dnanet.gateway.scheduler import NodeStats
-from dnanet.node.backends import (
+from dnanet.ai.backends import (
     TRIVIAL_CHAT_MODEL,
     TRIVIAL_EMBED_MODEL,
     TrivialBackend,
     UpstreamBackend,
 )
+from dnanet.errors import ConfigError
+from dnanet.gateway.scheduler import NodeStats
 from dnanet.protocol.codec import MAX_MESSAGE_BYTES
 from dnanet.service.http import Server, create_app
 from gateway_helpers import API_KEY, free_port, gateway_config, network, record

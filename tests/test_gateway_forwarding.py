@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
+from dnanet.ai.backends import TRIVIAL_CHAT_MODEL, TRIVIAL_EMBED_MODEL, TrivialBackend
 from dnanet.gateway.canary import ReferenceModels
 from dnanet.gateway.scheduler import NodeState, NodeStats, SchedulingPolicy
-from dnanet.node.backends import TRIVIAL_CHAT_MODEL, TRIVIAL_EMBED_MODEL, TrivialBackend
 from gateway_helpers import API_KEY, Net, ScriptedNode, gateway_config, network, record
 
 BAD = f"0x{0xbad:040x}"

@@ -18,10 +18,10 @@ import pytest
 from dnanet.cli import build_parser, main
 from dnanet.crypto.eip712 import Domain
 from dnanet.errors import ConfigError
+from dnanet.mixer.node_client import HttpNodeTransport, open_node_session
 from dnanet.node.ai_api import MAX_AI_BODY_BYTES
 from dnanet.node.daemon import NodeDaemon
 from dnanet.node.hardware import CLASS_CPU, CLASS_GPU, Hardware
-from dnanet.node.http_transport import HttpNodeTransport, open_node_session
 from dnanet.node.status import format_dna
 from dnanet.params import TEST, Preset
 from dnanet.protocol.codec import MAX_MESSAGE_BYTES

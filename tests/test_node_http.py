@@ -12,9 +12,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from dnanet.mixer.node_client import HttpNodeTransport, open_node_session
 from dnanet.mixer.session import run_challenge_session
 from dnanet.node.hardware import CLASS_GPU
-from dnanet.node.http_transport import HttpNodeTransport, open_node_session
 from dnanet.node.server import MAX_DOWNLOAD_BYTES, NODE_SCHEMA, build_node_app, download_path
 from dnanet.params import MAINNET, PRESETS, TEST, Preset
 from dnanet.protocol.challenge_params import compute_challenge

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from dnanet.mixer.session import NodeUnreachable
-from dnanet.node import http_transport
-from dnanet.node.http_transport import NodeHttpClient
+from dnanet.errors import NodeUnreachable
+from dnanet.mixer import node_client as http_transport
+from dnanet.mixer.node_client import NodeHttpClient
 
 Handler = Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]
 

@@ -30,7 +30,7 @@ from dnanet.errors import (
     QuorumError,
     SignatureError,
 )
-from dnanet.node.http_transport import IDLE_S
+from dnanet.mixer.node_client import IDLE_S
 from dnanet.service.http import (
     KEEP_ALIVE_S,
     AppLimits,

@@ -18,8 +18,7 @@ import pytest
 
 from dnanet.crypto.eip712 import recover_typed
 from dnanet.crypto.keys import Identity
-from dnanet.errors import ChallengeError, SignatureError
-from dnanet.mixer.session import NodeUnreachable
+from dnanet.errors import ChallengeError, NodeUnreachable, SignatureError
 from dnanet.node.local import LocalTransport
 from dnanet.node.prover import MAX_OPEN_SESSIONS, ChallengeProver
 from dnanet.params import TEST
@@ -36,6 +35,7 @@ from dnanet.protocol.challenges.compute import (
 from dnanet.protocol.challenges.latency import echo_nonces
 from dnanet.protocol.evidence import decode_fraud_evidence, verify_fraud_evidence
 from dnanet.protocol.messages import (
+    MAX_REASON_BYTES,
     ZERO32,
     Challenge,
     ChallengeResponse,
@@ -332,7 +332,21 @@ def test_reason_is_bounded() -> None:
 
     report = session(Verbose(_prover()))
     assert_failed(report, Outcome.BAD_RESPONSE, "upload")
-    assert len(report.reason) <= 180
+    assert len(report.reason.encode()) == MAX_REASON_BYTES
+    assert report.reason.endswith("...")
+
+
+def test_a_node_answering_non_ascii_text_fails_its_own_challenge_only() -> None:
+    # Before: a 180-character reason of multi-byte characters broke the 200-byte field, and
+    # ScoreReport raised inside the session instead of returning a failed report.
+    class Unicode(LocalTransport):
+        async def upload(self, challenge_id: bytes) -> bytes:
+            raise ChallengeError("unknown field '" + "\u00e9\u4e2d" * 300 + "'")
+
+    report = session(Unicode(_prover()))
+    assert_failed(report, Outcome.BAD_RESPONSE, "upload")
+    assert report.reason.isascii() and len(report.reason.encode()) <= MAX_REASON_BYTES
+    assert ScoreReport.from_json(report.to_json()) == report
 
 
 # -- the prover's refusals -------------------------------------------------------------------

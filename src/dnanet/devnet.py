@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from dnanet.ai.backends import make_backends
 from dnanet.chain.backends import connect_embedded
 from dnanet.chain.client import ChainClient, TransactionReverted
 from dnanet.chain.deploy import MixerSpec, deploy
@@ -39,7 +40,6 @@ from dnanet.errors import DnanetError
 from dnanet.gateway.app import GatewayConfig, generate_api_key
 from dnanet.keyfiles import derive_vrf_public_key
 from dnanet.mixer.daemon import MixerDaemon
-from dnanet.node.backends import make_backends
 from dnanet.node.daemon import NodeDaemon, NodeProfile
 from dnanet.node.hardware import Hardware, probe_hardware
 from dnanet.params import PRESETS, WEI_PER_DNA, Preset, get_preset

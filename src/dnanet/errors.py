@@ -13,7 +13,9 @@
     │   ├── ScoringError            measurements out of bounds, score mismatch
     │   ├── QuorumError             not enough distinct valid member signatures
     │   └── RollupError             inconsistent rollup inputs
-    └── ChainError                  the chain refused or could not be reached
+    ├── ChainError                  the chain refused or could not be reached
+    ├── NodeUnreachable             a node's endpoint could not be reached or failed in transport
+    └── Unavailable                 a daemon cannot serve now through a fault of its own (503)
 
 Every error carries a message a user can act on; `CodecError` and `ProtocolError`
 also carry the name of the offending field in `.field` where there is one.
@@ -82,6 +84,10 @@ class RollupError(ProtocolError):
 
 class ChainError(DnanetError):
     """The chain refused a transaction or could not be reached."""
+
+
+class NodeUnreachable(DnanetError):
+    """A node's endpoint could not be reached or answered with a transport error."""
 
 
 class Unavailable(DnanetError):

@@ -71,8 +71,8 @@ def _serve_until_signal(daemon: Any) -> None:
 
 
 def _node_run(args: argparse.Namespace) -> int:
+    from dnanet.ai.backends import make_backends
     from dnanet.keyfiles import load_identity
-    from dnanet.node.backends import make_backends
     from dnanet.node.daemon import NodeDaemon, NodeProfile, resolve_device
     from dnanet.service.gateway import open_gateway
 

@@ -5,7 +5,7 @@ Each request is authenticated (``Authorization: Bearer <key>``), validated, rout
 :class:`~dnanet.gateway.scheduler.Scheduler` to a registered, healthy node serving the model,
 and retried on another node on a timeout, a transport error or a malformed answer. Canaries
 (:mod:`dnanet.gateway.canary`) ride along at ``canary_rate`` of the traffic and at least once
-per ``canary_interval_s`` per node. Errors are OpenAI's (see :mod:`.openai_format`).
+per ``canary_interval_s`` per node. Errors are OpenAI's (see :mod:`dnanet.ai.openai_format`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ import aiohttp
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from dnanet.errors import CodecError
-from dnanet.gateway.canary import CanaryBook, ReferenceModels, judge, make_canary
-from dnanet.gateway.openai_format import (
+from dnanet.ai.openai_format import (
     MAX_AI_BODY_BYTES,
     ApiError,
     check_completion,
@@ -42,6 +40,8 @@ from dnanet.gateway.openai_format import (
     parse_embeddings,
     read_request,
 )
+from dnanet.errors import CodecError
+from dnanet.gateway.canary import CanaryBook, ReferenceModels, judge, make_canary
 from dnanet.gateway.scheduler import (
     NodeState,
     NodeStats,

@@ -23,8 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dnanet.mixer.session import failed_report
-from dnanet.node.backends import (
+from dnanet.ai.backends import (
     MINILM_MODEL,
     TRIVIAL_CHAT_MODEL,
     TRIVIAL_EMBED_MODEL,
@@ -32,7 +31,12 @@ from dnanet.node.backends import (
     MiniLMBackend,
     TrivialBackend,
 )
-from dnanet.protocol.messages import MAX_REASON_BYTES, Outcome, ScoreReport
+from dnanet.protocol.messages import (
+    MAX_REASON_BYTES,
+    Outcome,
+    ScoreReport,
+    compute_failed_report,
+)
 from dnanet.service.store import Store
 
 log = logging.getLogger("dnanet.gateway.canary")
@@ -221,8 +225,7 @@ def canary_failed_report(report: ScoreReport, reason: str) -> ScoreReport:
         epoch=report.epoch, round=report.round, mixer=report.mixer, node=report.node,
         hardware_class=report.hardware_class, vrf_proof=report.vrf_proof,
         challenge_digest=report.challenge_digest)
-    encoded = reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore")
-    return failed_report(base, Outcome.CANARY_FAILED, encoded)
+    return compute_failed_report(base, Outcome.CANARY_FAILED, reason)
 
 
 __all__ = [

@@ -49,7 +49,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,19 +64,19 @@ from dnanet.errors import ChainError, CodecError, DnanetError, ProtocolError, Sc
 from dnanet.gateway.app import CallbackDirectory, Gateway, GatewayConfig, mixer_stats
 from dnanet.gateway.canary import CanaryBook, ReferenceModels
 from dnanet.keyfiles import derive_vrf_secret
+from dnanet.mixer.node_client import HttpNodeTransport, NodeHttpClient, open_node_session
 from dnanet.mixer.session import run_challenge_session
 from dnanet.mixer.store import MixerStore
-from dnanet.node.http_transport import HttpNodeTransport, NodeHttpClient, open_node_session
-from dnanet.protocol.codec import ListOf, Message, Nested, parse_json, wire
+from dnanet.protocol.codec import parse_json
 from dnanet.protocol.epoch import process_epochs
 from dnanet.protocol.messages import (
     BatchProposal,
     CoSignature,
-    EpochSettlement,
     Outcome,
-    Punishment,
     QuorumCertificate,
     ScoreReport,
+    SettlementRequest,
+    SettlementSignatures,
 )
 from dnanet.protocol.quorum import (
     compute_backup_rank,
@@ -103,7 +102,6 @@ from dnanet.service.views import ViewCache
 
 log = logging.getLogger("dnanet.mixer")
 
-MAX_SETTLEMENT_PUNISHMENTS = 1024
 OUTBOX_CONCURRENCY = 4
 """Batches and certificates the outbox retries at once."""
 WATCH_BATCH = 256
@@ -118,22 +116,6 @@ LOGGED_NODES = 8
 """Assigned nodes named in a round's log line (the count is always there)."""
 STATUS_ROUNDS = 32
 """Recent rounds in ``GET /v1/status`` (at most, and by default)."""
-
-
-@dataclass(frozen=True)
-class SettlementRequest(Message):
-    """What the Validator asks a mixer to sign for an epoch."""
-
-    settlement: EpochSettlement = wire(Nested(EpochSettlement))
-    punishments: tuple[Punishment, ...] = wire(
-        ListOf(Nested(Punishment), MAX_SETTLEMENT_PUNISHMENTS))
-
-
-@dataclass(frozen=True)
-class SettlementSignatures(Message):
-    settlement: CoSignature = wire(Nested(CoSignature))
-    punishments: tuple[CoSignature, ...] = wire(
-        ListOf(Nested(CoSignature), MAX_SETTLEMENT_PUNISHMENTS))
 
 
 class MixerDaemon:
@@ -922,4 +904,4 @@ def _named(nodes: Sequence[str]) -> str:
     return f": {shown}" + (f" and {more} more" if more > 0 else "")
 
 
-__all__ = ["MixerDaemon", "SettlementRequest", "SettlementSignatures"]
+__all__ = ["MixerDaemon"]

@@ -14,7 +14,7 @@ from typing import Protocol, TypeVar
 
 from dnanet.crypto.eip712 import Domain, recover_typed
 from dnanet.crypto.keys import Identity
-from dnanet.errors import DnanetError, SignatureError
+from dnanet.errors import DnanetError, NodeUnreachable, SignatureError
 from dnanet.params import Preset
 from dnanet.protocol.challenge_params import compute_challenge, compute_kind_seeds
 from dnanet.protocol.challenges.bandwidth import (
@@ -33,22 +33,18 @@ from dnanet.protocol.challenges.compute import (
 from dnanet.protocol.challenges.latency import echo_digest, echo_nonces, median_rtt_us
 from dnanet.protocol.evidence import encode_fraud_evidence, is_row_correct
 from dnanet.protocol.messages import (
-    ZERO32,
     Challenge,
     Outcome,
     ScoreReport,
     SignedChallenge,
     SignedChallengeResponse,
+    compute_failed_report,
 )
 from dnanet.protocol.scoring import compute_challenge_score
 
 T = TypeVar("T")
 Clock = Callable[[], int]
 """Monotonic nanoseconds."""
-
-
-class NodeUnreachable(DnanetError):
-    """The node's endpoint could not be reached or answered with a transport error."""
 
 
 class NodeTransport(Protocol):
@@ -66,7 +62,7 @@ class NodeTransport(Protocol):
 class _Failed(Exception):
     def __init__(self, outcome: Outcome, reason: str) -> None:
         self.outcome = outcome
-        self.reason = reason[:180]
+        self.reason = reason
 
 
 def _us(ns: int) -> int:
@@ -104,9 +100,9 @@ async def run_challenge_session(
             _drive(transport, challenge, identity, domain, beta, clock), timeout
         )
     except TimeoutError:
-        return failed_report(base, Outcome.TIMEOUT, f"no answer within {timeout:g} s")
+        return compute_failed_report(base, Outcome.TIMEOUT, f"no answer within {timeout:g} s")
     except _Failed as failed:
-        return failed_report(base, failed.outcome, failed.reason)
+        return compute_failed_report(base, failed.outcome, failed.reason)
     signed, measured, evidence = result
     response = signed.response
     outcome = Outcome.WRONG_ANSWER if evidence else Outcome.OK
@@ -127,17 +123,6 @@ async def run_challenge_session(
         reason="signed a wrong row of the product" if evidence else "",
         evidence=evidence,
         score=score.total,
-    )
-
-
-def failed_report(base: dict[str, object], outcome: Outcome, reason: str) -> ScoreReport:
-    """A report of a failed session: ``base`` (epoch, round, mixer, node, hardware_class,
-    vrf_proof, challenge_digest) with zero response fields, measurements and score."""
-    return ScoreReport(
-        **base,  # type: ignore[arg-type]
-        echo_digest=ZERO32, compute_root=ZERO32, download_digest=ZERO32, upload_digest=ZERO32,
-        response_signature=b"", rtt_us=0, compute_us=0, download_us=0, upload_us=0,
-        outcome=outcome, reason=reason, evidence=b"", score=0,
     )
 
 
@@ -263,4 +248,4 @@ def _check_openings(
         raise _Failed(Outcome.BAD_RESPONSE, f"openings: {exc}") from None
 
 
-__all__ = ["NodeTransport", "NodeUnreachable", "failed_report", "run_challenge_session"]
+__all__ = ["NodeTransport", "run_challenge_session"]

@@ -1,5 +1,5 @@
 """The node's OpenAI-compatible endpoints (``/v1/models``, ``/v1/embeddings``,
-``/v1/chat/completions``), served from its :class:`~dnanet.node.backends.BackendSet`.
+``/v1/chat/completions``), served from its :class:`~dnanet.ai.backends.BackendSet`.
 
 Mixers' gateways call these; a canary and a user's request arrive in the same shape.
 Every error is in OpenAI's format; a backend fault is a 502, never a 500.
@@ -14,7 +14,8 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from dnanet.gateway.openai_format import (
+from dnanet.ai.backends import Backend, BackendError, BackendSet
+from dnanet.ai.openai_format import (
     MAX_AI_BODY_BYTES,
     ApiError,
     count_tokens,
@@ -26,7 +27,6 @@ from dnanet.gateway.openai_format import (
     parse_embeddings,
     read_request,
 )
-from dnanet.node.backends import Backend, BackendError, BackendSet
 
 log = logging.getLogger("dnanet.node.ai")
 

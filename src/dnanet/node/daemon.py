@@ -21,10 +21,10 @@ from pathlib import Path
 
 from fastapi import Request, Response
 
+from dnanet.ai.backends import BackendSet
 from dnanet.crypto.keys import Identity
 from dnanet.errors import ConfigError
 from dnanet.node.ai_api import mount_ai_api
-from dnanet.node.backends import BackendSet
 from dnanet.node.hardware import Hardware, declared_class, probe_hardware
 from dnanet.node.prover import ChallengeProver
 from dnanet.node.server import NODE_SCHEMA, build_node_app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from dnanet.mixer.session import NodeUnreachable
+from dnanet.errors import NodeUnreachable
 from dnanet.node.prover import ChallengeProver
 from dnanet.protocol.challenges.compute import RowOpening
 from dnanet.protocol.messages import SignedChallenge, SignedChallengeResponse

@@ -14,6 +14,8 @@ ScoreBatch          mixers      Merkle root over reports; co-signed by the commi
 QuorumCertificate   -           a batch, its reports and >= threshold signatures
 EpochSettlement     mixers      an epoch's reward root, total and reports digest
 Punishment          mixers      jail and/or slash a node, with the evidence digest
+SettlementRequest   -           the Validator asks a mixer to sign a settlement + punishments
+SettlementSignatures -          the mixer's signatures of them
 ==================  ==========  ==========================================================
 """
 
@@ -41,6 +43,7 @@ MAX_BATCH_REPORTS = 2048
 MAX_SIGNATURES = 256
 MAX_EVIDENCE_BYTES = 64 * 1024
 MAX_REASON_BYTES = 200
+MAX_SETTLEMENT_PUNISHMENTS = 1024
 VRF_PROOF_BYTES = 80
 SIGNATURE_BYTES = 65
 
@@ -183,6 +186,30 @@ class ScoreReport(Message):
         )
 
 
+def compute_failure_reason(text: str) -> str:
+    """``text`` as a report's reason: printable ASCII (anything else escaped, so a node cannot
+    smuggle bytes or control characters into logs and signatures), at most MAX_REASON_BYTES
+    bytes (cut with a marker). Every reason a report carries is built here."""
+    safe = "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+    if len(safe) <= MAX_REASON_BYTES:
+        return safe
+    marker = "..."
+    return safe[:MAX_REASON_BYTES - len(marker)] + marker
+
+
+def compute_failed_report(base: dict[str, object], outcome: Outcome, reason: str) -> ScoreReport:
+    """The report of a failed session: ``base`` (epoch, round, mixer, node, hardware_class,
+    vrf_proof, challenge_digest) with zero response fields, measurements and score, and the
+    reason made safe by ``compute_failure_reason``."""
+    return ScoreReport(
+        **base,  # type: ignore[arg-type]
+        echo_digest=ZERO32, compute_root=ZERO32, download_digest=ZERO32, upload_digest=ZERO32,
+        response_signature=b"", rtt_us=0, compute_us=0, download_us=0, upload_us=0,
+        outcome=outcome, reason=compute_failure_reason(reason), evidence=b"", score=0,
+    )
+
+
 @dataclass(frozen=True)
 class ScoreBatch(Message):
     """A mixer's batch of reports for one round: co-signers sign this struct."""
@@ -244,9 +271,30 @@ class Punishment(Message):
     evidence_digest: bytes = wire(B32)
 
 
+@dataclass(frozen=True)
+class SettlementRequest(Message):
+    """What the Validator asks each mixer of an epoch's set to sign: the settlement and the
+    punishments it implies (wire-only: the mixer signs each struct on its own)."""
+
+    settlement: EpochSettlement = wire(Nested(EpochSettlement))
+    punishments: tuple[Punishment, ...] = wire(
+        ListOf(Nested(Punishment), MAX_SETTLEMENT_PUNISHMENTS))
+
+
+@dataclass(frozen=True)
+class SettlementSignatures(Message):
+    """A mixer's answer: its signature of the settlement and of each punishment, in order."""
+
+    settlement: CoSignature = wire(Nested(CoSignature))
+    punishments: tuple[CoSignature, ...] = wire(
+        ListOf(Nested(CoSignature), MAX_SETTLEMENT_PUNISHMENTS))
+
+
 __all__ = [
     "MAX_BATCH_REPORTS",
     "MAX_EVIDENCE_BYTES",
+    "MAX_REASON_BYTES",
+    "MAX_SETTLEMENT_PUNISHMENTS",
     "MAX_SIGNATURES",
     "ZERO32",
     "BatchProposal",
@@ -259,6 +307,10 @@ __all__ = [
     "QuorumCertificate",
     "ScoreBatch",
     "ScoreReport",
+    "SettlementRequest",
+    "SettlementSignatures",
     "SignedChallenge",
     "SignedChallengeResponse",
+    "compute_failed_report",
+    "compute_failure_reason",
 ]

@@ -19,8 +19,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from dnanet.errors import ChallengeError, CodecError
-from dnanet.mixer.session import NodeUnreachable
+from dnanet.errors import ChallengeError, CodecError, NodeUnreachable
 from dnanet.node.api import (
     DigestMessage,
     EchoMessage,
