@@ -94,16 +94,15 @@ def test_interactive_requests_prefer_low_latency() -> None:
 def test_concurrency_limit_failures_and_canaries_exclude_nodes() -> None:
     scheduler = make(SchedulingPolicy(max_concurrency=2, failure_threshold=2, cooldown_s=10))
     a = scheduler.nodes["0xa"]
-    scheduler.acquire(a)
+    first = scheduler.acquire(a)
     scheduler.acquire(a)
     assert "0xa" not in {n.address for n in scheduler.eligible(MODEL)}
-    scheduler.release(a, ok=True)
+    scheduler.release(first, ok=True)
     assert "0xa" in {n.address for n in scheduler.eligible(MODEL)}
 
     b = scheduler.nodes["0xb"]
     for _ in range(2):
-        scheduler.acquire(b)
-        scheduler.release(b, ok=False)
+        scheduler.release(scheduler.acquire(b), ok=False)
     assert "0xb" not in {n.address for n in scheduler.eligible(MODEL)}  # cooling down
     scheduler.clock = lambda: 1011.0
     assert "0xb" in {n.address for n in scheduler.eligible(MODEL)}

@@ -43,6 +43,7 @@ from dnanet.ai.openai_format import (
 from dnanet.errors import CodecError
 from dnanet.gateway.canary import CanaryBook, ReferenceModels, judge, make_canary
 from dnanet.gateway.scheduler import (
+    Lease,
     NodeState,
     NodeStats,
     Scheduler,
@@ -238,7 +239,7 @@ class Gateway:
             self.scheduler.apply_stats({k.lower(): v for k, v in stats.items()})
             for state in states:
                 if self.canaries.pending(state.address):
-                    state.canary_failed = True
+                    self.scheduler.mark_canary(state.address, passed=False)
             self._refreshed = True
 
     async def _fresh(self) -> None:
@@ -250,7 +251,8 @@ class Gateway:
                      parse: Callable[[Any], T]) -> tuple[NodeState, Any, T]:
         """POST ``body`` to nodes serving ``model`` until one answers well."""
         attempts = _Attempts()
-        async for node in self._candidates(model, body, interactive, attempts):
+        async for lease in self._candidates(model, body, interactive, attempts):
+            node = lease.node
             ok = False
             try:
                 status, content = await self._post(node.endpoint + path, body)
@@ -266,7 +268,7 @@ class Gateway:
             except (*_TRANSPORT_ERRORS, CodecError, ValueError, TypeError, KeyError) as exc:
                 attempts.last = _failure(exc)
             finally:
-                self.scheduler.release(node, ok=ok)
+                self.scheduler.release(lease, ok=ok)
         raise attempts.exhausted(model)
 
     async def _open(self, url: str, body: bytes) -> aiohttp.ClientResponse:
@@ -287,9 +289,9 @@ class Gateway:
             return response.status, await _read_answer(response, self.config.max_answer_bytes)
 
     async def _candidates(self, model: str, body: bytes, interactive: bool,
-                          attempts: _Attempts) -> AsyncIterator[NodeState]:
+                          attempts: _Attempts) -> AsyncIterator[Lease]:
         """Nodes to try for one request, best first by the scheduling rule, each acquired
-        (the caller releases it); at most ``max_attempts`` of them."""
+        (the caller releases the lease); at most ``max_attempts`` of them."""
         await self._fresh()
         if not self.scheduler.serving(model):
             raise model_not_found(model)
@@ -299,8 +301,7 @@ class Gateway:
             if node is None:
                 return
             attempts.tried.append(node.address)
-            self.scheduler.acquire(node)
-            yield node
+            yield self.scheduler.acquire(node)
 
     def _maybe_canary(self, model: str) -> None:
         if self.config.canary_rate > 0 and self.rng.random() < self.config.canary_rate \
@@ -328,7 +329,7 @@ class Gateway:
         else:
             path, body = "/v1/embeddings", json.dumps(
                 parse_embeddings(json.dumps(canary.body).encode()).node_body()).encode()
-        self.scheduler.acquire(node)
+        lease = self.scheduler.acquire(node)
         ok = False
         try:
             status, content = await self._post(node.endpoint + path, body)
@@ -346,7 +347,7 @@ class Gateway:
             log.info("canary to %s not delivered: %r", node.address[:10], exc)
             return None
         finally:
-            self.scheduler.release(node, ok=ok)
+            self.scheduler.release(lease, ok=ok)
         if reason is not None:
             self.canaries.record(node.address, model, reason)
             self.scheduler.mark_canary(node.address, passed=False)
@@ -439,7 +440,8 @@ class Gateway:
     async def _stream(self, model: str, body: bytes, interactive: bool) -> Response:
         """Open a stream on a node (retrying others until one sends its first event)."""
         attempts = _Attempts()
-        async for node in self._candidates(model, body, interactive, attempts):
+        async for lease in self._candidates(model, body, interactive, attempts):
+            node = lease.node
             response: aiohttp.ClientResponse | None = None
             handed_over = False  # to the relay, which then releases the node
             ok = False
@@ -449,8 +451,7 @@ class Gateway:
                     lines = _event_lines(response.content)
                     first = await anext(lines)
                     handed_over = True
-                    return StreamingResponse(self._relay(node, response, first, lines),
-                                             media_type="text/event-stream")
+                    return _RelayResponse(self.scheduler, lease, response, first, lines)
                 if response.status in _REQUEST_FAULTS:
                     content = await _read_answer(response, MAX_MODEL_LIST_BYTES)
                     ok = True  # the request's fault, not the node's: answer it as is
@@ -464,24 +465,43 @@ class Gateway:
                 if not handed_over:
                     if response is not None:
                         response.close()
-                    self.scheduler.release(node, ok=ok)
+                    self.scheduler.release(lease, ok=ok)
         raise attempts.exhausted(model)
 
-    async def _relay(self, node: NodeState, response: aiohttp.ClientResponse, first: bytes,
-                     lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """The node's events, one per line, to the client; an error event if the node fails
-        mid-stream."""
-        ok = False
+
+class _RelayResponse(StreamingResponse):
+    """A node's event stream relayed to the client, one event per line, with an error event if
+    the node fails mid-stream. The node's lease is released exactly once however the response
+    ends: at the stream's end or the node's failure (before the client sees the end), or when
+    the client went away, even before the stream began (not the node's fault)."""
+
+    def __init__(self, scheduler: Scheduler, lease: Lease, upstream: aiohttp.ClientResponse,
+                 first: bytes, lines: AsyncIterator[bytes]) -> None:
+        self._scheduler = scheduler
+        self._lease = lease
+        self._upstream = upstream
+        super().__init__(self._events(first, lines), media_type="text/event-stream")
+
+    async def _events(self, first: bytes, lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         try:
             yield first + b"\n\n"
             async for line in lines:
                 yield line + b"\n\n"
-            ok = True
         except _TRANSPORT_ERRORS:
+            self._end(ok=False)
             yield _MID_STREAM_ERROR
+            return
+        self._end(ok=True)
+
+    def _end(self, *, ok: bool) -> None:
+        self._upstream.close()  # no-op once the node's answer is complete
+        self._scheduler.release(self._lease, ok=ok)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
         finally:
-            self.scheduler.release(node, ok=ok)
-            response.close()  # no-op once the node's answer is complete
+            self._end(ok=True)
 
 
 class _Attempts:

@@ -38,15 +38,64 @@ class NodeStats:
 
 
 @dataclass
-class NodeState:
-    address: str
-    endpoint: str
-    models: frozenset[str]
-    stats: NodeStats = field(default_factory=NodeStats)
+class NodeLoad:
+    """This gateway's running counters for one node address. One object per address, shared
+    by every :class:`NodeState` the refreshes build for it, so a request that started before a
+    refresh releases the very counter it took."""
+
     in_flight: int = 0
     consecutive_failures: int = 0
     cooldown_until: float = 0.0
     canary_failed: bool = False
+
+    def is_idle(self, now: float) -> bool:
+        """Nothing to remember: no request in flight, no failure streak, cool-down or
+        canary failure."""
+        return not (self.in_flight or self.consecutive_failures or self.canary_failed
+                    or self.cooldown_until > now)
+
+
+@dataclass
+class NodeState:
+    """One node as the latest refresh saw it; its counters live in ``load``."""
+
+    address: str
+    endpoint: str
+    models: frozenset[str]
+    stats: NodeStats = field(default_factory=NodeStats)
+    load: NodeLoad = field(default_factory=NodeLoad)
+
+    @property
+    def in_flight(self) -> int:
+        return self.load.in_flight
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self.load.consecutive_failures
+
+    @property
+    def cooldown_until(self) -> float:
+        return self.load.cooldown_until
+
+    @property
+    def canary_failed(self) -> bool:
+        return self.load.canary_failed
+
+
+class Lease:
+    """One request in flight on one node, from :meth:`Scheduler.acquire`; releasing it more
+    than once does nothing, so the node's count drops exactly once per request."""
+
+    __slots__ = ("load", "node", "released")
+
+    def __init__(self, node: NodeState) -> None:
+        self.node = node
+        self.load = node.load
+        self.released = False
+
+    @property
+    def address(self) -> str:
+        return self.node.address
 
 
 @dataclass(frozen=True)
@@ -98,19 +147,30 @@ class Scheduler:
         self.rng = rng or random.Random()
         self.clock = clock
         self.nodes: dict[str, NodeState] = {}
+        self._loads: dict[str, NodeLoad] = {}
 
     def update(self, states: Iterable[NodeState]) -> None:
-        """Replace the node set, keeping each remaining node's counters."""
+        """Replace the node set. Each state is given its address's one :class:`NodeLoad`
+        (in flight, failures, cool-down, canary), kept across refreshes; a node that left
+        keeps its load only while there is something to remember (a request still in flight
+        releases into it)."""
         fresh: dict[str, NodeState] = {}
         for state in states:
-            old = self.nodes.get(state.address)
-            if old is not None:
-                state.in_flight = old.in_flight
-                state.consecutive_failures = old.consecutive_failures
-                state.cooldown_until = old.cooldown_until
-                state.canary_failed = state.canary_failed or old.canary_failed
+            load = self._loads.get(state.address)
+            if load is None:
+                load = self._loads[state.address] = state.load
+            elif state.load is not load:
+                load.canary_failed = load.canary_failed or state.load.canary_failed
+                state.load = load
             fresh[state.address] = state
         self.nodes = fresh
+        now = self.clock()
+        self._loads = {a: load for a, load in self._loads.items()
+                       if a in fresh or not load.is_idle(now)}
+
+    def in_flight(self) -> int:
+        """Requests in flight over every node this scheduler tracks (0 when idle)."""
+        return sum(load.in_flight for load in self._loads.values())
 
     def models(self) -> list[str]:
         return sorted({m for n in self.nodes.values() for m in n.models})
@@ -171,27 +231,36 @@ class Scheduler:
             return self.rng.choice(nodes)
         return self.rng.choices(nodes, weights=weights, k=1)[0]
 
-    def acquire(self, node: NodeState) -> None:
-        node.in_flight += 1
+    def acquire(self, node: NodeState) -> Lease:
+        """Count one request in flight on ``node``; the caller releases the lease."""
+        node.load.in_flight += 1
+        return Lease(node)
 
-    def release(self, node: NodeState, *, ok: bool) -> None:
-        node.in_flight = max(0, node.in_flight - 1)
-        if ok:
-            node.consecutive_failures = 0
+    def release(self, lease: Lease, *, ok: bool) -> None:
+        """End the leased request: the node's in-flight count drops (once, however often
+        this is called) and ``ok`` resets or extends its failure streak."""
+        if lease.released:
             return
-        node.consecutive_failures += 1
-        if node.consecutive_failures >= self.policy.failure_threshold:
-            node.cooldown_until = self.clock() + self.policy.cooldown_s
-            node.consecutive_failures = 0
+        lease.released = True
+        load = lease.load
+        load.in_flight -= 1
+        if ok:
+            load.consecutive_failures = 0
+            return
+        load.consecutive_failures += 1
+        if load.consecutive_failures >= self.policy.failure_threshold:
+            load.cooldown_until = self.clock() + self.policy.cooldown_s
+            load.consecutive_failures = 0
 
     def mark_canary(self, address: str, *, passed: bool) -> None:
         node = self.nodes.get(address)
         if node is not None:
-            node.canary_failed = not passed
+            node.load.canary_failed = not passed
 
     def apply_stats(self, stats: Mapping[str, NodeStats]) -> None:
         for address, node in self.nodes.items():
             node.stats = stats.get(address, NodeStats())
 
 
-__all__ = ["NodeState", "NodeStats", "Scheduler", "SchedulingPolicy", "stats_from_reports"]
+__all__ = ["Lease", "NodeLoad", "NodeState", "NodeStats", "Scheduler", "SchedulingPolicy",
+           "stats_from_reports"]
