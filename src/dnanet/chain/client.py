@@ -44,7 +44,15 @@ from dnanet.chain.faults import (
     TransactionReverted,
     Underpriced,
 )
-from dnanet.chain.transactions import RequestRunner, SendPolicy, TransactionSender, TxReceipt
+from dnanet.chain.transactions import (
+    RequestRunner,
+    SendPolicy,
+    TransactionSender,
+    TxReceipt,
+    compute_fee_cap,
+    compute_gas_limit,
+    suggest_fees,
+)
 from dnanet.crypto.eip712 import SIGNATURE_LENGTH, Domain, normalize_address, to_checksum_address
 from dnanet.crypto.keys import Identity
 from dnanet.errors import ChainError, ConfigError
@@ -488,6 +496,76 @@ class ChainClient:
         receipt = self._send(self.token, "transfer", [to_checksum_address(to), amount],
                              action=action)
         return self._sent(receipt, action)
+
+    # ------------------------------------------------------------------ operators' checks
+
+    def registry_owner(self) -> str:
+        """The account allowed to unjail nodes (NodeRegistry.owner)."""
+        return normalize_address(self._call(self.registry, "owner"))
+
+    def mixer_set_owner(self) -> str:
+        """The account allowed to add and remove mixers (MixerSet.owner)."""
+        return normalize_address(self._call(self.mixer_set_contract, "owner"))
+
+    def unbond_epochs(self) -> int:
+        """Epochs between ``unbond`` and the first epoch ``withdraw`` succeeds in."""
+        return int(self._call(self.registry, "UNBOND_EPOCHS"))
+
+    def fee_cap(self) -> int:
+        """The most wei per gas a transaction sent now may cost (what the chain checks the
+        sender's ETH against)."""
+        return compute_fee_cap(suggest_fees(self.w3, self._requests))
+
+    def simulate(self, contract: Any, fn: str, args: Sequence[Any], *, action: str,
+                 sender: str | None = None) -> int:
+        """Run ``fn(*args)`` as a transaction from ``sender`` (default: this client's
+        identity) on the latest state without sending it (eth_estimateGas; no key needed):
+        the gas limit a send would carry, or TransactionReverted with the contract's reason."""
+        origin = sender or self.address
+        if origin is None:
+            raise ConfigError(f"cannot simulate {action}: no account to send it from")
+        call = {"from": to_checksum_address(origin), "to": contract.address,
+                "data": contract.encode_abi(fn, args=list(args))}
+        estimate = int(self._read(lambda: self.w3.eth.estimate_gas(call), action))
+        return compute_gas_limit(estimate, self.policy)
+
+    def simulate_claim(self, account: str, cumulative: int, proof: Sequence[bytes], *,
+                       sender: str | None = None) -> int:
+        """`claim` run from ``sender`` without sending: its gas limit, or TransactionReverted
+        and why."""
+        return self.simulate(
+            self.distributor, "claim", [to_checksum_address(account), cumulative, _proof(proof)],
+            action=f"claim {cumulative} wei cumulative for {normalize_address(account)}",
+            sender=sender)
+
+    def stake_more(self, amount: int) -> TxReceipt:
+        """Add ``amount`` wei to the sender's stake, approving it first only when the
+        registry's allowance falls short (an approval the owner made already is used)."""
+        sender = self.address or ""
+        if self.allowance(sender, self.deployment.registry) < amount:
+            self.approve(self.deployment.registry, amount)
+        action = f"top up the stake of {sender}"
+        return self._sent(self._send(self.registry, "top_up", [amount], action=action), action)
+
+    def unjail(self, node: str) -> TxReceipt:
+        """Lift ``node``'s jail. Owner of the registry only."""
+        action = f"unjail node {normalize_address(node)}"
+        receipt = self._send(self.registry, "unjail", [to_checksum_address(node)],
+                             action=action)
+        return self._sent(receipt, action)
+
+    def mixer_change_epoch(self, receipt: TxReceipt) -> int | None:
+        """The epoch from which the MixerAdded or MixerRemoved event in ``receipt`` applies
+        (the chain's word, even if the change landed an epoch later than planned)."""
+        for name in ("MixerAdded", "MixerRemoved"):
+            event = getattr(self.mixer_set_contract.events, name)()
+            for raw in receipt.logs:
+                try:
+                    decoded = event.process_log(raw)
+                except Exception:  # a log of another event or contract
+                    continue
+                return int(decoded["args"]["effective_epoch"])
+        return None
 
 
 def _bytes32(value: bytes, field: str) -> bytes:

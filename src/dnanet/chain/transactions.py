@@ -165,16 +165,7 @@ class TransactionSender:
         ))
 
     def _fees(self) -> dict[str, int]:
-        block = self._read(lambda: self.w3.eth.get_block("latest"), "read the latest block")
-        base = block.get("baseFeePerGas")
-        if base is None:
-            price = int(self._read(lambda: self.w3.eth.gas_price, "read the gas price"))
-            return {"gasPrice": price}
-        try:
-            tip = int(self.w3.eth.max_priority_fee)
-        except Exception:  # not every node suggests a tip; 1 gwei is a common floor
-            tip = DEFAULT_PRIORITY_FEE
-        return {"maxFeePerGas": 2 * int(base) + tip, "maxPriorityFeePerGas": tip}
+        return suggest_fees(self.w3, self.requests)
 
     def _bump(self, fees: dict[str, int]) -> dict[str, int]:
         pct = 100 + self.policy.fee_bump_percent
@@ -217,7 +208,7 @@ class TransactionSender:
             call["to"] = to_checksum_address(to)
         # Verify the call succeeds now: a revert surfaces here, with its reason, unsent.
         estimate = int(self._read(lambda: self.w3.eth.estimate_gas(call), action))
-        gas = estimate * (100 + self.policy.gas_margin_percent) // 100
+        gas = compute_gas_limit(estimate, self.policy)
         chain_id = self.chain_id()
         nonce = self._nonce()
         fees = self._fees()
@@ -399,6 +390,32 @@ class TransactionSender:
         check_still_canonical(self.w3, receipt, action)
 
 
+def compute_gas_limit(estimate: int, policy: SendPolicy) -> int:
+    """The gas limit sent for a call whose gas estimate is ``estimate`` (the policy's margin)."""
+    return estimate * (100 + policy.gas_margin_percent) // 100
+
+
+def suggest_fees(w3: Any, requests: RequestRunner) -> dict[str, int]:
+    """The fee fields a transaction is signed with now: EIP-1559 ``maxFeePerGas`` (twice the
+    base fee plus the tip, so it survives a few full blocks) and ``maxPriorityFeePerGas``, or
+    a legacy ``gasPrice`` on a chain without a base fee."""
+    block = requests.run(lambda: w3.eth.get_block("latest"), "read the latest block")
+    base = block.get("baseFeePerGas")
+    if base is None:
+        return {"gasPrice": int(requests.run(lambda: w3.eth.gas_price, "read the gas price"))}
+    try:
+        tip = int(w3.eth.max_priority_fee)
+    except Exception:  # not every node suggests a tip; 1 gwei is a common floor
+        tip = DEFAULT_PRIORITY_FEE
+    return {"maxFeePerGas": 2 * int(base) + tip, "maxPriorityFeePerGas": tip}
+
+
+def compute_fee_cap(fees: dict[str, int]) -> int:
+    """The most wei per gas a transaction signed with ``fees`` can cost: the chain accepts it
+    only from an account holding ``gas limit * this`` (plus its value)."""
+    return fees.get("maxFeePerGas", fees.get("gasPrice", 0))
+
+
 def check_still_canonical(w3: Any, receipt: TxReceipt, action: str) -> None:
     """Raise ReorgDetected unless ``receipt``'s block is still the canonical one at its height."""
     try:
@@ -428,4 +445,7 @@ __all__ = [
     "TransactionSender",
     "TxReceipt",
     "check_still_canonical",
+    "compute_fee_cap",
+    "compute_gas_limit",
+    "suggest_fees",
 ]
