@@ -1,19 +1,34 @@
-"""The ``dnanet`` command. Only this module reads ``sys.argv``."""
+"""The ``dnanet`` command. Only this module reads ``sys.argv``.
+
+Before a command's handler runs: a role's ``--config FILE`` becomes the defaults of its
+options (``dnanet.config``; flags override it), and a daemon's port is checked free (``node
+run``, ``mixer run``, ``validator run``), so a busy port is one line naming it, said before
+any keystore is decrypted or model loaded. Output to a closed pipe (``dnanet node status |
+head``) ends the command quietly with status 141, as SIGPIPE ends other tools.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from dnanet import __version__
 from dnanet.errors import DnanetError
 
 Handler = Callable[[argparse.Namespace], int]
+ROLES = ("node", "mixer", "validator")
+DAEMONS = {("node", "run"), ("mixer", "run"), ("validator", "run")}
+"""Commands that listen on ``--host``:``--port``: checked free before anything else."""
+EMPTY_PASSWORD_HELP = ("accept an empty keystore password (the key is then stored "
+                       "unprotected); without it an empty password is refused")
+BROKEN_PIPE_STATUS = 141
 
 
 def _keys_new(args: argparse.Namespace) -> int:
@@ -21,7 +36,8 @@ def _keys_new(args: argparse.Namespace) -> int:
     from dnanet.keyfiles import derive_vrf_public_key, read_password, save_identity
 
     identity = Identity.from_entropy(os.urandom(32))
-    save_identity(identity, Path(args.out), read_password(confirm=True))
+    save_identity(identity, Path(args.out),
+                  read_password(confirm=True, allow_empty=args.empty_password))
     _print_identity(identity.address, derive_vrf_public_key(identity), args.out)
     return 0
 
@@ -37,7 +53,8 @@ def _keys_import(args: argparse.Namespace) -> int:
     else:
         secret = sys.stdin.readline()
     identity = Identity.from_hex(secret)
-    save_identity(identity, Path(args.out), read_password(confirm=True))
+    save_identity(identity, Path(args.out),
+                  read_password(confirm=True, allow_empty=args.empty_password))
     _print_identity(identity.address, derive_vrf_public_key(identity), args.out)
     return 0
 
@@ -74,12 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="create, import and show keystore files")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     new = keys_sub.add_parser("new", help="create a new identity in a keystore v3 file")
-    new.add_argument("--out", required=True, help="keystore file to create")
+    new.add_argument("--out", required=True, help="keystore file to create (mode 0600)")
+    new.add_argument("--empty-password", action="store_true", help=EMPTY_PASSWORD_HELP)
     new.set_defaults(handler=_keys_new)
     imp = keys_sub.add_parser(
         "import", help="import a private key (read from a prompt or stdin) into a keystore file"
     )
-    imp.add_argument("--out", required=True, help="keystore file to create")
+    imp.add_argument("--out", required=True, help="keystore file to create (mode 0600)")
+    imp.add_argument("--empty-password", action="store_true", help=EMPTY_PASSWORD_HELP)
     imp.set_defaults(handler=_keys_import)
     show = keys_sub.add_parser("show", help="show a keystore's address (and VRF key with --vrf)")
     show.add_argument("keystore", help="keystore file")
@@ -97,18 +116,97 @@ def build_parser() -> argparse.ArgumentParser:
                          ("dnanet.chain.cli", "add_contracts_commands")):
         getattr(importlib.import_module(module), name)(sub)
     add_demo_command(sub)
+    _add_config_options(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def _add_config_options(sub: Any) -> None:
+    """``--config FILE`` on every command of each role, and ``<role> config init``."""
+    from dnanet.config import subparsers_of
+
+    for role_name in ROLES:
+        role = sub.choices[role_name]
+        pending = list(subparsers_of(role).items())
+        while pending:
+            name, command = pending.pop()
+            if name == "serve":
+                continue  # started by validator run with its options, not by a person
+            children = subparsers_of(command)
+            if children:
+                pending.extend(children.items())
+            else:
+                command.add_argument(
+                    "--config", metavar="FILE", help=f"TOML file of {role_name} options "
+                    f"(`dnanet {role_name} config init` writes one); flags override it")
+        actions = next(a for a in role._actions if isinstance(a, argparse._SubParsersAction))
+        config = actions.add_parser("config", help=f"write a commented {role_name} "
+                                    "configuration file")
+        config_sub = config.add_subparsers(dest="config_command", required=True,
+                                           metavar="ACTION")
+        init = config_sub.add_parser("init", help=f"write a commented TOML file of every "
+                                     f"{role_name} option (to stdout, or --out)")
+        init.add_argument("--out", help="file to write (default: print it)")
+        init.add_argument("--force", action="store_true", help="overwrite an existing --out")
+        init.set_defaults(handler=_config_init, role=role_name, role_parser=role)
+
+
+def _config_init(args: argparse.Namespace) -> int:
+    from dnanet.config import config_template
+
+    text = config_template(args.role, args.role_parser)
+    if args.out is None:
+        print(text, end="")
+        return 0
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise DnanetError(f"{out} already exists; pass --force to overwrite it")
+    out.write_text(text)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``argv`` parsed, with the role's ``--config`` file as the defaults of its options."""
+    from dnanet.config import apply_config, config_option, find_command
+
+    path, chain = find_command(parser, argv)
+    config = config_option(argv)
+    applied = None
+    if config is not None and path and path[0] in ROLES and len(chain) > 2:
+        applied = apply_config(Path(config), chain[1], chain[-1], " ".join(path))
     args = parser.parse_args(argv)
-    handler: Handler = args.handler
+    if applied is not None:
+        applied.finish(args)
+    if tuple(path[:2]) in DAEMONS:
+        from dnanet.cliargs import verify_port_free
+
+        verify_port_free(args.host, args.port)
+    return args
+
+
+def _quiet_closed_pipe() -> int:
+    """After a BrokenPipeError on stdout: point stdout at /dev/null so that the interpreter's
+    last flush cannot raise again, and end as SIGPIPE would."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return BROKEN_PIPE_STATUS
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return handler(args)
+        args = _parse(build_parser(), argv)
+        handler: Handler = args.handler
+        status = handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return status
     except DnanetError as exc:
         print(f"dnanet: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _quiet_closed_pipe()
     except KeyboardInterrupt:
         print("dnanet: interrupted", file=sys.stderr)
         return 130

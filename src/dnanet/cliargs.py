@@ -1,17 +1,21 @@
-"""Argument types for the ``dnanet`` command line.
+"""Argument types for the ``dnanet`` command line, and the check that a daemon's port is free.
 
-argparse calls each on an option's text. A bad value stops the command at once, naming the
-option and what is wrong (``dnanet node run: error: argument --port: ...``), before any
-keystore is read, password asked or daemon started.
+argparse calls each type on an option's text. A bad value stops the command at once, naming
+the option and what is wrong (``dnanet node run: error: argument --port: ...``), before any
+keystore is read, password asked or daemon started. `verify_port_free` does the same for a
+port another process holds.
 """
 
 from __future__ import annotations
 
 import argparse
 import decimal
+import errno
 import math
 import re
+import socket
 
+from dnanet.errors import ConfigError
 from dnanet.params import WEI_PER_DNA
 
 MAX_TEXT = 80
@@ -94,4 +98,33 @@ def dna_amount(text: str) -> int:
     return int(wei)
 
 
-__all__ = ["dna_amount", "fraction", "non_negative_int", "port", "positive_int", "seconds"]
+def verify_port_free(host: str, port: int) -> None:
+    """Raise ConfigError, naming the port, unless a server could listen on ``host``:``port``
+    now (bound as the daemons bind: SO_REUSEADDR). Port 0 (any free port) always passes."""
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(f"--host {host!r} is not an address of this machine: {exc}") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                why = "is in use by another process (another dnanet daemon?): stop it or " \
+                      "choose another --port"
+            elif exc.errno == errno.EACCES:
+                why = "needs privileges this user lacks (ports below 1024): choose another " \
+                      "--port"
+            elif exc.errno == errno.EADDRNOTAVAIL:
+                why = "cannot be bound: no interface of this machine has that --host"
+            else:
+                why = f"cannot be bound: {exc.strerror or exc}"
+            raise ConfigError(f"port {port} on {host} {why}") from None
+
+
+__all__ = ["dna_amount", "fraction", "non_negative_int", "port", "positive_int", "seconds",
+           "verify_port_free"]

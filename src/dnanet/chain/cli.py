@@ -1,8 +1,15 @@
-"""``dnanet contracts deploy`` and ``dnanet contracts show``: a network on a real chain.
+"""``dnanet contracts deploy|show|add-mixer|remove-mixer``: a network on a real chain.
 
-The keystore password comes from ``DNANET_KEYSTORE_PASSWORD`` or an interactive prompt, never
-from an argument. `add_contracts_commands` registers the commands on ``dnanet``'s argparse
-subparsers; each handler returns the exit status and raises DnanetError on failure.
+The keystore password comes from ``DNANET_KEYSTORE_PASSWORD`` (or the file named by
+``DNANET_KEYSTORE_PASSWORD_FILE``) or an interactive prompt, never from an argument.
+`add_contracts_commands` registers the commands on ``dnanet``'s argparse subparsers; each
+handler returns the exit status and raises DnanetError on failure.
+
+The mixer set is versioned by epoch (``MixerSet.vy``): a change made during epoch ``c``
+applies from epoch ``c + 1`` (before genesis, from epoch 0), so every epoch is judged by the
+set it began with. ``add-mixer`` and ``remove-mixer`` check the owner, the membership and the
+sender's ETH before they send, and say from which epoch the change applies (as the chain's
+event says, should the transaction land an epoch later than planned).
 """
 
 from __future__ import annotations
@@ -14,8 +21,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from dnanet.cliargs import non_negative_int
-from dnanet.errors import ConfigError
+from dnanet.errors import ChainError, ConfigError
 from dnanet.params import PRESETS, WEI_PER_DNA
+
+KEYSTORE_HELP = ("(password: $DNANET_KEYSTORE_PASSWORD, the file named by "
+                 "$DNANET_KEYSTORE_PASSWORD_FILE, or a prompt)")
 
 
 def add_contracts_commands(subparsers: Any) -> None:
@@ -35,7 +45,8 @@ def add_contracts_commands(subparsers: Any) -> None:
     )
     deploy.add_argument("--rpc", required=True, help="JSON-RPC URL of the chain")
     deploy.add_argument("--keystore", required=True, type=Path,
-                        help="keystore v3 file of the deployer (owner of the mixer set)")
+                        help=f"keystore v3 file of the deployer (owner of the mixer set and "
+                        f"the node registry) {KEYSTORE_HELP}")
     deploy.add_argument("--preset", default="mainnet", choices=sorted(PRESETS),
                         help="protocol parameters (default: mainnet)")
     deploy.add_argument("--out", type=Path, default=Path("deployment.json"),
@@ -64,6 +75,31 @@ def add_contracts_commands(subparsers: Any) -> None:
     show.add_argument("--deployment", required=True, type=Path, help="deployment file")
     show.add_argument("--rpc", required=True, help="JSON-RPC URL of the chain")
     show.set_defaults(handler=_show)
+
+    add = sub.add_parser(
+        "add-mixer", help="add a mixer to the set from the next epoch on (MixerSet owner only)",
+        description="Add a mixer to the MixerSet, from the next epoch on (from epoch 0 before "
+        "genesis). Owner only: the keystore must be the MixerSet's owner (the deployer unless "
+        "ownership was transferred). The mixer should be running at its endpoint before that "
+        "epoch begins.")
+    add.add_argument("--mixer", required=True, metavar="ADDR:VRFPK:URL",
+                     help="the mixer: address, 32-byte hex VRF public key (`dnanet keys show "
+                     "KEYSTORE --vrf`), endpoint URL")
+    _add_change_args(add)
+    add.set_defaults(handler=_add_mixer)
+    remove = sub.add_parser(
+        "remove-mixer", help="remove a mixer from the set from the next epoch on (MixerSet "
+        "owner only)")
+    remove.add_argument("--address", required=True, help="the mixer's address")
+    _add_change_args(remove)
+    remove.set_defaults(handler=_remove_mixer)
+
+
+def _add_change_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rpc", required=True, help="JSON-RPC URL of the chain")
+    p.add_argument("--deployment", required=True, type=Path, help="deployment file")
+    p.add_argument("--keystore", required=True, type=Path,
+                   help=f"keystore v3 file of the MixerSet's owner {KEYSTORE_HELP}")
 
 
 def _parse_allocation(text: str) -> tuple[str, int]:
@@ -125,6 +161,98 @@ def _show(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return 0
 
 
+def compute_change_epoch(head: int, genesis_block: int, epoch_blocks: int) -> int:
+    """The first epoch a mixer-set change sent at block ``head`` applies to (MixerSet's
+    ``_effective_epoch``): epoch 0 before genesis, else the next epoch."""
+    if head < genesis_block:
+        return 0
+    return (head - genesis_block) // epoch_blocks + 1
+
+
+def verify_mixer_change(*, sender: str, owner: str, members: list[str], mixer: str,
+                        adding: bool, max_members: int = 32) -> None:
+    """Raise ChainError unless ``sender`` may add (or remove) ``mixer`` to (from) the set
+    whose members are ``members``."""
+    verb = "adding" if adding else "removing"
+    if sender != owner:
+        raise ChainError(f"{verb} a mixer is owner-only: the MixerSet's owner is {owner}, not "
+                         f"{sender}")
+    if adding and mixer in members:
+        raise ChainError(f"{mixer} is in the set already")
+    if adding and len(members) >= max_members:
+        raise ChainError(f"the set has {len(members)} members, the most it may have")
+    if not adding and mixer not in members:
+        raise ChainError(f"{mixer} is not in the set (members: {', '.join(members) or 'none'})")
+    if not adding and len(members) == 1:
+        raise ChainError(f"{mixer} is the set's only member: without a mixer nothing could be "
+                         "signed or settled; add its successor first")
+
+
+def _change_mixer_set(args: argparse.Namespace, mixer: str, adding: bool,
+                      out: TextIO) -> int:
+    from dnanet.chain.backends import connect_rpc
+    from dnanet.chain.client import ChainClient
+    from dnanet.chain.deployment import Deployment
+    from dnanet.chain.staking import format_eth
+    from dnanet.keyfiles import load_identity, read_keystore_address
+
+    deployment = Deployment.load(args.deployment)
+    reader = ChainClient(connect_rpc(args.rpc), deployment)
+    sender = read_keystore_address(args.keystore)
+    head = reader.block_number()
+    epoch = compute_change_epoch(head, deployment.genesis_block, deployment.epoch_blocks)
+    members = list(reader.mixer_set(epoch).addresses)
+    verify_mixer_change(sender=sender, owner=reader.mixer_set_owner(), members=members,
+                        mixer=mixer, adding=adding)
+    fn, call_args = (("add_mixer", [_checksum(mixer), args.spec.vrf_pk, args.spec.endpoint])
+                     if adding else ("remove_mixer", [_checksum(mixer)]))
+    gas = reader.simulate(reader.mixer_set_contract, fn, call_args,
+                          action=f"{fn.replace('_', ' ')} {mixer}", sender=sender)
+    cost, balance = gas * reader.fee_cap(), reader.eth_balance(sender)
+    if balance < cost:
+        raise ChainError(f"{sender} holds {format_eth(balance)}; the change may cost up to "
+                         f"{format_eth(cost)} ({gas} gas): send it ETH for gas first")
+    client = ChainClient(reader.w3, deployment, load_identity(args.keystore))
+    receipt = (client.add_mixer(mixer, args.spec.vrf_pk, args.spec.endpoint) if adding
+               else client.remove_mixer(mixer))
+    effective = client.mixer_change_epoch(receipt)
+    effective = epoch if effective is None else effective
+    view = client.mixer_set(effective)
+    verb = "joins" if adding else "leaves"
+    print(f"{mixer} {verb} the mixer set from epoch {effective} (block "
+          f"{deployment.epoch_start(effective)}; now block {receipt.block_number}, epoch "
+          f"{deployment.epoch_of_block(receipt.block_number)}): that epoch's set has "
+          f"{len(view.members)} members, threshold {view.threshold}", file=sys.stderr)
+    print(json.dumps({"mixer": mixer, "change": "added" if adding else "removed",
+                      "effective_epoch": effective, "members": list(view.addresses),
+                      "threshold": view.threshold, "tx": receipt.tx_hash}), file=out)
+    return 0
+
+
+def _checksum(address: str) -> str:
+    from dnanet.crypto.eip712 import to_checksum_address
+
+    return to_checksum_address(address)
+
+
+def _add_mixer(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    from dnanet.chain.deploy import MixerSpec
+
+    args.spec = MixerSpec.parse(args.mixer)
+    return _change_mixer_set(args, args.spec.address, True, out)
+
+
+def _remove_mixer(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    from dnanet.crypto.eip712 import normalize_address
+    from dnanet.errors import CryptoError
+
+    try:
+        mixer = normalize_address(args.address)
+    except CryptoError:
+        raise ConfigError(f"not an address: {args.address!r}", field="address") from None
+    return _change_mixer_set(args, mixer, False, out)
+
+
 def describe(client: Any) -> dict[str, Any]:
     """A JSON-ready summary of a deployment and its state on chain."""
     epoch = client.current_epoch()
@@ -155,4 +283,4 @@ def describe(client: Any) -> dict[str, Any]:
     }
 
 
-__all__ = ["add_contracts_commands", "describe"]
+__all__ = ["add_contracts_commands", "compute_change_epoch", "describe", "verify_mixer_change"]

@@ -273,8 +273,11 @@ def add_validator_commands(sub: Any) -> None:
     run.add_argument("--keystore", required=True,
                      help="keystore of the account that submits settlements and punishments "
                      "and pays for them (password from DNANET_KEYSTORE_PASSWORD or a prompt)")
-    run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=port, default=8700)
+    run.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default 127.0.0.1; 0.0.0.0 for every "
+                     "interface)")
+    run.add_argument("--port", type=port, default=8700,
+                     help="port of the Validator's API and dashboard (default 8700)")
     run.add_argument("--workers", type=non_negative_int, default=None,
                      help="processes that verify certificates for each serving process; 0 "
                      "verifies on threads (default: CPUs - 2 with one process, so 0 on a 2-core "
@@ -292,7 +295,8 @@ def add_validator_commands(sub: Any) -> None:
     serve.add_argument("--rpc", required=True, help="chain JSON-RPC URL")
     serve.add_argument("--host", default="127.0.0.1", help="the Validator's host")
     serve.add_argument("--validator", default=None, help="the Validator's account (status)")
-    serve.add_argument("--workers", type=non_negative_int, default=0)
+    serve.add_argument("--workers", type=non_negative_int, default=0,
+                       help="processes that verify certificates (0: threads)")
     serve.add_argument("--parent", type=positive_int, default=None,
                        help="stop once this process (the first) is gone (default: the parent)")
     serve.set_defaults(handler=_validator_serve)
