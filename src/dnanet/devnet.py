@@ -42,7 +42,7 @@ from dnanet.keyfiles import derive_vrf_public_key
 from dnanet.mixer.daemon import MixerDaemon
 from dnanet.node.daemon import NodeDaemon, NodeProfile
 from dnanet.node.hardware import Hardware, probe_hardware
-from dnanet.params import PRESETS, WEI_PER_DNA, Preset, get_preset
+from dnanet.params import PRESETS, Preset, format_dna_short, format_score, get_preset
 from dnanet.protocol.rollup import verify_proof
 from dnanet.protocol.schedule import compute_epoch_end_block, compute_settlement_block
 from dnanet.service.gateway import ClientGateway
@@ -52,7 +52,16 @@ from dnanet.service.loop import cancel_once, new_event_loop, wait_or_kill
 log = logging.getLogger("dnanet.devnet")
 
 SETUP_BLOCKS = 400
-"""Blocks between deployment and genesis, room for the setup transactions (each mines one)."""
+"""Default of ``--setup-blocks``: blocks between deployment and genesis, room for the setup
+transactions (on the embedded chain each mines one) and, over JSON-RPC, for every node to
+register before epoch 0 begins."""
+
+
+def setup_blocks_exceeded(used: int, setup_blocks: int) -> DnanetError:
+    """The error of a setup that needed more than ``--setup-blocks`` blocks."""
+    return DnanetError(f"setting up took {used} blocks, more than --setup-blocks "
+                       f"{setup_blocks} allows before genesis: run again with --setup-blocks "
+                       f"{max(2 * setup_blocks, used + used // 2)}")
 
 
 def free_port() -> int:
@@ -166,11 +175,14 @@ class Devnet:
     """All roles of a local network in this process, over real HTTP on loopback."""
 
     def __init__(self, *, nodes: int, mixers: int, preset: Preset, data_dir: Path,
-                 out: Callable[[str], Any] = print, backend: str = "minilm") -> None:
+                 out: Callable[[str], Any] = print, backend: str = "minilm",
+                 setup_blocks: int = SETUP_BLOCKS) -> None:
         if nodes < 1 or mixers < 1:
             raise DnanetError("a devnet needs at least one node and one mixer")
         self.n_nodes = nodes
         self.n_mixers = mixers
+        self.setup_blocks = setup_blocks
+        """Blocks between deployment and genesis (``--setup-blocks``)."""
         self.preset = preset
         self.data_dir = data_dir
         self.out = out
@@ -217,7 +229,7 @@ class Devnet:
         specs = [MixerSpec(m.address, derive_vrf_public_key(m), f"http://127.0.0.1:{p}")
                  for m, p in zip(self.mixer_ids, mixer_ports, strict=True)]
         stake = self.preset.min_stake
-        genesis = self.chain.block_number + SETUP_BLOCKS
+        genesis = self.chain.block_number + self.setup_blocks
         self.deployment = await asyncio.to_thread(
             deploy, self.chain.w3, self.deployer, self.preset, mixers=specs,
             genesis_block=genesis, allocations={n.address: 2 * stake for n in self.node_ids})
@@ -249,8 +261,7 @@ class Devnet:
             self.node_daemons.append(daemon)
         head = self.chain.block_number
         if head >= genesis:
-            raise DnanetError(f"setup used {head - genesis + SETUP_BLOCKS} blocks; raise "
-                              "SETUP_BLOCKS")
+            raise setup_blocks_exceeded(head - genesis + self.setup_blocks, self.setup_blocks)
         self.chain.mine_blocks(genesis - head - 1)
         self.clock.start()
         self.out(f"devnet: chain {self.deployment.chain_id} (embedded EVM), genesis block "
@@ -389,7 +400,7 @@ class Devnet:
 
     def print_table(self, summary: EpochSummary) -> None:
         self.out(f"epoch {summary.epoch}: settled in {summary.settle_tx[:12]}.. root "
-                 f"{summary.root[:14]}.. total {summary.total / WEI_PER_DNA:,.2f} DNA, audit "
+                 f"{summary.root[:14]}.. total {format_dna_short(summary.total)} DNA, audit "
                  f"{'OK' if summary.audit_ok else 'MISMATCH'}")
         for line in format_table(summary.nodes, final=True):
             self.out(line)
@@ -494,28 +505,33 @@ class ProcessDevnet(Devnet):
         raise DnanetError(f"{name} did not answer on {url} within {timeout_s:g} s")
 
     async def setup(self) -> None:
-        from dnanet.crypto.keys import encrypt_keystore
+        from dnanet.keyfiles import save_identity
 
         await asyncio.to_thread(self._connect_chain)
         keys = self.data_dir / "keys"
-        keys.mkdir(parents=True, exist_ok=True)
+        keys.mkdir(mode=0o700, parents=True, exist_ok=True)
         for identity in (self.validator_id, *self.mixer_ids, *self.node_ids):
             await asyncio.to_thread(self._fund, identity.address, 100 * 10**18)
-            (keys / f"{identity.address}.json").write_text(json.dumps(
-                encrypt_keystore(identity, KEYSTORE_PASSWORD, light=True)))
+            save_identity(identity, keys / f"{identity.address}.json", KEYSTORE_PASSWORD,
+                          light=True)  # mode 0600
+        self.out(f"devnet: keystores in {keys} (mode 0600), password {KEYSTORE_PASSWORD!r} "
+                 "(throwaway keys of this devnet only)")
         mixer_ports = [free_port() for _ in self.mixer_ids]
         self.mixer_urls = [f"http://127.0.0.1:{p}" for p in mixer_ports]
         specs = [MixerSpec(m.address, derive_vrf_public_key(m), f"http://127.0.0.1:{p}")
                  for m, p in zip(self.mixer_ids, mixer_ports, strict=True)]
         stake = self.preset.min_stake
-        genesis = await asyncio.to_thread(self.head) + SETUP_BLOCKS
+        genesis = await asyncio.to_thread(self.head) + self.setup_blocks
         self.deployment = await asyncio.to_thread(
             deploy, self.w3, self.deployer, self.preset, mixers=specs, genesis_block=genesis,
             allocations={n.address: 2 * stake for n in self.node_ids})
         self.genesis = genesis
         deployment_file = self.data_dir / "deployment.json"
         self.deployment.save(deployment_file)
+        # Secrets reach the roles through their environment (readable by this user only),
+        # never their command lines (readable by every user in ps).
         env = {**os.environ, "DNANET_KEYSTORE_PASSWORD": KEYSTORE_PASSWORD,
+               "DNANET_GATEWAY_KEYS": self.api_key,
                "DNANET_LOG": os.environ.get("DNANET_LOG", "WARNING")}
         common = ["--rpc", self.rpc_url, "--deployment", str(deployment_file)]
 
@@ -533,8 +549,7 @@ class ProcessDevnet(Devnet):
             name = f"mixer-{identity.address[2:10]}"
             self._spawn(name, ["mixer", "run", *common, *keystore(identity),
                                "--data-dir", str(self.data_dir / name),
-                               "--validator", self.validator_url, "--port", str(port),
-                               "--gateway-key", self.api_key], env)
+                               "--validator", self.validator_url, "--port", str(port)], env)
         offline_at = genesis + self.preset.epoch_blocks // 2
         node_ports = []
         for identity, profile in zip(self.node_ids, self.profiles, strict=True):
@@ -556,7 +571,12 @@ class ProcessDevnet(Devnet):
         gateway = self.gateway(None)
         while len([n for n in await asyncio.to_thread(gateway.nodes)]) < len(self.node_ids):
             if await asyncio.to_thread(self.head) >= genesis - 1:
-                raise DnanetError("nodes did not register before genesis; raise SETUP_BLOCKS")
+                registered = len(await asyncio.to_thread(gateway.nodes))
+                raise DnanetError(
+                    f"{registered} of {len(self.node_ids)} nodes registered in the "
+                    f"--setup-blocks {self.setup_blocks} blocks before genesis (block "
+                    f"{genesis}): run again with --setup-blocks {2 * self.setup_blocks}, or "
+                    f"see the nodes' logs in {self.data_dir}")
             await asyncio.sleep(0.2)
         from dnanet.chain.backends import mine_blocks
 
@@ -628,7 +648,8 @@ def describe_hardware(hardware: Hardware) -> str:
 def format_table(rows: list[NodeRow], *, final: bool) -> list[str]:
     """The devnet's node table: hardware, medians of what was measured in OK challenges
     (latency, verified compute, download/upload bandwidth), challenges failed, score, reward
-    and (once settled) claimed."""
+    and (once settled) claimed. Scores and amounts print as on the Validator's dashboard
+    (``format_score``, ``format_dna_short``)."""
     lines = [f"  {'node':<12} {'profile':<10} {'hw':<7} {'latency':>9} {'GFLOP/s':>8} "
              f"{'down/up MB/s':>13} {'failed':>7} {'score':>8} {'reward':>10}"
              + (f" {'claimed':>10}" if final else "")]
@@ -638,8 +659,9 @@ def format_table(rows: list[NodeRow], *, final: bool) -> list[str]:
         lines.append(
             f"  {n.address[:12]} {n.profile:<10} {n.hardware:<7} "
             f"{_fmt(n.latency_ms, 'ms', 2):>9} {_fmt(n.gflops, '', 2):>8} {bandwidth:>13} "
-            f"{f'{n.failures}/{n.challenges}':>7} {n.score:>8} {n.reward / WEI_PER_DNA:>10.2f}"
-            + (f" {n.claimed / WEI_PER_DNA:>10.2f}" if final else ""))
+            f"{f'{n.failures}/{n.challenges}':>7} {format_score(n.score):>8} "
+            f"{format_dna_short(n.reward):>10}"
+            + (f" {format_dna_short(n.claimed):>10}" if final else ""))
     return lines
 
 
@@ -676,14 +698,16 @@ def _fmt(value: float | None, unit: str, digits: int) -> str:
 async def run_devnet(*, nodes: int, mixers: int, epochs: int | None, preset: Preset,
                      data_dir: Path, summary: Path | None, chain: str = "embedded",
                      keystore: Path | None = None, backend: str = "minilm",
-                     out: Callable[[str], Any] = print) -> list[EpochSummary]:
+                     out: Callable[[str], Any] = print,
+                     setup_blocks: int = SETUP_BLOCKS) -> list[EpochSummary]:
     devnet: Devnet
     if chain == "embedded":
         devnet = Devnet(nodes=nodes, mixers=mixers, preset=preset, data_dir=data_dir, out=out,
-                        backend=backend)
+                        backend=backend, setup_blocks=setup_blocks)
     else:
         devnet = ProcessDevnet(chain=chain, keystore=keystore, nodes=nodes, mixers=mixers,
-                               preset=preset, data_dir=data_dir, out=out, backend=backend)
+                               preset=preset, data_dir=data_dir, out=out, backend=backend,
+                               setup_blocks=setup_blocks)
     try:
         await devnet.setup()
         await devnet.announce_gateway()
@@ -707,7 +731,7 @@ def _devnet_command(args: argparse.Namespace) -> int:
         nodes=args.nodes, mixers=args.mixers, epochs=args.epochs,
         preset=get_preset(args.preset), data_dir=data_dir, chain=args.chain,
         keystore=Path(args.keystore) if args.keystore else None, backend=args.backend,
-        summary=Path(args.summary) if args.summary else None))
+        summary=Path(args.summary) if args.summary else None, setup_blocks=args.setup_blocks))
     on_signal = cancel_once(task)
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGINT, on_signal)
@@ -737,6 +761,9 @@ def add_devnet_command(sub: Any) -> None:
                    "funds the roles (password: $DNANET_KEYSTORE_PASSWORD or a prompt)")
     p.add_argument("--backend", default="minilm", choices=["minilm", "trivial"],
                    help="model every node serves (default: minilm, all-MiniLM-L6-v2 on the CPU)")
+    p.add_argument("--setup-blocks", type=positive_int, default=SETUP_BLOCKS, metavar="BLOCKS",
+                   help=f"blocks between deployment and genesis, in which every node must "
+                   f"register (default {SETUP_BLOCKS}; raise it on a slow machine or chain)")
     p.set_defaults(handler=_devnet_command)
 
 
