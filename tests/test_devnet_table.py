@@ -19,11 +19,12 @@ def test_the_table_shows_what_was_measured_and_earned() -> None:
     header, first, second = format_table([measured, silent], final=True)
     assert header.split() == ["node", "profile", "hw", "latency", "GFLOP/s", "down/up",
                               "MB/s", "failed", "score", "reward", "claimed"]
+    # Scores and amounts as the Validator's dashboard prints them.
     assert first.split() == ["0xababababab", "normal", "cpu", "2c", "1.23ms", "3.50", "812/641",
-                             "1/6", "4321", "2.50", "1.00"]
+                             "1/6", "0.004321", "2.50", "1.00"]
     # Nothing measured: dashes, not zeros that look like measurements.
-    assert second.split() == ["0xcdcdcdcdcd", "offline", "cpu", "2c", "-", "-", "-", "3/3", "0",
-                              "0.00", "0.00"]
+    assert second.split() == ["0xcdcdcdcdcd", "offline", "cpu", "2c", "-", "-", "-", "3/3",
+                              "0.000000", "0.00", "0.00"]
     # While the epoch runs nothing is claimed yet: no claimed column.
     running = format_table([measured], final=False)
     assert "claimed" not in running[0] and running[1].split()[-1] == "2.50"

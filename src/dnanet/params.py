@@ -115,6 +115,14 @@ def format_dna(wei: int) -> str:
     return f"{text} DNA"
 
 
+def format_dna_short(wei: int) -> str:
+    """Wei as DNA for tables and pages: two decimals, rounded down, thousands separated
+    (``1,624.08``); ``format_dna`` gives the exact amount. The devnet's table and the
+    Validator's dashboard both print amounts with it."""
+    whole, frac = divmod(int(wei), WEI_PER_DNA)
+    return f"{whole:,}.{frac * 100 // WEI_PER_DNA:02d}"
+
+
 def format_score(value: int) -> str:
     """A fixed-point score (``SCORE_ONE`` = 1) with its six decimals: ``0.734000``."""
     whole, frac = divmod(int(value), SCORE_ONE)
@@ -221,6 +229,7 @@ __all__ = [
     "Preset",
     "ScoringParams",
     "format_dna",
+    "format_dna_short",
     "format_score",
     "get_preset",
     "hardware_class_name",
