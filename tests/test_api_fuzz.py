@@ -202,7 +202,11 @@ def requests(draw: st.DrawFn, route: Route) -> tuple[str, dict[str, str], dict[s
 def _check(route: Route, response: httpx.Response) -> None:
     what = f"{route} -> {response.status_code} {response.text[:300]}"
     assert response.status_code < 500, what
-    if response.status_code in (400, 413, 422):
+    if response.status_code in (400, 413, 422) and response.headers.get(
+            "content-type", "").startswith("text/html"):
+        # The Validator's dashboard pages: an error page that says what was wrong.
+        assert 'id="error-message"' in response.text, what
+    elif response.status_code in (400, 413, 422):
         error = response.json().get("error")
         assert isinstance(error, dict) and error.get("type") and error.get("message"), what
         # dnanet names the field; OpenAI's format (the model routes) the parameter.

@@ -92,6 +92,8 @@ class FakeGateway:
     submissions: list[Submission] = field(default_factory=list)
     fail_submit: int = 0
     """Make this many next submit_settlement calls raise ChainError (sending nothing)."""
+    history: list[tuple[int, list[NodeRecord]]] = field(default_factory=list)
+    """(head at the change, the registry before it), oldest first."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def block_number(self) -> int:
@@ -112,8 +114,24 @@ class FakeGateway:
             for m in self.mixers
         ]
 
-    def nodes(self) -> list[NodeRecord]:
-        return list(self.nodes_list)
+    def nodes(self, *, block: int | None = None) -> list[NodeRecord]:
+        """The registry now, or as of ``block`` (changes apply from the head they were made
+        at, as a transaction mined in that block)."""
+        if block is None:
+            return list(self.nodes_list)
+        snapshot = list(self.nodes_list)
+        for at, before in reversed(self.history):
+            if block < at:
+                snapshot = before
+        return list(snapshot)
+
+    def set_nodes(self, records: list[NodeRecord]) -> None:
+        """Change the registry from the current head on."""
+        self.history.append((self.head, list(self.nodes_list)))
+        self.nodes_list = list(records)
+
+    def node(self, address: str) -> NodeRecord | None:
+        return next((n for n in self.nodes_list if n.address == address), None)
 
     def next_epoch_to_settle(self) -> int:
         return self.next_epoch
@@ -149,10 +167,10 @@ class FakeGateway:
                 raise ChainError("already punished")
             tx = "0x" + hashlib.sha256(b"tx" + punishment.hash_struct()).hexdigest()
             self.submissions.append(Submission("punishment", punishment, signers, tx))
-            self.nodes_list = [
+            self.set_nodes([
                 NodeRecord(n.address, n.endpoint, n.hardware_class, n.stake, True, False)
                 if n.address == punishment.node else n for n in self.nodes_list
-            ]
+            ])
             return tx
 
     def claimed(self, account: str) -> int:

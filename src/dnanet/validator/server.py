@@ -16,7 +16,7 @@
 ``GET /v1/nodes/{address}/epochs/{e}``   the score breakdown of one epoch and, once its rollup
                                          is computed, the node's proof against its root
 ``GET /v1/status``                       chain position and what is pending
-``GET /``                                the web dashboard (``dnanet.validator.dashboard``)
+``GET /``, ``GET /nodes/{address}``      the web dashboard's pages (``dnanet.validator.pages``)
 =======================================  =====================================================
 
 Intake (``dnanet.validator.intake``) verifies off the event loop and commits in groups; none
@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter
 
 from dnanet.errors import CodecError, DnanetError
@@ -44,8 +44,8 @@ from dnanet.protocol.schedule import compute_epoch
 from dnanet.protocol.scoring import compute_node_epoch_scores, compute_report_score
 from dnanet.service.http import add_direct_route, error_body, message_schema
 from dnanet.service.network import ChainGateway
-from dnanet.validator import dashboard
 from dnanet.validator.intake import CertificateIntake
+from dnanet.validator.pages import DashboardPages
 from dnanet.validator.store import (
     COLLECTING,
     EpochClosed,
@@ -345,15 +345,8 @@ class ValidatorApi:
         async def status() -> Any:
             return self.full_status()
 
-        @app.get("/", tags=["ops"], response_class=HTMLResponse)
-        async def dashboard_page(request: Request) -> HTMLResponse:
-            """The web dashboard: chain position, intake, the latest epochs, one epoch's
-            nodes (``epoch``, ``nodes``)."""
-            raw_epoch = request.query_params.get("epoch")
-            epoch = None if raw_epoch is None else parse_epoch(raw_epoch)
-            nodes = _query_int(request, "nodes", dashboard.DEFAULT_NODES, dashboard.MAX_NODES)
-            page = await asyncio.to_thread(self.dashboard, epoch, nodes)
-            return HTMLResponse(page)
+        DashboardPages(store, self.gateway, status=self.full_status,
+                       intake_totals=self.intake_totals).install(app)
 
     def full_status(self) -> dict[str, Any]:
         out = dict(self.status())
@@ -362,14 +355,6 @@ class ValidatorApi:
         out["diverged"] = self.store.diverged_epochs()
         out["pending_punishments"] = len(self.store.punishments(status="pending"))
         return out
-
-    def dashboard(self, epoch: int | None, nodes: int) -> str:
-        """The dashboard's HTML (blocking: reads the store)."""
-        title = f"dnanet validator, chain {self.gateway.domain.chain_id}"
-        view = dashboard.gather(self.store, self.preset, title=title,
-                                status=self.full_status(), intake=dict(self.intake_totals()),
-                                epoch=epoch, nodes=nodes)
-        return dashboard.render(view)
 
 
 __all__ = [
