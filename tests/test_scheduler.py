@@ -19,6 +19,7 @@ from dnanet.gateway.scheduler import (
 )
 from dnanet.params import get_preset
 from dnanet.protocol.messages import ZERO32, Outcome, ScoreReport
+from dnanet.protocol.scoring import compute_rate, compute_report_score
 
 MODEL = "m"
 # Known, differing measured scores: (score, bandwidth B/s, rtt us)
@@ -32,7 +33,8 @@ MEASURED = {
 def make(policy: SchedulingPolicy | None = None, seed: int = 1) -> Scheduler:
     scheduler = Scheduler(policy, rng=random.Random(seed), clock=lambda: 1000.0)
     scheduler.update([NodeState(a, f"http://{a}", frozenset({MODEL}),
-                                NodeStats(score=s, bandwidth_bps=bw, rtt_us=rtt))
+                                NodeStats(score=s, bandwidth_bps=bw, bandwidth_reports=3,
+                                          rtt_us=rtt))
                       for a, (s, bw, rtt) in MEASURED.items()])
     return scheduler
 
@@ -146,25 +148,53 @@ def test_shares_sum_to_one_and_grow_with_score(scores: list[int], large: bool,
 
 
 def _report(node: str, round_: int, outcome: Outcome, score: int, rtt: int,
-            down: int) -> ScoreReport:
+            down: int, up: int = 0) -> ScoreReport:
     return ScoreReport(epoch=0, round=round_, mixer="0x" + "11" * 20, node=node,
                        hardware_class=0, vrf_proof=b"\x00" * 80, challenge_digest=ZERO32,
                        echo_digest=ZERO32, compute_root=ZERO32, download_digest=ZERO32,
                        upload_digest=ZERO32, response_signature=b"", rtt_us=rtt,
-                       compute_us=0, download_us=down, upload_us=0, outcome=outcome,
+                       compute_us=0, download_us=down, upload_us=up, outcome=outcome,
                        reason="", evidence=b"", score=score)
 
 
 def test_stats_from_reports() -> None:
+    """Bandwidth is the slower direction's throughput as the score computes it, its median
+    over the OK reports, with their count."""
     preset = get_preset("local")
     node = "0x" + "22" * 20
-    size = preset.sizes_for_class(0).download_bytes
-    reports = [_report(node, 0, Outcome.OK, 100, 300, 1_000_000),
-               _report(node, 1, Outcome.OK, 300, 500, 2_000_000),
+    sizes = preset.sizes_for_class(0)
+    reports = [_report(node, 0, Outcome.OK, 100, 300, 1_000_000, 4_000_000),
+               _report(node, 1, Outcome.OK, 300, 500, 2_000_000, 500_000),
                _report(node, 2, Outcome.TIMEOUT, 0, 0, 0)]
     stats = stats_from_reports(reports, preset)[node]
     assert stats.score == 200
     assert stats.rtt_us == 400
-    assert stats.bandwidth_bps == pytest.approx((size / 1.0 + size / 2.0) / 2)
+    slower = [compute_rate(sizes.upload_bytes, 4_000_000), compute_rate(sizes.download_bytes,
+                                                                        2_000_000)]
+    for report, rate in zip(reports, slower, strict=False):
+        figures = compute_report_score(report, preset)
+        assert min(figures.download_bps, figures.upload_bps) == rate
+    assert stats.bandwidth_bps == pytest.approx(sum(slower) / 2)
+    assert stats.bandwidth_reports == 2
     assert stats.failing
     assert not stats_from_reports(reports[:2], preset)[node].failing
+
+
+def test_bandwidth_steers_large_payloads_only_after_enough_reports() -> None:
+    """A node measured fast once is not trusted with large payloads: until
+    ``min_bandwidth_reports`` reports measured it, it takes the median of the trusted ones."""
+    policy = SchedulingPolicy(min_bandwidth_reports=3)
+    scheduler = Scheduler(policy, rng=random.Random(5))
+    scheduler.update([
+        NodeState("0x1", "u", frozenset({MODEL}),
+                  NodeStats(score=100, bandwidth_bps=10e6, bandwidth_reports=5)),
+        NodeState("0x2", "u", frozenset({MODEL}),
+                  NodeStats(score=100, bandwidth_bps=20e6, bandwidth_reports=3)),
+        NodeState("0x3", "u", frozenset({MODEL}),
+                  NodeStats(score=100, bandwidth_bps=1e9, bandwidth_reports=2))])
+    shares = scheduler.shares(MODEL, payload_bytes=1 << 20, interactive=False)
+    # 0x3 counts as the median of 10 and 20 MB/s (15), not as 1 GB/s.
+    assert shares == pytest.approx({"0x1": 10 / 45, "0x2": 20 / 45, "0x3": 15 / 45})
+    scheduler.nodes["0x3"].stats = NodeStats(score=100, bandwidth_bps=1e9, bandwidth_reports=3)
+    shares = scheduler.shares(MODEL, payload_bytes=1 << 20, interactive=False)
+    assert shares["0x3"] == pytest.approx(1000 / 1030)

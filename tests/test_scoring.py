@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +17,6 @@ from dnanet.crypto.hashing import sha256
 from dnanet.errors import ConfigError, ScoringError
 from dnanet.params import (
     BPS_ONE,
-    LOCAL,
     MAINNET,
     PRESETS,
     SCORE_ONE,
@@ -26,16 +29,20 @@ from dnanet.params import (
 )
 from dnanet.protocol.messages import Outcome, ScoreReport
 from dnanet.protocol.scoring import (
+    LOG2_FRAC_BITS,
     ZERO_SCORE,
     ChallengeScore,
     NodeEpochScore,
+    compute_bandwidth_subscore,
     compute_challenge_score,
+    compute_compute_subscore,
     compute_epoch_scores,
     compute_latency_subscore,
+    compute_log2_fixed,
+    compute_log_subscore,
     compute_node_epoch_scores,
     compute_rate,
     compute_report_score,
-    compute_saturating_subscore,
     compute_verified_flops,
     verify_measurement_bounds,
     verify_report_score,
@@ -77,51 +84,162 @@ def failed_report(outcome: Outcome = Outcome.TIMEOUT, **overrides: Any) -> Score
 
 
 # -- the worked example (docs/scoring.md) -------------------------------------------------------
-def test_worked_example_local_cpu_node() -> None:
-    # "local" preset, class 0 (CPU): n = 256, rows = 512, 256 KiB down and up;
-    # ref_us = 2000, ref_flops = 5 * 10^9, ref_Bps = 200 * 10^6; weights 5000/2500/2500 bps.
-    # Measured: rtt 1000 us, compute 100 ms, download 2 ms, upload 2 ms.
-    #
-    # latency   = 1_000_000 * 2000 // (2000 + 1000) = 2_000_000_000 // 3000        = 666_666
-    # FLOPs     = 2 * 512 * 256^2 = 2 * 512 * 65_536                               = 67_108_864
-    # F         = 67_108_864 * 10^6 // 100_000 = 67_108_864 * 10                   = 671_088_640
-    # compute   = 10^6 * 671_088_640 // (671_088_640 + 5_000_000_000)
-    #           = 671_088_640_000_000 // 5_671_088_640
-    #             (5_671_088_640 * 118_335 = 671_088_274_214_400, remainder 365_785_600) = 118_335
-    # T         = 262_144 * 10^6 // 2000                                          = 131_072_000
-    # sub(T)    = 10^6 * 131_072_000 // (131_072_000 + 200_000_000)
-    #           = 131_072_000_000 // 331_072
-    #             (331_072 * 395_901 = 131_071_735_872, remainder 264_128)           = 395_901
-    # bandwidth = (395_901 + 395_901) // 2                                         = 395_901
-    # score     = (5000 * 118_335 + 2500 * 395_901 + 2500 * 666_666) // 10_000
-    #           = (591_675_000 + 989_752_500 + 1_666_665_000) // 10_000
-    #           = 3_248_092_500 // 10_000                                          = 324_809
-    sizes = LOCAL.sizes_for_class(0)
-    assert (sizes.compute_n, sizes.compute_rows) == (256, 512)
-    assert sizes.download_bytes == sizes.upload_bytes == 256 * 1024
-    assert compute_verified_flops(sizes) == 67_108_864
-    result = score(
-        sizes, LOCAL.scoring, rtt_us=1_000, compute_us=100_000, download_us=2_000, upload_us=2_000
-    )
-    assert result == ChallengeScore(
-        latency=666_666,
-        compute=118_335,
-        bandwidth=395_901,
-        total=324_809,
-        flops_per_s=671_088_640,
-        download_bps=131_072_000,
-        upload_bps=131_072_000,
-    )
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "scoring.md"
+EXAMPLE_SIZES = ChallengeSizes(compute_n=2048, compute_rows=8192, compute_checks=32,
+                               download_bytes=4 * 1024 * 1024, upload_bytes=4 * 1024 * 1024,
+                               latency_echoes=16)
 
 
-def test_reference_points_score_one_half() -> None:
-    params = LOCAL.scoring
-    assert compute_latency_subscore(params.latency_ref_us, params) == SCORE_ONE // 2
-    assert compute_saturating_subscore(params.compute_ref_flops, params.compute_ref_flops) == (
-        SCORE_ONE // 2
-    )
+def _worked_example() -> tuple[dict[str, int], dict[int, int]]:
+    """From docs/scoring.md's worked example: each named line's last number, and each
+    ``L(x) = y`` pair (x evaluated from its ``a * b^c`` notation)."""
+    text = DOCS.read_text().split("### Worked example", 1)[1].split("```")[1]
+    values: dict[str, int] = {}
+    logs: dict[int, int] = {}
+    name = None
+    for line in text.splitlines():
+        for arg, value in re.findall(r"L\(([^)]+)\) = ([\d_]+)", line):
+            x = Fraction(1)
+            for factor in arg.split("*"):
+                base, _, exponent = factor.strip().partition("^")
+                x *= Fraction(base.replace("_", "")) ** int(exponent or 1)
+            assert x.denominator == 1
+            logs[int(x)] = int(value.replace("_", ""))
+        if line.startswith("L("):
+            continue
+        head = re.match(r"(\w+)\s+=", line)
+        if head:
+            name = head.group(1)
+        elif not line.lstrip().startswith("="):
+            continue
+        assert name is not None
+        values[name] = int(re.findall(r"[\d_]+", line)[-1].replace("_", ""))
+    return values, logs
+
+
+def test_worked_example_of_the_docs() -> None:
+    values, logs = _worked_example()
+    for x, log in logs.items():
+        assert compute_log2_fixed(x) == log, x
+    assert len(logs) == 10
+    result = score(EXAMPLE_SIZES, MAINNET.scoring, rtt_us=40_000, compute_us=500_000,
+                   download_us=200_000, upload_us=1_000_000)
+    params = MAINNET.scoring
+    assert values == {
+        "latency": result.latency,
+        "F": result.flops_per_s,
+        "compute": result.compute,
+        "T_down": result.download_bps,
+        "T_up": result.upload_bps,
+        "sub_down": compute_log_subscore(result.download_bps, params.bandwidth_floor_bps,
+                                         params.bandwidth_ceiling_bps),
+        "sub_up": compute_log_subscore(result.upload_bps, params.bandwidth_floor_bps,
+                                       params.bandwidth_ceiling_bps),
+        "bandwidth": result.bandwidth,
+        "score": result.total,
+    }
+    # Pinned as well, so a change of the code and the text together is still seen.
+    assert result == ChallengeScore(latency=408_675, compute=356_352, bandwidth=313_908,
+                                    total=358_821, flops_per_s=137_438_953_472,
+                                    download_bps=20_971_520, upload_bps=4_194_304)
+
+
+# -- the integer logarithm and the log scales ---------------------------------------------------
+def test_log2_is_exact_on_powers_of_two() -> None:
+    for k in range(200):
+        assert compute_log2_fixed(1 << k) == k << LOG2_FRAC_BITS
+
+
+@settings(max_examples=500)
+@given(st.one_of(st.integers(1, 2**20), st.integers(1, 2**80), st.integers(1, 2**300)))
+def test_log2_rounds_down_within_one_unit(x: int) -> None:
+    got = compute_log2_fixed(x)
+    exact = Fraction(math.log2(x)) * (1 << LOG2_FRAC_BITS)
+    # math.log2 is within ~1e-15 relative: allow that much above, one unit plus it below.
+    slack = Fraction(1, 10**6)
+    assert exact - 1 - slack <= got <= exact + slack
+
+
+@settings(max_examples=300)
+@given(st.integers(1, 2**70), st.integers(1, 2**70))
+def test_log2_is_monotonic(a: int, b: int) -> None:
+    lo, hi = min(a, b), max(a, b)
+    assert compute_log2_fixed(lo) <= compute_log2_fixed(hi)
+    assert compute_log2_fixed(hi + 1) >= compute_log2_fixed(hi)
+
+
+@pytest.mark.parametrize("bad", [0, -1, -(2**70)])
+def test_log2_of_a_non_positive_value_is_refused(bad: int) -> None:
+    with pytest.raises(ScoringError, match="must be >= 1"):
+        compute_log2_fixed(bad)
+
+
+scales = st.integers(1, 10**15).flatmap(
+    lambda lo: st.tuples(st.just(lo), st.integers(lo + 1, 10**16)))
+
+
+@settings(max_examples=300)
+@given(scale=scales, a=st.integers(0, 10**17), b=st.integers(0, 10**17))
+def test_log_subscore_is_monotonic_and_bounded(scale: tuple[int, int], a: int, b: int) -> None:
+    lo, hi = scale
+    sub_a, sub_b = compute_log_subscore(a, lo, hi), compute_log_subscore(b, lo, hi)
+    assert 0 <= sub_a <= SCORE_ONE and 0 <= sub_b <= SCORE_ONE
+    if a <= b:
+        assert sub_a <= sub_b
+
+
+@given(scale=scales)
+def test_log_subscore_is_exact_at_the_floor_and_the_ceiling(scale: tuple[int, int]) -> None:
+    lo, hi = scale
+    assert compute_log_subscore(lo, lo, hi) == 0
+    assert compute_log_subscore(lo - 1, lo, hi) == 0
+    assert compute_log_subscore(hi, lo, hi) == SCORE_ONE
+    assert compute_log_subscore(hi + 1, lo, hi) == SCORE_ONE
+
+
+@pytest.mark.parametrize("params", [p.scoring for p in PRESETS.values()])
+def test_each_scale_is_exact_at_its_ends(params: ScoringParams) -> None:
+    assert compute_latency_subscore(params.latency_best_us, params) == SCORE_ONE
     assert compute_latency_subscore(0, params) == SCORE_ONE
-    assert compute_saturating_subscore(0, params.bandwidth_ref_bps) == 0
+    assert compute_latency_subscore(params.latency_worst_us, params) == 0
+    assert compute_compute_subscore(params.compute_floor_flops, params) == 0
+    assert compute_compute_subscore(params.compute_ceiling_flops, params) == SCORE_ONE
+    floor, ceiling = params.bandwidth_floor_bps, params.bandwidth_ceiling_bps
+    assert compute_bandwidth_subscore(floor, floor, params) == 0
+    assert compute_bandwidth_subscore(ceiling, ceiling, params) == SCORE_ONE
+    assert compute_bandwidth_subscore(ceiling, floor, params) == SCORE_ONE // 2
+
+
+def test_a_tenfold_difference_counts_the_same_anywhere_in_the_scale() -> None:
+    params = MAINNET.scoring
+    steps = [compute_compute_subscore(10 * x, params) - compute_compute_subscore(x, params)
+             for x in (2 * 10**9, 2 * 10**10, 2 * 10**12)]
+    assert max(steps) - min(steps) <= 2  # rounding only
+
+
+def test_real_differences_move_the_score_more_than_measurement_noise() -> None:
+    """2 vs 20 MB/s, 2 vs 20 GFLOP/s and 20 vs 200 ms RTT each move the whole score by more
+    than 0.07; a 15 % measurement error moves it by under 0.015."""
+    params = MAINNET.scoring
+    sizes = EXAMPLE_SIZES
+    flops = compute_verified_flops(sizes)
+    mb = sizes.download_bytes
+
+    def total(rtt_s: float, gflops: float, mb_per_s: float) -> int:
+        return score(sizes, params, rtt_us=int(rtt_s * 1e6),
+                     compute_us=int(flops / (gflops * 1e9) * 1e6),
+                     download_us=int(mb / (mb_per_s * 1e6) * 1e6),
+                     upload_us=int(mb / (mb_per_s * 1e6) * 1e6)).total
+
+    base = (0.05, 20.0, 20.0)
+    for which in range(3):
+        slow, fast, noisy = list(base), list(base), list(base)
+        slow[which] = base[which] * 10 if which == 0 else base[which] / 10
+        noisy[which] = base[which] * 1.15 if which == 0 else base[which] / 1.15
+        gain = total(*fast) - total(*slow)
+        noise = total(*fast) - total(*noisy)
+        assert gain > 70_000, which
+        assert 0 <= noise < 15_000, which
 
 
 def test_rate_from_microseconds() -> None:
@@ -178,12 +296,13 @@ def test_a_faster_measurement_never_lowers_the_score(
 
 
 @settings(max_examples=200)
-@given(params=all_params, a=micros, b=micros)
+@given(params=all_params, a=st.integers(0, 10**16), b=st.integers(0, 10**16))
 def test_sub_scores_are_monotonic(params: ScoringParams, a: int, b: int) -> None:
     lo, hi = min(a, b), max(a, b)
     assert compute_latency_subscore(lo, params) >= compute_latency_subscore(hi, params)
-    ref = params.bandwidth_ref_bps
-    assert compute_saturating_subscore(lo, ref) <= compute_saturating_subscore(hi, ref)
+    assert compute_compute_subscore(lo, params) <= compute_compute_subscore(hi, params)
+    assert compute_bandwidth_subscore(lo, lo, params) <= compute_bandwidth_subscore(hi, lo, params)
+    assert compute_bandwidth_subscore(lo, lo, params) <= compute_bandwidth_subscore(lo, hi, params)
 
 
 @settings(max_examples=50)
@@ -394,11 +513,19 @@ def test_scoring_weights_must_sum_to_ten_thousand(weights: tuple[int, int, int])
         )
 
 
-@pytest.mark.parametrize("field", ["latency_ref_us", "compute_ref_flops", "bandwidth_ref_bps"])
-def test_scoring_references_must_be_positive(field: str) -> None:
+@pytest.mark.parametrize(("low", "high"), [("latency_best_us", "latency_worst_us"),
+                                           ("compute_floor_flops", "compute_ceiling_flops"),
+                                           ("bandwidth_floor_bps", "bandwidth_ceiling_bps")])
+def test_scoring_scales_must_be_positive_and_ordered(low: str, high: str) -> None:
     for bad in (0, -1):
-        with pytest.raises(ConfigError, match="positive"):
-            ScoringParams(**{field: bad})
+        with pytest.raises(ConfigError, match="must be positive") as exc:
+            ScoringParams(**{low: bad})
+        assert exc.value.field == low
+    default = getattr(ScoringParams(), low)
+    for bad in (default, default - 1):
+        with pytest.raises(ConfigError, match=f"must lie above {low}") as exc:
+            ScoringParams(**{high: bad})
+        assert exc.value.field == high
 
 
 @pytest.mark.parametrize(

@@ -31,14 +31,30 @@ class ChallengeSizes:
 
 @dataclass(frozen=True)
 class ScoringParams:
-    """Reference points of the saturating sub-scores and the weights of the sum (in bps)."""
+    """The ends of each sub-score's logarithmic scale, and the weights of the sum (in bps).
 
-    latency_ref_us: int = 20_000
-    """An RTT equal to this scores half of SCORE_ONE on latency."""
-    compute_ref_flops: int = 20 * 10**9
-    """Verified FLOP/s equal to this scores half of SCORE_ONE on compute."""
-    bandwidth_ref_bps: int = 50 * 10**6
-    """Throughput (bytes/s) equal to this scores half of SCORE_ONE on bandwidth."""
+    Each range runs from what is barely useful to what the best real hardware reaches, so that
+    every tenfold step inside it moves a sub-score by the same amount (see docs/scoring.md):
+    latency over 9 doublings, bandwidth over 10.3, compute over 19.9.
+    """
+
+    latency_best_us: int = 1_000
+    """An RTT at or under 1 ms (a mixer in the same metro or datacenter) scores SCORE_ONE on
+    latency: below it the difference is noise for any AI request."""
+    latency_worst_us: int = 512_000
+    """An RTT at or over 512 ms (a geostationary satellite link, ~600 ms) scores 0. A
+    transatlantic 80 ms scores 0.30; 20 vs 200 ms RTT differ by 0.37."""
+    compute_floor_flops: int = 10**9
+    """1 GFLOP/s (one old core without SIMD) scores 0 on compute. A laptop CPU's float32
+    matmul (50-500 GFLOP/s; this project's 2-vCPU build host measures ~50) lies at 0.28-0.45."""
+    compute_ceiling_flops: int = 10**15
+    """1 PFLOP/s scores SCORE_ONE: an NVIDIA H100 SXM's dense FP16/BF16 tensor-core peak is
+    989 TFLOP/s. 2 vs 20 GFLOP/s differ by 0.17 of the compute sub-score."""
+    bandwidth_floor_bps: int = 10**6
+    """1 MB/s (8 Mbit/s, the upload of a slow home line) scores 0 on bandwidth."""
+    bandwidth_ceiling_bps: int = 1_250_000_000
+    """1.25 GB/s (10 Gbit/s, a datacenter host's NIC) scores SCORE_ONE. Home fibre at 1 Gbit/s
+    (125 MB/s) lies at 0.68; 2 vs 20 MB/s differ by 0.32 of the bandwidth sub-score."""
     weight_compute_bps: int = 5_000
     weight_bandwidth_bps: int = 2_500
     weight_latency_bps: int = 2_500
@@ -47,8 +63,15 @@ class ScoringParams:
         total = self.weight_compute_bps + self.weight_bandwidth_bps + self.weight_latency_bps
         if total != BPS_ONE:
             raise ConfigError(f"scoring weights must add up to {BPS_ONE} bps, got {total}")
-        if min(self.latency_ref_us, self.compute_ref_flops, self.bandwidth_ref_bps) <= 0:
-            raise ConfigError("scoring reference points must be positive")
+        for low_name, high_name in (("latency_best_us", "latency_worst_us"),
+                                    ("compute_floor_flops", "compute_ceiling_flops"),
+                                    ("bandwidth_floor_bps", "bandwidth_ceiling_bps")):
+            low, high = getattr(self, low_name), getattr(self, high_name)
+            if low <= 0:
+                raise ConfigError(f"must be positive, got {low}", field=low_name)
+            if high <= low:
+                raise ConfigError(f"must lie above {low_name} ({low}), got {high}",
+                                  field=high_name)
 
 
 @dataclass(frozen=True)
@@ -186,9 +209,8 @@ LOCAL = Preset(
     halving_epochs=2**14,
     min_stake=100 * WEI_PER_DNA,
     unbond_epochs=1,
-    scoring=ScoringParams(
-        latency_ref_us=2_000, compute_ref_flops=5 * 10**9, bandwidth_ref_bps=200 * 10**6
-    ),
+    # The same real-world scales as mainnet: the devnet's shaped links (``--shape``) stand in
+    # for real ones, and scores on one machine stay comparable with a real network's.
 )
 
 TEST = Preset(

@@ -10,7 +10,10 @@ with weight
     x bandwidth / max bandwidth            (payload above ``large_payload_bytes``)
     x min rtt / rtt                        (interactive requests)
 
-where a node without a measurement takes the median of the others'.
+where a node without a measurement takes the median of the others', and a bandwidth counts
+only once ``min_bandwidth_reports`` reports measured it. Bandwidth is the slower direction's
+throughput as ``dnanet.protocol.scoring`` computes it for the score, so routing and rewards
+read the same figures.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 
 from dnanet.params import Preset
 from dnanet.protocol.messages import Outcome, ScoreReport
+from dnanet.protocol.scoring import compute_report_score
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,9 @@ class NodeStats:
     """Mean score of the recent OK reports (None: not measured yet)."""
     rtt_us: int | None = None
     bandwidth_bps: float | None = None
+    """Median over the OK reports of the slower direction's throughput (bytes/s)."""
+    bandwidth_reports: int = 0
+    """How many reports ``bandwidth_bps`` comes from."""
     failing: bool = False
     """The latest report failed."""
 
@@ -105,12 +112,17 @@ class SchedulingPolicy:
     failure_threshold: int = 3
     cooldown_s: float = 30.0
     max_attempts: int = 3
+    min_bandwidth_reports: int = 3
+    """A node's measured bandwidth steers large payloads only once this many reports measured
+    it (one lucky or unlucky transfer is not a node's bandwidth); before, it takes the
+    median of the trusted ones, like a node not measured at all."""
 
 
 def stats_from_reports(reports: Iterable[ScoreReport], preset: Preset, *,
                        window: int = 8) -> dict[str, NodeStats]:
-    """Per node, from its ``window`` latest reports: mean OK score, median rtt and download
-    bandwidth of the OK ones, and whether the latest one failed."""
+    """Per node, from its ``window`` latest reports: mean OK score, median rtt and bandwidth
+    (the slower direction, as scored) of the OK ones and how many there were, and whether the
+    latest one failed."""
     by_node: dict[str, list[ScoreReport]] = {}
     for report in reports:
         by_node.setdefault(report.node, []).append(report)
@@ -121,13 +133,13 @@ def stats_from_reports(reports: Iterable[ScoreReport], preset: Preset, *,
         ok = [r for r in recent if r.outcome == Outcome.OK]
         bandwidths = []
         for r in ok:
-            if r.download_us > 0:
-                size = preset.sizes_for_class(r.hardware_class).download_bytes
-                bandwidths.append(size / (r.download_us / 1e6))
+            figures = compute_report_score(r, preset)
+            bandwidths.append(min(figures.download_bps, figures.upload_bps))
         out[node] = NodeStats(
             score=sum(r.score for r in ok) // len(ok) if ok else None,
             rtt_us=int(statistics.median(r.rtt_us for r in ok)) if ok else None,
-            bandwidth_bps=statistics.median(bandwidths) if bandwidths else None,
+            bandwidth_bps=float(statistics.median(bandwidths)) if bandwidths else None,
+            bandwidth_reports=len(bandwidths),
             failing=recent[0].outcome != Outcome.OK,
         )
     return out
@@ -198,9 +210,9 @@ class Scheduler:
         out = [float(n.stats.score) if n.stats.score is not None else default_score
                for n in nodes]
         if payload_bytes > self.policy.large_payload_bytes:
-            bws = [n.stats.bandwidth_bps for n in nodes if n.stats.bandwidth_bps]
-            default_bw = _median([float(b) for b in bws], 1.0)
-            values = [float(n.stats.bandwidth_bps or default_bw) for n in nodes]
+            trusted = [self._trusted_bandwidth(n) for n in nodes]
+            default_bw = _median([b for b in trusted if b is not None], 1.0)
+            values = [default_bw if b is None else b for b in trusted]
             top = max(values)
             out = [w * v / top for w, v in zip(out, values, strict=True)]
         if interactive:
@@ -210,6 +222,13 @@ class Scheduler:
             low = min(values)
             out = [w * low / v for w, v in zip(out, values, strict=True)]
         return out
+
+    def _trusted_bandwidth(self, node: NodeState) -> float | None:
+        """The node's bandwidth if enough reports measured it (None: not trusted yet)."""
+        stats = node.stats
+        if not stats.bandwidth_bps or stats.bandwidth_reports < self.policy.min_bandwidth_reports:
+            return None
+        return float(stats.bandwidth_bps)
 
     def shares(self, model: str, *, payload_bytes: int, interactive: bool) -> dict[str, float]:
         """The share of requests each eligible node is expected to receive."""

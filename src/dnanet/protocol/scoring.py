@@ -1,13 +1,17 @@
 """Scoring: from a challenge's measurements to an integer score, and from reports to epoch scores.
 
 All scores are fixed-point integers with ``SCORE_ONE`` (10^6) meaning "perfect". Each sub-score
-is a saturating curve ``ONE * x / (x + ref)`` (or its mirror for latency): monotonic in its
-metric, bounded by ``[0, ONE]``, and equal to ``ONE / 2`` at the preset's reference point.
+lies on a logarithmic scale between a floor and a ceiling of the preset (``ScoringParams``): 0 at
+or beyond the poor end, ``ONE`` at or beyond the good end, and in between the fraction of the
+range's doublings the metric covers, so a tenfold difference anywhere in the range counts the
+same. Logarithms are integer fixed point (``compute_log2_fixed``): co-signers recompute every
+score and agree bit for bit on every machine.
 
-    latency   = ONE * ref_us / (ref_us + rtt_us)
-    compute   = ONE * F / (F + ref_flops),    F = 2 * rows * n^2 * 10^6 // compute_us
-    bandwidth = (sub(down_Bps) + sub(up_Bps)) / 2,  sub(T) = ONE * T / (T + ref_Bps)
-    score     = (w_c * compute + w_b * bandwidth + w_l * latency) / 10_000
+    log_sub(x, lo, hi) = ONE * (L(x) - L(lo)) // (L(hi) - L(lo)),  clamped to [0, ONE]
+    latency   = ONE - log_sub(rtt_us, best_us, worst_us)
+    compute   = log_sub(F, floor_flops, ceiling_flops),   F = 2 * rows * n^2 * 10^6 // compute_us
+    bandwidth = (log_sub(down_Bps, floor, ceiling) + log_sub(up_Bps, floor, ceiling)) // 2
+    score     = (w_c * compute + w_b * bandwidth + w_l * latency) // 10_000
 
 A challenge whose outcome is not OK scores 0. A node's epoch score is the sum of its challenge
 scores divided by the number of challenges it was given (failures count as zero). A node that
@@ -53,12 +57,70 @@ def compute_rate(amount: int, micros: int) -> int:
     return amount * MICROS // max(micros, 1)
 
 
+LOG2_FRAC_BITS = 16
+"""Fractional bits of ``compute_log2_fixed``: a result of ``1 << 16`` means log2 = 1."""
+_MANTISSA_BITS = 64
+"""Precision of the mantissa while squaring (far beyond the 16 bits kept)."""
+
+
+def compute_log2_fixed(value: int) -> int:
+    """``log2(value)`` in fixed point with ``LOG2_FRAC_BITS`` fractional bits, rounded down
+    (within one unit of the last place of the exact value), for ``value >= 1``; non-decreasing in
+    ``value``, and exact for powers of two. Integers only: the integer part is the bit length,
+    each fractional bit comes from squaring the mantissa (in [1, 2)) once: a square of 2 or more
+    means the bit is 1, and the square is halved."""
+    if value < 1:
+        raise ScoringError(f"log2 of {value} is undefined (the value must be >= 1)")
+    whole = value.bit_length() - 1
+    one = 1 << _MANTISSA_BITS
+    # The mantissa value / 2^whole in [1, 2), as a fixed-point integer in [one, 2 * one).
+    if whole <= _MANTISSA_BITS:
+        mantissa = value << (_MANTISSA_BITS - whole)
+    else:
+        mantissa = value >> (whole - _MANTISSA_BITS)
+    fraction = 0
+    for _ in range(LOG2_FRAC_BITS):
+        mantissa = mantissa * mantissa >> _MANTISSA_BITS
+        fraction <<= 1
+        if mantissa >= 2 * one:
+            mantissa >>= 1
+            fraction |= 1
+    return (whole << LOG2_FRAC_BITS) | fraction
+
+
+def compute_log_subscore(value: int, floor: int, ceiling: int) -> int:
+    """Where ``value`` lies between ``floor`` and ``ceiling`` on a log scale, in
+    ``[0, SCORE_ONE]``: 0 at or below ``floor``, ``SCORE_ONE`` at or above ``ceiling``, and
+    non-decreasing in ``value`` (``0 < floor < ceiling``)."""
+    if value <= floor:
+        return 0
+    if value >= ceiling:
+        return SCORE_ONE
+    low = compute_log2_fixed(floor)
+    span = compute_log2_fixed(ceiling) - low
+    return SCORE_ONE * (compute_log2_fixed(value) - low) // span
+
+
 def compute_latency_subscore(rtt_us: int, params: ScoringParams) -> int:
-    return SCORE_ONE * params.latency_ref_us // (params.latency_ref_us + rtt_us)
+    """``SCORE_ONE`` at or under ``latency_best_us``, 0 at or over ``latency_worst_us``, and
+    non-increasing in ``rtt_us`` (log scale) between."""
+    return SCORE_ONE - compute_log_subscore(rtt_us, params.latency_best_us,
+                                            params.latency_worst_us)
 
 
-def compute_saturating_subscore(value: int, reference: int) -> int:
-    return SCORE_ONE * value // (value + reference)
+def compute_compute_subscore(flops_per_s: int, params: ScoringParams) -> int:
+    """Verified FLOP/s on the log scale from ``compute_floor_flops`` to
+    ``compute_ceiling_flops``."""
+    return compute_log_subscore(flops_per_s, params.compute_floor_flops,
+                                params.compute_ceiling_flops)
+
+
+def compute_bandwidth_subscore(down_bps: int, up_bps: int, params: ScoringParams) -> int:
+    """The mean of both directions' throughput (bytes/s) on the log scale from
+    ``bandwidth_floor_bps`` to ``bandwidth_ceiling_bps``."""
+    floor, ceiling = params.bandwidth_floor_bps, params.bandwidth_ceiling_bps
+    return (compute_log_subscore(down_bps, floor, ceiling)
+            + compute_log_subscore(up_bps, floor, ceiling)) // 2
 
 
 def compute_challenge_score(
@@ -78,11 +140,8 @@ def compute_challenge_score(
     down = compute_rate(sizes.download_bytes, download_us)
     up = compute_rate(sizes.upload_bytes, upload_us)
     latency = compute_latency_subscore(rtt_us, params)
-    compute = compute_saturating_subscore(flops, params.compute_ref_flops)
-    bandwidth = (
-        compute_saturating_subscore(down, params.bandwidth_ref_bps)
-        + compute_saturating_subscore(up, params.bandwidth_ref_bps)
-    ) // 2
+    compute = compute_compute_subscore(flops, params)
+    bandwidth = compute_bandwidth_subscore(down, up, params)
     total = (
         params.weight_compute_bps * compute
         + params.weight_bandwidth_bps * bandwidth
@@ -190,16 +249,20 @@ def compute_epoch_scores(
 
 
 __all__ = [
+    "LOG2_FRAC_BITS",
     "ZERO_SCORE",
     "ChallengeScore",
     "NodeEpochScore",
+    "compute_bandwidth_subscore",
     "compute_challenge_score",
+    "compute_compute_subscore",
     "compute_epoch_scores",
     "compute_latency_subscore",
+    "compute_log2_fixed",
+    "compute_log_subscore",
     "compute_node_epoch_scores",
     "compute_rate",
     "compute_report_score",
-    "compute_saturating_subscore",
     "compute_verified_flops",
     "verify_measurement_bounds",
     "verify_report_score",
