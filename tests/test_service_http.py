@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -33,6 +34,7 @@ from dnanet.errors import (
 from dnanet.mixer.node_client import IDLE_S
 from dnanet.service.http import (
     KEEP_ALIVE_S,
+    LATENCY_BUCKETS_S,
     AppLimits,
     DirectRoutes,
     TokenBucket,
@@ -120,7 +122,7 @@ def test_dnanet_errors_map_to_status_and_json(kind: str, status: int, type_: str
     assert response.status_code == status
     assert response.headers["content-type"] == "application/json"
     assert response.json() == {"error": {"type": type_, "message": message, "field": field}}
-    assert requests_counted(app, f"/raise/{kind}", status) == 1
+    assert requests_counted(app, "/raise/{kind}", status) == 1
 
 
 def test_unexpected_error_is_logged_and_answers_500_without_details(
@@ -134,7 +136,7 @@ def test_unexpected_error_is_logged_and_answers_500_without_details(
     assert "secret" not in response.text
     assert any("unhandled error on /raise/bug" in r.getMessage() and r.exc_info
                for r in caplog.records)
-    assert requests_counted(app, "/raise/bug", 500) == 1
+    assert requests_counted(app, "/raise/{kind}", 500) == 1
 
 
 def test_rate_limit_answers_429_per_client() -> None:
@@ -261,20 +263,56 @@ def test_request_validation_error_is_a_codec_error() -> None:
     assert request(make_app(), "GET", "/query?n=7").json() == {"n": 7}
 
 
-def test_unknown_paths_count_with_bounded_label_cardinality() -> None:
+def _series(metrics_text: str, name: str) -> set[str]:
+    """The label sets of ``name``'s samples in a Prometheus exposition."""
+    return {line.split("{", 1)[1].rsplit("}", 1)[0] for line in metrics_text.splitlines()
+            if line.startswith(name + "{")}
+
+
+def test_requests_count_and_time_under_their_route_template_not_their_path() -> None:
     app = make_app()
 
-    async def body() -> None:
+    @app.get("/v1/batches/{batch_hash}")
+    async def batch(batch_hash: str) -> Any:
+        return {"batch_hash": batch_hash}
+
+    async def body() -> str:
         transport = httpx.ASGITransport(app=app, client=("10.0.0.1", 1))
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            for i in range(520):
+            for i in range(200):  # 200 distinct hashes, 200 distinct unknown paths
+                assert (await http.get(f"/v1/batches/0x{i:064x}")).status_code == 200
                 assert (await http.get(f"/missing/{i}")).status_code == 404
+            return (await http.get("/metrics")).text
 
-    asyncio.run(body())
-    assert requests_counted(app, "/missing/0", 404) == 1
-    assert requests_counted(app, "/missing/499", 404) == 1
-    assert requests_counted(app, "/missing/500", 404) == 0
-    assert requests_counted(app, "/missing/519", 404) == 0
+    text = asyncio.run(body())
+    assert _series(text, "dnanet_http_requests_total") == {
+        'path="/v1/batches/{batch_hash}",status="200"', 'path="unmatched",status="404"'}
+    assert requests_counted(app, "/v1/batches/{batch_hash}", 200) == 200
+    assert requests_counted(app, "unmatched", 404) == 200
+    # One histogram per template: its buckets, sum and count.
+    buckets = _series(text, "dnanet_http_request_duration_seconds_bucket")
+    assert {re.search(r'path="[^"]*"', b)[0] for b in buckets} == {  # type: ignore[index]
+        'path="/v1/batches/{batch_hash}"', 'path="unmatched"'}
+    assert len(buckets) == 2 * (len(LATENCY_BUCKETS_S) + 1)  # and +Inf
+    registry: CollectorRegistry = app.state.registry
+    assert registry.get_sample_value("dnanet_http_request_duration_seconds_count",
+                                     {"path": "/v1/batches/{batch_hash}"}) == 200
+
+
+def test_a_request_refused_before_routing_counts_under_the_route_it_asked_for() -> None:
+    app = make_app(AppLimits(rate_per_s=0.001, burst=1, max_body_bytes=10))
+
+    async def body() -> list[int]:
+        transport = httpx.ASGITransport(app=app, client=("10.0.0.1", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            return [(await http.get("/raise/codec")).status_code,
+                    (await http.get("/raise/chain")).status_code,
+                    (await http.get("/nowhere")).status_code]
+
+    assert asyncio.run(body()) == [400, 429, 429]
+    assert requests_counted(app, "/raise/{kind}", 400) == 1
+    assert requests_counted(app, "/raise/{kind}", 429) == 1
+    assert requests_counted(app, "unmatched", 429) == 1
 
 
 def test_metrics_and_health() -> None:
@@ -285,6 +323,7 @@ def test_metrics_and_health() -> None:
     assert metrics.status_code == 200
     assert 'dnanet_http_requests_total{path="/health",status="200"} 1.0' in metrics.text
     assert 'dnanet_http_requests_total{path="/silent",status="204"} 1.0' in metrics.text
+    assert 'dnanet_http_request_duration_seconds_count{path="/health"} 1.0' in metrics.text
 
 
 def test_an_outer_http_middleware_still_wraps_the_guard() -> None:

@@ -14,6 +14,11 @@ ChainError            503
 Unavailable, Busy     503
 ====================  ======
 
+Every request is counted (``dnanet_http_requests_total``, by route and status) and timed
+(``dnanet_http_request_duration_seconds``, by route) under its route's template, such as
+``/v1/batches/{batch_hash}``, never the raw path: the number of series is bounded by the
+routes an app declares (requests that match none count as ``unmatched``).
+
 Besides each route's body limit, a daemon holds at most ``AppLimits.max_held_body_bytes`` of
 request bodies at once, over all requests (a body counts from its first byte read until its
 request is answered): past it a request is refused with 503 ``Busy`` and ``Retry-After``,
@@ -30,7 +35,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -39,11 +44,18 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client import values as prometheus_values
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.datastructures import URL
 from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
@@ -156,6 +168,31 @@ def _route_label(scope: Scope) -> str:
     return URL(scope=scope).path
 
 
+UNMATCHED = "unmatched"
+"""The route label of a request that matches no route."""
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                     2.5, 5.0, 10.0, 30.0, 60.0)
+"""Request durations: from a cached GET (under a millisecond) to a settlement signature or a
+streamed completion (a minute)."""
+
+
+def route_template(scope: Scope, routes: Sequence[BaseRoute],
+                   fixed: Container[str] = ()) -> str:
+    """The template of the route that serves (or would serve) the request: the route Starlette
+    picked (``scope["route"]``), else a path in ``fixed`` (direct routes), else the first of
+    ``routes`` that matches its path (with any method), else ``UNMATCHED``."""
+    template = getattr(scope.get("route"), "path", None)
+    if isinstance(template, str):
+        return template
+    if scope["path"] in fixed:
+        return str(scope["path"])
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            return str(getattr(route, "path", UNMATCHED))
+    return UNMATCHED
+
+
 def _declared_length(scope: Scope) -> str | None:
     for key, value in scope["headers"]:
         if key == b"content-length":
@@ -166,40 +203,55 @@ def _declared_length(scope: Scope) -> str | None:
 class GuardMiddleware:
     """Pure ASGI middleware in front of every route: per-client rate limit (429), declared
     body size (413), DnanetError -> JSON error, anything else -> logged 500 without details,
-    and the request counter (labels bounded to 500 path/status pairs).
+    the request counter and the duration histogram, labelled by route template
+    (``route_template`` over ``routes`` and the direct routes' ``fixed`` paths).
 
     Replaces a ``BaseHTTPMiddleware``, which cost a task group and memory streams per request.
     """
 
     def __init__(self, app: ASGIApp, *, bucket: TokenBucket, max_body_bytes: int,
-                 requests: Counter, own_body_limit: set[str] | None = None,
+                 requests: Counter, durations: Histogram | None = None,
+                 routes: Sequence[BaseRoute] = (), fixed: Container[str] = (),
+                 own_body_limit: set[str] | None = None,
                  bodies: BodyBudget | None = None) -> None:
         self.app = app
         self.bucket = bucket
         self.max_body_bytes = max_body_bytes
         self.bodies = bodies if bodies is not None else BodyBudget(1 << 62)
         self.requests = requests
+        self.durations = durations
+        self.routes = routes
+        """The app's routes (the list itself: routes declared later are seen)."""
+        self.fixed = fixed
         self.own_body_limit = own_body_limit if own_body_limit is not None else set()
         """Paths whose routes enforce a body limit of their own, in their own error format."""
 
     def _count(self, route: str, status: int) -> None:
-        if len(self.requests._metrics) < 500:  # bound label cardinality from unknown paths
+        if len(self.requests._metrics) < 500:  # a bound, should an app declare very many routes
             self.requests.labels(route, str(status)).inc()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        began = time.perf_counter()
+        answered: list[str] = []  # the route template, once the response has started
+        try:
+            await self._guard(scope, receive, send, answered)
+        finally:
+            if self.durations is not None and answered:
+                self.durations.labels(answered[0]).observe(time.perf_counter() - began)
+
+    async def _guard(self, scope: Scope, receive: Receive, send: Send,
+                     answered: list[str]) -> None:
         client = scope.get("client")
         route = _route_label(scope)
-        started = False
 
         async def send_counted(message: AsgiMessage) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start" and not started:
-                started = True
-                # Counted when the response starts, before its body goes out.
-                self._count(route, message["status"])
+            if message["type"] == "http.response.start" and not answered:
+                # Counted when the response starts, before its body goes out (routed by then).
+                answered.append(route_template(scope, self.routes, self.fixed))
+                self._count(answered[0], message["status"])
             await send(message)
 
         if not self.bucket.allow(client[0] if client else "?"):
@@ -230,19 +282,19 @@ class GuardMiddleware:
                 self.bodies.check(int(declared))  # refused unread; counted as it is read
             await self.app(scope, receive_counted, send_counted)
         except DnanetError as exc:
-            if started:  # too late for an error response: let the server drop the connection
+            if answered:  # too late for an error response: let the server drop the connection
                 raise
             await error_response(exc)(scope, receive, send_counted)
             return
         except Exception:  # a bug: log it, answer 500 without details
-            if started:
+            if answered:
                 raise
             log.exception("unhandled error on %s", route)
             await JSONResponse(_INTERNAL_ERROR, status_code=500)(scope, receive, send_counted)
             return
         finally:
             self.bodies.give(held)
-        if not started:  # the app returned without answering
+        if not answered:  # the app returned without answering
             log.error("unhandled error on %s: no response returned", route)
             await JSONResponse(_INTERNAL_ERROR, status_code=500)(scope, receive, send_counted)
 
@@ -264,7 +316,8 @@ def share_metrics(directory: Path, *, clear: bool = False) -> None:
     processes of one daemon (prometheus_client's multiprocess mode): the ``/metrics`` of an app
     created with ``shared_metrics=True`` then answers the sums over all of them, whichever
     process serves it. ``clear`` first empties the directory (the process that starts the
-    others, before it does). Only counters are used: they add up across processes."""
+    others, before it does). Counters and histograms add up across processes; a gauge says
+    in its ``multiprocess_mode`` how its processes' values combine."""
     global _shared_metrics_dir
     directory.mkdir(parents=True, exist_ok=True)
     if clear:
@@ -295,18 +348,23 @@ def create_app(
         exposition = CollectorRegistry()
         MultiProcessCollector(exposition, path=str(_shared_metrics_dir))  # type: ignore[no-untyped-call]
     app.state.exposition = exposition
-    requests = Counter("dnanet_http_requests", "HTTP requests", ["path", "status"],
-                       registry=registry)
+    requests = Counter("dnanet_http_requests", "HTTP requests by route template and status",
+                       ["path", "status"], registry=registry)
+    durations = Histogram("dnanet_http_request_duration_seconds",
+                          "time from a request's arrival to the end of its answer, by route "
+                          "template", ["path"], buckets=LATENCY_BUCKETS_S, registry=registry)
     bucket = TokenBucket(limits.rate_per_s, limits.burst)
 
     own_body_limit: set[str] = set()
     app.state.own_body_limit = own_body_limit  # see GuardMiddleware.own_body_limit
+    app.state.direct_routes = {}
     guard: dict[str, Any] = {"bucket": bucket, "max_body_bytes": limits.max_body_bytes,
-                             "requests": requests, "own_body_limit": own_body_limit,
+                             "requests": requests, "durations": durations,
+                             "routes": app.router.routes, "fixed": app.state.direct_routes,
+                             "own_body_limit": own_body_limit,
                              "bodies": BodyBudget(limits.max_held_body_bytes)}
     app.add_middleware(GuardMiddleware, **guard)
     # Direct routes share the guard's state: one limit per client, one count.
-    app.state.direct_routes = {}
     app.state.direct_guard = lambda inner: GuardMiddleware(inner, **guard)
 
     @app.exception_handler(DnanetError)
