@@ -174,8 +174,7 @@ def prepare_claim(client: ChainClient, validator: str, account: str,
     """The Validator's cumulative total and proof for ``account``, checked as the chain will
     check them, and the gas limit of the claim from ``sender``; None when everything is
     claimed already. Raises DnanetError saying why a claim now would fail."""
-    from dnanet.chain.client import TransactionReverted
-    from dnanet.chain.staking import format_eth
+    from dnanet.chain.staking import verify_simulated
     from dnanet.node.status import get_json
     from dnanet.protocol.rollup import verify_proof
 
@@ -200,16 +199,9 @@ def prepare_claim(client: ChainClient, validator: str, account: str,
             f" but the chain's root is 0x{chain_root.hex()[:16]}.. (latest settled epoch "
             f"{client.last_settled_epoch()}): the Validator has not published that epoch's "
             "proofs yet; try again in a moment")
-    try:
-        gas = client.simulate_claim(account, cumulative, proof, sender=sender)
-    except TransactionReverted as exc:
-        raise DnanetError(f"the claim would revert ({exc.reason or 'no reason given'}); "
-                          "nothing was sent") from None
-    cost = gas * client.fee_cap()
-    balance = client.eth_balance(sender)
-    if balance < cost:
-        raise DnanetError(f"{sender} holds {format_eth(balance)}; the claim may cost up to "
-                          f"{format_eth(cost)} ({gas} gas): send it ETH for gas first")
+    gas = verify_simulated(client, sender, "the claim",
+                           lambda: client.simulate_claim(account, cumulative, proof,
+                                                         sender=sender))
     return cumulative, proof, gas
 
 

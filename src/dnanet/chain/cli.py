@@ -117,7 +117,7 @@ def _parse_allocation(text: str) -> tuple[str, int]:
                           field="allocate") from None
 
 
-def _deploy(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def _deploy(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from dnanet.chain.backends import connect_rpc
     from dnanet.chain.deploy import MixerSpec, deploy
     from dnanet.chain.transactions import SendPolicy
@@ -146,18 +146,18 @@ def _deploy(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     )
     deployment.save(args.out)
     print(f"wrote {args.out}", file=sys.stderr)
-    print(json.dumps(deployment.to_json(), indent=2), file=out)
+    print(json.dumps(deployment.to_json(), indent=2), file=out or sys.stdout)
     return 0
 
 
-def _show(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def _show(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from dnanet.chain.backends import connect_rpc
     from dnanet.chain.client import ChainClient
     from dnanet.chain.deployment import Deployment
 
     deployment = Deployment.load(args.deployment)
     client = ChainClient(connect_rpc(args.rpc), deployment)
-    print(json.dumps(describe(client), indent=2), file=out)
+    print(json.dumps(describe(client), indent=2), file=out or sys.stdout)
     return 0
 
 
@@ -189,11 +189,11 @@ def verify_mixer_change(*, sender: str, owner: str, members: list[str], mixer: s
 
 
 def _change_mixer_set(args: argparse.Namespace, mixer: str, adding: bool,
-                      out: TextIO) -> int:
+                      out: TextIO | None) -> int:
     from dnanet.chain.backends import connect_rpc
     from dnanet.chain.client import ChainClient
     from dnanet.chain.deployment import Deployment
-    from dnanet.chain.staking import format_eth
+    from dnanet.chain.staking import verify_simulated
     from dnanet.keyfiles import load_identity, read_keystore_address
 
     deployment = Deployment.load(args.deployment)
@@ -206,12 +206,9 @@ def _change_mixer_set(args: argparse.Namespace, mixer: str, adding: bool,
                         mixer=mixer, adding=adding)
     fn, call_args = (("add_mixer", [_checksum(mixer), args.spec.vrf_pk, args.spec.endpoint])
                      if adding else ("remove_mixer", [_checksum(mixer)]))
-    gas = reader.simulate(reader.mixer_set_contract, fn, call_args,
-                          action=f"{fn.replace('_', ' ')} {mixer}", sender=sender)
-    cost, balance = gas * reader.fee_cap(), reader.eth_balance(sender)
-    if balance < cost:
-        raise ChainError(f"{sender} holds {format_eth(balance)}; the change may cost up to "
-                         f"{format_eth(cost)} ({gas} gas): send it ETH for gas first")
+    action = f"{'adding' if adding else 'removing'} mixer {mixer}"
+    verify_simulated(reader, sender, action, lambda: reader.simulate(
+        reader.mixer_set_contract, fn, call_args, action=action, sender=sender))
     client = ChainClient(reader.w3, deployment, load_identity(args.keystore))
     receipt = (client.add_mixer(mixer, args.spec.vrf_pk, args.spec.endpoint) if adding
                else client.remove_mixer(mixer))
@@ -223,9 +220,10 @@ def _change_mixer_set(args: argparse.Namespace, mixer: str, adding: bool,
           f"{deployment.epoch_start(effective)}; now block {receipt.block_number}, epoch "
           f"{deployment.epoch_of_block(receipt.block_number)}): that epoch's set has "
           f"{len(view.members)} members, threshold {view.threshold}", file=sys.stderr)
-    print(json.dumps({"mixer": mixer, "change": "added" if adding else "removed",
-                      "effective_epoch": effective, "members": list(view.addresses),
-                      "threshold": view.threshold, "tx": receipt.tx_hash}), file=out)
+    record = {"mixer": mixer, "change": "added" if adding else "removed",
+              "effective_epoch": effective, "members": list(view.addresses),
+              "threshold": view.threshold, "tx": receipt.tx_hash}
+    print(json.dumps(record), file=out or sys.stdout)
     return 0
 
 
@@ -235,14 +233,14 @@ def _checksum(address: str) -> str:
     return to_checksum_address(address)
 
 
-def _add_mixer(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def _add_mixer(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from dnanet.chain.deploy import MixerSpec
 
     args.spec = MixerSpec.parse(args.mixer)
     return _change_mixer_set(args, args.spec.address, True, out)
 
 
-def _remove_mixer(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def _remove_mixer(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from dnanet.crypto.eip712 import normalize_address
     from dnanet.errors import CryptoError
 

@@ -11,6 +11,7 @@ one the chain applies to every transaction: the sender holds ETH for ``gas limit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,15 +20,16 @@ from dnanet.params import format_dna
 
 GAS_LIMITS: dict[str, int] = {
     "approve": 70_000,
-    "register": 250_000,
+    "register": 400_000,
     "top_up": 90_000,
     "unbond": 70_000,
     "withdraw": 90_000,
     "unjail": 70_000,
 }
-"""Gas limits the ETH check assumes per transaction (estimate plus the sender's 20% margin;
-tests/test_node_cli.py checks each against the gas the contracts really use). ``register``
-cannot be estimated before its ``approve`` is mined, so every check uses these figures."""
+"""Gas limits the ETH check assumes per transaction: at least the limit the sender signs
+(estimate plus its 20% margin), as tests/test_node_cli.py checks against transactions really
+sent; ``register`` is sized for the longest endpoint (256 bytes). ``register`` cannot be
+estimated before its ``approve`` is mined, so every check uses these figures."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,31 @@ def verify_gas(state: AccountState, actions: tuple[str, ...]) -> None:
             f"{state.address} holds {format_eth(state.eth)}; {' + '.join(actions)} may cost "
             f"up to {format_eth(cost)} ({sum(GAS_LIMITS[a] for a in actions)} gas at "
             f"{state.fee_cap} wei per gas): send it ETH for gas first")
+
+
+def verify_simulated(client: Any, sender: str, action: str, simulate: Callable[[], int]) -> int:
+    """Run ``simulate`` (a send from ``sender`` without sending it, giving its gas limit) and
+    raise ChainError, saying why, if the call would revert or ``sender`` cannot pay its gas
+    at the current fee cap; its gas limit otherwise."""
+    from dnanet.chain.faults import TransactionRejected, TransactionReverted
+
+    balance = client.eth_balance(sender)
+    if balance == 0:
+        raise ChainError(f"{sender} holds 0 ETH and cannot pay the gas of {action}: send it "
+                         "ETH for gas first")
+    try:
+        gas = int(simulate())
+    except TransactionReverted as exc:
+        raise ChainError(f"{action} would revert ({exc.reason or 'no reason given'}); "
+                         "nothing was sent") from None
+    except TransactionRejected as exc:  # some nodes estimate only what the sender can pay
+        raise ChainError(f"{sender} holds {format_eth(balance)}; the chain would not even "
+                         f"estimate {action} ({exc}): send it ETH for gas first") from None
+    cost = gas * client.fee_cap()
+    if balance < cost:
+        raise ChainError(f"{sender} holds {format_eth(balance)}; {action} may cost up to "
+                         f"{format_eth(cost)} ({gas} gas): send it ETH for gas first")
+    return gas
 
 
 def _verify_dna(state: AccountState, amount: int, what: str) -> None:
@@ -179,6 +206,7 @@ __all__ = [
     "read_account_state",
     "verify_gas",
     "verify_register",
+    "verify_simulated",
     "verify_top_up",
     "verify_unbond",
     "verify_unjail",
