@@ -22,6 +22,7 @@ import httpx
 
 from dnanet.cliargs import non_negative_int, port, positive_int
 from dnanet.crypto.keys import Identity
+from dnanet.protocol.schedule import compute_settlement_block
 from dnanet.service.http import AppLimits, Server, create_app, listen, share_metrics
 from dnanet.service.logs import configure_logging
 from dnanet.service.loop import cancel_once
@@ -93,6 +94,9 @@ class ValidatorDaemon:
         self.loop = SettlementLoop(
             self.store, gateway, signer or HttpSettlementSigner(self.http), poll_s=poll,
             backoff=backoff, hooks=self.metrics, on_published=self._published)
+        self.metrics.follow_chain(
+            lambda: (self.loop.head, self.loop.chain_next),
+            lambda epoch: compute_settlement_block(epoch, self.preset, gateway.genesis_block))
         self.intake = CertificateIntake(self.store, self.views,
                                         chain_next=lambda: self.loop.chain_next,
                                         workers=workers, on_result=self.metrics.intake_result)

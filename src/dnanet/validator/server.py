@@ -28,12 +28,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from dnanet.errors import CodecError, DnanetError
 from dnanet.params import Preset
@@ -64,9 +66,11 @@ INTAKE_RESULTS = ("accepted", "duplicate", "rejected", "closed")
 
 
 class ValidatorMetrics:
-    """The Validator's Prometheus counters, registered on the app's ``registry``; ``totals``
+    """The Validator's Prometheus metrics, registered on the app's ``registry``; ``totals``
     reads them from ``exposition`` (the same registry, or with shared metrics the sums over
-    every process of the Validator)."""
+    every process of the Validator). Once ``follow_chain`` is called: the settlement lag of
+    each epoch as it settles, and (read when scraped) how far the next settlement is
+    overdue."""
 
     def __init__(self, registry: CollectorRegistry,
                  exposition: CollectorRegistry | None = None) -> None:
@@ -81,10 +85,27 @@ class ValidatorMetrics:
         self.restarts = Counter("dnanet_validator_process_restarts",
                                 "serving processes started again after they exited",
                                 registry=registry)
+        # Only the first process settles; the others' value stays 0, so "max" is its value.
+        self.settlement_lag = Gauge(
+            "dnanet_validator_settlement_lag_blocks", "blocks from the latest settled epoch's "
+            "settlement block to the head at which this Validator saw it settled",
+            registry=registry, multiprocess_mode="max")
         self.registry = registry
         self.exposition = exposition if exposition is not None else registry
+        self._position: Callable[[], tuple[int | None, int | None]] | None = None
+        self._settlement_block: Callable[[int], int] | None = None
         for result in INTAKE_RESULTS:
             self.certificates.labels(result)
+
+    def follow_chain(self, position: Callable[[], tuple[int | None, int | None]],
+                     settlement_block: Callable[[int], int]) -> None:
+        """Measure settlements against the chain: ``position`` gives the head and the next
+        epoch to settle as this process last read them, ``settlement_block`` an epoch's first
+        block of settlement. Adds ``dnanet_validator_settlement_overdue_blocks``, computed at
+        each scrape by the process that serves it."""
+        self._position = position
+        self._settlement_block = settlement_block
+        self.exposition.register(_OverdueCollector(position, settlement_block))
 
     def intake_result(self, result: str, reports: int) -> None:
         self.certificates.labels(result).inc()
@@ -106,9 +127,31 @@ class ValidatorMetrics:
     # SettlementHooks
     def settled(self, epoch: int) -> None:
         self.epochs_settled.inc()
+        if self._position is not None and self._settlement_block is not None:
+            head, _ = self._position()
+            if head is not None:
+                self.settlement_lag.set(max(0, head - self._settlement_block(epoch)))
 
     def punished(self) -> None:
         self.punishments.inc()
+
+
+class _OverdueCollector(Collector):
+    """``dnanet_validator_settlement_overdue_blocks``: blocks the next epoch to settle is past
+    its settlement block (0 until it is due); growing, a stuck settlement."""
+
+    def __init__(self, position: Callable[[], tuple[int | None, int | None]],
+                 settlement_block: Callable[[int], int]) -> None:
+        self.position = position
+        self.settlement_block = settlement_block
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        head, next_epoch = self.position()
+        overdue = (0 if head is None or next_epoch is None
+                   else max(0, head - self.settlement_block(next_epoch)))
+        yield GaugeMetricFamily(
+            "dnanet_validator_settlement_overdue_blocks", "blocks the next epoch to settle is "
+            "past its settlement block (0 until it is due)", value=overdue)
 
 
 class InconsistentState(DnanetError):

@@ -1,0 +1,83 @@
+"""The Validator's /metrics as a deployment reads them: settlement lag and overdue blocks, and
+request series bounded by the routes (a raw batch hash never becomes a label)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from dashboard_helpers import DashboardState, make_corpus_for, with_known_state
+from dnanet.validator.daemon import ValidatorDaemon
+from validator_helpers import Corpus, run, settle_block
+
+LABEL = "metrics"
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Corpus:
+    return make_corpus_for(LABEL)
+
+
+async def scrape(client: httpx.AsyncClient) -> dict[str, list[tuple[dict[str, str], float]]]:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return out
+
+
+def value(metrics: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float:
+    (only,) = metrics[name]
+    return only[1]
+
+
+def test_settlement_lag_and_a_stuck_settlement_show_in_blocks(corpus: Corpus,
+                                                              tmp_path: Path) -> None:
+    async def body(state: DashboardState, daemon: ValidatorDaemon,
+                   client: httpx.AsyncClient) -> None:
+        gw = state.gateway
+        # Epoch 1 settled in the step that saw the head at 88: that far past its block.
+        head = gw.head
+        metrics = await scrape(client)
+        assert value(metrics, "dnanet_validator_settlement_lag_blocks") == (
+            head - settle_block(gw, 1))
+        await daemon.loop.step()  # reads that the chain now expects epoch 2
+        metrics = await scrape(client)
+        assert value(metrics, "dnanet_validator_settlement_overdue_blocks") == 0
+        # Every mixer unreachable: epoch 2 cannot settle, and the overdue blocks grow.
+        daemon.loop.signer.down = {m.address for m in gw.mixers}  # type: ignore[attr-defined]
+        for late in (1, 9):
+            gw.advance_to(settle_block(gw, 2) + late)
+            await daemon.loop.step()
+            metrics = await scrape(client)
+            assert value(metrics, "dnanet_validator_settlement_overdue_blocks") == late
+        assert gw.next_epoch == 2
+
+    run(with_known_state(corpus, LABEL, tmp_path, body))
+
+
+def test_request_series_stay_bounded_by_the_routes(corpus: Corpus, tmp_path: Path) -> None:
+    async def body(state: DashboardState, daemon: ValidatorDaemon,
+                   client: httpx.AsyncClient) -> None:
+        before = await scrape(client)
+        for i in range(200):
+            assert (await client.get(f"/v1/batches/0x{i:064x}")).status_code == 404
+            assert (await client.get(f"/nodes/0x{i:040x}")).status_code == 404
+            assert (await client.get(f"/no/such/{i}")).status_code == 404
+        after = await scrape(client)
+        paths = {labels["path"] for labels, _ in after["dnanet_http_requests_total"]}
+        assert {"/v1/batches/{batch_hash}", "/nodes/{address}", "unmatched"} <= paths
+        assert not any("0x" in p for p in paths)
+        new = len(after["dnanet_http_requests_total"]) - len(
+            before["dnanet_http_requests_total"])
+        assert new <= 4  # the three templates' 404s and the scrape itself
+        counts = {labels["path"]: v for labels, v in
+                  after["dnanet_http_request_duration_seconds_count"]}
+        assert counts["/v1/batches/{batch_hash}"] == 200 and counts["/nodes/{address}"] == 200
+
+    run(with_known_state(corpus, LABEL, tmp_path, body))
