@@ -46,7 +46,7 @@ from dnanet.params import PRESETS, Preset, format_dna_short, format_score, get_p
 from dnanet.protocol.rollup import verify_proof
 from dnanet.protocol.schedule import compute_epoch_end_block, compute_settlement_block
 from dnanet.service.gateway import ClientGateway
-from dnanet.service.logs import configure_logging
+from dnanet.service.logs import close_role_log, configure_logging, in_role, open_role_log
 from dnanet.service.loop import cancel_once, new_event_loop, wait_or_kill
 
 log = logging.getLogger("dnanet.devnet")
@@ -62,6 +62,12 @@ def setup_blocks_exceeded(used: int, setup_blocks: int) -> DnanetError:
     return DnanetError(f"setting up took {used} blocks, more than --setup-blocks "
                        f"{setup_blocks} allows before genesis: run again with --setup-blocks "
                        f"{max(2 * setup_blocks, used + used // 2)}")
+
+
+def role_log_path(data_dir: Path) -> Path:
+    """Where the devnet writes a role's INFO log: in the role's data directory, named after
+    it (``validator/validator.log``, ``mixer-1a2b3c4d/mixer-1a2b3c4d.log``)."""
+    return data_dir / f"{data_dir.name}.log"
 
 
 def free_port() -> int:
@@ -147,17 +153,22 @@ class BlockClock:
 class DaemonThread:
     """Runs one daemon on its own event loop in its own thread, so that one role's busy
     moment (hashing a payload, verifying a batch) does not stall every other role's answers.
-    ``start``/``stop`` are awaited from the devnet's loop."""
+    ``start``/``stop`` are awaited from the devnet's loop. With ``log``, the role's INFO log
+    (its records only) goes to that file, as a role process's log would."""
 
-    def __init__(self, daemon: Any, name: str) -> None:
+    def __init__(self, daemon: Any, name: str, log: Path | None = None, *,
+                 role: str | None = None) -> None:
         self.daemon = daemon
         self.name = name
+        self.role = role or name
+        self.log = None if log is None else open_role_log(self.role, log)
         self.loop = new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self.thread.start()
 
     async def _call(self, coro: Any) -> Any:
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+            in_role(self.role, coro), self.loop))
 
     async def start(self) -> None:
         await self._call(self.daemon.start())
@@ -169,6 +180,8 @@ class DaemonThread:
         await asyncio.to_thread(self.thread.join, 5)
         if not self.thread.is_alive():
             self.loop.close()
+        if self.log is not None:
+            close_role_log(self.log)
 
 
 class Devnet:
@@ -299,7 +312,10 @@ class Devnet:
                  f"'{{\"model\": \"{model}\", \"input\": \"hello world\"}}'")
 
     async def _start(self, daemon: Any, name: str) -> None:
-        thread = DaemonThread(daemon, name)
+        """Start ``daemon`` in a thread of its own, its INFO log in its data directory (where
+        its store is: a daemon restarted on the same directory appends to the same log)."""
+        data_dir = Path(daemon.store.path).parent
+        thread = DaemonThread(daemon, name, role_log_path(data_dir), role=data_dir.name)
         self.threads.append(thread)
         await thread.start()
 
@@ -483,7 +499,8 @@ class ProcessDevnet(Devnet):
         import subprocess
         import sys
 
-        log_path = self.data_dir / f"{name}.log"
+        log_path = role_log_path(self.data_dir / name)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         # The child writes to its own copy of the descriptor; the devnet's copy can close.
         with open(log_path, "ab") as log_file:
             process = subprocess.Popen([sys.executable, "-m", "dnanet.cli", *args],
@@ -496,7 +513,7 @@ class ProcessDevnet(Devnet):
         process = dict(self.processes)[name]
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                log = (self.data_dir / f"{name}.log").read_text()[-2000:]
+                log = role_log_path(self.data_dir / name).read_text()[-2000:]
                 raise DnanetError(f"{name} exited during start-up:\n{log}")
             with contextlib.suppress(httpx.HTTPError):
                 if (await self.http.get(f"{url}/health")).status_code == 200:
@@ -532,7 +549,7 @@ class ProcessDevnet(Devnet):
         # never their command lines (readable by every user in ps).
         env = {**os.environ, "DNANET_KEYSTORE_PASSWORD": KEYSTORE_PASSWORD,
                "DNANET_GATEWAY_KEYS": self.api_key,
-               "DNANET_LOG": os.environ.get("DNANET_LOG", "WARNING")}
+               "DNANET_LOG": os.environ.get("DNANET_LOG", "INFO")}
         common = ["--rpc", self.rpc_url, "--deployment", str(deployment_file)]
 
         def keystore(identity: Identity) -> list[str]:
@@ -708,12 +725,15 @@ async def run_devnet(*, nodes: int, mixers: int, epochs: int | None, preset: Pre
         devnet = ProcessDevnet(chain=chain, keystore=keystore, nodes=nodes, mixers=mixers,
                                preset=preset, data_dir=data_dir, out=out, backend=backend,
                                setup_blocks=setup_blocks)
+    # The devnet's own INFO log, and anything logged outside every role's context.
+    own_log = open_role_log(None, data_dir / "devnet.log")
     try:
         await devnet.setup()
         await devnet.announce_gateway()
         return await devnet.run(epochs)
     finally:
         await devnet.stop()
+        close_role_log(own_log)
         if summary is not None:
             summary.write_text(json.dumps({
                 "chain_id": devnet.deployment.chain_id if hasattr(devnet, "deployment") else None,
