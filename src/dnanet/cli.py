@@ -60,18 +60,20 @@ def _keys_import(args: argparse.Namespace) -> int:
 
 
 def _keys_show(args: argparse.Namespace) -> int:
-    from dnanet.keyfiles import derive_vrf_public_key, load_identity, read_keystore_document
+    from dnanet.keyfiles import derive_vrf_public_key, load_identity, read_keystore_address
 
     path = Path(args.keystore)
+    if args.field == "vrf_public_key" and not args.vrf:
+        raise DnanetError("--field vrf_public_key needs --vrf (the key is derived from the "
+                          "decrypted account key)")
     if args.vrf:
         identity = load_identity(path)
-        _print_identity(identity.address, derive_vrf_public_key(identity), args.keystore)
+        shown = {"address": identity.address,
+                 "vrf_public_key": "0x" + derive_vrf_public_key(identity).hex(),
+                 "keystore": args.keystore}
     else:
-        doc = read_keystore_document(path)
-        address = doc.get("address")
-        if not isinstance(address, str):
-            raise DnanetError(f"{path} has no address field; use --vrf to decrypt it")
-        print(json.dumps({"address": "0x" + address.lower().removeprefix("0x")}))
+        shown = {"address": read_keystore_address(path)}
+    print(shown[args.field] if args.field else json.dumps(shown))
     return 0
 
 
@@ -103,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = keys_sub.add_parser("show", help="show a keystore's address (and VRF key with --vrf)")
     show.add_argument("keystore", help="keystore file")
     show.add_argument("--vrf", action="store_true", help="decrypt to show the VRF public key")
+    show.add_argument("--field", choices=["address", "vrf_public_key"],
+                      help="print only this value, bare (for scripts: "
+                      "NODE=$(dnanet keys show node.json --field address))")
     show.set_defaults(handler=_keys_show)
 
     from dnanet.demo import add_demo_command

@@ -227,7 +227,7 @@ def _example(action: argparse.Action, key: str, role: str) -> Any:
     if key == "data-dir":
         return f"/var/lib/dnanet/{role}"
     if key == "keystore":
-        return f"/etc/dnanet/{role}-keystore.json"
+        return f"/etc/dnanet/{role}/keystore.json"
     return EXAMPLES.get(key, "")
 
 
