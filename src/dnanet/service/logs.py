@@ -32,7 +32,7 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 FORMATS = ("text", "json")
 QUIET_LOGGERS = ("httpx", "httpcore")
 """Libraries that log each HTTP call at INFO: kept at WARNING unless DNANET_LOG=DEBUG."""
-ROLE: ContextVar[str | None] = ContextVar("dnanet_role", default=None)
+ROLE: ContextVar[str | None] = ContextVar("dnanet.role", default=None)
 """The role (``validator``, ``mixer-1a2b3c4d``...) whose work the current context does."""
 T = TypeVar("T")
 
