@@ -42,7 +42,7 @@ from dnanet.protocol.challenges.compute import (
     open_rows,
     verify_openings,
 )
-from dnanet.protocol.epoch import process_epoch
+from dnanet.protocol.epoch import EpochState, process_epoch
 from dnanet.protocol.messages import Outcome, ScoreReport
 from dnanet.protocol.quorum import verify_quorum
 from dnanet.protocol.rollup import RewardTree
@@ -164,7 +164,7 @@ def bench_rollup(n_reports: int = 1_000_000, n_nodes: int = 100_000) -> dict[str
         object.__setattr__(r, "_hash_struct", hashlib.sha256(b"%d" % k).digest())
         reports.append(r)
     t0 = time.perf_counter()
-    rollup = process_epoch(0, reports, previous_cumulative={}, strike_history={}, preset=MAINNET)
+    rollup = process_epoch(0, reports, state=EpochState(epoch=0), preset=MAINNET)
     elapsed = time.perf_counter() - t0
     assert rollup.tree is not None and len(rollup.tree) == n_nodes
     assert rollup.settlement.total == MAINNET.epoch_emission(0)

@@ -361,7 +361,7 @@ def bench_cosign(count: int) -> list[float]:
                             times.append(elapsed * 1000)
             finally:
                 await daemon.server.stop()
-                await daemon.http.aclose()
+                await daemon.peers.close()
                 daemon.store.close()
             return times
 

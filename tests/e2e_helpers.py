@@ -335,9 +335,9 @@ class E2EDevnet(E2EMixin, Devnet):
                  data_dir: Path, out: Callable[[str], Any] | None = None, label: str = "net",
                  profiles: Sequence[str] | None = None, cheaters: Iterable[int] = (),
                  down_mixers: Iterable[int] = (), lockstep: bool = True,
-                 backend: str = "trivial") -> None:
+                 backend: str = "trivial", **devnet_options: Any) -> None:
         super().__init__(nodes=nodes, mixers=mixers, preset=preset, data_dir=data_dir,
-                         out=out or log.info, backend=backend)
+                         out=out or log.info, backend=backend, **devnet_options)
         self._init_e2e(label=label, profiles=profiles, down_mixers=down_mixers,
                        lockstep=lockstep)
         self.deployer = seeded_identity(f"{label}/deployer")
@@ -407,9 +407,10 @@ class E2EProcessDevnet(E2EMixin, ProcessDevnet):
     def __init__(self, *, nodes: int, mixers: int = 4, preset: Preset = TEST, data_dir: Path,
                  out: Callable[[str], Any] | None = None, label: str = "anvil",
                  profiles: Sequence[str] | None = None, lockstep: bool = True,
-                 backend: str = "trivial") -> None:
+                 backend: str = "trivial", **devnet_options: Any) -> None:
         super().__init__(chain="anvil", nodes=nodes, mixers=mixers, preset=preset,
-                         data_dir=data_dir, out=out or log.info, backend=backend)
+                         data_dir=data_dir, out=out or log.info, backend=backend,
+                         **devnet_options)
         self._init_e2e(label=label, profiles=profiles, down_mixers=(), lockstep=lockstep)
         E2EProcessDevnet.instances.append(self)
 

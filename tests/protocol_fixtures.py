@@ -83,16 +83,18 @@ def make_view(
     epoch: int = EPOCH,
     round_seeds: Mapping[int, bytes] | None = None,
 ) -> EpochView:
-    """A fresh view (its own VRF cache); nodes given as identities are active, class 0."""
+    """A fresh view (its own VRF cache); nodes given as identities are active, class 0; the
+    same registry in every round."""
     if not isinstance(nodes, Mapping):
         nodes = {n.address: NodeInfo(hardware_class=0) for n in nodes}
+    seeds = dict(round_seeds if round_seeds is not None else compute_round_seeds(preset, epoch))
     return EpochView(
         domain=DOMAIN,
         preset=preset,
         epoch=epoch,
         mixers={m.address: m.vrf_public_key for m in mixers},
-        nodes=dict(nodes),
-        round_seeds=dict(round_seeds if round_seeds is not None else compute_round_seeds(preset, epoch)),
+        round_nodes={r: dict(nodes) for r in seeds},
+        round_seeds=seeds,
     )
 
 

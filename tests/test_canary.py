@@ -22,7 +22,7 @@ from dnanet.gateway.canary import (
     make_canary,
 )
 from dnanet.params import TEST
-from dnanet.protocol.epoch import process_epoch
+from dnanet.protocol.epoch import EpochState, process_epoch
 from dnanet.protocol.messages import ZERO32, Outcome
 from dnanet.protocol.validation import verify_batch_proposal
 from dnanet.service.store import Store
@@ -137,7 +137,7 @@ def test_a_node_serving_a_cheaper_model_is_caught_and_earns_less(tmp_path: Path)
     view = make_view(mixers, nodes)
     for r in applied:
         verify_batch_proposal(make_proposal(by_node[r.node][0], [r]), view)
-    rollup = process_epoch(0, applied, previous_cumulative={}, strike_history={}, preset=TEST)
+    rollup = process_epoch(0, applied, state=EpochState(epoch=0), preset=TEST)
     assert rollup.rewards.get(cheat_node.address, 0) < rollup.rewards[honest_node.address]
     store.close()
 

@@ -7,6 +7,7 @@ are built directly: well-formed field values, no real signatures.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from dataclasses import replace
 
@@ -14,9 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dnanet.errors import RollupError
+from dnanet.errors import CodecError, RollupError
 from dnanet.params import SCORE_ONE, TEST
 from dnanet.protocol.epoch import (
+    EpochState,
     compute_fraud_evidence,
     compute_reports_digest,
     compute_strike_evidence,
@@ -108,7 +110,7 @@ def test_report_of_another_epoch_is_rejected() -> None:
         select_epoch_reports(0, [report(A), report(B, epoch=1)])
     assert exc.value.field == "epoch"
     with pytest.raises(RollupError):
-        process_epoch(1, [report(A)], previous_cumulative={}, strike_history={}, preset=TEST)
+        process_epoch(1, [report(A)], state=EpochState(epoch=1), preset=TEST)
 
 
 # -- process_epoch ------------------------------------------------------------------------------
@@ -116,7 +118,7 @@ def test_report_of_another_epoch_is_rejected() -> None:
 
 def test_rewards_split_the_whole_emission_by_epoch_score() -> None:
     reports = epoch_reports({A: [600_000, 400_000, -1], B: [300_000], C: [900_000, 900_000]})
-    rollup = process_epoch(0, reports, previous_cumulative={}, strike_history={}, preset=TEST)
+    rollup = process_epoch(0, reports, state=EpochState(), preset=TEST)
     # Failures count as zero challenges scored: A has 1 failure of 3, not more than a third.
     assert rollup.epoch_scores == {A: 1_000_000 // 3, B: 300_000, C: 900_000}
     assert sum(rollup.rewards.values()) == TEST.epoch_emission(0) == rollup.settlement.total
@@ -126,8 +128,8 @@ def test_rewards_split_the_whole_emission_by_epoch_score() -> None:
 
 def test_settlement_fields() -> None:
     reports = epoch_reports({A: [600_000], B: [300_000, 100_000]}, epoch=3)
-    rollup = process_epoch(3, reversed(reports), previous_cumulative={A: 5},
-                           strike_history={}, preset=TEST)
+    rollup = process_epoch(3, reversed(reports), state=EpochState(epoch=3, cumulative={A: 5}),
+                           preset=TEST)
     settlement = rollup.settlement
     assert settlement.epoch == 3
     assert rollup.tree is not None
@@ -140,7 +142,7 @@ def test_settlement_fields() -> None:
 
 def test_all_zero_epoch_settles_nothing() -> None:
     reports = epoch_reports({A: [-1, -1], B: [-1]})
-    rollup = process_epoch(0, reports, previous_cumulative={}, strike_history={}, preset=TEST)
+    rollup = process_epoch(0, reports, state=EpochState(), preset=TEST)
     assert rollup.rewards == {}
     assert rollup.settlement.total == 0
     assert rollup.settlement.rewards_root == ZERO32
@@ -151,27 +153,24 @@ def test_all_zero_epoch_settles_nothing() -> None:
 
 
 def test_empty_epoch_settles_nothing() -> None:
-    rollup = process_epoch(0, [], previous_cumulative={}, strike_history={}, preset=TEST)
+    rollup = process_epoch(0, [], state=EpochState(), preset=TEST)
     assert (rollup.settlement.total, rollup.settlement.rewards_root) == (0, ZERO32)
     assert rollup.settlement.reports_digest == compute_reports_digest([])
 
 
 def test_reports_digest_changes_when_a_report_changes() -> None:
     reports = epoch_reports({A: [600_000, 200_000], B: [300_000]})
-    digest = process_epoch(0, reports, previous_cumulative={}, strike_history={},
-                           preset=TEST).settlement.reports_digest
+    digest = process_epoch(0, reports, state=EpochState(), preset=TEST).settlement.reports_digest
     for i, changed in enumerate(
         (replace(reports[0], reason="x"), replace(reports[1], score=200_001),
          replace(reports[2], rtt_us=1_001))
     ):
         altered = [*reports[:i], changed, *reports[i + 1 :]]
-        other = process_epoch(0, altered, previous_cumulative={}, strike_history={}, preset=TEST)
+        other = process_epoch(0, altered, state=EpochState(), preset=TEST)
         assert other.settlement.reports_digest != digest
-    dropped = process_epoch(0, reports[1:], previous_cumulative={}, strike_history={},
-                            preset=TEST)
+    dropped = process_epoch(0, reports[1:], state=EpochState(), preset=TEST)
     assert dropped.settlement.reports_digest != digest
-    shuffled = process_epoch(0, reports[::-1], previous_cumulative={}, strike_history={},
-                             preset=TEST)
+    shuffled = process_epoch(0, reports[::-1], state=EpochState(), preset=TEST)
     assert shuffled.settlement.reports_digest == digest
 
 
@@ -210,7 +209,7 @@ def test_cumulative_totals_carry_across_epochs_and_every_proof_verifies() -> Non
 def test_fraud_jails_and_slashes_at_once() -> None:
     fraud = report(A, round_=1, outcome=Outcome.WRONG_ANSWER)
     reports = [report(A, round_=0), fraud, report(A, round_=2), report(B)]
-    rollup = process_epoch(0, reports, previous_cumulative={}, strike_history={}, preset=TEST)
+    rollup = process_epoch(0, reports, state=EpochState(), preset=TEST)
     assert rollup.punishments == (
         Punishment(node=A, epoch=0, jail=True, slash_bps=TEST.fraud_slash_bps,
                    evidence_digest=compute_fraud_evidence([fraud.hash_struct()])),
@@ -222,8 +221,7 @@ def test_fraud_jails_and_slashes_at_once() -> None:
 
 def test_fraud_takes_precedence_over_a_strike() -> None:
     reports = [report(A, outcome=Outcome.WRONG_ANSWER), report(B)]
-    rollup = process_epoch(0, reports, previous_cumulative={}, strike_history={A: [0, 0]},
-                           preset=TEST)
+    rollup = process_epoch(0, reports, state=EpochState(strikes={A: (0, 0)}), preset=TEST)
     assert A in rollup.strikes
     assert [(p.node, p.slash_bps) for p in rollup.punishments] == [(A, TEST.fraud_slash_bps)]
 
@@ -270,8 +268,8 @@ def test_exactly_a_third_failed_is_no_strike() -> None:
 )
 def test_strikes_count_only_within_the_window(history: list[int], punished: bool) -> None:
     assert TEST.strike_window_epochs == 8
-    rollup = process_epoch(9, striking_epoch(9), previous_cumulative={},
-                           strike_history={A: history}, preset=TEST)
+    rollup = process_epoch(9, striking_epoch(9),
+                           state=EpochState(epoch=9, strikes={A: tuple(history)}), preset=TEST)
     assert rollup.strikes == (A,)
     assert bool(rollup.punishments) == punished
     if punished:
@@ -280,9 +278,58 @@ def test_strikes_count_only_within_the_window(history: list[int], punished: bool
 
 
 def test_strikes_of_other_nodes_do_not_count() -> None:
-    rollup = process_epoch(9, striking_epoch(9), previous_cumulative={},
-                           strike_history={B: [7, 8], C: [8]}, preset=TEST)
+    rollup = process_epoch(9, striking_epoch(9),
+                           state=EpochState(epoch=9, strikes={B: (7, 8), C: (8,)}), preset=TEST)
     assert rollup.punishments == ()
+
+
+def test_a_punished_node_that_fails_again_before_its_jail_lands_is_not_punished_twice() -> None:
+    # The Validator used to rebuild strikes from every strike in the window, the mixers from
+    # the carried state: at epoch 3 it proposed a second punishment that every mixer refused,
+    # and settlement stopped for good. One rule now, carried forward.
+    rollups = process_epochs([striking_epoch(e) for e in range(4)], TEST)
+    assert [len(r.punishments) for r in rollups] == [0, 0, 1, 0]
+    assert rollups[2].next_state.strikes == {}
+    assert rollups[3].next_state.strikes == {A: (3,)}
+
+
+def test_strikes_older_than_the_window_are_dropped_from_the_carried_state() -> None:
+    rollup = process_epoch(9, epoch_reports({B: [400_000]}, epoch=9),
+                           state=EpochState(epoch=9, strikes={A: (1, 2, 8)}), preset=TEST)
+    # The window of epoch 10 is [3, 10]: strikes 1 and 2 can never count again.
+    assert rollup.next_state.strikes == {A: (8,)}
+
+
+def test_an_epoch_settled_from_the_carried_state_equals_a_replay_from_genesis() -> None:
+    by_epoch = [striking_epoch(e) + epoch_reports({C: [700_000]}, epoch=e) for e in range(7)]
+    replay = process_epochs(by_epoch, TEST)
+    state = EpochState()
+    for e in range(7):
+        state = EpochState.from_wire(json.loads(json.dumps(state.to_wire())))
+        rollup = process_epoch(e, by_epoch[e], state=state, preset=TEST)
+        assert rollup.settlement == replay[e].settlement
+        assert rollup.punishments == replay[e].punishments
+        state = rollup.next_state
+    assert state.digest() == replay[-1].next_state.digest()
+
+
+def test_a_state_for_another_epoch_is_refused() -> None:
+    with pytest.raises(RollupError, match="carried state is for epoch 2, not 3") as exc:
+        process_epoch(3, [], state=EpochState(epoch=2), preset=TEST)
+    assert exc.value.field == "state"
+
+
+@pytest.mark.parametrize("data", [
+    None, [], {"epoch": 0}, {"epoch": -1, "cumulative": {}, "strikes": {}},
+    {"epoch": 0, "cumulative": {A: 5}, "strikes": {}},
+    {"epoch": 0, "cumulative": {A: "-5"}, "strikes": {}},
+    {"epoch": 0, "cumulative": {}, "strikes": {A: ["x"]}},
+    {"epoch": True, "cumulative": {}, "strikes": {}},
+])
+def test_a_malformed_state_is_refused_by_name(data: object) -> None:
+    with pytest.raises(CodecError) as exc:
+        EpochState.from_wire(data)
+    assert exc.value.field is not None and exc.value.field.startswith("state")
 
 
 # -- properties ----------------------------------------------------------------------------------

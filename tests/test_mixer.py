@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -23,13 +24,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-import dnanet.mixer.daemon as mixer_daemon
 from dnanet.crypto import vrf
 from dnanet.crypto.eip712 import recover_typed
 from dnanet.crypto.keys import Identity
 from dnanet.keyfiles import derive_vrf_secret
 from dnanet.mixer.daemon import MixerDaemon
 from dnanet.mixer.session import run_challenge_session
+from dnanet.mixer.sessions import TransportFactory
 from dnanet.mixer.store import MixerStore
 from dnanet.node.local import LocalTransport
 from dnanet.params import TEST, Preset
@@ -114,6 +115,8 @@ class MixerNet:
     """Each mixer's reports of round (0, 0), made by the committee (not by the daemons)."""
     origin: int
     """The mixer with the most reports in round (0, 0) (at least two)."""
+    transport: TransportFactory | None = None
+    """Where the daemons' challenge sessions go (None: HTTP to the nodes' endpoints)."""
 
     @property
     def originator(self) -> MixerDaemon:
@@ -136,7 +139,8 @@ class MixerNet:
     def mixer(self, root: Path, index: int, validator_url: str) -> MixerDaemon:
         """A (new) daemon for mixer ``index`` on its data directory."""
         return MixerDaemon(self.gw.mixers[index], self.gw, root / f"mixer-{index}",
-                           validator_url=validator_url, retry_s=RETRY_S, backup_s=BACKUP_S)
+                           validator_url=validator_url, retry_s=RETRY_S, backup_s=BACKUP_S,
+                           node_transport=self.transport)
 
     def backups(self, batch_hash: bytes) -> list[MixerDaemon]:
         """The originator's co-signers in the order they would forward ``batch_hash``."""
@@ -148,7 +152,7 @@ class MixerNet:
 @contextlib.asynccontextmanager
 async def mixer_net(root: Path, validator_url: str | None = None, *, label: str = LABEL,
                     run_origin: bool = False,
-                    route: Callable[[Committee], None] | None = None,
+                    route: Callable[[Committee], TransportFactory] | None = None,
                     preset: Preset = TEST) -> AsyncIterator[MixerNet]:
     """Every mixer serves HTTP; with ``run_origin`` the originator also runs its loops.
     Without ``validator_url`` the Validator refuses every connection; ``route`` (the
@@ -160,12 +164,11 @@ async def mixer_net(root: Path, validator_url: str | None = None, *, label: str 
                 yield net
         return
     gw, committee = build_network(mixers=4, nodes=5, label=label, preset=preset)
-    if route is not None:
-        route(committee)
+    transport = route(committee) if route is not None else None
     reports = await committee.round_reports(0, 0)
     origin = max(range(4), key=lambda i: (len(reports[gw.mixers[i].address]), -i))
     assert len(reports[gw.mixers[origin].address]) >= 2, "pick another label"
-    net = MixerNet(gw, committee, [], reports, origin)
+    net = MixerNet(gw, committee, [], reports, origin, transport)
     net.daemons = [net.mixer(root, i, validator_url) for i in range(4)]
     try:
         for i, daemon in enumerate(net.daemons):
@@ -182,35 +185,36 @@ async def mixer_net(root: Path, validator_url: str | None = None, *, label: str 
 
 
 @pytest.fixture
-def local_nodes(monkeypatch: pytest.MonkeyPatch) -> Callable[[Committee], None]:
+def local_nodes() -> Callable[[Committee], TransportFactory]:
     """Route the mixers' challenge sessions to the committee's in-process nodes."""
-    return routing(monkeypatch, lambda transport: transport)
+    return routing(lambda transport: transport)
 
 
-def routing(monkeypatch: pytest.MonkeyPatch,
-            wrap: Callable[[LocalTransport], LocalTransport]) -> Callable[[Committee], None]:
+def routing(wrap: Callable[[LocalTransport], LocalTransport]
+            ) -> Callable[[Committee], TransportFactory]:
     """A ``route`` for ``mixer_net``: each node's challenge sessions go to ``wrap`` of its
-    in-process transport."""
-    def route(committee: Committee) -> None:
+    in-process transport (the daemons' injected node transport)."""
+    def route(committee: Committee) -> TransportFactory:
         by_endpoint = {n.endpoint: wrap(committee.transports[n.address])
                        for n in committee.gateway.nodes_list}
-        monkeypatch.setattr(mixer_daemon, "HttpNodeTransport",
-                            lambda _session, endpoint: by_endpoint[endpoint])
+        return by_endpoint.__getitem__
     return route
 
 
 class HeldRound(LocalTransport):
     """A node that takes up challenges of round ``held`` only once ``release`` is set (it
-    answers others at once)."""
+    answers others at once). Sessions run on the mixer's timing loop, in another thread:
+    hence a thread-safe event, looked at every few milliseconds."""
 
-    def __init__(self, transport: LocalTransport, held: RoundId, release: asyncio.Event):
+    def __init__(self, transport: LocalTransport, held: RoundId, release: threading.Event):
         super().__init__(transport.prover)
         self.held = held
         self.release = release
 
     async def start(self, signed: SignedChallenge) -> None:
         if RoundId(signed.challenge.epoch, signed.challenge.round) == self.held:
-            await self.release.wait()
+            while not self.release.is_set():
+                await asyncio.sleep(0.005)
         await super().start(signed)
 
 
@@ -244,7 +248,7 @@ async def with_validator_up(root: Path) -> AsyncIterator[tuple[MixerNet, Validat
     with refused_port() as (dead, _sock):
         async with mixer_net(root, dead) as net, validator(net.gw, root / "validator") as up:
             for daemon in net.daemons:
-                daemon.validator_url = up.url
+                daemon.peers.validator_url = up.url
             yield net, up, dead
 
 
@@ -297,7 +301,7 @@ async def unreachable_report(net: MixerNet, report: ScoreReport) -> ScoreReport:
 def messages(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
     """The mixer's log lines that contain ``text``."""
     return [r.getMessage() for r in caplog.records
-            if r.name == "dnanet.mixer" and text in r.getMessage()]
+            if r.name.startswith("dnanet.mixer") and text in r.getMessage()]
 
 
 # -- the outbox ---------------------------------------------------------------------------------
@@ -340,12 +344,12 @@ def test_uncertified_batch_is_proposed_again_after_a_cosigner_outage(tmp_path: P
             origin = net.originator
             for peer in net.others[:2]:
                 net.point(peer, dead)
-            assert await origin.certify(net.own_reports()) is None
+            assert await origin.certifier.certify(net.own_reports()) is None
             (proposal,) = origin.store.uncertified()
-            assert await origin.outbox_pass() == 1  # still down: still pending
+            assert await origin.outbox.run_pass() == 1  # still down: still pending
             for peer in net.others[:2]:
                 net.restore(peer)
-            assert await origin.outbox_pass() == 0
+            assert await origin.outbox.run_pass() == 0
             (stored,) = await stored_certificates(up, 0)
             assert stored.batch == proposal.batch
             assert origin.store.outbox_counts() == {
@@ -366,8 +370,8 @@ def test_a_batch_its_originator_never_forwards_reaches_the_validator_through_a_c
     async def main() -> None:
         async with with_validator_up(tmp_path) as (net, up, dead):
             origin = net.originator
-            origin.validator_url = dead
-            certificate = await origin.certify(net.own_reports())
+            origin.peers.validator_url = dead
+            certificate = await origin.certifier.certify(net.own_reports())
             assert certificate is not None
             batch_hash = certificate.batch.hash_struct()
             assert origin.store.outbox_counts()["unforwarded"] == 1
@@ -375,23 +379,23 @@ def test_a_batch_its_originator_never_forwards_reaches_the_validator_through_a_c
             first, *later = net.backups(batch_hash)
             head = net.gw.block_number()
             # Before the timeout nobody looks.
-            assert [await d.watch_pass(head) for d in net.others] == [0, 0, 0]
+            assert [await d.outbox.watch_pass(head) for d in net.others] == [0, 0, 0]
             assert await stored_certificates(up, 0) == []
             await asyncio.sleep(BACKUP_S)
             # The second backup looks first: not there, not its turn yet.
-            assert await later[0].watch_pass(head) == 1
+            assert await later[0].outbox.watch_pass(head) == 1
             assert await stored_certificates(up, 0) == []
-            assert await first.watch_pass(head) == 0
+            assert await first.outbox.watch_pass(head) == 0
             (stored,) = await stored_certificates(up, 0)
             assert first.store.watch_outcome(batch_hash) == "forwarded it for its originator"
-            assert await later[1].watch_pass(head) == 0
+            assert await later[1].outbox.watch_pass(head) == 0
             assert later[1].store.watch_outcome(batch_hash) == "the validator holds it"
             assert later[0].store.watch_outcome(batch_hash) is None
             await asyncio.sleep(BACKUP_S)  # the second backup's turn
-            assert await later[0].watch_pass(head) == 0
+            assert await later[0].outbox.watch_pass(head) == 0
             assert later[0].store.watch_outcome(batch_hash) == "the validator holds it"
             assert await stored_certificates(up, 0) == [stored]
-            assert [d.m_backup._value.get() for d in (first, *later)] == [1, 0, 0]
+            assert [d.metrics.backup._value.get() for d in (first, *later)] == [1, 0, 0]
             assert [d.store.watching() for d in net.others] == [0, 0, 0]
             return certificate, stored, first, net
 
@@ -414,37 +418,37 @@ def test_cosigners_stop_watching_a_batch_the_validator_holds_or_that_can_no_long
     async def main() -> None:
         async with with_validator_up(tmp_path) as (net, up, dead):
             origin = net.originator
-            delivered = await origin.certify(net.own_reports()[:1])
+            delivered = await origin.certifier.certify(net.own_reports()[:1])
             assert delivered is not None
             for peer in net.others:
-                peer.validator_url = dead
-            second = await origin.certify(net.own_reports()[1:2])
+                peer.peers.validator_url = dead
+            second = await origin.certifier.certify(net.own_reports()[1:2])
             assert second is not None
             delivered_hash = delivered.batch.hash_struct()
             second_hash = second.batch.hash_struct()
             await asyncio.sleep(BACKUP_S)  # every co-signer looks
             head = net.gw.block_number()
             # The Validator is unreachable: every due watch waits for another look.
-            assert [await d.watch_pass(head) for d in net.others] == [2, 2, 2]
+            assert [await d.outbox.watch_pass(head) for d in net.others] == [2, 2, 2]
             for peer in net.others:
-                peer.validator_url = up.url
+                peer.peers.validator_url = up.url
             await asyncio.sleep(BACKUP_S)
-            assert [await d.watch_pass(head) for d in net.others] == [0, 0, 0]
+            assert [await d.outbox.watch_pass(head) for d in net.others] == [0, 0, 0]
             for peer in net.others:
                 for batch_hash in (delivered_hash, second_hash):
                     assert peer.store.watch_outcome(batch_hash) == "the validator holds it"
-                assert peer.m_backup._value.get() == 0
+                assert peer.metrics.backup._value.get() == 0
             assert len(await stored_certificates(up, 0)) == 2
             # A batch still watched when its epoch closes is given up without a look; then
             # every ended watch of the closed epoch is forgotten.
-            third = await origin.certify(net.own_reports()[2:3])
+            third = await origin.certifier.certify(net.own_reports()[2:3])
             assert third is not None
             net.gw.advance_to(settle_block(net.gw, 0))
             await asyncio.sleep(BACKUP_S)
             for peer in net.others:
-                peer.validator_url = dead
+                peer.peers.validator_url = dead
                 assert peer.store.watching() == 1
-                assert await peer.watch_pass(net.gw.block_number()) == 0
+                assert await peer.outbox.watch_pass(net.gw.block_number()) == 0
                 assert peer.store.watching() == 0
                 assert peer.store.query("SELECT count(*) FROM watched") == [(0,)]
 
@@ -465,18 +469,18 @@ def test_outbox_gives_up_what_can_no_longer_be_certified_or_settled(
                 first, second = net.own_reports()[:2]
                 # A certificate the Validator (down) never acknowledges, and a batch that
                 # gets no quorum (every co-signer down).
-                assert await origin.certify([first]) is not None
+                assert await origin.certifier.certify([first]) is not None
                 for peer in net.others:
                     net.point(peer, dead)
-                assert await origin.certify([second]) is None
+                assert await origin.certifier.certify([second]) is None
                 assert origin.store.outbox_counts()["unforwarded"] == 1
                 assert origin.store.outbox_counts()["uncertified"] == 1
                 net.gw.advance_to(settle_block(net.gw, 0) - 1)
-                assert await origin.outbox_pass() == 2  # epoch 0 still takes reports
+                assert await origin.outbox.run_pass() == 2  # epoch 0 still takes reports
                 net.gw.advance_to(settle_block(net.gw, 0))
-                assert await origin.outbox_pass() == 1  # the batch is given up
+                assert await origin.outbox.run_pass() == 1  # the batch is given up
                 net.gw.next_epoch = 1  # epoch 0 settled on chain without the certificate
-                assert await origin.outbox_pass() == 0
+                assert await origin.outbox.run_pass() == 0
                 assert origin.store.outbox_counts()["given_up"] == 2
 
     run(main())
@@ -499,11 +503,11 @@ def test_reports_saved_before_a_crash_are_certified_once_their_round_passed(
             restarted = net.mixer(tmp_path, net.origin, up.url)
             net.daemons[net.origin] = restarted
             # Still in round (0, 0): its reports are the round loop's, not the outbox's.
-            assert await restarted.outbox_pass() == 0
+            assert await restarted.outbox.run_pass() == 0
             assert restarted.store.outbox_counts()["unbatched_reports"] == len(reports)
             net.gw.advance_to(compute_round_start_block(RoundId(0, 1), net.gw.preset))
-            assert await restarted.outbox_pass() == 0
-            assert await restarted.outbox_pass() == 0
+            assert await restarted.outbox.run_pass() == 0
+            assert await restarted.outbox.run_pass() == 0
             (stored,) = await stored_certificates(up, 0)
             assert list(stored.reports) == reports
             assert restarted.store.outbox_counts()["unbatched_reports"] == 0
@@ -521,7 +525,7 @@ def test_stray_reports_of_a_closed_epoch_are_dropped(tmp_path: Path,
         async with mixer_net(tmp_path) as net:
             net.originator.store.save_reports(net.own_reports())
             net.gw.advance_to(settle_block(net.gw, 0))
-            assert await net.originator.outbox_pass() == 0
+            assert await net.originator.outbox.run_pass() == 0
             counts = net.originator.store.outbox_counts()
             assert counts["unbatched_reports"] == 0 and counts["uncertified"] == 0
 
@@ -543,16 +547,16 @@ def test_a_cosigner_signs_a_reformed_batch_but_never_a_different_report(
             other = await unreachable_report(net, r1)
             origin = net.gw.mixers[net.origin]
             a = net.others[0]
-            a.cosign(proposal_of(origin, net.gw, [r1, r2]))
-            a.cosign(proposal_of(origin, net.gw, [r1]))
-            a.cosign(proposal_of(origin, net.gw, [r1, r2]))  # the first one again
+            a.cosigner.cosign(proposal_of(origin, net.gw, [r1, r2]))
+            a.cosigner.cosign(proposal_of(origin, net.gw, [r1]))
+            a.cosigner.cosign(proposal_of(origin, net.gw, [r1, r2]))  # the first one again
             with pytest.raises(BatchRejected) as refused:
-                a.cosign(proposal_of(origin, net.gw, [other]))
+                a.cosigner.cosign(proposal_of(origin, net.gw, [other]))
             assert refused.value.reasons == [
                 (0, "a different report for this (epoch, round, mixer, node) was already "
                     "co-signed")]
             with pytest.raises(BatchRejected) as refused:
-                a.cosign(proposal_of(origin, net.gw, [other, r2]))
+                a.cosigner.cosign(proposal_of(origin, net.gw, [other, r2]))
             assert [i for i, _ in refused.value.reasons] == [0]
 
     run(main())
@@ -567,10 +571,10 @@ def test_a_batch_reformed_without_a_refused_report_gets_its_quorum(tmp_path: Pat
                 origin = net.originator
                 r1, r2 = net.own_reports()[:2]
                 a, b, c = net.others
-                b.cosign(proposal_of(net.gw.mixers[net.origin], net.gw,
+                b.cosigner.cosign(proposal_of(net.gw.mixers[net.origin], net.gw,
                                      [await unreachable_report(net, r2)]))
                 net.point(c, dead)
-                certificate = await origin.certify([r1, r2])
+                certificate = await origin.certifier.certify([r1, r2])
                 assert certificate is not None
                 assert certificate.reports == (r1,)
                 batch_hash = certificate.batch.hash_struct()
@@ -625,17 +629,17 @@ def test_every_refused_batch_is_logged_with_its_reason(tmp_path: Path,
 # -- rounds: log and status -----------------------------------------------------------------------
 
 
-def test_round_log_and_status_show_the_vrf_output_and_the_assigned_nodes(
+def test_round_log_and_status_show_the_vrf_output_and_the_assigned_nodes_once_done(
         tmp_path: Path, local_nodes: Callable[[Committee], None],
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="dnanet.mixer")
 
     async def main() -> tuple[MixerNet, dict[str, object]]:
         async with mixer_net(tmp_path, route=local_nodes) as net:
-            await net.originator.process_round(ROUND0)
+            await net.originator.rounds.process_round(ROUND0)
             async with httpx.AsyncClient(base_url=net.originator.url, timeout=30) as http:
                 net.gw.advance_to(compute_round_start_block(ROUND1, net.gw.preset))
-                await net.originator.process_round(ROUND1)
+                await net.originator.rounds.process_round(ROUND1)
                 brief = await http.get("/v1/status", params={"rounds": 1, "assigned": "false"})
                 assert brief.status_code == 200
                 # The newest round only, without its node list.
@@ -660,10 +664,13 @@ def test_round_log_and_status_show_the_vrf_output_and_the_assigned_nodes(
                                      "done": True}]
     assert set(status["outbox"]) == {  # type: ignore[arg-type]
         "uncertified", "unforwarded", "given_up", "unbatched_reports", "watching"}
-    line = messages(caplog, "VRF output")[0]
-    assert f"epoch 0 round 0: VRF output {beta.hex()[:16]}.." in line
-    assert f"{len(assigned)} of {len(active)} active nodes assigned" in line
+    assert status["settlements"] == []
+    line = messages(caplog, "active nodes assigned")[0]
+    assert f"epoch 0 round 0: {len(assigned)} of {len(active)} active nodes assigned" in line
     assert all(f"{node[:10]}.." in line for node in assigned)
+    assert beta.hex()[:16] not in line  # not before the round's challenges are over
+    done = messages(caplog, "VRF output")[0]
+    assert f"epoch 0 round 0 done: VRF output {beta.hex()[:16]}.., {len(assigned)} reports" in done
 
 
 def round_start(net: MixerNet, rid: RoundId) -> int:
@@ -671,12 +678,12 @@ def round_start(net: MixerNet, rid: RoundId) -> int:
 
 
 def test_a_round_held_up_by_a_node_that_does_not_answer_does_not_delay_the_next(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     """The nodes take up no challenge of round (0, 0) until released: meanwhile round (0, 1)
     begins and finishes; once released, round (0, 0) finishes too, every report answered."""
-    release = asyncio.Event()
+    release = threading.Event()
 
-    route = routing(monkeypatch, lambda transport: HeldRound(transport, ROUND0, release))
+    route = routing(lambda transport: HeldRound(transport, ROUND0, release))
 
     async def main() -> None:
         # A timeout far longer than the test: only the release ends round (0, 0).
@@ -710,18 +717,18 @@ class RecordingTransport(LocalTransport):
 
 
 def test_a_rounds_challenges_start_at_their_offsets_in_the_spread(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     """No challenge starts before its offset into the spread, and they start in the order
     of their offsets."""
     starts: dict[str, float] = {}
 
-    route = routing(monkeypatch, lambda transport: RecordingTransport(transport, starts))
+    route = routing(lambda transport: RecordingTransport(transport, starts))
 
     async def main() -> tuple[MixerNet, float]:
         async with mixer_net(tmp_path, route=route) as net:
-            net.originator.spread_s = 1.5
+            net.originator.rounds.spread_s = 1.5
             began = time.monotonic()
-            await net.originator.process_round(ROUND0)
+            await net.originator.rounds.process_round(ROUND0)
             return net, began
 
     net, began = run(main())

@@ -36,7 +36,7 @@ from dnanet.protocol.scoring import compute_report_score
 from dnanet.protocol.validation import verify_certified_batch
 from dnanet.service.http import serving
 from dnanet.service.network import SettledEpoch
-from dnanet.service.views import ViewCache
+from dnanet.service.views import ViewCache, compute_node_infos
 from dnanet.validator.daemon import ValidatorDaemon, add_validator_commands
 from dnanet.validator.settle import Backoff, SettlementLoop
 from dnanet.validator.store import DIVERGED, SETTLED, ValidatorStore
@@ -473,6 +473,15 @@ def test_mixer_failures_and_chain_errors_are_retried(gateway: FakeGateway, corpu
         await daemon.loop.step()
         assert gateway.submissions == []
         assert len(daemon.store.signatures(0, daemon.store.settlement(0).hash_struct())) == 2
+        # Which mixers refused and why: in /v1/status and /metrics.
+        status = (await client.get("/v1/status")).json()["settlement"]
+        down = sorted(m.address for m in gateway.mixers[:2])
+        assert (status["epoch"], status["signatures"], status["threshold"]) == (0, 2, 3)
+        assert sorted(status["refusals"]) == down
+        assert all("unreachable (test)" in why for why in status["refusals"].values())
+        metrics = (await client.get("/metrics")).text
+        assert all(f'dnanet_validator_settlement_refusals_total{{mixer="{m}"}} 1.0' in metrics
+                   for m in down)
         signer.down = {gateway.mixers[0].address}  # one of four down still settles
         gateway.fail_submit = 1  # and the first submission fails in the RPC
         await daemon.loop.step()
@@ -691,29 +700,32 @@ def test_unreachable_chain_is_a_503_not_a_500(gateway: FakeGateway, corpus: Corp
     run(with_validator(gateway, tmp_path, body))
 
 
-def test_views_refresh_nodes_at_most_once_per_period(gateway: FakeGateway) -> None:
-    calls = []
+def test_views_read_each_rounds_registry_once_as_of_its_first_block(
+        gateway: FakeGateway) -> None:
+    blocks: list[int | None] = []
     real_nodes = gateway.nodes
 
-    def counted() -> Any:
-        calls.append(1)
-        return real_nodes()
+    def counted(*, block: int | None = None) -> Any:
+        blocks.append(block)
+        return real_nodes(block=block)
 
     gateway.nodes = counted  # type: ignore[method-assign]
-    now = [100.0]
-    views = ViewCache(gateway, node_refresh_s=3.0, clock=lambda: now[0])
+    # A node registers while the network runs: at the start of epoch 0's round 2.
+    joined_at = compute_round_start_block(RoundId(0, 2), gateway.preset)
+    head = gateway.head
+    gateway.head = joined_at
     newcomer = seeded_identity("newcomer").address
-    views.view(0, nodes={newcomer})
-    views.view(0, nodes={newcomer})
-    now[0] += 1.0
-    views.view(0, nodes={newcomer})
-    assert len(calls) == 1  # just read: an unknown node does not re-read within the period
-    gateway.nodes_list = [*gateway.nodes_list, dataclasses.replace(
-        gateway.nodes_list[0], address=newcomer)]
-    now[0] += 3.0
-    assert newcomer in views.view(0, nodes={newcomer}).nodes
-    assert newcomer in views.view(0, nodes={newcomer}).nodes
-    assert len(calls) == 2  # one refresh, then known
+    gateway.set_nodes([*gateway.nodes_list, dataclasses.replace(gateway.nodes_list[0],
+                                                                address=newcomer)])
+    gateway.head = head
+    views = ViewCache(gateway)
+    assert gateway.head >= compute_round_start_block(RoundId(0, 3), gateway.preset)
+    view = views.view(0, rounds=range(gateway.preset.rounds_per_epoch))
+    assert [newcomer in view.round_nodes[r] for r in range(4)] == [False, False, True, True]
+    assert sorted(blocks) == [compute_round_start_block(RoundId(0, r), gateway.preset)
+                              for r in range(4)]  # each round read once, at its first block
+    views.view(0, rounds=range(4))
+    assert len(blocks) == 4  # never read again: a past block's registry does not change
     with pytest.raises(ScheduleError, match="has not started"):
         views.view(EPOCHS + 3)
 
@@ -723,11 +735,17 @@ def test_a_later_jail_does_not_void_a_certified_batch(gateway: FakeGateway, corp
     cheater = gateway.nodes_list[CHEATER].address
     certificate = next(c for c in corpus.certificates[0]
                        if any(r.node == cheater for r in c.reports) and len(c.reports) > 1)
-    gateway.nodes_list = [dataclasses.replace(n, jailed=True, active=False)
-                          if n.address == cheater else n for n in gateway.nodes_list]
-    strict = ViewCache(gateway, assume_active=False).view(0, rounds=(certificate.batch.round,))
+    # Jailed now, long after the certificate's round began: its round's registry still
+    # shows the node active, so every verifier, at any time, accepts the certificate.
+    gateway.set_nodes([dataclasses.replace(n, jailed=True, active=False)
+                       if n.address == cheater else n for n in gateway.nodes_list])
+    view = ViewCache(gateway).view(0, rounds=(certificate.batch.round,))
+    verify_certified_batch(certificate, view)
+    # A view of a round that starts after the jail sees it.
+    later = dataclasses.replace(view, round_nodes={
+        certificate.batch.round: compute_node_infos(gateway.nodes())})
     with pytest.raises(ProtocolError, match="jailed"):
-        verify_certified_batch(certificate, strict)
+        verify_certified_batch(certificate, later)
 
     async def body(daemon: ValidatorDaemon, client: httpx.AsyncClient) -> None:
         answer = await client.post("/v1/certificates", content=certificate.to_json())

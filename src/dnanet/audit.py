@@ -35,8 +35,8 @@ from dnanet.protocol.codec import parse_json
 from dnanet.protocol.epoch import EpochRollup, process_epochs
 from dnanet.protocol.messages import EpochSettlement, Punishment, QuorumCertificate, ScoreReport
 from dnanet.protocol.validation import EpochView, verify_certified_batch
-from dnanet.service.network import ChainGateway, NodeRecord, SettledEpoch
-from dnanet.service.views import build_epoch_view
+from dnanet.service.network import ChainGateway, SettledEpoch
+from dnanet.service.views import RoundRegistry, build_epoch_view
 
 MAX_FETCH_BYTES = 1 << 31
 
@@ -156,12 +156,14 @@ async def replay_certificates(
 ) -> tuple[list[EpochRollup], list[VerifiedEpoch]]:
     """Verify the certificates of epochs ``0..epoch`` against views built from the gateway,
     and replay them; returns every epoch's rollup and verification outcome."""
-    nodes: list[NodeRecord] = await asyncio.to_thread(gateway.nodes)
     verified: list[VerifiedEpoch] = []
+    registry = RoundRegistry(gateway, keep_epochs=1)
     for e in range(epoch + 1):
         certificates = await _call(fetch_certificates, e)
-        view = await asyncio.to_thread(build_epoch_view, gateway, e, assume_active=True,
-                                       nodes=nodes)
+        # Each report is checked against the registry at its round's first block.
+        rounds = {c.batch.round for c in certificates}
+        view = await asyncio.to_thread(build_epoch_view, gateway, e, registry=registry,
+                                       rounds=rounds)
         verified.append(await asyncio.to_thread(verify_epoch_certificates, e, certificates, view))
     rollups = await asyncio.to_thread(process_epochs, [v.reports for v in verified],
                                       gateway.preset)

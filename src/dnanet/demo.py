@@ -33,7 +33,7 @@ from dnanet.protocol.challenges.compute import (
     commit_product,
     compute_product,
 )
-from dnanet.protocol.epoch import EpochRollup, process_epoch
+from dnanet.protocol.epoch import EpochRollup, EpochState, process_epoch
 from dnanet.protocol.messages import (
     BatchProposal,
     Outcome,
@@ -131,7 +131,9 @@ async def run_demo(
     }
     view = EpochView(
         domain=domain, preset=preset, epoch=epoch, mixers=vrf_keys,
-        nodes={a: NodeInfo(hardware_class=0) for a in by_address}, round_seeds=round_seeds,
+        round_nodes={r: {a: NodeInfo(hardware_class=0) for a in by_address}
+                     for r in round_seeds},
+        round_seeds=round_seeds,
     )
     target = compute_assignment_target(len(committee), preset.challenges_per_round)
     threshold = compute_quorum_threshold(len(committee))
@@ -185,7 +187,7 @@ async def run_demo(
         out(f"  round {round_:2d}: {len(reports)} challenges "
             f"({', '.join(f'{o.lower()} {outcomes.count(o)}' for o in sorted(set(outcomes)))})")
 
-    rollup = process_epoch(epoch, certified, previous_cumulative={}, strike_history={},
+    rollup = process_epoch(epoch, certified, state=EpochState(epoch=epoch),
                            preset=preset)
     settlement_hash = rollup.settlement.hash_struct()
     settlement_sigs = [m.identity.sign_typed(domain, settlement_hash) for m in committee]

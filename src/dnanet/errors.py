@@ -15,6 +15,7 @@
     │   └── RollupError             inconsistent rollup inputs
     ├── ChainError                  the chain refused or could not be reached
     ├── NodeUnreachable             a node's endpoint could not be reached or failed in transport
+    ├── PeerUnreachable             another mixer or the Validator could not be reached
     └── Unavailable                 a daemon cannot serve now through a fault of its own (503)
 
 Every error carries a message a user can act on; `CodecError` and `ProtocolError`
@@ -88,6 +89,10 @@ class ChainError(DnanetError):
 
 class NodeUnreachable(DnanetError):
     """A node's endpoint could not be reached or answered with a transport error."""
+
+
+class PeerUnreachable(DnanetError):
+    """Another mixer or the Validator could not be reached."""
 
 
 class Unavailable(DnanetError):

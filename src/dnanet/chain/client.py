@@ -172,8 +172,11 @@ class ChainClient:
     def _read(self, fn: Callable[[], Any], what: str) -> Any:
         return self._requests.run(fn, what)
 
-    def _call(self, contract: Any, fn: str, *args: Any) -> Any:
-        return self._read(lambda: getattr(contract.functions, fn)(*args).call(), f"read {fn}")
+    def _call(self, contract: Any, fn: str, *args: Any, block: int | None = None) -> Any:
+        """A view call, at the head or (``block``) as of that block's state."""
+        at = "latest" if block is None else block
+        return self._read(lambda: getattr(contract.functions, fn)(*args).call(
+            block_identifier=at), f"read {fn}")
 
     def _send(
         self,
@@ -265,10 +268,11 @@ class ChainClient:
 
     # ------------------------------------------------------------------ node registry
 
-    def node_info(self, address: str) -> NodeInfo:
+    def node_info(self, address: str, *, block: int | None = None) -> NodeInfo:
+        """A node's record, now or (``block``) as of that block."""
         checksum = to_checksum_address(address)
-        info = self._call(self.registry, "node_info", checksum)
-        active = bool(self._call(self.registry, "is_active", checksum))
+        info = self._call(self.registry, "node_info", checksum, block=block)
+        active = bool(self._call(self.registry, "is_active", checksum, block=block))
         endpoint, hw_class, stake, jailed, unbonding, unbond_epoch, registered = info
         return NodeInfo(
             address=normalize_address(address),
@@ -282,16 +286,18 @@ class ChainClient:
             active=active,
         )
 
-    def node_count(self) -> int:
+    def node_count(self, *, block: int | None = None) -> int:
         """Nodes ever registered (including unbonded and jailed ones)."""
-        return int(self._call(self.registry, "node_count"))
+        return int(self._call(self.registry, "node_count", block=block))
 
-    def nodes(self) -> list[NodeInfo]:
-        """Every node ever registered, in registration order, with its current state."""
+    def nodes(self, *, block: int | None = None) -> list[NodeInfo]:
+        """Every node ever registered, in registration order, with its state now or
+        (``block``) as of that block."""
         addresses = [
-            self._call(self.registry, "node_at", i) for i in range(self.node_count())
+            self._call(self.registry, "node_at", i, block=block)
+            for i in range(self.node_count(block=block))
         ]
-        return [self.node_info(a) for a in addresses]
+        return [self.node_info(a, block=block) for a in addresses]
 
     def active_nodes(self) -> list[NodeInfo]:
         return [n for n in self.nodes() if n.active]

@@ -16,6 +16,11 @@
   it: when (``due``, Unix time) to look next, from when (``turn``) to forward it itself if the
   Validator still lacks it, and the proposal to do so (``outcome`` says how the watch ended;
   the proposal is dropped then, and the row once its epoch is closed).
+- ``carried_states``: the ``EpochState`` the mixer computed for the start of each epoch (from
+  the certificates of the epoch before, which it verified itself), with the root it computed
+  for that epoch: the next settlement it signs starts from it, never from a replay.
+- ``settlements_signed``: the one settlement (and its punishments) the mixer signed for each
+  epoch, with what verifying it cost: it never signs another for that epoch.
 
 Databases written before ``beta``, ``assigned_nodes``, ``batched``, ``given_up``,
 ``report_hash`` and ``watched.turn`` existed are migrated when opened (see
@@ -30,6 +35,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dnanet.crypto import vrf
+from dnanet.protocol.codec import canonical_json, parse_json
+from dnanet.protocol.epoch import EpochState
 from dnanet.protocol.messages import BatchProposal, QuorumCertificate, ScoreReport
 from dnanet.service.store import Store
 
@@ -60,11 +67,11 @@ CREATE TABLE IF NOT EXISTS watched (
     batch_hash BLOB PRIMARY KEY, epoch INTEGER NOT NULL, round INTEGER NOT NULL,
     mixer TEXT NOT NULL, proposal_json BLOB, due REAL NOT NULL, turn REAL, outcome TEXT
 );
-CREATE TABLE IF NOT EXISTS verified_epochs (
-    epoch INTEGER PRIMARY KEY, reports_json BLOB NOT NULL
-);
 CREATE TABLE IF NOT EXISTS settlements_signed (
     epoch INTEGER PRIMARY KEY, settlement_hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS carried_states (
+    epoch INTEGER PRIMARY KEY, state_json BLOB NOT NULL, previous_root BLOB
 )
 """
 
@@ -75,6 +82,10 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("own_reports", "batched", "INTEGER NOT NULL DEFAULT 0"),
     ("cosigned", "report_hash", "BLOB"),
     ("watched", "turn", "REAL"),
+    ("settlements_signed", "punishments_hash", "BLOB"),
+    ("settlements_signed", "reports", "INTEGER"),
+    ("settlements_signed", "verify_ms", "INTEGER"),
+    ("settlements_signed", "at", "REAL"),
 )
 """Columns later releases added to the first schema: (table, column, declaration)."""
 
@@ -91,13 +102,22 @@ BATCHED, NEVER_BATCHED = 1, -1
 """``own_reports.batched`` besides 0 (in no proposal yet): in one; its epoch closed first."""
 
 
+class _Claimed(Exception):
+    """A report of a new batch is in another batch already (the transaction rolls back)."""
+
+
 class MixerStore(Store):
+    """The mixer's database (see the module docstring): every query of its tables is here."""
+
     def __init__(self, path: Path) -> None:
         super().__init__(path, MIXER_SCHEMA)
         with self.transaction() as db:
             self._migrate(db)
             for statement in INDEXES:
                 db.execute(statement)
+            # Verified reports of whole epochs were kept by earlier releases to replay
+            # history; the carried state replaces them.
+            db.execute("DROP TABLE IF EXISTS verified_epochs")
 
     @staticmethod
     def _migrate(db: sqlite3.Connection) -> None:
@@ -176,6 +196,12 @@ class MixerStore(Store):
                 [(r.epoch, r.round, r.node, r.outcome, r.score, r.to_json()) for r in reports],
             )
 
+    def latest_reports(self, limit: int) -> list[ScoreReport]:
+        """The mixer's newest own reports (for the gateway's view of each node)."""
+        rows = self.query("SELECT report_json FROM own_reports ORDER BY epoch DESC, round DESC"
+                          " LIMIT ?", (limit,))
+        return [ScoreReport.from_json(r[0]) for r in rows]
+
     def own_reports(self, epoch: int, round_: int) -> list[ScoreReport]:
         rows = self.query("SELECT report_json FROM own_reports WHERE epoch=? AND round=?",
                           (epoch, round_))
@@ -201,20 +227,37 @@ class MixerStore(Store):
 
     # -- own batches: the outbox ----------------------------------------------------------------
     def save_proposal(self, proposal: BatchProposal, *, replaces: bytes | None = None,
-                      why: str = "") -> None:
+                      why: str = "") -> bool:
         """Save a signed proposal and mark its reports batched, in one transaction; with
-        ``replaces``, give that (uncertified) batch up for ``why`` in the same transaction."""
+        ``replaces``, give that (uncertified) batch up for ``why`` in the same transaction.
+
+        A new batch (no ``replaces``) claims its reports: if any is in a batch already (two
+        tasks raced for one round's reports), nothing is saved and it returns False."""
         b = proposal.batch
-        with self.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO own_batches(batch_hash, epoch, round, proposal_json)"
-                       " VALUES (?, ?, ?, ?)", (b.hash_struct(), b.epoch, b.round,
-                                                proposal.to_json()))
-            db.executemany(
-                "UPDATE own_reports SET batched=? WHERE epoch=? AND round=? AND node=?",
-                [(BATCHED, r.epoch, r.round, r.node) for r in proposal.reports])
-            if replaces is not None:
-                db.execute("UPDATE own_batches SET given_up=? WHERE batch_hash=?"
-                           " AND certificate_json IS NULL", (why, replaces))
+        try:
+            with self.transaction() as db:
+                claimed = 0
+                for r in proposal.reports:
+                    # A report not saved yet is saved as batched; a saved one is claimed.
+                    claimed += db.execute(
+                        "INSERT INTO own_reports(epoch, round, node, outcome, score, report_json,"
+                        " batched) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        (r.epoch, r.round, r.node, r.outcome, r.score, r.to_json(),
+                         BATCHED)).rowcount or db.execute(
+                        "UPDATE own_reports SET batched=? WHERE epoch=? AND round=? AND node=?"
+                        + ("" if replaces is not None else " AND batched=0"),
+                        (BATCHED, r.epoch, r.round, r.node)).rowcount
+                if replaces is None and claimed != len(proposal.reports):
+                    raise _Claimed
+                db.execute("INSERT OR IGNORE INTO own_batches(batch_hash, epoch, round,"
+                           " proposal_json) VALUES (?, ?, ?, ?)",
+                           (b.hash_struct(), b.epoch, b.round, proposal.to_json()))
+                if replaces is not None:
+                    db.execute("UPDATE own_batches SET given_up=? WHERE batch_hash=?"
+                               " AND certificate_json IS NULL", (why, replaces))
+        except _Claimed:
+            return False
+        return True
 
     def save_certificate(self, certificate: QuorumCertificate) -> None:
         with self.transaction() as db:
@@ -308,6 +351,11 @@ class MixerStore(Store):
                                 proposal.to_json(), *watch))
             return conflicts
 
+    def has_cosigned(self, batch_hash: bytes) -> bool:
+        """Whether this mixer verified and co-signed this very batch (while its epoch is
+        open: the record goes once the epoch is closed)."""
+        return self.one("SELECT 1 FROM watched WHERE batch_hash=?", (batch_hash,)) is not None
+
     # -- watched peers' batches -------------------------------------------------------------------
     def due_watches(self, now: float, limit: int) -> list[tuple[BatchProposal, float]]:
         """Watched batches whose time to look has come, oldest first, each with the time its
@@ -341,6 +389,64 @@ class MixerStore(Store):
     def watching(self) -> int:
         (count,), = self.query("SELECT count(*) FROM watched WHERE outcome IS NULL")
         return int(count)
+
+    # -- settlements --------------------------------------------------------------------------
+    def carried_state(self, epoch: int) -> tuple[EpochState, bytes | None] | None:
+        """The state this mixer computed for the start of ``epoch`` and the root it computed
+        for ``epoch - 1`` (None for epoch 0); genesis for epoch 0; None if not computed."""
+        row = self.one("SELECT state_json, previous_root FROM carried_states WHERE epoch=?",
+                       (epoch,))
+        if row is None:
+            return (EpochState(), None) if epoch == 0 else None
+        state = EpochState.from_wire(parse_json(bytes(row[0]), max_bytes=1 << 30))
+        return state, None if row[1] is None else bytes(row[1])
+
+    def latest_carried_epoch(self, before: int) -> int:
+        """The newest epoch ``<= before`` this mixer has a carried state for (0: genesis)."""
+        row = self.one("SELECT MAX(epoch) FROM carried_states WHERE epoch<=?", (before,))
+        return 0 if row is None or row[0] is None else int(row[0])
+
+    def save_carried_state(self, state: EpochState, previous_root: bytes) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO carried_states(epoch, state_json, previous_root)"
+                       " VALUES (?, ?, ?)",
+                       (state.epoch, canonical_json(state.to_wire()), previous_root))
+
+    def forget_carried_states(self, from_epoch: int) -> int:
+        """Drop the carried states of ``from_epoch`` on (they followed a root the chain did
+        not settle); how many."""
+        with self.transaction() as db:
+            return db.execute("DELETE FROM carried_states WHERE epoch>=?",
+                              (from_epoch,)).rowcount
+
+    def signed_settlement(self, epoch: int) -> tuple[bytes, bytes | None] | None:
+        """(settlement hash, punishments hash) this mixer signed for ``epoch``, or None."""
+        row = self.one("SELECT settlement_hash, punishments_hash FROM settlements_signed"
+                       " WHERE epoch=?", (epoch,))
+        return None if row is None else (bytes(row[0]), None if row[1] is None else bytes(row[1]))
+
+    def record_signed_settlement(self, epoch: int, settlement_hash: bytes,
+                                 punishments_hash: bytes, reports: int, verify_ms: int,
+                                 at: float) -> bool:
+        """Record the settlement signed for ``epoch``; False (nothing written) if another one
+        was recorded first."""
+        with self.transaction() as db:
+            row = db.execute("SELECT settlement_hash, punishments_hash FROM settlements_signed"
+                             " WHERE epoch=?", (epoch,)).fetchone()
+            if row is not None:
+                return (bytes(row[0]), None if row[1] is None else bytes(row[1])) == (
+                    settlement_hash, punishments_hash)
+            db.execute("INSERT INTO settlements_signed(epoch, settlement_hash, punishments_hash,"
+                       " reports, verify_ms, at) VALUES (?, ?, ?, ?, ?, ?)",
+                       (epoch, settlement_hash, punishments_hash, reports, verify_ms, at))
+            return True
+
+    def recent_settlements(self, limit: int) -> list[dict[str, object]]:
+        """The newest settlements signed: epoch, reports verified, CPU ms it took."""
+        rows = self.query("SELECT epoch, settlement_hash, reports, verify_ms, at FROM"
+                          " settlements_signed ORDER BY epoch DESC LIMIT ?", (limit,))
+        return [{"epoch": e, "settlement_hash": "0x" + bytes(h).hex(), "reports": n,
+                 "verify_ms": ms, "at": at} for e, h, n, ms, at in rows]
 
 
 __all__ = ["BATCHED", "NEVER_BATCHED", "MixerStore"]

@@ -1,4 +1,5 @@
-"""The epoch transition: from an epoch's certified reports to its settlement.
+"""The epoch transition: from an epoch's certified reports and the state carried from the
+epoch before to its settlement and the state carried into the next.
 
 ``process_epoch`` reads as the list of steps the Validator, every co-signing mixer and the
 auditor perform identically:
@@ -9,18 +10,26 @@ auditor perform identically:
 4. ``compute_cumulative``: each node's all-time total, the amount its leaf commits to;
 5. ``RewardTree.build``: the OpenZeppelin-compatible tree over ``(address, cumulative)``;
 6. ``compute_punishments``: fraud and repeated strikes;
-7. the ``EpochSettlement`` that the mixers sign and the distributor checks.
+7. the ``EpochSettlement`` that the mixers sign and the distributor checks;
+8. ``compute_next_strikes``: the strikes carried forward (a punishment uses up the strikes
+   behind it; strikes older than the window are dropped).
+
+The carried state (``EpochState``: cumulative totals and live strikes) is all that epoch
+``e + 1`` needs of the past, so each party settles an epoch at a cost that depends on that
+epoch's reports and the number of nodes, never on the length of history.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from dnanet.crypto.eip712 import address_to_bytes
 from dnanet.crypto.hashing import keccak256
-from dnanet.errors import RollupError
+from dnanet.errors import CodecError, RollupError
 from dnanet.params import Preset
+from dnanet.protocol.codec import canonical_json
 from dnanet.protocol.messages import ZERO32, EpochSettlement, Punishment, ScoreReport
 from dnanet.protocol.rollup import RewardTree, compute_cumulative, compute_epoch_rewards
 from dnanet.protocol.scoring import (
@@ -28,6 +37,54 @@ from dnanet.protocol.scoring import (
     compute_epoch_scores,
     compute_node_epoch_scores,
 )
+
+
+@dataclass(frozen=True)
+class EpochState:
+    """What the rollups of epochs ``0 .. epoch - 1`` carry into ``epoch``.
+
+    ``cumulative``: each node's all-time reward (wei), the amount its leaf commits to.
+    ``strikes``: per node, the epochs of its strikes that are still within the strike window
+    and not yet used up by a punishment (sorted).
+    """
+
+    epoch: int = 0
+    cumulative: Mapping[str, int] = field(default_factory=dict)
+    strikes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        """Canonical JSON form (amounts as decimal strings: they exceed 2**53)."""
+        return {
+            "epoch": self.epoch,
+            "cumulative": {a: str(v) for a, v in sorted(self.cumulative.items())},
+            "strikes": {a: list(e) for a, e in sorted(self.strikes.items()) if e},
+        }
+
+    @classmethod
+    def from_wire(cls, data: Any) -> EpochState:
+        """Parse ``to_wire``'s form; raises CodecError naming what is wrong."""
+        if not isinstance(data, dict) or set(data) != {"epoch", "cumulative", "strikes"}:
+            raise CodecError("expected an object with epoch, cumulative and strikes",
+                             field="state")
+        epoch, cumulative, strikes = data["epoch"], data["cumulative"], data["strikes"]
+        if type(epoch) is not int or epoch < 0:
+            raise CodecError("must be a non-negative integer", field="state.epoch")
+        if not isinstance(cumulative, dict) or not isinstance(strikes, dict):
+            raise CodecError("cumulative and strikes must be objects", field="state")
+        try:
+            totals = {str(a): int(v) for a, v in cumulative.items() if isinstance(v, str)}
+            live = {str(a): tuple(int(e) for e in v) for a, v in strikes.items()}
+        except (TypeError, ValueError):
+            raise CodecError("amounts must be decimal strings and strikes lists of epochs",
+                             field="state") from None
+        if len(totals) != len(cumulative) or any(v < 0 for v in totals.values()):
+            raise CodecError("amounts must be non-negative decimal strings",
+                             field="state.cumulative")
+        return cls(epoch=epoch, cumulative=totals, strikes=live)
+
+    def digest(self) -> bytes:
+        """keccak256 of the canonical JSON form: two parties carry the same state iff equal."""
+        return keccak256(b"dnanet/epoch-state" + canonical_json(self.to_wire()))
 
 
 @dataclass(frozen=True)
@@ -44,6 +101,8 @@ class EpochRollup:
     settlement: EpochSettlement
     strikes: tuple[str, ...]
     punishments: tuple[Punishment, ...]
+    next_state: EpochState
+    """The state carried into epoch ``epoch + 1``."""
 
     def proof(self, address: str) -> list[bytes]:
         if self.tree is None:
@@ -125,28 +184,59 @@ def compute_punishments(
     return strikes, tuple(punishments)
 
 
+def compute_next_strikes(
+    epoch: int,
+    strikes: Mapping[str, Sequence[int]],
+    new_strikes: Iterable[str],
+    punished: Iterable[str],
+    preset: Preset,
+) -> dict[str, tuple[int, ...]]:
+    """The live strikes after ``epoch``: this epoch's strikes added, every strike of a punished
+    node used up (its punishment answered them), and strikes that fall out of the next
+    epoch's window dropped."""
+    out: dict[str, list[int]] = {node: list(epochs) for node, epochs in strikes.items()}
+    for node in new_strikes:
+        out.setdefault(node, []).append(epoch)
+    for node in punished:
+        out.pop(node, None)
+    window_start = epoch + 1 - preset.strike_window_epochs + 1
+    kept = {node: tuple(sorted({e for e in epochs if e >= window_start}))
+            for node, epochs in out.items()}
+    return {node: epochs for node, epochs in sorted(kept.items()) if epochs}
+
+
 def process_epoch(
     epoch: int,
     reports: Iterable[ScoreReport],
     *,
-    previous_cumulative: Mapping[str, int],
-    strike_history: Mapping[str, Sequence[int]],
+    state: EpochState,
     preset: Preset,
 ) -> EpochRollup:
-    """The deterministic rollup of one epoch from its certified reports."""
+    """The deterministic rollup of one epoch from its certified reports and the state carried
+    from the epoch before (``state.epoch`` must be ``epoch``)."""
+    # Verify the carried state is the one this epoch follows.
+    if state.epoch != epoch:
+        raise RollupError(f"carried state is for epoch {state.epoch}, not {epoch}",
+                          field="state")
     selected = select_epoch_reports(epoch, reports)
     node_scores = compute_node_epoch_scores(selected)
     epoch_scores = compute_epoch_scores(node_scores, preset)
     rewards = compute_epoch_rewards(epoch_scores, preset.epoch_emission(epoch))
-    cumulative = compute_cumulative(previous_cumulative, rewards)
+    cumulative = compute_cumulative(state.cumulative, rewards)
     entries = [(addr, amount) for addr, amount in sorted(cumulative.items()) if amount > 0]
     tree = RewardTree.build(entries) if entries else None
-    strikes, punishments = compute_punishments(epoch, node_scores, strike_history, preset)
+    strikes, punishments = compute_punishments(epoch, node_scores, state.strikes, preset)
     settlement = EpochSettlement(
         epoch=epoch,
         rewards_root=tree.root if tree is not None else ZERO32,
         total=sum(rewards.values()),
         reports_digest=compute_reports_digest(selected),
+    )
+    next_state = EpochState(
+        epoch=epoch + 1,
+        cumulative=cumulative,
+        strikes=compute_next_strikes(epoch, state.strikes, strikes,
+                                     (p.node for p in punishments), preset),
     )
     return EpochRollup(
         epoch=epoch,
@@ -159,38 +249,33 @@ def process_epoch(
         settlement=settlement,
         strikes=strikes,
         punishments=punishments,
+        next_state=next_state,
     )
 
 
-
-
 def process_epochs(
-    reports_by_epoch: Sequence[Iterable[ScoreReport]], preset: Preset
+    reports_by_epoch: Sequence[Iterable[ScoreReport]],
+    preset: Preset,
+    *,
+    state: EpochState | None = None,
 ) -> list[EpochRollup]:
-    """Replay epochs 0, 1, ... in order, carrying cumulative totals and strike history.
-
-    The auditor and a co-signing mixer use this to recompute every settlement from the
-    published reports alone.
-    """
+    """Replay epochs in order from ``state`` (default: genesis), each from the state the one
+    before carries: the same ``process_epoch`` the Validator and the mixers run epoch by
+    epoch, so a replay from genesis and a carried-forward run agree by construction."""
     rollups: list[EpochRollup] = []
-    cumulative: Mapping[str, int] = {}
-    strikes: dict[str, list[int]] = {}
-    for epoch, reports in enumerate(reports_by_epoch):
-        rollup = process_epoch(
-            epoch, reports, previous_cumulative=cumulative, strike_history=strikes, preset=preset
-        )
-        for node in rollup.strikes:
-            strikes.setdefault(node, []).append(epoch)
-        for punishment in rollup.punishments:
-            strikes.pop(punishment.node, None)  # a punishment uses up the strikes behind it
-        cumulative = rollup.cumulative
+    current = state if state is not None else EpochState()
+    for reports in reports_by_epoch:
+        rollup = process_epoch(current.epoch, reports, state=current, preset=preset)
+        current = rollup.next_state
         rollups.append(rollup)
     return rollups
 
 
 __all__ = [
     "EpochRollup",
+    "EpochState",
     "compute_fraud_evidence",
+    "compute_next_strikes",
     "compute_punishments",
     "compute_reports_digest",
     "compute_strike_evidence",

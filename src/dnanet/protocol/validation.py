@@ -42,7 +42,7 @@ from dnanet.protocol.scoring import ChallengeScore, verify_report_score
 
 @dataclass(frozen=True)
 class NodeInfo:
-    """What the chain says about a node at the report's epoch."""
+    """What the registry said about a node at the first block of the report's round."""
 
     hardware_class: int
     active: bool = True
@@ -50,7 +50,13 @@ class NodeInfo:
 
 @dataclass
 class EpochView:
-    """A verifier's view of one epoch: its mixer set, its nodes and its round seeds.
+    """A verifier's view of one epoch: its mixer set, and per round its seed and its nodes.
+
+    A round's nodes are the registry as of the round's first block (the block whose hash is
+    the round's seed): a report of that round is valid only for a node registered and active
+    then, with the hardware class it had then. Every verifier reads the same block, so the
+    mixer that challenged, its co-signers, the Validator and an auditor years later agree on
+    who could be challenged, whatever joined, left or was jailed since.
 
     ``beta_cache`` memoises VRF verifications: one proof covers every report of a
     (mixer, round), so a co-signer verifies it once.
@@ -61,7 +67,8 @@ class EpochView:
     epoch: int
     mixers: Mapping[str, bytes]
     """Members of the epoch's mixer set: address -> Ed25519 VRF public key."""
-    nodes: Mapping[str, NodeInfo]
+    round_nodes: Mapping[int, Mapping[str, NodeInfo]]
+    """round -> the registry at the round's first block (address -> NodeInfo)."""
     round_seeds: Mapping[int, bytes]
     """round -> hash of the round's first block."""
     beta_cache: MutableMapping[tuple[str, int, bytes], bytes] = field(default_factory=dict)
@@ -102,8 +109,8 @@ def verify_report_timeliness(report: ScoreReport, current: RoundId, max_age_roun
 def verify_score_report(report: ScoreReport, view: EpochView) -> ChallengeScore:
     """All stateless checks of a report; returns its recomputed score. Raises ProtocolError.
 
-    Raises for: a wrong epoch, a mixer outside the epoch's set, an unknown or inactive node or
-    a wrong hardware class, an invalid VRF proof, a node not assigned to the mixer, a challenge
+    Raises for: a wrong epoch, a mixer outside the epoch's set, a node unknown or inactive at
+    the start of the report's round or of another hardware class then, an invalid VRF proof, a node not assigned to the mixer, a challenge
     digest that does not rebuild, a missing or wrong node signature, response fields on a
     failed outcome, fraud without valid evidence, measurements out of bounds, a wrong score.
     """
@@ -114,11 +121,16 @@ def verify_score_report(report: ScoreReport, view: EpochView) -> ChallengeScore:
     # Verify the mixer is a member of the epoch's set and the node is registered and active.
     if report.mixer not in view.mixers:
         raise ProtocolError(f"mixer {report.mixer} is not in epoch {view.epoch}'s set", field="mixer")
-    node = view.nodes.get(report.node)
+    registry = view.round_nodes.get(report.round)
+    if registry is None:
+        raise ScheduleError(f"no registry known for round {report.round}", field="round")
+    node = registry.get(report.node)
     if node is None:
-        raise ProtocolError(f"node {report.node} is not registered", field="node")
+        raise ProtocolError(f"node {report.node} was not registered at the start of round "
+                            f"{report.round}", field="node")
     if not node.active:
-        raise ProtocolError(f"node {report.node} is jailed or unbonding", field="node")
+        raise ProtocolError(f"node {report.node} was jailed, unbonding or under-staked at the "
+                            f"start of round {report.round}", field="node")
     if node.hardware_class != report.hardware_class:
         raise ProtocolError(
             f"node declared class {node.hardware_class}, report says {report.hardware_class}",

@@ -56,11 +56,11 @@ class ClientGateway:
                 self._mixer_sets[epoch] = records
         return records
 
-    def nodes(self) -> list[NodeRecord]:
+    def nodes(self, *, block: int | None = None) -> list[NodeRecord]:
         return [
             NodeRecord(address=n.address, endpoint=n.endpoint, hardware_class=n.hw_class,
                        stake=n.stake, jailed=n.jailed, active=n.active)
-            for n in self.client.nodes() if n.registered
+            for n in self.client.nodes(block=block) if n.registered
         ]
 
     def node(self, address: str) -> NodeRecord | None:

@@ -1,128 +1,155 @@
-"""The Validator's and the auditor's view of an epoch, built from the chain gateway.
+"""Epoch views for every verifier (mixers, the Validator, the auditor), read from the chain.
 
-An ``EpochView`` needs the epoch's mixer set (address -> VRF key), the registered nodes
-(address -> hardware class, active) and the seeds of the rounds that have started (the hash
-of each round's first block). ``ViewCache`` keeps one view per recent epoch so that its
-``beta_cache`` memoises every mixer's VRF proof across certificates, and refreshes the node
-list at most once per ``node_refresh_s`` when a certificate names a node it does not know.
+An ``EpochView`` needs the epoch's mixer set (address -> VRF key) and, for each round that
+has started, the round's seed (the hash of its first block) and the registry as of that block
+(``ChainGateway.nodes(block=...)``). Both are facts of a past block: they never change once
+read, so a ``ViewCache`` keeps them without ever refreshing them, and a node that registers,
+unbonds or is jailed while the network runs is seen exactly from the first round that starts
+after it. (The mixer set is versioned by epoch on chain and fixed once an epoch started.)
 
-Jail status: by default a registered node counts as active. The registry only says whether a
-node is jailed *now*; a certificate that a quorum signed while the node was active must stay
-valid after a later jail, or the Validator would refuse a whole in-flight batch (every other
-node's reports with it), and the mixers' and auditors' re-verification of published epochs
-would depend on when they run. Honest mixers neither challenge nor co-sign a jailed node.
+``ViewCache`` keeps the views of the last ``keep_epochs`` epochs it was asked about, so its
+``beta_cache`` memoises every mixer's VRF proof across certificates.
 """
 
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping
 
 from dnanet.errors import ScheduleError
 from dnanet.protocol.schedule import RoundId, compute_round_start_block
 from dnanet.protocol.validation import EpochView, NodeInfo
 from dnanet.service.network import ChainGateway, NodeRecord
 
-NODE_REFRESH_S = 3.0
 KEEP_EPOCHS = 4
 
 
-def compute_node_infos(records: Iterable[NodeRecord], *, assume_active: bool = False
-                       ) -> dict[str, NodeInfo]:
-    """address -> NodeInfo; ``assume_active`` ignores today's jail status (for audits of
-    past epochs, whose activity the current registry no longer shows)."""
-    return {r.address.lower(): NodeInfo(hardware_class=r.hardware_class,
-                                        active=True if assume_active else r.active)
+def compute_node_infos(records: Iterable[NodeRecord]) -> dict[str, NodeInfo]:
+    """address -> NodeInfo of the registry ``records`` (a snapshot at one block)."""
+    return {r.address.lower(): NodeInfo(hardware_class=r.hardware_class, active=r.active)
             for r in records}
 
 
-def read_round_seeds(gateway: ChainGateway, epoch: int, head: int,
-                     known: dict[int, bytes] | None = None) -> dict[int, bytes]:
-    """Seeds of every round of ``epoch`` whose first block is at or below ``head``."""
-    preset, genesis = gateway.preset, gateway.genesis_block
-    seeds = dict(known or {})
-    for r in range(preset.rounds_per_epoch):
-        start = compute_round_start_block(RoundId(epoch, r), preset, genesis)
-        if start > head:
-            break
-        if r not in seeds:
-            seeds[r] = gateway.block_hash(start)
-    return seeds
+class RoundRegistry:
+    """Per (epoch, round) that has started: its seed and the registry at its first block.
+
+    Thread-safe; each is read from the chain once and kept (``keep_epochs`` newest epochs)."""
+
+    def __init__(self, gateway: ChainGateway, *, keep_epochs: int = KEEP_EPOCHS) -> None:
+        self.gateway = gateway
+        self.keep_epochs = keep_epochs
+        self._lock = threading.RLock()
+        self._seeds: dict[RoundId, bytes] = {}
+        self._records: dict[RoundId, tuple[NodeRecord, ...]] = {}
+
+    def start_block(self, rid: RoundId) -> int:
+        return compute_round_start_block(rid, self.gateway.preset, self.gateway.genesis_block)
+
+    def has_started(self, rid: RoundId, head: int | None = None) -> bool:
+        head = self.gateway.block_number() if head is None else head
+        return self.start_block(rid) <= head
+
+    def seed(self, rid: RoundId) -> bytes:
+        """The round's seed; raises ScheduleError for a round that has not started."""
+        with self._lock:
+            seed = self._seeds.get(rid)
+        if seed is None:
+            self._require_started(rid)
+            seed = self.gateway.block_hash(self.start_block(rid))
+            with self._lock:
+                self._seeds[rid] = seed
+                self._prune()
+        return seed
+
+    def records(self, rid: RoundId) -> tuple[NodeRecord, ...]:
+        """The registered nodes at the round's first block (active or not)."""
+        with self._lock:
+            records = self._records.get(rid)
+        if records is None:
+            self._require_started(rid)
+            records = tuple(self.gateway.nodes(block=self.start_block(rid)))
+            with self._lock:
+                self._records[rid] = records
+                self._prune()
+        return records
+
+    def _require_started(self, rid: RoundId) -> None:
+        head = self.gateway.block_number()
+        if not self.has_started(rid, head):
+            raise ScheduleError(f"round {rid.round} of epoch {rid.epoch} has not started (head "
+                                f"block {head})", field="round")
+
+    def _prune(self) -> None:
+        epochs = sorted({rid.epoch for rid in (*self._seeds, *self._records)})
+        for old in epochs[:-self.keep_epochs]:
+            for table in (self._seeds, self._records):
+                for rid in [r for r in table if r.epoch == old]:
+                    del table[rid]
 
 
-def build_epoch_view(gateway: ChainGateway, epoch: int, *, assume_active: bool = False,
-                     nodes: list[NodeRecord] | None = None) -> EpochView:
-    """A fresh view of ``epoch`` straight from the gateway (the auditor's path)."""
-    head = gateway.block_number()
-    return EpochView(
-        domain=gateway.domain,
-        preset=gateway.preset,
-        epoch=epoch,
-        mixers={m.address.lower(): m.vrf_public_key for m in gateway.mixer_set(epoch)},
-        nodes=compute_node_infos(gateway.nodes() if nodes is None else nodes,
-                                 assume_active=assume_active),
-        round_seeds=read_round_seeds(gateway, epoch, head),
-    )
+def build_epoch_view(gateway: ChainGateway, epoch: int, *,
+                     registry: RoundRegistry | None = None,
+                     rounds: Iterable[int] | None = None) -> EpochView:
+    """A fresh view of ``epoch`` with every round of ``rounds`` (default: all) that has
+    started (the auditor's path)."""
+    registry = registry or RoundRegistry(gateway)
+    view = EpochView(domain=gateway.domain, preset=gateway.preset, epoch=epoch,
+                     mixers={m.address.lower(): m.vrf_public_key
+                             for m in gateway.mixer_set(epoch)},
+                     round_nodes={}, round_seeds={})
+    fill_rounds(view, registry, range(gateway.preset.rounds_per_epoch) if rounds is None
+                else rounds)
+    return view
+
+
+def fill_rounds(view: EpochView, registry: RoundRegistry, rounds: Iterable[int]) -> None:
+    """Add to ``view`` the seed and the registry of each of ``rounds`` that has started and it
+    lacks (new dicts, so readers in other threads see the old or the new one, whole)."""
+    head = registry.gateway.block_number()
+    wanted = [r for r in sorted(set(rounds)) if r not in view.round_seeds
+              and registry.has_started(RoundId(view.epoch, r), head)]
+    if not wanted:
+        return
+    seeds = dict(view.round_seeds)
+    nodes: dict[int, Mapping[str, NodeInfo]] = dict(view.round_nodes)
+    for r in wanted:
+        rid = RoundId(view.epoch, r)
+        nodes[r] = compute_node_infos(registry.records(rid))
+        seeds[r] = registry.seed(rid)
+    view.round_nodes = nodes
+    view.round_seeds = seeds
 
 
 class ViewCache:
-    """Thread-safe views of recent epochs for certificate intake (see the module docstring)."""
+    """Thread-safe views of recent epochs (see the module docstring)."""
 
-    def __init__(self, gateway: ChainGateway, *, node_refresh_s: float = NODE_REFRESH_S,
-                 keep_epochs: int = KEEP_EPOCHS, assume_active: bool = True,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, gateway: ChainGateway, *, keep_epochs: int = KEEP_EPOCHS) -> None:
         self.gateway = gateway
-        self.assume_active = assume_active
-        self.node_refresh_s = node_refresh_s
         self.keep_epochs = keep_epochs
-        self._clock = clock
+        self.registry = RoundRegistry(gateway, keep_epochs=keep_epochs)
         self._lock = threading.RLock()
         self._views: dict[int, EpochView] = {}
-        self._nodes: dict[str, NodeInfo] | None = None
-        self._nodes_at = float("-inf")
 
-    def _node_infos(self, *, refresh: bool) -> dict[str, NodeInfo]:
-        now = self._clock()
-        if self._nodes is None or (refresh and now - self._nodes_at >= self.node_refresh_s):
-            self._nodes = compute_node_infos(self.gateway.nodes(),
-                                             assume_active=self.assume_active)
-            self._nodes_at = now
-            for view in self._views.values():
-                view.nodes = self._nodes  # a new dict: readers in other threads see one or the other
-        return self._nodes
-
-    def view(self, epoch: int, *, rounds: Iterable[int] = (), nodes: Iterable[str] = ()
-             ) -> EpochView:
-        """The view of ``epoch``, refreshed if it lacks a seed of ``rounds`` (and the round has
-        started) or a record of ``nodes`` (at most once per ``node_refresh_s``).
-
-        Raises ScheduleError for an epoch that has not started: its mixer set may still change.
-        """
-        preset, genesis = self.gateway.preset, self.gateway.genesis_block
+    def view(self, epoch: int, *, rounds: Iterable[int] = ()) -> EpochView:
+        """The view of ``epoch`` with the seed and registry of each of ``rounds`` that has
+        started. Raises ScheduleError for an epoch that has not started: its mixer set may
+        still change."""
         with self._lock:
             view = self._views.get(epoch)
             if view is None:
-                head = self.gateway.block_number()
-                if compute_round_start_block(RoundId(epoch, 0), preset, genesis) > head:
-                    raise ScheduleError(f"epoch {epoch} has not started (head block {head})",
-                                        field="epoch")
+                if not self.registry.has_started(RoundId(epoch, 0)):
+                    raise ScheduleError(f"epoch {epoch} has not started (head block "
+                                        f"{self.gateway.block_number()})", field="epoch")
                 view = EpochView(
-                    domain=self.gateway.domain, preset=preset, epoch=epoch,
+                    domain=self.gateway.domain, preset=self.gateway.preset, epoch=epoch,
                     mixers={m.address.lower(): m.vrf_public_key
                             for m in self.gateway.mixer_set(epoch)},
-                    nodes=self._node_infos(refresh=False),
-                    round_seeds=read_round_seeds(self.gateway, epoch, head),
+                    round_nodes={}, round_seeds={},
                 )
                 self._views[epoch] = view
                 for old in sorted(self._views)[:-self.keep_epochs]:
                     del self._views[old]
-            if any(r not in view.round_seeds for r in rounds):
-                view.round_seeds = read_round_seeds(self.gateway, epoch,
-                                                    self.gateway.block_number(),
-                                                    dict(view.round_seeds))
-            if any(n not in view.nodes for n in nodes):
-                self._node_infos(refresh=True)
+            fill_rounds(view, self.registry, rounds)
             return view
 
     def forget(self, epoch: int) -> None:
@@ -136,4 +163,4 @@ class ViewCache:
                 del self._views[old]
 
 
-__all__ = ["ViewCache", "build_epoch_view", "compute_node_infos", "read_round_seeds"]
+__all__ = ["RoundRegistry", "ViewCache", "build_epoch_view", "compute_node_infos", "fill_rounds"]

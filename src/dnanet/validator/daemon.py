@@ -129,6 +129,10 @@ class ValidatorDaemon:
         gw = self.gateway
         domain = await asyncio.to_thread(lambda: gw.domain)
         self.store.bind_network(domain.chain_id, domain.verifying_contract)
+        if self.run_settlement:
+            rebuilt = await asyncio.to_thread(self.store.ensure_carried_states, self.preset)
+            if rebuilt:
+                log.info("rebuilt the carried state of %d published epochs", rebuilt)
         # Know the chain's position before the first certificate arrives.
         self.loop.head = await asyncio.to_thread(gw.block_number)
         self.loop.chain_next = await asyncio.to_thread(gw.next_epoch_to_settle)

@@ -81,7 +81,8 @@ class ViewSnapshot:
     preset: Preset
     epoch: int
     mixers: dict[str, bytes]
-    nodes: dict[str, NodeInfo]
+    round_nodes: dict[int, dict[str, NodeInfo]]
+    """Per round the chunk names, the registry entries of the nodes it names."""
     round_seeds: dict[int, bytes]
 
 
@@ -118,7 +119,7 @@ def _worker_view(snapshot: ViewSnapshot) -> EpochView:
             _worker_caches.clear()
         cache = _worker_caches[key] = {}
     return EpochView(domain=snapshot.domain, preset=snapshot.preset, epoch=snapshot.epoch,
-                     mixers=snapshot.mixers, nodes=snapshot.nodes,
+                     mixers=snapshot.mixers, round_nodes=snapshot.round_nodes,
                      round_seeds=snapshot.round_seeds, beta_cache=cache)
 
 
@@ -301,8 +302,7 @@ class CertificateIntake:
                 if not self._admit(batch.epoch, batch.hash_struct(), open_epochs):
                     out.append(None)
                     continue
-                view = self.views.view(batch.epoch, rounds=(batch.round,),
-                                       nodes={r.node for r in certificate.reports})
+                view = self.views.view(batch.epoch, rounds=(batch.round,))
                 verify_certified_batch(certificate, view)
                 out.append(PreparedCertificate.of(certificate))
             except DnanetError as exc:
@@ -340,15 +340,16 @@ class CertificateIntake:
         snapshots: dict[int, ViewSnapshot] = {}
         for epoch, (indices, rounds, named) in wanted.items():
             try:
-                view = self.views.view(epoch, rounds=rounds, nodes=named)
+                view = self.views.view(epoch, rounds=rounds)
             except DnanetError as exc:  # e.g. an epoch that has not started
                 for i in indices:
                     verdicts[i] = RemoteError.of(exc).error()
                 continue
-            known = view.nodes
             snapshots[epoch] = ViewSnapshot(
                 view.domain, view.preset, epoch, dict(view.mixers),
-                {n: known[n] for n in named if n in known}, dict(view.round_seeds))
+                {r: {n: known[n] for n in named if n in known}
+                 for r, known in view.round_nodes.items() if r in rounds},
+                dict(view.round_seeds))
         return verdicts, snapshots
 
     async def _verify_chunk(self, raws: list[bytes], pool: ProcessPoolExecutor | None

@@ -41,6 +41,7 @@ from dnanet.errors import CodecError, DnanetError
 from dnanet.params import Preset
 from dnanet.protocol.codec import MAX_MESSAGE_BYTES, Address, FixedBytes, canonical_json
 from dnanet.protocol.messages import ZERO32, Outcome, QuorumCertificate
+from dnanet.protocol.quorum import compute_quorum_threshold
 from dnanet.protocol.rollup import RewardTree
 from dnanet.protocol.schedule import compute_epoch
 from dnanet.protocol.scoring import compute_node_epoch_scores, compute_report_score
@@ -82,6 +83,9 @@ class ValidatorMetrics:
                                       registry=registry)
         self.punishments = Counter("dnanet_validator_punishments_submitted",
                                    "punishments submitted", registry=registry)
+        self.refusals = Counter("dnanet_validator_settlement_refusals",
+                                "times a mixer refused or failed to sign a settlement",
+                                ["mixer"], registry=registry)
         self.restarts = Counter("dnanet_validator_process_restarts",
                                 "serving processes started again after they exited",
                                 registry=registry)
@@ -134,6 +138,9 @@ class ValidatorMetrics:
 
     def punished(self) -> None:
         self.punishments.inc()
+
+    def refused(self, epoch: int, mixer: str) -> None:
+        self.refusals.labels(mixer).inc()
 
 
 class _OverdueCollector(Collector):
@@ -397,7 +404,24 @@ class ValidatorApi:
         out["latest_published"] = self.store.last_published_epoch()
         out["diverged"] = self.store.diverged_epochs()
         out["pending_punishments"] = len(self.store.punishments(status="pending"))
+        out["settlement"] = self.settlement_status()
         return out
+
+    def settlement_status(self) -> dict[str, Any] | None:
+        """The epoch being settled (the oldest published and not settled): how many mixer
+        signatures it has of how many it needs, and each mixer's refusal and why."""
+        settled = self.store.latest_settled_epoch()
+        epoch = 0 if settled is None else settled + 1
+        settlement = self.store.settlement(epoch)
+        if settlement is None:
+            return None
+        members = self.gateway.mixer_set(epoch)
+        return {
+            "epoch": epoch,
+            "signatures": len(self.store.signatures(epoch, settlement.hash_struct())),
+            "threshold": compute_quorum_threshold(len(members)),
+            "refusals": self.store.settlement_refusals(epoch),
+        }
 
 
 __all__ = [

@@ -13,8 +13,10 @@ One ``step()`` does, in order:
    (``POST {endpoint}/v1/settlements``), verify each signature, and with a quorum submit;
 4. submit the punishments of settled epochs that have a quorum of signatures.
 
-The rollup of epoch ``e`` starts from the cumulative totals and strikes stored with epoch
-``e - 1`` (equal to replaying every epoch with ``process_epochs``: the tests check it).
+The rollup of epoch ``e`` starts from the ``EpochState`` that epoch ``e - 1`` carried (stored
+when it was published), so publishing costs the reports of one epoch, never the history; it
+equals replaying every epoch with ``process_epochs`` (the tests check it). A mixer's refusal
+to sign is stored with its reason (``/v1/status`` shows it) and counted in /metrics.
 Everything is in SQLite, so a restarted loop resumes; before it submits it asks the chain,
 so it never settles an epoch twice.
 """
@@ -115,6 +117,7 @@ class Backoff:
 class SettlementHooks(Protocol):
     def settled(self, epoch: int) -> None: ...
     def punished(self) -> None: ...
+    def refused(self, epoch: int, mixer: str) -> None: ...
 
 
 class _NoHooks:
@@ -122,6 +125,9 @@ class _NoHooks:
         pass
 
     def punished(self) -> None:
+        pass
+
+    def refused(self, epoch: int, mixer: str) -> None:
         pass
 
 
@@ -193,9 +199,13 @@ class SettlementLoop:
         # Close first: a certificate committed after this cannot change the reports read below.
         self.store.close_epoch(epoch)
         reports = self.store.reports(epoch)
-        cumulative, strikes = self.store.previous_state(epoch, self.preset.strike_window_epochs)
-        rollup = process_epoch(epoch, reports, previous_cumulative=cumulative,
-                               strike_history=strikes, preset=self.preset)
+        state = self.store.carried_state(epoch)
+        if state is None:
+            self.store.ensure_carried_states(self.preset)
+            state = self.store.carried_state(epoch)
+        if state is None:  # pragma: no cover - epochs are published in order
+            raise ProtocolError(f"no state carried into epoch {epoch}", field="epoch")
+        rollup = process_epoch(epoch, reports, state=state, preset=self.preset)
         self.store.publish_rollup(rollup)
         if self.on_published is not None:
             self.on_published(epoch)
@@ -324,10 +334,14 @@ class SettlementLoop:
             raise
         except Exception as exc:  # the mixer's fault: back off and ask again later
             delay = self.backoff.failed(key)
+            self.store.save_refusal(settlement.epoch, mixer.address.lower(), str(exc),
+                                    time.time())
+            self.hooks.refused(settlement.epoch, mixer.address.lower())
             self._warn(f"ask{key}", f"epoch {settlement.epoch}: no signature from mixer "
                        f"{mixer.address}: {exc} (retry in {delay:.1f} s)")
             return False
         self.backoff.succeeded(key)
+        self.store.clear_refusal(settlement.epoch, mixer.address.lower())
         self.store.save_signature(settlement.epoch, settlement.hash_struct(), signer,
                                   cosig.signature, [p.signature for p in psigs])
         return True

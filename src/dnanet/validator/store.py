@@ -8,9 +8,13 @@ Tables:
   ``select_epoch_reports``, so the rollup over this table equals a replay over the certificates;
 - ``epochs``: a row once an epoch is closed for intake (``settling``), then its settlement,
   and once settled, the transaction; ``diverged`` when the chain settled another root;
-- ``node_epochs``: each node's score, reward, cumulative total, strike and fraud per epoch:
-  the rows the next epoch's rollup and every proof are computed from;
-- ``punishments`` and ``signatures``: what the mixers signed and what was submitted.
+- ``node_epochs``: each node's score, reward, cumulative total, strike and fraud per epoch,
+  for proofs, breakdowns and the dashboard;
+- ``epoch_states``: the ``EpochState`` each published epoch carries into the next (cumulative
+  totals and live strikes): the next epoch's rollup starts from it, never from a query of its
+  own over the history (the rule lives once, in ``dnanet.protocol.epoch``);
+- ``punishments`` and ``signatures``: what the mixers signed and what was submitted;
+- ``settlement_refusals``: each mixer's latest refusal to sign an epoch, and why.
 
 Amounts in wei do not fit SQLite's 64-bit integers: they are stored as decimal text.
 """
@@ -24,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from dnanet.errors import ConfigError, ScheduleError
-from dnanet.protocol.epoch import EpochRollup
+from dnanet.params import Preset
+from dnanet.protocol.codec import canonical_json, parse_json
+from dnanet.protocol.epoch import EpochRollup, EpochState, process_epoch
 from dnanet.protocol.messages import (
     EpochSettlement,
     Outcome,
@@ -76,6 +82,13 @@ CREATE TABLE IF NOT EXISTS signatures (
     epoch INTEGER NOT NULL, signer TEXT NOT NULL, settlement_hash BLOB NOT NULL,
     signature BLOB NOT NULL, punishment_signatures TEXT NOT NULL,
     PRIMARY KEY (epoch, signer)
+);
+CREATE TABLE IF NOT EXISTS epoch_states (
+    epoch INTEGER PRIMARY KEY, state_json BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS settlement_refusals (
+    epoch INTEGER NOT NULL, mixer TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (epoch, mixer)
 )
 """
 
@@ -364,24 +377,47 @@ class ValidatorStore(Store):
         row = self.one("SELECT MAX(epoch) FROM epochs WHERE status=?", (SETTLED,))
         return None if row is None or row[0] is None else int(row[0])
 
-    def previous_state(self, epoch: int, strike_window: int
-                       ) -> tuple[dict[str, int], dict[str, list[int]]]:
-        """Cumulative totals after ``epoch - 1`` and the strikes of the window before
-        ``epoch``: the carried state of ``process_epochs``."""
-        rows = self.query(
-            "SELECT n.node, n.cumulative FROM node_epochs n JOIN (SELECT node, MAX(epoch) AS e"
-            " FROM node_epochs WHERE epoch < ? GROUP BY node) l"
-            " ON n.node = l.node AND n.epoch = l.e", (epoch,))
-        cumulative = {node: int(amount) for node, amount in rows}
-        strikes: dict[str, list[int]] = {}
-        for node, e in self.query(
-                "SELECT node, epoch FROM node_epochs WHERE strike=1 AND epoch < ? AND epoch >= ?"
-                " ORDER BY epoch", (epoch, epoch - strike_window)):
-            strikes.setdefault(node, []).append(int(e))
-        return cumulative, strikes
+    def carried_state(self, epoch: int) -> EpochState | None:
+        """The state carried into ``epoch`` (genesis for epoch 0); None if the epoch before
+        was never published here."""
+        row = self.one("SELECT state_json FROM epoch_states WHERE epoch=?", (epoch,))
+        if row is None:
+            return EpochState() if epoch == 0 else None
+        return EpochState.from_wire(parse_json(bytes(row[0]), max_bytes=1 << 30))
+
+    def latest_carried_state(self, before: int) -> EpochState:
+        """The newest stored state carried into an epoch ``<= before`` (genesis if none)."""
+        row = self.one("SELECT state_json FROM epoch_states WHERE epoch<=? ORDER BY epoch DESC"
+                       " LIMIT 1", (before,))
+        if row is None:
+            return EpochState()
+        return EpochState.from_wire(parse_json(bytes(row[0]), max_bytes=1 << 30))
+
+    def ensure_carried_states(self, preset: Preset) -> int:
+        """Give every published epoch the state it carries (a database written before carried
+        states had none): replay its stored reports with ``process_epoch`` from the newest
+        state there is, checking each rebuilt settlement against the stored one. Returns how
+        many states were rebuilt (0 once done: later epochs store theirs as they publish)."""
+        last = self.last_published_epoch()
+        if last is None or self.carried_state(last + 1) is not None:
+            return 0
+        state = self.latest_carried_state(last)
+        rebuilt = 0
+        for epoch in range(state.epoch, last + 1):
+            rollup = process_epoch(epoch, self.reports(epoch), state=state, preset=preset)
+            if rollup.settlement != self.settlement(epoch):
+                raise ConfigError(f"epoch {epoch}'s stored reports do not rebuild its stored "
+                                  "settlement: the database is inconsistent")
+            state = rollup.next_state
+            with self.transaction() as db:
+                db.execute("INSERT OR IGNORE INTO epoch_states(epoch, state_json) VALUES (?, ?)",
+                           (state.epoch, canonical_json(state.to_wire())))
+            rebuilt += 1
+        return rebuilt
 
     def publish_rollup(self, rollup: EpochRollup) -> None:
-        """Store the epoch's settlement, per-node rows and punishments (once)."""
+        """Store the epoch's settlement, per-node rows, punishments and the state it carries
+        into the next epoch (once, in one transaction)."""
         s = rollup.settlement
         with self.transaction() as db:
             row = db.execute("SELECT settlement_json FROM epochs WHERE epoch=?",
@@ -411,6 +447,8 @@ class ValidatorStore(Store):
                 "INSERT OR IGNORE INTO punishments(epoch, idx, node, punishment_json)"
                 " VALUES (?, ?, ?, ?)",
                 [(rollup.epoch, i, p.node, p.to_json()) for i, p in enumerate(rollup.punishments)])
+            db.execute("INSERT OR REPLACE INTO epoch_states(epoch, state_json) VALUES (?, ?)",
+                       (rollup.next_state.epoch, canonical_json(rollup.next_state.to_wire())))
 
     def settlement(self, epoch: int) -> EpochSettlement | None:
         row = self.one("SELECT settlement_json FROM epochs WHERE epoch=?", (epoch,))
@@ -440,6 +478,24 @@ class ValidatorStore(Store):
                 " punishment_signatures) VALUES (?, ?, ?, ?, ?)",
                 (epoch, signer, settlement_hash, signature,
                  json.dumps(["0x" + s.hex() for s in punishment_signatures])))
+
+    def save_refusal(self, epoch: int, mixer: str, reason: str, at: float) -> None:
+        """Record ``mixer``'s latest refusal (or failure) to sign ``epoch``'s settlement."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO settlement_refusals(epoch, mixer, reason, at)"
+                       " VALUES (?, ?, ?, ?)", (epoch, mixer, reason[:500], at))
+
+    def clear_refusal(self, epoch: int, mixer: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM settlement_refusals WHERE epoch=? AND mixer=?",
+                       (epoch, mixer))
+
+    def settlement_refusals(self, epoch: int) -> dict[str, str]:
+        """mixer -> why it last refused (or failed) to sign ``epoch``, for those that have not
+        signed since."""
+        return {mixer: reason for mixer, reason in self.query(
+            "SELECT mixer, reason FROM settlement_refusals WHERE epoch=? ORDER BY mixer",
+            (epoch,))}
 
     def signatures(self, epoch: int, settlement_hash: bytes
                    ) -> dict[str, tuple[bytes, list[bytes]]]:
@@ -511,9 +567,12 @@ class ValidatorStore(Store):
         return 0 if row is None else int(row[0])
 
     def tree_entries(self, epoch: int) -> list[tuple[str, int]]:
-        """(node, cumulative) after ``epoch`` for every node with a positive total."""
-        cumulative, _ = self.previous_state(epoch + 1, 0)
-        return sorted((node, amount) for node, amount in cumulative.items() if amount > 0)
+        """(node, cumulative) after ``epoch`` for every node with a positive total: the
+        leaves of ``epoch``'s reward tree."""
+        state = self.carried_state(epoch + 1)
+        if state is None:
+            raise ScheduleError(f"epoch {epoch} is not published", field="epoch")
+        return sorted((node, amount) for node, amount in state.cumulative.items() if amount > 0)
 
 
 __all__ = [
