@@ -109,6 +109,15 @@ def test_intake_accepts_persists_and_deduplicates(gateway: FakeGateway, corpus: 
         again = await client.post("/v1/certificates", content=certificates[0].to_json())
         assert again.status_code == 200
         assert again.json() == {"accepted": 0, "skipped": 0, "duplicate": True}
+        # The same batch with a forged co-signature is refused, not called a duplicate: the
+        # certificate is verified before the answer.
+        outsider = seeded_identity("forger").sign_typed(
+            gateway.domain, certificates[0].batch.hash_struct())
+        forged = dataclasses.replace(certificates[0], signatures=(
+            *certificates[0].signatures[:-1], outsider))
+        refused = await client.post("/v1/certificates", content=forged.to_json())
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["field"].startswith("signatures")
         # Another batch with an already stored report: stored, the report skipped.
         single = committee.certify([certificates[0].reports[0]])
         other = await client.post("/v1/certificates", content=single.to_json())

@@ -44,6 +44,7 @@ from dnanet.errors import CodecError, DnanetError, Unavailable
 from dnanet.params import Preset
 from dnanet.protocol.codec import MAX_JSON_DEPTH, load_json, parse_json
 from dnanet.protocol.messages import QuorumCertificate, ScoreBatch
+from dnanet.protocol.quorum import verify_certificate
 from dnanet.protocol.validation import EpochView, NodeInfo, verify_certified_batch
 from dnanet.service.views import ViewCache
 from dnanet.validator.store import EpochClosed, IntakeResult, PreparedCertificate, ValidatorStore
@@ -291,6 +292,14 @@ class CertificateIntake:
         raise EpochClosed(why_closed, field="epoch")
 
     # -- verification ---------------------------------------------------------------------------
+    def _verify_stored(self, certificate: QuorumCertificate) -> None:
+        """A certificate of a batch stored before (verified whole then) is a duplicate only if
+        it is one: its reports are those the batch commits to and a quorum of the epoch's set
+        signed it (raises otherwise). Verified before it is answered, so forged signatures
+        on a known batch are refused, not acknowledged."""
+        view = self.views.view(certificate.batch.epoch)
+        verify_certificate(view.domain, certificate, list(view.mixers))
+
     def _verify_here(self, raws: Sequence[bytes]) -> list[Verdict]:
         """Thread mode: parse, skip stored batches, verify and lay out each certificate."""
         open_epochs: dict[int, str | None] = {}
@@ -300,7 +309,7 @@ class CertificateIntake:
                 certificate = QuorumCertificate.from_wire(parse_json(raw), "certificate")
                 batch = certificate.batch
                 if not self._admit(batch.epoch, batch.hash_struct(), open_epochs):
-                    out.append(None)
+                    out.append(self._verify_stored(certificate))
                     continue
                 view = self.views.view(batch.epoch, rounds=(batch.round,))
                 verify_certified_batch(certificate, view)
@@ -327,7 +336,11 @@ class CertificateIntake:
                 batch_hash = ScoreBatch.from_wire(batch).hash_struct()
             try:
                 if not self._admit(epoch, batch_hash, open_epochs):
-                    verdicts.append(None)
+                    try:
+                        stored = QuorumCertificate.from_wire(parse_json(raw), "certificate")
+                        verdicts.append(self._verify_stored(stored))
+                    except DnanetError as exc:
+                        verdicts.append(exc)
                     continue
             except EpochClosed as exc:
                 verdicts.append(exc)
