@@ -17,7 +17,7 @@ import io
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -113,6 +113,9 @@ class GatewayConfig:
     """A node's whole answer at most (embeddings of a full request take about 4x its bytes);
     a node that sends more has failed, as with a broken answer."""
     seed: int | None = None
+    node_credential: Callable[[str, str, bytes], Mapping[str, str]] | None = None
+    """(method, url, body) -> headers proving the request comes from a mixer of the set
+    (``dnanet.mixer.node_client.NodeCredentials``): nodes' AI endpoints require them."""
 
 
 class NodeDirectory(Protocol):
@@ -281,7 +284,9 @@ class Gateway:
         # aiohttp takes a large body as a stream, written in chunks that yield to the loop.
         data = body if len(body) <= _LARGE_BODY_BYTES else io.BytesIO(body)
         async with asyncio.timeout(self.config.request_timeout_s):
-            return await self.http.post(url, data=data, headers=_JSON)
+            sign = self.config.node_credential
+            headers = _JSON if sign is None else {**_JSON, **sign("POST", url, body)}
+            return await self.http.post(url, data=data, headers=headers)
 
     async def _post(self, url: str, body: bytes) -> tuple[int, bytes]:
         """POST a JSON ``body``; the status and the whole answer."""
