@@ -152,11 +152,18 @@ def run_full_flow(net: Net) -> None:
     assert view.members[1].endpoint == "http://mixer1:8700"
 
     # nodes stake and register
+    before = reader.block_number()
     for i, node in enumerate((n0, n1)):
         net.client(node).register_node(f"http://node{i}:8600", i, TEST.min_stake)
     assert reader.balance_of(n0.address) == 100 * WEI_PER_DNA - TEST.min_stake
     listed = reader.nodes()
     assert [n.address for n in listed] == [n0.address, n1.address]
+    # The registry as of a past block, and the block of its latest change.
+    assert reader.nodes(block=before) == []
+    changed = reader.registry_changed_at()
+    assert before < changed <= reader.block_number()
+    assert reader.nodes(block=changed) == listed
+    assert reader.registry_changed_at(block=before) < changed
     assert listed[1].hw_class == 1 and listed[1].endpoint == "http://node1:8600"
     assert all(n.active and n.stake == TEST.min_stake for n in listed)
     assert not reader.node_info(n2.address).registered

@@ -125,6 +125,10 @@ class FakeGateway:
                 snapshot = before
         return list(snapshot)
 
+    def registry_changed_at(self, *, block: int | None = None) -> int:
+        at = self.head if block is None else block
+        return max((b for b, _ in self.history if b <= at), default=0)
+
     def set_nodes(self, records: list[NodeRecord]) -> None:
         """Change the registry from the current head on."""
         self.history.append((self.head, list(self.nodes_list)))

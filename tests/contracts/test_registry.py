@@ -12,10 +12,12 @@ from .helpers import (
     UNBOND_EPOCHS,
     ZERO_ADDRESS,
     Network,
+    block_number,
     chain_id,
     deploy_network,
     domain,
     events,
+    mine,
     partial,
 )
 
@@ -338,3 +340,48 @@ def test_punishment_checks_the_set_of_its_epoch(net: Network, nodes: list[str], 
         punish(net, node, 1, False, 100, signers=old_quorum)
     punish(net, node, 1, False, 100, signers=net.mixers[4:9])
     punish(net, node, 0, False, 100, signers=old_quorum)
+
+
+# ---------------------------------------------------------------- listing and change block
+
+
+def test_nodes_page_lists_the_registry_in_order_with_activity(net: Network,
+                                                            nodes: list[str]) -> None:
+    reg = net.registry
+    assert reg.nodes_page(0, 64) == []
+    for i, node in enumerate(nodes[:3]):
+        net.register(node, endpoint=f"http://n{i}", hw_class=i % 2)
+    punish(net, nodes[1], 0, True, 0)
+    page = reg.nodes_page(0, 64)
+    assert [(e[0], e[1], e[2], e[8]) for e in page] == [
+        (nodes[0], "http://n0", 0, True), (nodes[1], "http://n1", 1, False),
+        (nodes[2], "http://n2", 0, True)]
+    for entry, node in zip(page, nodes, strict=False):
+        assert tuple(entry[1:8]) == reg.node_info(node)
+    assert reg.nodes_page(1, 1) == page[1:2]
+    assert reg.nodes_page(2, 64) == page[2:]
+    assert reg.nodes_page(3, 64) == [] and reg.nodes_page(2**255, 64) == []
+    assert reg.nodes_page(0, 2**256 - 1) == page  # capped at PAGE_MAX, no overflow
+
+
+def test_last_change_is_the_block_of_every_change_to_a_record(net: Network,
+                                                              nodes: list[str]) -> None:
+    reg = net.registry
+    assert reg.last_change() == 0
+    changes = [
+        lambda: net.register(nodes[0]),
+        lambda: reg.update_node("http://new", 1, sender=nodes[0]),
+        lambda: (net.fund(nodes[0], MIN_STAKE),
+                 net.token.approve(reg.address, MIN_STAKE, sender=nodes[0]),
+                 reg.top_up(MIN_STAKE, sender=nodes[0])),
+        lambda: punish(net, nodes[0], 0, False, 100),
+        lambda: reg.unbond(sender=nodes[0]),
+    ]
+    for change in changes:
+        mine(3)
+        change()
+        assert reg.last_change() == block_number()
+    mine(3)
+    before = block_number()
+    reg.node_count()  # a read changes nothing
+    assert reg.last_change() < before

@@ -128,6 +128,10 @@ def pack_signatures(signatures: Sequence[bytes]) -> bytes:
     return b"".join(signatures)
 
 
+NODES_PAGE = 64
+"""Nodes per ``nodes_page`` call (the contract's PAGE_MAX)."""
+
+
 class ChainClient:
     """Reads and writes of one dnanet network; see the module docstring."""
 
@@ -292,12 +296,25 @@ class ChainClient:
 
     def nodes(self, *, block: int | None = None) -> list[NodeInfo]:
         """Every node ever registered, in registration order, with its state now or
-        (``block``) as of that block."""
-        addresses = [
-            self._call(self.registry, "node_at", i, block=block)
-            for i in range(self.node_count(block=block))
-        ]
-        return [self.node_info(a, block=block) for a in addresses]
+        (``block``) as of that block: ``nodes_page`` calls of ``NODES_PAGE`` nodes each, all
+        at the same block (now: the head when the first call was made)."""
+        at = self.block_number() if block is None else block
+        total = self.node_count(block=at)
+        out: list[NodeInfo] = []
+        for start in range(0, total, NODES_PAGE):
+            for entry in self._call(self.registry, "nodes_page", start, NODES_PAGE, block=at):
+                node, endpoint, hw_class, stake, jailed, unbonding, unbond_epoch, registered, \
+                    active = entry
+                out.append(NodeInfo(
+                    address=normalize_address(node), endpoint=str(endpoint),
+                    hw_class=int(hw_class), stake=int(stake), jailed=bool(jailed),
+                    unbonding=bool(unbonding), unbond_epoch=int(unbond_epoch),
+                    registered=bool(registered), active=bool(active)))
+        return out
+
+    def registry_changed_at(self, *, block: int | None = None) -> int:
+        """The block of the registry's latest change to any node, as of ``block`` (now)."""
+        return int(self._call(self.registry, "last_change", block=block))
 
     def active_nodes(self) -> list[NodeInfo]:
         return [n for n in self.nodes() if n.active]

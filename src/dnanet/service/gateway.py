@@ -63,6 +63,9 @@ class ClientGateway:
             for n in self.client.nodes(block=block) if n.registered
         ]
 
+    def registry_changed_at(self, *, block: int | None = None) -> int:
+        return self.client.registry_changed_at(block=block)
+
     def node(self, address: str) -> NodeRecord | None:
         n = self.client.node_info(address)
         if not n.registered:

@@ -2,8 +2,9 @@
 
 An ``EpochView`` needs the epoch's mixer set (address -> VRF key) and, for each round that
 has started, the round's seed (the hash of its first block) and the registry as of that block
-(``ChainGateway.nodes(block=...)``). Both are facts of a past block: they never change once
-read, so a ``ViewCache`` keeps them without ever refreshing them, and a node that registers,
+(``ChainGateway.nodes(block=...)``, reused from an earlier round while the registry's
+``last_change`` says nothing changed since). Both are facts of a past block: they never
+change once read, so a ``ViewCache`` keeps them without ever refreshing them, and a node that registers,
 unbonds or is jailed while the network runs is seen exactly from the first round that starts
 after it. (The mixer set is versioned by epoch on chain and fixed once an epoch started.)
 
@@ -41,6 +42,8 @@ class RoundRegistry:
         self._lock = threading.RLock()
         self._seeds: dict[RoundId, bytes] = {}
         self._records: dict[RoundId, tuple[NodeRecord, ...]] = {}
+        self._by_block: dict[int, tuple[NodeRecord, ...]] = {}
+        """The same reads by block, for reuse while the registry does not change."""
 
     def start_block(self, rid: RoundId) -> int:
         return compute_round_start_block(rid, self.gateway.preset, self.gateway.genesis_block)
@@ -62,14 +65,22 @@ class RoundRegistry:
         return seed
 
     def records(self, rid: RoundId) -> tuple[NodeRecord, ...]:
-        """The registered nodes at the round's first block (active or not)."""
+        """The registered nodes at the round's first block (active or not). When the registry
+        has not changed since an earlier round read here, that read is reused: one call to
+        the chain instead of a listing."""
         with self._lock:
             records = self._records.get(rid)
         if records is None:
             self._require_started(rid)
-            records = tuple(self.gateway.nodes(block=self.start_block(rid)))
+            block = self.start_block(rid)
+            changed = self.gateway.registry_changed_at(block=block)
+            with self._lock:
+                same = next((r for b, r in self._by_block.items() if changed <= b <= block),
+                            None)
+            records = same if same is not None else tuple(self.gateway.nodes(block=block))
             with self._lock:
                 self._records[rid] = records
+                self._by_block[block] = records
                 self._prune()
         return records
 
@@ -85,6 +96,8 @@ class RoundRegistry:
             for table in (self._seeds, self._records):
                 for rid in [r for r in table if r.epoch == old]:
                     del table[rid]
+        for block in sorted(self._by_block)[:-2 * self.gateway.preset.rounds_per_epoch]:
+            del self._by_block[block]
 
 
 def build_epoch_view(gateway: ChainGateway, epoch: int, *,

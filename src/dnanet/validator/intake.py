@@ -309,7 +309,8 @@ class CertificateIntake:
                 certificate = QuorumCertificate.from_wire(parse_json(raw), "certificate")
                 batch = certificate.batch
                 if not self._admit(batch.epoch, batch.hash_struct(), open_epochs):
-                    out.append(self._verify_stored(certificate))
+                    self._verify_stored(certificate)
+                    out.append(None)  # verified: a duplicate
                     continue
                 view = self.views.view(batch.epoch, rounds=(batch.round,))
                 verify_certified_batch(certificate, view)
@@ -338,7 +339,8 @@ class CertificateIntake:
                 if not self._admit(epoch, batch_hash, open_epochs):
                     try:
                         stored = QuorumCertificate.from_wire(parse_json(raw), "certificate")
-                        verdicts.append(self._verify_stored(stored))
+                        self._verify_stored(stored)
+                        verdicts.append(None)  # verified: a duplicate
                     except DnanetError as exc:
                         verdicts.append(exc)
                     continue

@@ -45,6 +45,7 @@ LISTED: constant(uint256) = 2**203
 LENGTH_SHIFT: constant(uint256) = 204
 LENGTH_MASK: constant(uint256) = 511
 ENDPOINT_WORDS: constant(uint256) = 8  # MAX_ENDPOINT / 32
+PAGE_MAX: constant(uint256) = 64
 
 
 struct NodeInfo:
@@ -55,6 +56,18 @@ struct NodeInfo:
     unbonding: bool
     unbond_epoch: uint256
     registered: bool
+
+
+struct NodeEntry:
+    node: address
+    endpoint: String[MAX_ENDPOINT]
+    hw_class: uint8
+    stake: uint256
+    jailed: bool
+    unbonding: bool
+    unbond_epoch: uint256
+    registered: bool
+    active: bool
 
 
 event NodeRegistered:
@@ -116,6 +129,9 @@ TREASURY: public(immutable(address))
 
 owner: public(address)
 node_count: public(uint256)
+# The block of the latest change to any node's record: a registry read at block B equals one
+# at block B' >= B when last_change at B' is at most B.
+last_change: public(uint256)
 punished: public(HashMap[address, HashMap[uint256, bool]])
 _nodes: HashMap[uint256, address]
 _record: HashMap[address, uint256]
@@ -212,6 +228,7 @@ def register(endpoint: String[MAX_ENDPOINT], hw_class: uint8, stake: uint256):
         count: uint256 = self.node_count
         self._nodes[count] = msg.sender
         self.node_count = count + 1
+    self.last_change = block.number
     self._record[msg.sender] = (
         stake
         | (convert(hw_class, uint256) << HW_SHIFT)
@@ -235,6 +252,7 @@ def update_node(endpoint: String[MAX_ENDPOINT], hw_class: uint8):
     assert record & REGISTERED != 0, "not registered"
     assert len(endpoint) > 0, "empty endpoint"
     mask: uint256 = (255 << HW_SHIFT) | (LENGTH_MASK << LENGTH_SHIFT)
+    self.last_change = block.number
     self._record[msg.sender] = (
         (record & ~mask)
         | (convert(hw_class, uint256) << HW_SHIFT)
@@ -256,6 +274,7 @@ def top_up(amount: uint256):
     assert amount != 0, "zero amount"
     stake: uint256 = (record & STAKE_MASK) + amount
     assert stake <= STAKE_MASK, "stake too large"
+    self.last_change = block.number
     self._record[msg.sender] = (record & ~STAKE_MASK) | stake
     extcall TOKEN.transferFrom(msg.sender, self, amount)
     log StakeAdded(node=msg.sender, amount=amount, stake=stake)
@@ -272,6 +291,7 @@ def unbond():
     assert record & REGISTERED != 0, "not registered"
     assert record & UNBONDING == 0, "already unbonding"
     epoch: uint256 = self._current_epoch()
+    self.last_change = block.number
     self._record[msg.sender] = (
         (record & ~(EPOCH_MASK << UNBOND_SHIFT)) | (epoch << UNBOND_SHIFT) | UNBONDING
     )
@@ -291,6 +311,7 @@ def withdraw():
     assert self._current_epoch() >= since + UNBOND_EPOCHS, "unbonding delay"
     stake: uint256 = record & STAKE_MASK
     # keep the jail mark and the listing; everything else goes
+    self.last_change = block.number
     self._record[msg.sender] = record & (JAILED | LISTED)
     if stake != 0:
         extcall TOKEN.transfer(msg.sender, stake)
@@ -339,6 +360,7 @@ def punish(
     record = unsafe_sub(record, slashed)
     if jail:
         record |= JAILED
+    self.last_change = block.number
     self._record[node] = record
     if slashed != 0:
         if TREASURY == empty(address):
@@ -369,6 +391,7 @@ def unjail(node: address):
     assert msg.sender == self.owner, "only owner"
     record: uint256 = self._record[node]
     assert record & JAILED != 0, "not jailed"
+    self.last_change = block.number
     self._record[node] = record & ~JAILED
     log Unjailed(node=node)
 
@@ -436,6 +459,38 @@ def stake_of(node: address) -> uint256:
     @param node A node address.
     """
     return self._record[node] & STAKE_MASK
+
+
+@external
+@view
+def nodes_page(start: uint256, count: uint256) -> DynArray[NodeEntry, PAGE_MAX]:
+    """
+    @notice The nodes at positions start .. start + count - 1 of registration order (at most
+            PAGE_MAX, fewer at the end), each with its record and whether it is active: a
+            reader lists the whole registry in node_count() / PAGE_MAX calls.
+    @param start The first position.
+    @param count How many (capped at PAGE_MAX).
+    """
+    out: DynArray[NodeEntry, PAGE_MAX] = []
+    total: uint256 = self.node_count
+    if start >= total:
+        return out
+    end: uint256 = min(start + min(count, PAGE_MAX), total)
+    for i: uint256 in range(start, end, bound=PAGE_MAX):
+        node: address = self._nodes[i]
+        record: uint256 = self._record[node]
+        out.append(NodeEntry(
+            node=node,
+            endpoint=self._load_endpoint(node, record),
+            hw_class=convert((record >> HW_SHIFT) & 255, uint8),
+            stake=record & STAKE_MASK,
+            jailed=record & JAILED != 0,
+            unbonding=record & UNBONDING != 0,
+            unbond_epoch=(record >> UNBOND_SHIFT) & EPOCH_MASK,
+            registered=record & REGISTERED != 0,
+            active=self._is_active(record),
+        ))
+    return out
 
 
 @external
