@@ -51,6 +51,7 @@ from dnanet.protocol.schedule import (
     compute_vrf_alpha,
 )
 from dnanet.protocol.validation import BatchRejected
+from dnanet.service.clock import ManualClock
 from dnanet.service.store import Store
 from dnanet.validator.daemon import ValidatorDaemon
 from validator_helpers import (
@@ -117,6 +118,8 @@ class MixerNet:
     """The mixer with the most reports in round (0, 0) (at least two)."""
     transport: TransportFactory | None = None
     """Where the daemons' challenge sessions go (None: HTTP to the nodes' endpoints)."""
+    clock: ManualClock | None = None
+    """The daemons' clock when the test moves it itself (None: the system clock)."""
 
     @property
     def originator(self) -> MixerDaemon:
@@ -140,7 +143,7 @@ class MixerNet:
         """A (new) daemon for mixer ``index`` on its data directory."""
         return MixerDaemon(self.gw.mixers[index], self.gw, root / f"mixer-{index}",
                            validator_url=validator_url, retry_s=RETRY_S, backup_s=BACKUP_S,
-                           node_transport=self.transport)
+                           node_transport=self.transport, clock=self.clock)
 
     def backups(self, batch_hash: bytes) -> list[MixerDaemon]:
         """The originator's co-signers in the order they would forward ``batch_hash``."""
@@ -153,14 +156,15 @@ class MixerNet:
 async def mixer_net(root: Path, validator_url: str | None = None, *, label: str = LABEL,
                     run_origin: bool = False,
                     route: Callable[[Committee], TransportFactory] | None = None,
-                    preset: Preset = TEST) -> AsyncIterator[MixerNet]:
+                    preset: Preset = TEST, clock: ManualClock | None = None
+                    ) -> AsyncIterator[MixerNet]:
     """Every mixer serves HTTP; with ``run_origin`` the originator also runs its loops.
     Without ``validator_url`` the Validator refuses every connection; ``route`` (the
     ``local_nodes`` fixture) routes challenge sessions to the in-process nodes."""
     if validator_url is None:
         with refused_port() as (dead, _sock):
             async with mixer_net(root, dead, label=label, run_origin=run_origin,
-                                 route=route, preset=preset) as net:
+                                 route=route, preset=preset, clock=clock) as net:
                 yield net
         return
     gw, committee = build_network(mixers=4, nodes=5, label=label, preset=preset)
@@ -168,7 +172,7 @@ async def mixer_net(root: Path, validator_url: str | None = None, *, label: str 
     reports = await committee.round_reports(0, 0)
     origin = max(range(4), key=lambda i: (len(reports[gw.mixers[i].address]), -i))
     assert len(reports[gw.mixers[origin].address]) >= 2, "pick another label"
-    net = MixerNet(gw, committee, [], reports, origin, transport)
+    net = MixerNet(gw, committee, [], reports, origin, transport, clock)
     net.daemons = [net.mixer(root, i, validator_url) for i in range(4)]
     try:
         for i, daemon in enumerate(net.daemons):
@@ -242,11 +246,13 @@ async def validator(gw: FakeGateway, data_dir: Path, port: int = 0
 
 
 @contextlib.asynccontextmanager
-async def with_validator_up(root: Path) -> AsyncIterator[tuple[MixerNet, ValidatorDaemon, str]]:
+async def with_validator_up(root: Path, clock: ManualClock | None = None
+                            ) -> AsyncIterator[tuple[MixerNet, ValidatorDaemon, str]]:
     """A mixer net whose mixers all send to a running Validator, and a URL that refuses
     every connection (point a mixer or the Validator's address there for an outage)."""
     with refused_port() as (dead, _sock):
-        async with mixer_net(root, dead) as net, validator(net.gw, root / "validator") as up:
+        async with mixer_net(root, dead, clock=clock) as net, \
+                validator(net.gw, root / "validator") as up:
             for daemon in net.daemons:
                 daemon.peers.validator_url = up.url
             yield net, up, dead
@@ -368,7 +374,8 @@ def test_a_batch_its_originator_never_forwards_reaches_the_validator_through_a_c
     caplog.set_level(logging.INFO, logger="dnanet.mixer")
 
     async def main() -> None:
-        async with with_validator_up(tmp_path) as (net, up, dead):
+        clock = ManualClock()
+        async with with_validator_up(tmp_path, clock) as (net, up, dead):
             origin = net.originator
             origin.peers.validator_url = dead
             certificate = await origin.certifier.certify(net.own_reports())
@@ -381,7 +388,7 @@ def test_a_batch_its_originator_never_forwards_reaches_the_validator_through_a_c
             # Before the timeout nobody looks.
             assert [await d.outbox.watch_pass(head) for d in net.others] == [0, 0, 0]
             assert await stored_certificates(up, 0) == []
-            await asyncio.sleep(BACKUP_S)
+            clock.advance(BACKUP_S)
             # The second backup looks first: not there, not its turn yet.
             assert await later[0].outbox.watch_pass(head) == 1
             assert await stored_certificates(up, 0) == []
@@ -391,7 +398,7 @@ def test_a_batch_its_originator_never_forwards_reaches_the_validator_through_a_c
             assert await later[1].outbox.watch_pass(head) == 0
             assert later[1].store.watch_outcome(batch_hash) == "the validator holds it"
             assert later[0].store.watch_outcome(batch_hash) is None
-            await asyncio.sleep(BACKUP_S)  # the second backup's turn
+            clock.advance(BACKUP_S)  # the second backup's turn
             assert await later[0].outbox.watch_pass(head) == 0
             assert later[0].store.watch_outcome(batch_hash) == "the validator holds it"
             assert await stored_certificates(up, 0) == [stored]
@@ -416,7 +423,8 @@ def test_cosigners_stop_watching_a_batch_the_validator_holds_or_that_can_no_long
     waits another timeout; once the batch's epoch is closed it ends without asking, and ended
     watches of closed epochs are forgotten."""
     async def main() -> None:
-        async with with_validator_up(tmp_path) as (net, up, dead):
+        clock = ManualClock()
+        async with with_validator_up(tmp_path, clock) as (net, up, dead):
             origin = net.originator
             delivered = await origin.certifier.certify(net.own_reports()[:1])
             assert delivered is not None
@@ -426,13 +434,13 @@ def test_cosigners_stop_watching_a_batch_the_validator_holds_or_that_can_no_long
             assert second is not None
             delivered_hash = delivered.batch.hash_struct()
             second_hash = second.batch.hash_struct()
-            await asyncio.sleep(BACKUP_S)  # every co-signer looks
+            clock.advance(BACKUP_S)  # every co-signer looks
             head = net.gw.block_number()
             # The Validator is unreachable: every due watch waits for another look.
             assert [await d.outbox.watch_pass(head) for d in net.others] == [2, 2, 2]
             for peer in net.others:
                 peer.peers.validator_url = up.url
-            await asyncio.sleep(BACKUP_S)
+            clock.advance(BACKUP_S)
             assert [await d.outbox.watch_pass(head) for d in net.others] == [0, 0, 0]
             for peer in net.others:
                 for batch_hash in (delivered_hash, second_hash):
@@ -444,7 +452,7 @@ def test_cosigners_stop_watching_a_batch_the_validator_holds_or_that_can_no_long
             third = await origin.certifier.certify(net.own_reports()[2:3])
             assert third is not None
             net.gw.advance_to(settle_block(net.gw, 0))
-            await asyncio.sleep(BACKUP_S)
+            clock.advance(BACKUP_S)
             for peer in net.others:
                 peer.peers.validator_url = dead
                 assert peer.store.watching() == 1
