@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import random
 import socket
 import time
@@ -79,24 +80,45 @@ async def measure(port: int, transfer: int, echoes: int = 16) -> Any:
     LinkShape("both", delay_ms=10, rate_mbps=8),
 ], ids=lambda s: s.name)
 def test_rtt_and_rate_through_the_proxy_match_the_shape(shape: LinkShape) -> None:
+    """Every attempt: never an RTT under the added one, never a rate over the cap (exact
+    bounds of the shaper). The best of up to three attempts: within the tolerances (a busy
+    host can only slow the shaper down, so one attempt may come out slow)."""
+    added = 2 * shape.delay_ms / 1000
+    cap = shape.rate_bps
+
+    def close_enough(got: Any) -> bool:
+        rates = (got.download_bps, got.upload_bps) if cap is not None else ()
+        return got.rtt_s <= added * RTT_SLACK[0] + RTT_SLACK[1] and \
+            all(rate >= RATE_LOW * cap for rate in rates)  # type: ignore[operator]
+
     async def go() -> None:
+        attempts = []
         async with probe_through(shape) as port:
-            got = await measure(port, probe_bytes(shape))
-        added = 2 * shape.delay_ms / 1000
-        assert added <= got.rtt_s <= added * RTT_SLACK[0] + RTT_SLACK[1], got
-        if shape.rate_bps is not None:
-            for rate in (got.download_bps, got.upload_bps):
-                assert RATE_LOW * shape.rate_bps <= rate <= RATE_HIGH * shape.rate_bps, got
+            for _ in range(3):
+                got = await measure(port, probe_bytes(shape))
+                attempts.append(got)
+                assert got.rtt_s >= added, got
+                if cap is not None:
+                    assert max(got.download_bps, got.upload_bps) <= RATE_HIGH * cap, got
+                if close_enough(got):
+                    return
+        raise AssertionError(f"three attempts, none within the tolerances: {attempts}")
 
     run(go())
 
 
 def test_an_unshaped_proxy_adds_almost_nothing() -> None:
     async def go() -> None:
+        attempts = []
         async with probe_through(LinkShape("plain")) as port:
-            through = await measure(port, 4 << 20)
-        assert through.rtt_s < RTT_SLACK[1]
-        assert min(through.download_bps, through.upload_bps) > 50e6  # far above any cap used
+            for _ in range(3):  # the best of three, as above
+                through = await measure(port, 4 << 20)
+                attempts.append(through)
+                # Far above any cap used, far below any delay.
+                if through.rtt_s < RTT_SLACK[1] and \
+                        min(through.download_bps, through.upload_bps) > 50e6:
+                    return
+        raise AssertionError(f"three attempts, none within the tolerances: {attempts}")
 
     run(go())
 
@@ -120,9 +142,12 @@ def test_a_new_connection_waits_one_added_round_trip() -> None:
 
 
 def test_a_rate_cap_is_shared_by_every_connection() -> None:
-    """Two transfers at once through a 4 MB/s link take as long as their sum at 4 MB/s."""
+    """Two connections each moving 512 KiB down, then 512 KiB up, through one 4 MB/s link:
+    each direction carries 1 MiB at 4 MB/s, so the last transfer ends no sooner than 1.5 MiB
+    at the rate after the start (2 MiB when the link is shared evenly)."""
     shape = LinkShape("shared", rate_mbps=4)
     each = 512 * 1024
+    rate = 4e6
 
     async def go() -> None:
         async with probe_through(shape) as port:
@@ -130,10 +155,8 @@ def test_a_rate_cap_is_shared_by_every_connection() -> None:
             results = await asyncio.gather(measure(port, each, echoes=1),
                                            measure(port, each, echoes=1))
             elapsed = time.perf_counter() - started
-        assert all(r.download_bps < shape.rate_bps for r in results)  # type: ignore[operator]
-        # Both directions of both transfers; each direction's bucket may burst once.
-        bucket = max(4096, int(shape.rate_bps * 0.004))  # type: ignore[operator]
-        assert elapsed >= 2 * (2 * each - bucket) / shape.rate_bps  # type: ignore[operator]
+        assert all(r.download_bps < rate and r.upload_bps < rate for r in results)
+        assert elapsed >= 3 * each / rate
 
     run(go())
 
@@ -190,29 +213,29 @@ def test_a_target_that_is_down_closes_the_client_connection() -> None:
 
 # -- the token bucket (no clock: deterministic) -----------------------------------------------
 @settings(max_examples=200)
-@given(rate=st.integers(1_000, 10**9), capacity=st.integers(1, 1 << 20), data=st.data())
-def test_a_token_bucket_never_exceeds_its_rate_plus_one_burst(rate: int, capacity: int,
-                                                              data: st.DataObject) -> None:
-    bucket = TokenBucket(rate, capacity)
-    now, first, sent = 0.0, None, 0
+@given(rate=st.integers(1_000, 10**9), data=st.data())
+def test_a_token_bucket_carries_its_rate_and_no_more(rate: int, data: st.DataObject) -> None:
+    """Each piece leaves once it is ready and the one before has left, one piece's time at the
+    rate later: never sooner (the cap), never later (no time lost)."""
+    bucket = TokenBucket(rate, 65536)
+    ready, previous = 0.0, -math.inf
     for _ in range(data.draw(st.integers(1, 40))):
-        now += data.draw(st.floats(0, 0.01))
-        size = data.draw(st.integers(1, capacity))
-        at = bucket.reserve(size, now)
-        assert at >= now
-        first = at if first is None else first
-        sent += size
-        assert sent <= capacity + rate * (at - first) * (1 + 1e-9) + 1e-6
-        now = at
+        ready += data.draw(st.floats(0, 0.01))
+        size = data.draw(st.integers(1, 65536))
+        done = bucket.reserve(size, ready)
+        assert done == pytest.approx(max(ready, previous) + size / rate, rel=1e-12, abs=1e-12)
+        previous = done
 
 
-def test_a_token_bucket_under_steady_demand_runs_at_its_rate() -> None:
+def test_a_token_bucket_keeps_the_links_schedule() -> None:
+    """10 MB at 1 MB/s takes 10 s however late the pieces are asked for (a busy proxy that
+    woke up late catches up), and an idle link saves no burst for later."""
     bucket = TokenBucket(1_000_000, 10_000)
-    at = 0.0
+    done = 0.0
     for _ in range(1000):
-        at = bucket.reserve(10_000, at)
-    # The first 10 000 bytes go at once, the other 9 990 000 at 1 MB/s.
-    assert at == pytest.approx(9.99)
+        done = bucket.reserve(10_000, 0.0)  # all ready at 0, reserved whenever
+    assert done == pytest.approx(10.0)
+    assert bucket.reserve(10_000, 100.0) == pytest.approx(100.01)
 
 
 # -- shape files ------------------------------------------------------------------------------

@@ -72,6 +72,13 @@ def seconds(text: str) -> float:
     return value
 
 
+def slowdown(text: str) -> float:
+    """A slowdown factor, 1 or more (1: full speed)."""
+    value = _real(text)
+    _refuse_unless(value >= 1, f"a slowdown is 1 or more, got {text}")
+    return value
+
+
 def fraction(text: str) -> float:
     """A fraction from 0 to 1."""
     value = _real(text)
@@ -127,4 +134,4 @@ def verify_port_free(host: str, port: int) -> None:
 
 
 __all__ = ["dna_amount", "fraction", "non_negative_int", "port", "positive_int", "seconds",
-           "verify_port_free"]
+           "slowdown", "verify_port_free"]

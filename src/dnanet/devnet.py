@@ -6,7 +6,10 @@ epochs on a fast block clock, settles each epoch on chain, has the nodes claim, 
 epoch, and shows the node table: redrawn in place while an epoch runs (on a terminal;
 progress lines otherwise) and printed once each epoch is settled and claimed. Nodes differ as
 real ones do: one ``throttled`` (slower compute, added delay) and one ``offline`` (drops out
-mid-epoch); the rest are ``normal``.
+mid-epoch); the rest are ``normal``. With ``--shape FILE`` each node has instead the link and
+compute the file gives it (``dnanet.shaping``: a shaping proxy in front of each shaped node,
+which registers the proxy's URL), and the table shows what the mixers measured beside the
+"true" figures a plain socket measured through the same shaping.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -48,6 +51,13 @@ from dnanet.protocol.schedule import compute_epoch_end_block, compute_settlement
 from dnanet.service.gateway import ClientGateway
 from dnanet.service.logs import close_role_log, configure_logging, in_role, open_role_log
 from dnanet.service.loop import cancel_once, new_event_loop, wait_or_kill
+from dnanet.shaping import (
+    DevnetLinks,
+    LinkMeasurement,
+    LinkShape,
+    ShapingThread,
+    load_shape_file,
+)
 
 log = logging.getLogger("dnanet.devnet")
 
@@ -68,6 +78,9 @@ def role_log_path(data_dir: Path) -> Path:
     """Where the devnet writes a role's INFO log: in the role's data directory, named after
     it (``validator/validator.log``, ``mixer-1a2b3c4d/mixer-1a2b3c4d.log``)."""
     return data_dir / f"{data_dir.name}.log"
+
+
+DEFAULT_NODES = 8
 
 
 def free_port() -> int:
@@ -100,6 +113,22 @@ class NodeRow:
     reward: int = 0
     cumulative: int = 0
     claimed: int = 0
+    shape: str | None = None
+    """With ``--shape``: what is shaped (``+25ms 5MB/s x2``), and the true figures below."""
+    true_latency_ms: float | None = None
+    true_download_mbs: float | None = None
+    true_upload_mbs: float | None = None
+
+    def shaped_json(self) -> dict[str, Any]:
+        """With ``--shape``, the measured and true figures (nothing otherwise)."""
+        if self.shape is None:
+            return {}
+        return {"shape": self.shape,
+                "measured": {"latency_ms": self.latency_ms, "gflops": self.gflops,
+                             "download_mbs": self.download_mbs, "upload_mbs": self.upload_mbs},
+                "true": {"latency_ms": self.true_latency_ms,
+                         "download_mbs": self.true_download_mbs,
+                         "upload_mbs": self.true_upload_mbs}}
 
 
 @dataclass
@@ -116,7 +145,8 @@ class EpochSummary:
             "epoch": self.epoch, "root": self.root, "settle_tx": self.settle_tx,
             "total": self.total, "audit_ok": self.audit_ok,
             "nodes": [{"address": n.address, "profile": n.profile, "score": n.score,
-                       "reward": n.reward, "cumulative": n.cumulative, "claimed": n.claimed}
+                       "reward": n.reward, "cumulative": n.cumulative, "claimed": n.claimed,
+                       **n.shaped_json()}
                       for n in self.nodes],
         }
 
@@ -189,9 +219,11 @@ class Devnet:
 
     def __init__(self, *, nodes: int, mixers: int, preset: Preset, data_dir: Path,
                  out: Callable[[str], Any] = print, backend: str = "minilm",
-                 setup_blocks: int = SETUP_BLOCKS) -> None:
+                 setup_blocks: int = SETUP_BLOCKS,
+                 shapes: Sequence[LinkShape] | None = None) -> None:
         if nodes < 1 or mixers < 1:
             raise DnanetError("a devnet needs at least one node and one mixer")
+
         self.n_nodes = nodes
         self.n_mixers = mixers
         self.setup_blocks = setup_blocks
@@ -204,6 +236,15 @@ class Devnet:
         self.node_ids = [Identity.from_entropy(os.urandom(32)) for _ in range(nodes)]
         self.validator_id = Identity.from_entropy(os.urandom(32))
         self.profiles = node_profiles(nodes)
+        self.shapes: list[LinkShape] | None = None
+        """``--shape``: each node's link and compute (see ``use_shapes``)."""
+        self.links: DevnetLinks | None = None
+        self.shaping: ShapingThread | None = None
+        self.truth: list[LinkMeasurement] = []
+        """With ``--shape``: each node's link as a plain socket measured it through the same
+        shaping, before genesis."""
+        if shapes is not None:
+            self.use_shapes(shapes)
         self.hardware: Hardware = probe_hardware(with_gpu=False)
         self.clock: BlockClock | None = None
         self.mixer_daemons: list[MixerDaemon] = []
@@ -219,6 +260,15 @@ class Devnet:
         self.mixer_urls: list[str] = []
         self.live = LiveBlock(sys.stdout) if out is print and sys.stdout.isatty() else None
         """On a terminal, the table of the running epoch is redrawn in place."""
+
+    def use_shapes(self, shapes: Sequence[LinkShape]) -> None:
+        """Give node ``i`` the link and compute of ``shapes[i]`` (before ``setup``): no node
+        is then throttled or goes offline but as its shape says."""
+        if len(shapes) != len(self.node_ids):
+            raise DnanetError(f"{len(self.node_ids)} nodes but {len(shapes)} shapes: one shape "
+                              "per node")
+        self.shapes = list(shapes)
+        self.profiles = ["normal"] * len(shapes)
 
     def gateway(self, identity: Identity | None) -> ClientGateway:
         return ClientGateway(ChainClient(self.w3, self.deployment, identity), self.preset)
@@ -264,11 +314,20 @@ class Devnet:
             await self._start(mixer, f"mixer-{identity.address[2:8]}")
             self.mixer_daemons.append(mixer)
         offline_at = genesis + self.preset.epoch_blocks // 2
-        for identity, profile in zip(self.node_ids, self.profiles, strict=True):
+        await self.setup_links()
+        for index, (identity, profile) in enumerate(zip(self.node_ids, self.profiles,
+                                                        strict=True)):
+            link = self.links.nodes[index] if self.links is not None else None
+            if self.shapes is not None:
+                shape = self.shapes[index]
+                node_profile = NodeProfile(shape.name, compute_slowdown=shape.compute_slowdown)
+            else:
+                node_profile = NodeProfile.named(profile, offline_at_block=offline_at)
             daemon = NodeDaemon(
                 identity, self.gateway(identity), self.data_dir / f"node-{identity.address[2:10]}",
-                port=free_port(), profile=NodeProfile.named(profile, offline_at_block=offline_at),
-                hardware=self.hardware, stake=stake, device="cpu",
+                port=link.node_port if link is not None else free_port(),
+                public_url=link.public_url if link is not None else None,
+                profile=node_profile, hardware=self.hardware, stake=stake, device="cpu",
                 backends=make_backends([self.backend]))
             await self._start(daemon, f"node-{identity.address[2:8]}")
             self.node_daemons.append(daemon)
@@ -310,6 +369,25 @@ class Devnet:
         self.out(f"  example: curl -s {base}/embeddings -H 'Authorization: Bearer "
                  f"{self.api_key}' -H 'Content-Type: application/json' -d "
                  f"'{{\"model\": \"{model}\", \"input\": \"hello world\"}}'")
+
+    async def setup_links(self) -> None:
+        """With ``--shape``: start the shaping proxies, then measure each node's link with a
+        plain socket through the same shaping (the "true" figures), before any node runs."""
+        if self.shapes is None:
+            return
+        self.links = DevnetLinks(self.shapes, free_port)
+        await self.start_proxies(self.links)
+        await self.links.wait_listening()
+        self.truth = await self.links.measure()
+        for shape, truth in zip(self.shapes, self.truth, strict=True):
+            self.out(f"  link {shape.name} ({shape.describe()}): true rtt "
+                     f"{truth.rtt_s * 1e3:.2f} ms, down/up {truth.download_bps / 1e6:.1f}/"
+                     f"{truth.upload_bps / 1e6:.1f} MB/s")
+
+    async def start_proxies(self, links: DevnetLinks) -> None:
+        """The proxies in a thread of their own (their timers off every role's loop)."""
+        self.shaping = ShapingThread(links.proxies())
+        await self.shaping.start()
 
     async def _start(self, daemon: Any, name: str) -> None:
         """Start ``daemon`` in a thread of its own, its INFO log in its data directory (where
@@ -397,6 +475,14 @@ class Devnet:
         measured in its OK challenges, its score and reward (so far, while the epoch runs)."""
         row = NodeRow(address=daemon.address, profile=daemon.profile.name,
                       hardware=f"{daemon.hardware_class_name} {daemon.hardware.cpu_cores}c")
+        if self.shapes is not None and self.truth:
+            index = [i.address for i in self.node_ids].index(daemon.address)
+            truth = self.truth[index]
+            row.profile = self.shapes[index].name
+            row.shape = self.shapes[index].describe()
+            row.true_latency_ms = truth.rtt_s * 1e3
+            row.true_download_mbs = truth.download_bps / 1e6
+            row.true_upload_mbs = truth.upload_bps / 1e6
         detail = await self._get_json(
             f"{self.validator_url}/v1/nodes/{daemon.address}/epochs/{epoch}")
         if not detail:
@@ -436,7 +522,8 @@ class Devnet:
         if self.clock is not None:
             await self.clock.stop()
         # Everything at once: a role stopping alone would see its peers' late requests fail.
-        await asyncio.gather(*(thread.stop() for thread in self.threads))
+        await asyncio.gather(*(thread.stop() for thread in self.threads),
+                             *([self.shaping.stop()] if self.shaping is not None else []))
         await self.http.aclose()
 
 
@@ -495,7 +582,8 @@ class ProcessDevnet(Devnet):
             TransactionSender(self.w3, self.deployer).send(
                 to=address, data=b"", value=wei, action=f"fund {address}")
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str], *,
+               module: str = "dnanet.cli") -> None:
         import subprocess
         import sys
 
@@ -503,7 +591,7 @@ class ProcessDevnet(Devnet):
         log_path.parent.mkdir(parents=True, exist_ok=True)
         # The child writes to its own copy of the descriptor; the devnet's copy can close.
         with open(log_path, "ab") as log_file:
-            process = subprocess.Popen([sys.executable, "-m", "dnanet.cli", *args],
+            process = subprocess.Popen([sys.executable, "-m", module, *args],
                                        stdin=subprocess.DEVNULL, stdout=log_file,
                                        stderr=subprocess.STDOUT, env=env)
         self.processes.append((name, process))
@@ -568,12 +656,19 @@ class ProcessDevnet(Devnet):
                                "--data-dir", str(self.data_dir / name),
                                "--validator", self.validator_url, "--port", str(port)], env)
         offline_at = genesis + self.preset.epoch_blocks // 2
+        await self.setup_links()
         node_ports = []
-        for identity, profile in zip(self.node_ids, self.profiles, strict=True):
+        for index, (identity, profile) in enumerate(zip(self.node_ids, self.profiles,
+                                                        strict=True)):
             name = f"node-{identity.address[2:10]}"
-            port = free_port()
+            link = self.links.nodes[index] if self.links is not None else None
+            port = link.node_port if link is not None else free_port()
             node_ports.append((name, port))
             extra = ["--offline-at-block", str(offline_at)] if profile == "offline" else []
+            if link is not None and link.public_url is not None:
+                extra += ["--public-url", link.public_url]
+            if link is not None and link.shape.compute_slowdown != 1:
+                extra += ["--compute-slowdown", str(link.shape.compute_slowdown)]
             self._spawn(name, ["node", "run", *common, *keystore(identity),
                                "--data-dir", str(self.data_dir / name), "--port", str(port),
                                "--profile", profile, "--device", "cpu",
@@ -611,6 +706,13 @@ class ProcessDevnet(Devnet):
                  f"role is its own process, logs "
                  f"in {self.data_dir}")
         self.announce_host()
+
+    async def start_proxies(self, links: DevnetLinks) -> None:
+        """The proxies in a process of their own (``python -m dnanet.shaping SPEC``)."""
+        spec = self.data_dir / "shaping" / "links.json"
+        spec.parent.mkdir(parents=True, exist_ok=True)
+        spec.write_text(json.dumps(links.spec()))
+        self._spawn("shaping", [str(spec)], dict(os.environ), module="dnanet.shaping")
 
     @property
     def node_daemons(self) -> list[Any]:
@@ -666,17 +768,23 @@ def format_table(rows: list[NodeRow], *, final: bool) -> list[str]:
     """The devnet's node table: hardware, medians of what was measured in OK challenges
     (latency, verified compute, download/upload bandwidth), challenges failed, score, reward
     and (once settled) claimed. Scores and amounts print as on the Validator's dashboard
-    (``format_score``, ``format_dna_short``)."""
+    (``format_score``, ``format_dna_short``). With ``--shape``, the true latency and
+    bandwidth (a plain socket through the same shaping) follow the measured ones."""
+    shaped = any(n.shape is not None for n in rows)
     lines = [f"  {'node':<12} {'profile':<10} {'hw':<7} {'latency':>9} {'GFLOP/s':>8} "
-             f"{'down/up MB/s':>13} {'failed':>7} {'score':>8} {'reward':>10}"
+             f"{'down/up MB/s':>13} "
+             + (f"{'true lat':>9} {'true d/u':>13} {'shape':<16} " if shaped else "")
+             + f"{'failed':>7} {'score':>8} {'reward':>10}"
              + (f" {'claimed':>10}" if final else "")]
     for n in rows:
-        bandwidth = ("-" if n.download_mbs is None
-                     else f"{n.download_mbs:.0f}/{n.upload_mbs or 0:.0f}")
+        bandwidth = _fmt_mbs(n.download_mbs, n.upload_mbs)
+        truth = (f"{_fmt(n.true_latency_ms, 'ms', 2):>9} "
+                 f"{_fmt_mbs(n.true_download_mbs, n.true_upload_mbs):>13} "
+                 f"{n.shape or 'unshaped':<16} ") if shaped else ""
         lines.append(
             f"  {n.address[:12]} {n.profile:<10} {n.hardware:<7} "
             f"{_fmt(n.latency_ms, 'ms', 2):>9} {_fmt(n.gflops, '', 2):>8} {bandwidth:>13} "
-            f"{f'{n.failures}/{n.challenges}':>7} {format_score(n.score):>8} "
+            f"{truth}{f'{n.failures}/{n.challenges}':>7} {format_score(n.score):>8} "
             f"{format_dna_short(n.reward):>10}"
             + (f" {format_dna_short(n.claimed):>10}" if final else ""))
     return lines
@@ -712,19 +820,28 @@ def _fmt(value: float | None, unit: str, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}{unit}"
 
 
+def _fmt_mbs(down: float | None, up: float | None) -> str:
+    """``down/up`` in MB/s: a decimal below 100 (a 2.5 MB/s link reads as such)."""
+    if down is None:
+        return "-"
+    return "/".join(f"{v:.1f}" if v < 100 else f"{v:.0f}" for v in (down, up or 0.0))
+
+
 async def run_devnet(*, nodes: int, mixers: int, epochs: int | None, preset: Preset,
                      data_dir: Path, summary: Path | None, chain: str = "embedded",
                      keystore: Path | None = None, backend: str = "minilm",
                      out: Callable[[str], Any] = print,
-                     setup_blocks: int = SETUP_BLOCKS) -> list[EpochSummary]:
+                     setup_blocks: int = SETUP_BLOCKS,
+                     shapes: Sequence[LinkShape] | None = None) -> list[EpochSummary]:
     devnet: Devnet
+    shaped: dict[str, Any] = {} if shapes is None else {"shapes": shapes}
     if chain == "embedded":
         devnet = Devnet(nodes=nodes, mixers=mixers, preset=preset, data_dir=data_dir, out=out,
-                        backend=backend, setup_blocks=setup_blocks)
+                        backend=backend, setup_blocks=setup_blocks, **shaped)
     else:
         devnet = ProcessDevnet(chain=chain, keystore=keystore, nodes=nodes, mixers=mixers,
                                preset=preset, data_dir=data_dir, out=out, backend=backend,
-                               setup_blocks=setup_blocks)
+                               setup_blocks=setup_blocks, **shaped)
     # The devnet's own INFO log, and anything logged outside every role's context.
     own_log = open_role_log(None, data_dir / "devnet.log")
     try:
@@ -745,10 +862,15 @@ def _devnet_command(args: argparse.Namespace) -> int:
     if args.chain not in ("embedded", "anvil") and not args.chain.startswith(("http://",
                                                                              "https://")):
         raise DnanetError(f"--chain {args.chain!r}: use embedded, anvil, or an http(s) RPC URL")
+    shapes = load_shape_file(Path(args.shape)) if args.shape else None
+    if shapes is not None and args.nodes not in (None, len(shapes)):
+        raise DnanetError(f"--nodes {args.nodes} but --shape {args.shape} shapes "
+                          f"{len(shapes)} nodes: leave --nodes out, or give one shape per node")
+    nodes = len(shapes) if shapes is not None else args.nodes or DEFAULT_NODES
     data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="dnanet-"))
     loop = new_event_loop()
     task = loop.create_task(run_devnet(
-        nodes=args.nodes, mixers=args.mixers, epochs=args.epochs,
+        nodes=nodes, mixers=args.mixers, epochs=args.epochs, shapes=shapes,
         preset=get_preset(args.preset), data_dir=data_dir, chain=args.chain,
         keystore=Path(args.keystore) if args.keystore else None, backend=args.backend,
         summary=Path(args.summary) if args.summary else None, setup_blocks=args.setup_blocks))
@@ -767,7 +889,8 @@ def _devnet_command(args: argparse.Namespace) -> int:
 
 def add_devnet_command(sub: Any) -> None:
     p = sub.add_parser("devnet", help="run a whole local network (chain, mixers, validator, nodes)")
-    p.add_argument("--nodes", type=positive_int, default=8, help="AI nodes (default 8)")
+    p.add_argument("--nodes", type=positive_int, default=None,
+                   help=f"AI nodes (default {DEFAULT_NODES}, or one per shape of --shape)")
     p.add_argument("--mixers", type=positive_int, default=4, help="QueryMixers (default 4)")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="stop after this many settled epochs (default: run until Ctrl-C)")
@@ -784,6 +907,10 @@ def add_devnet_command(sub: Any) -> None:
     p.add_argument("--setup-blocks", type=positive_int, default=SETUP_BLOCKS, metavar="BLOCKS",
                    help=f"blocks between deployment and genesis, in which every node must "
                    f"register (default {SETUP_BLOCKS}; raise it on a slow machine or chain)")
+    p.add_argument("--shape", metavar="FILE",
+                   help="JSON or TOML file giving each node an added one-way delay (delay_ms), "
+                   "a rate cap (rate_mbps, MB/s) and a compute slowdown (compute_slowdown): "
+                   "docs/shaping.md")
     p.set_defaults(handler=_devnet_command)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from dnanet.cliargs import dna_amount, fraction, non_negative_int, port, seconds
+from dnanet.cliargs import dna_amount, fraction, non_negative_int, port, seconds, slowdown
 from dnanet.errors import DnanetError
 from dnanet.keyfiles import read_keystore_address
 from dnanet.node_cli import add_chain_args, add_node_life_commands
@@ -106,12 +107,14 @@ def _node_run(args: argparse.Namespace) -> int:
     gateway = open_gateway(args.rpc, Path(args.deployment), identity)
     backends = make_backends(args.backend or ["minilm"], upstreams=args.upstream or [],
                              upstream_key=os.environ.get("DNANET_UPSTREAM_KEY"))
+    profile = NodeProfile.named(args.profile, offline_at_block=args.offline_at_block)
+    if args.compute_slowdown != 1:
+        profile = dataclasses.replace(profile, compute_slowdown=args.compute_slowdown)
     daemon = NodeDaemon(
         identity, gateway, Path(args.data_dir), host=args.host,
         port=args.port, public_url=args.public_url,
         stake=args.stake,
-        profile=NodeProfile.named(args.profile, offline_at_block=args.offline_at_block),
-        device=args.device, backends=backends)
+        profile=profile, device=args.device, backends=backends)
     _serve_until_signal(daemon)
     return 0
 
@@ -134,6 +137,11 @@ def _mixer_run(args: argparse.Namespace) -> int:
                                        canary_interval_s=args.canary_interval)
     identity = load_identity(Path(args.keystore))
     gateway = open_gateway(args.rpc, Path(args.deployment), identity)
+    if gateway_config is not None:  # nodes serve a mixer's gateway only with its credential
+        from dnanet.mixer.node_client import mixer_node_credentials
+
+        gateway_config = dataclasses.replace(
+            gateway_config, node_credential=mixer_node_credentials(identity, gateway))
     daemon = MixerDaemon(identity, gateway, Path(args.data_dir),
                          validator_url=args.validator, host=args.host, port=args.port,
                          gateway_config=gateway_config)
@@ -165,6 +173,8 @@ def add_role_commands(sub: Any) -> None:
                      "declares follows it")
     run.add_argument("--offline-at-block", type=non_negative_int,
                      help="with --profile offline: stop answering from this block (devnets)")
+    run.add_argument("--compute-slowdown", type=slowdown, default=1.0, metavar="FACTOR",
+                     help="compute takes FACTOR times as long (devnets' shaped nodes; default 1)")
     run.add_argument("--backend", action="append", choices=["minilm", "trivial", "none"],
                      help="built-in model backend (repeatable; default: minilm, the packaged "
                      "all-MiniLM-L6-v2 on the CPU)")

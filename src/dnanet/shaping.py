@@ -2,14 +2,18 @@
 one-way delay and a rate cap in each direction, for devnets whose nodes must differ as real ones
 do (``dnanet devnet --shape FILE``). This kernel has no netem, so the shaping is done here.
 
-A :class:`ShapingProxy` listens on loopback and forwards each connection to its target. Per
-direction, every chunk read is held until ``delay`` after it arrived, then paced out by a token
-bucket of ``rate`` bytes/s shared by all the proxy's connections in that direction (a node's link
-is one link, however many connections cross it); the bucket holds 4 ms of the rate (at least
-4 KiB), so a transfer's first bytes go at once and the rest at the rate. A new connection waits
-one added round trip before its first byte is forwarded, as a TCP handshake would. What the
-proxy holds is bounded (the bandwidth-delay product plus 1 MiB with a rate cap, 64 MiB
-without): past it the proxy stops reading, and TCP's flow control slows the sender.
+A :class:`ShapingProxy` listens on loopback and forwards each connection to its target. In each
+direction the bytes it reads go onto the link at the rate of a token bucket shared by all the
+proxy's connections in that direction (a node's link is one link, however many connections
+cross it), in pieces of 4 ms of the rate (at least 1 KiB), and each piece is written ``delay``
+after its last byte left: serialized, then propagated, as on a real link. The bucket counts
+time on the link's own schedule, not on when the proxy happened to wake up: on a busy host a
+late wake-up sends what is overdue at once and a transfer still takes its length over the
+rate, where a bucket on the wall clock would lose that time for good. A new connection waits
+one added round trip before its first byte is forwarded, as a TCP handshake would. The proxy
+reads at most 50 ms ahead of a capped link's schedule and holds at most the bandwidth-delay
+product plus 1 MiB (64 MiB uncapped): past that it stops reading, and TCP's flow control slows
+the sender.
 
 The shaper's own accuracy is measured with plain sockets (:func:`measure_link` against a
 :class:`ProbeServer`, tests/test_shaping.py): "true" is what such a socket measures through
@@ -30,10 +34,11 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 import tomllib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,9 +48,12 @@ from dnanet.errors import ConfigError
 MB = 1_000_000
 """A rate of 1 MB/s is 10^6 bytes per second."""
 READ_BYTES = 64 * 1024
-BUCKET_S = 0.004
-"""The token bucket holds this long of the rate (and at least ``MIN_BUCKET_BYTES``)."""
-MIN_BUCKET_BYTES = 4096
+PIECE_S = 0.004
+"""A rate-capped link sends pieces of this long of its rate (and at least ``MIN_PIECE_BYTES``)."""
+MIN_PIECE_BYTES = 1024
+SEND_BUFFER_S = 0.05
+"""A rate-capped direction reads at most this far ahead of its link's schedule: a proxy that
+wakes up this late still keeps its link busy."""
 MAX_SHAPE_DELAY_MS = 10_000
 MAX_SLOWDOWN = 1_000
 
@@ -147,34 +155,36 @@ def load_shape_file(path: Path) -> list[LinkShape]:
 
 # -- the proxy --------------------------------------------------------------------------------
 class TokenBucket:
-    """Bytes/s with a burst of ``capacity`` bytes, on a caller's clock (seconds)."""
+    """``rate`` bytes/s on the link's own schedule (seconds on a caller's clock): the bucket
+    fills at the rate while the link is busy, and an idle link saves nothing (no burst)."""
 
-    def __init__(self, rate_bps: float, capacity: int) -> None:
+    def __init__(self, rate_bps: float, piece: int) -> None:
         self.rate = rate_bps
-        self.capacity = capacity
-        self._tokens = float(capacity)
-        self._time = -math.inf
+        self.piece = piece
+        """The most bytes :meth:`reserve` is asked for at once."""
+        self.free_at = -math.inf
+        """When the bytes reserved so far have all left."""
 
-    def reserve(self, size: int, now: float) -> float:
-        """When ``size`` (<= capacity) bytes may go, at ``now`` or later; they are taken."""
-        start = max(now, self._time)
-        tokens = min(float(self.capacity), self._tokens + (start - self._time) * self.rate)
-        if tokens >= size:
-            self._tokens, self._time = tokens - size, start
-            return start
-        at = start + (size - tokens) / self.rate
-        self._tokens, self._time = 0.0, at
-        return at
+    def reserve(self, size: int, ready: float) -> float:
+        """When the last of ``size`` bytes, ready at ``ready``, has left the link: they start
+        once they are ready and the bytes before them have left. They are taken."""
+        done = max(ready, self.free_at) + size / self.rate
+        self.free_at = done
+        return done
 
 
 def bucket_for(rate_bps: float | None) -> TokenBucket | None:
     if rate_bps is None:
         return None
-    return TokenBucket(rate_bps, max(MIN_BUCKET_BYTES, int(rate_bps * BUCKET_S)))
+    return TokenBucket(rate_bps, max(MIN_PIECE_BYTES, int(rate_bps * PIECE_S)))
 
 
 class _Direction:
-    """One direction of one connection: read, hold until due, pace through the bucket, write."""
+    """One direction of one connection. Bytes read go onto the link at its rate (the bucket's
+    schedule), then take ``delay`` to cross it, then are written: as on a real link, where a
+    byte is serialized and then propagates. The proxy reads ahead of the schedule by at most
+    ``SEND_BUFFER_S`` (a sender's buffer; past it TCP's flow control slows the sender) and holds
+    at most ``limit`` bytes undelivered (a receiver that does not read stops the reading)."""
 
     def __init__(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter,
                  delay_s: float, bucket: TokenBucket | None) -> None:
@@ -182,7 +192,8 @@ class _Direction:
         self.sink = sink
         self.delay_s = delay_s
         self.bucket = bucket
-        self.limit = (1 << 20) + int(bucket.rate * delay_s) if bucket else 64 << 20
+        in_flight = bucket.rate * (delay_s + SEND_BUFFER_S) if bucket else 0
+        self.limit = (1 << 20) + int(in_flight) if bucket else 64 << 20
         self.pending: deque[tuple[float, bytes]] = deque()
         self.held = 0
         self.arrived = asyncio.Event()
@@ -195,10 +206,22 @@ class _Direction:
         try:
             while True:
                 await self.room.wait()
+                if self.bucket is not None:
+                    ahead = self.bucket.free_at - loop.time() - SEND_BUFFER_S
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
                 data = await self.source.read(READ_BYTES)
                 if not data:
                     return
-                self.pending.append((loop.time() + self.delay_s, data))
+                now = loop.time()
+                if self.bucket is None:
+                    self.pending.append((now + self.delay_s, data))
+                else:
+                    piece = self.bucket.piece
+                    for offset in range(0, len(data), piece):
+                        part = data[offset:offset + piece]
+                        sent = self.bucket.reserve(len(part), now)
+                        self.pending.append((sent + self.delay_s, part))
                 self.held += len(data)
                 if self.held >= self.limit:
                     self.room.clear()
@@ -209,7 +232,6 @@ class _Direction:
 
     async def write(self) -> None:
         loop = asyncio.get_running_loop()
-        piece = self.bucket.capacity if self.bucket else READ_BYTES
         while True:
             if not self.pending:
                 if self.ended:
@@ -218,14 +240,10 @@ class _Direction:
                 await self.arrived.wait()
                 continue
             due, data = self.pending.popleft()
-            for offset in range(0, len(data), piece):
-                part = data[offset:offset + piece]
-                at = due if self.bucket is None else self.bucket.reserve(
-                    len(part), max(due, loop.time()))
-                if at > loop.time():
-                    await asyncio.sleep(at - loop.time())
-                self.sink.write(part)
-                await self.sink.drain()
+            if due > loop.time():
+                await asyncio.sleep(due - loop.time())
+            self.sink.write(data)
+            await self.sink.drain()
             self.held -= len(data)
             if self.held < self.limit:
                 self.room.set()
@@ -258,11 +276,16 @@ class ShapingProxy:
         self.port = int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        """Stop listening and end every connection (each handler returns before this does)."""
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.sleep(0)  # handlers of connections just accepted register themselves
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._tasks.difference_update(tasks)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -469,6 +492,32 @@ class ShapedLinks:
         await self.probe.stop()
 
 
+class ShapingThread:
+    """``links`` served on an asyncio event loop in a thread of its own, started and stopped
+    from another loop. Not uvloop, whose clock is read once per loop iteration and counts
+    whole milliseconds: a delay would come out up to a millisecond short."""
+
+    def __init__(self, links: ShapedLinks, name: str = "shaping") -> None:
+        self.links = links
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    async def _call(self, coro: Any) -> Any:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    async def start(self) -> None:
+        await self._call(self.links.start())
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._call(self.links.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        await asyncio.to_thread(self.thread.join, 5)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
 def spec_json(links: Sequence[LinkSpec], probe_port: int,
               probe_links: Sequence[LinkSpec]) -> dict[str, Any]:
     """The spec ``python -m dnanet.shaping`` runs."""
@@ -487,15 +536,89 @@ async def serve_spec(spec: dict[str, Any]) -> None:
         await links.stop()
 
 
+@dataclass(frozen=True)
+class NodeLink:
+    """One node of a shaped devnet: the port it serves on, and, when its link is shaped, the
+    proxy mixers reach it through and the proxy of the same shape its link is probed through."""
+
+    shape: LinkShape
+    node_port: int
+    proxy_port: int | None = None
+    probe_port: int | None = None
+
+    @property
+    def public_url(self) -> str | None:
+        """The endpoint the node registers (its proxy's), None for an unshaped link."""
+        return None if self.proxy_port is None else f"http://127.0.0.1:{self.proxy_port}"
+
+
+class DevnetLinks:
+    """A devnet's shaped links: ports for every node (``free_port`` picks them), the proxies
+    to run (:meth:`proxies` in this process, :meth:`spec` for ``python -m dnanet.shaping``),
+    and :meth:`measure`, the "true" figures of every node's link, from a plain socket
+    through a proxy of the same shape (straight to the probe server for an unshaped link)."""
+
+    def __init__(self, shapes: Sequence[LinkShape], free_port: Callable[[], int]) -> None:
+        self.probe_port = free_port()
+        self.nodes = [NodeLink(shape, free_port(), *((free_port(), free_port())
+                                                     if shape.shapes_link else (None, None)))
+                      for shape in shapes]
+
+    def _specs(self) -> tuple[list[LinkSpec], list[LinkSpec]]:
+        links, probes = [], []
+        for n in self.nodes:
+            if n.proxy_port is not None and n.probe_port is not None:
+                links.append(LinkSpec(n.proxy_port, n.node_port, n.shape))
+                probes.append(LinkSpec(n.probe_port, self.probe_port, n.shape))
+        return links, probes
+
+    def proxies(self) -> ShapedLinks:
+        links, probes = self._specs()
+        return ShapedLinks(links, self.probe_port, probes)
+
+    def spec(self) -> dict[str, Any]:
+        links, probes = self._specs()
+        return spec_json(links, self.probe_port, probes)
+
+    def ports(self) -> list[int]:
+        """Every port the proxies listen on."""
+        return [self.probe_port, *(p for n in self.nodes for p in (n.proxy_port, n.probe_port)
+                                   if p is not None)]
+
+    async def wait_listening(self, timeout_s: float = 30.0) -> None:
+        """Until every proxy accepts connections (ConfigError naming a port that does not)."""
+        deadline = time.monotonic() + timeout_s
+        for port in self.ports():
+            while True:
+                try:
+                    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise ConfigError(f"the shaping proxy on port {port} did not start "
+                                          f"within {timeout_s:g} s") from None
+                    await asyncio.sleep(0.05)
+
+    async def measure(self) -> list[LinkMeasurement]:
+        """Each node's link, measured one after the other with a plain socket."""
+        out = []
+        for node in self.nodes:
+            port = node.probe_port if node.probe_port is not None else self.probe_port
+            out.append(await asyncio.to_thread(measure_link, "127.0.0.1", port, echoes=16,
+                                               transfer_bytes=probe_bytes(node.shape)))
+        return out
+
+
 def main(argv: Sequence[str]) -> int:
     """``python -m dnanet.shaping SPEC.json``: serve the spec until SIGTERM or SIGINT."""
-    from dnanet.service.loop import cancel_once, new_event_loop
+    from dnanet.service.loop import cancel_once
 
     if len(argv) != 1:
         print("usage: python -m dnanet.shaping SPEC.json", file=sys.stderr)
         return 2
     spec = json.loads(Path(argv[0]).read_text())
-    loop = new_event_loop()
+    loop = asyncio.new_event_loop()  # not uvloop: see ShapingThread
     task = loop.create_task(serve_spec(spec))
     on_signal = cancel_once(task)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -511,7 +634,7 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "LinkMeasurement", "LinkShape", "LinkSpec", "ProbeServer", "ShapedLinks", "ShapingProxy",
-    "TokenBucket", "load_shape_file", "measure_link", "parse_shapes", "probe_bytes",
-    "serve_spec", "spec_json",
+    "DevnetLinks", "LinkMeasurement", "LinkShape", "LinkSpec", "NodeLink", "ProbeServer",
+    "ShapedLinks", "ShapingProxy", "ShapingThread", "TokenBucket", "load_shape_file",
+    "measure_link", "parse_shapes", "probe_bytes", "serve_spec", "spec_json",
 ]
