@@ -195,8 +195,8 @@ def test_node_claim_names_an_unreachable_validator_instead_of_failing_with_a_tra
 @pytest.mark.parametrize(("stake", "dna", "eth", "message"), [
     ("50", 500, 10**18, "stake 50 DNA is below the minimum 100 DNA"),
     ("150", 120, 10**18, "stake 150 DNA exceeds the DNA balance 120 DNA of"),
-    ("100", 500, 0, "holds 0 ETH; approve + register may cost up to 0.00047 ETH "
-                    "(470000 gas at 1000000000 wei per gas): send it ETH for gas first"),
+    ("100", 500, 0, "holds 0 ETH; approve + register may cost up to 0.00057 ETH "
+                    "(570000 gas at 1000000000 wei per gas): send it ETH for gas first"),
 ])
 def test_a_new_node_whose_stake_would_fail_is_refused_before_its_keystore_is_opened(
         stake: str, dna: int, eth: int, message: str, monkeypatch: pytest.MonkeyPatch,

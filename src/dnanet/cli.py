@@ -82,7 +82,24 @@ def _print_identity(address: str, vrf_public_key: bytes, path: str) -> None:
                       "keystore": path}))
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("devnet",), "dnanet.devnet", "add_devnet_command"),
+    (("node", "mixer"), "dnanet.roles_cli", "add_role_commands"),
+    (("validator",), "dnanet.validator.daemon", "add_validator_commands"),
+    (("audit",), "dnanet.audit", "add_audit_command"),
+    (("contracts",), "dnanet.chain.cli", "add_contracts_commands"),
+    (("demo",), "dnanet.demo", "add_demo_command"),
+)
+"""The commands beside ``keys``, in help order: (names, module, function adding them)."""
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``dnanet`` parser. Given the ``argv`` it will parse, only the command named first
+    is built (its module imported), so that ``dnanet keys show`` does not import the daemons;
+    otherwise (``dnanet --help``, a name that is no command) every command is."""
+    wanted = argv[0] if argv else None
+    if not any(wanted in names for names, _, _ in COMMANDS) and wanted != "keys":
+        wanted = None
     parser = argparse.ArgumentParser(
         prog="dnanet",
         description="dnanet: a decentralized AI compute network (nodes, QueryMixers, Validator).",
@@ -110,17 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "NODE=$(dnanet keys show node.json --field address))")
     show.set_defaults(handler=_keys_show)
 
-    from dnanet.demo import add_demo_command
-    from dnanet.devnet import add_devnet_command
-    from dnanet.roles_cli import add_role_commands
-
-    add_devnet_command(sub)
-    add_role_commands(sub)
-    for module, name in (("dnanet.validator.daemon", "add_validator_commands"),
-                         ("dnanet.audit", "add_audit_command"),
-                         ("dnanet.chain.cli", "add_contracts_commands")):
-        getattr(importlib.import_module(module), name)(sub)
-    add_demo_command(sub)
+    for names, module, function in COMMANDS:
+        if wanted is None or wanted in names:
+            getattr(importlib.import_module(module), function)(sub)
     _add_config_options(sub)
     return parser
 
@@ -130,7 +139,9 @@ def _add_config_options(sub: Any) -> None:
     from dnanet.config import subparsers_of
 
     for role_name in ROLES:
-        role = sub.choices[role_name]
+        role = sub.choices.get(role_name)
+        if role is None:
+            continue  # not built: another command was named
         pending = list(subparsers_of(role).items())
         while pending:
             name, command = pending.pop()
@@ -202,7 +213,7 @@ def _quiet_closed_pipe() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = _parse(build_parser(), argv)
+        args = _parse(build_parser(argv), argv)
         handler: Handler = args.handler
         status = handler(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush

@@ -262,6 +262,7 @@ def describe(client: Any) -> dict[str, Any]:
         "block": client.block_number(),
         "epoch": epoch,
         "mixers": {
+            "owner": client.mixer_set_owner(),
             "threshold": view.threshold,
             "members": [{"address": m.address, "vrf_pk": "0x" + m.vrf_pk.hex(),
                          "endpoint": m.endpoint} for m in view.members],
@@ -270,6 +271,9 @@ def describe(client: Any) -> dict[str, Any]:
             "registered": sum(1 for n in nodes if n.registered),
             "active": sum(1 for n in nodes if n.active),
             "total_stake": str(sum(n.stake for n in nodes)),
+            "min_stake": str(client.min_stake()),
+            "unbond_epochs": client.unbond_epochs(),
+            "registry_owner": client.registry_owner(),
         },
         "rewards": {
             "next_epoch": client.next_epoch(),

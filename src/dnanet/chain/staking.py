@@ -20,7 +20,7 @@ from dnanet.params import format_dna
 
 GAS_LIMITS: dict[str, int] = {
     "approve": 70_000,
-    "register": 400_000,
+    "register": 500_000,
     "top_up": 90_000,
     "unbond": 70_000,
     "withdraw": 90_000,
