@@ -107,7 +107,7 @@ def routes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Route]]:
     mixer = MixerDaemon(gw.mixers[0], gw, root / "mixer", validator_url="http://127.0.0.1:9",
                         gateway_config=gateway_config())
     node = NodeDaemon(seeded_identity(f"{LABEL}/node"), gw, root / "node",  # type: ignore[arg-type]
-                      device="cpu", backends=BackendSet([TrivialBackend()]),
+                      device="cpu", backends=BackendSet([TrivialBackend()]), api_key=API_KEY,
                       hardware=Hardware(cpu_model="fuzz", cpu_cores=2, memory_bytes=1 << 30,
                                         gpu=None))
 

@@ -191,7 +191,7 @@ def test_throughput() -> None:
 
 def test_sizes() -> None:
     assert BANDWIDTH_SIZES["test"] == BandwidthSize(64 << 10, 64 << 10)
-    assert BANDWIDTH_SIZES["cpu"].download_bytes == 4 << 20
+    assert BANDWIDTH_SIZES["cpu"].download_bytes == 8 << 20
     assert BANDWIDTH_SIZES["gpu"].download_bytes >= BANDWIDTH_SIZES["cpu"].download_bytes
     with pytest.raises(ConfigError) as err:
         BandwidthSize(download_bytes=0, upload_bytes=1)

@@ -65,14 +65,15 @@ def test_echo_digest_rejects() -> None:
 
 def test_verify_echoes() -> None:
     count = LATENCY_ECHOES["cpu"]
+    assert count == 16
     nonces = echo_nonces(SEED, count)
     verify_echoes(SEED, count, nonces)
     for echoed, match, field in (
-        (nonces[:-1], "got 4 echoes, expected 5", "echoed"),
-        ([*nonces, nonces[0]], "got 6 echoes", "echoed"),
+        (nonces[:-1], "got 15 echoes, expected 16", "echoed"),
+        ([*nonces, nonces[0]], "got 17 echoes", "echoed"),
         ([nonces[1], nonces[0], *nonces[2:]], "does not match", "echoed[0]"),
-        ([*nonces[:3], bytes(16), nonces[4]], "does not match", "echoed[3]"),
-        ([*nonces[:4], nonces[4][:15]], "does not match", "echoed[4]"),
+        ([*nonces[:3], bytes(16), *nonces[4:]], "does not match", "echoed[3]"),
+        ([*nonces[:15], nonces[15][:15]], "does not match", "echoed[15]"),
         (echo_nonces(hashlib.sha256(SEED).digest(), count), "does not match", "echoed[0]"),
     ):
         with pytest.raises(ChallengeError, match=match) as err:

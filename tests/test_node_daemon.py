@@ -51,6 +51,7 @@ class RegistryStub:
     updated: list[tuple[str, int]] = field(default_factory=list)
     preset: Preset = TEST
     domain: Domain = DOMAIN
+    genesis_block: int = 0
 
     def node(self, address: str) -> NodeRecord | None:
         return self.record
@@ -174,7 +175,9 @@ def test_a_node_that_moved_updates_its_endpoint_and_one_in_place_sends_nothing(
 # -- the AI routes' body limit --------------------------------------------------------------------
 
 
-def test_ai_requests_take_the_gateways_limit_not_the_protocol_limit(tmp_path: Path) -> None:
+def test_ai_requests_take_the_gateways_limit_not_the_protocol_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DNANET_NODE_API_KEY", "operator-key")
     daemon = build(tmp_path, "cpu")
 
     async def post(size: int) -> httpx.Response:
@@ -183,7 +186,8 @@ def test_ai_requests_take_the_gateways_limit_not_the_protocol_limit(tmp_path: Pa
         body = b'{"model": "nope", "input": [' + items + b"]}"
         transport = httpx.ASGITransport(app=daemon.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
-            return await client.post("/v1/embeddings", content=body)
+            return await client.post("/v1/embeddings", content=body,
+                                     headers={"authorization": "Bearer operator-key"})
 
     try:
         # Over the app-wide limit of protocol messages, within the gateway's: the backend
@@ -255,6 +259,15 @@ def test_node_status_shows_challenges_verdicts_epochs_and_claimable(
         daemon = NodeDaemon(identity, gateway, tmp_path / "node",  # type: ignore[arg-type]
                             port=0, hardware=WITHOUT_GPU, device="cpu")
         await daemon.start(register=False)
+        # The fake chain jumps a round at a time, faster than the node reads the head (every
+        # half round of a real chain): the node learns each jump as it happens.
+        advance = gateway.advance_to
+
+        def advance_to(block: int) -> None:
+            advance(block)
+            daemon.head = gateway.block_number()
+
+        monkeypatch.setattr(gateway, "advance_to", advance_to)
         validator = ValidatorDaemon(gateway, tmp_path / "validator", port=0,
                                     run_settlement=False)
         await validator.start()

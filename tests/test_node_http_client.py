@@ -1,232 +1,229 @@
-"""The mixer's HTTP/1.1 client for nodes' challenge APIs (``NodeHttpClient``), against a raw
-TCP server that answers as scripted: keep-alive reuse, chunked answers, a closed or stale
-connection, a hang, garbage, an oversized answer, and the per-node connection limit."""
+"""The mixer's client for nodes' challenge sessions (``NodeHttpClient``, ``HttpNodeTransport``)
+against a WebSocket server that answers as scripted: each way a node can fail is the node's
+fault, named (unreachable, or a bad answer), and the per-node connection limit holds."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
 
-from dnanet.errors import NodeUnreachable
-from dnanet.mixer import node_client as http_transport
-from dnanet.mixer.node_client import NodeHttpClient
+from dnanet.errors import ChallengeError, CodecError, NodeUnreachable
+from dnanet.mixer.node_client import HttpNodeTransport, NodeHttpClient, session_url
+from dnanet.node.api import ACCEPTED, COMPUTE, ECHO, ERROR, START
+from dnanet.params import TEST
+from dnanet.protocol.challenge_params import compute_challenge
+from dnanet.protocol.messages import SignedChallenge
+from protocol_fixtures import DOMAIN, make_mixers, make_nodes
 
-Handler = Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]
+MIXER = make_mixers(1, "client-mixer")[0]
+NODE = make_nodes(1, "client-node")[0]
+Script = Callable[[ServerConnection], Awaitable[None]]
 
 
-def ok(body: bytes, *, close: bool = False) -> bytes:
-    extra = b"Connection: close\r\n" if close else b""
-    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + extra
-            + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+def signed(index: int = 0) -> SignedChallenge:
+    challenge = compute_challenge(beta=bytes([index]) * 64, epoch=0, round_=0,
+                                  mixer=MIXER.address, node=NODE.address, hardware_class=0,
+                                  preset=TEST)
+    return SignedChallenge(challenge=challenge,
+                           signature=MIXER.identity.sign_typed(DOMAIN, challenge.hash_struct()))
 
 
-class ScriptedServer:
-    """Reads each request (head and Content-Length body) and lets ``handler`` answer it."""
+class ScriptedNode:
+    """A WebSocket server whose every connection runs ``script``; counts open connections."""
 
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.connections = 0
-        self.requests: list[bytes] = []
+    def __init__(self, script: Script) -> None:
+        self.script = script
         self.open_now = 0
         self.most_open = 0
-        self.server: asyncio.Server | None = None
+        self.frames: list[bytes] = []
 
-    async def __aenter__(self) -> ScriptedServer:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1/challenges"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
+    async def _serve(self, connection: ServerConnection) -> None:
         self.open_now += 1
         self.most_open = max(self.most_open, self.open_now)
         try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                body = await reader.readexactly(length)
-                self.requests.append(head + body)
-                await self.handler(body, writer)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            await self.script(connection)
         finally:
             self.open_now -= 1
-            writer.close()
+
+    async def accept_start(self, connection: ServerConnection) -> None:
+        frame = await connection.recv(decode=False)
+        assert isinstance(frame, bytes)
+        self.frames.append(frame)
+        await connection.send(ACCEPTED)
 
 
-def run(handler: Handler, body: Callable[[ScriptedServer, NodeHttpClient], Awaitable[Any]],
-        **client: Any) -> Any:
+def run(script: Script, body: Callable[[ScriptedNode, HttpNodeTransport], Awaitable[Any]],
+        *, timeout_s: float = 5.0, **client: Any) -> Any:
     async def go() -> Any:
-        async with ScriptedServer(handler) as server, \
-                NodeHttpClient(limit=16, timeout_s=client.pop("timeout_s", 5.0),
-                               **client) as http:
-            return await body(server, http)
+        node = ScriptedNode(script)
+        async with serve(node._serve, "127.0.0.1", 0, compression=None) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with NodeHttpClient(limit=16, timeout_s=timeout_s, **client) as http:
+                return await body(node, HttpNodeTransport(http, f"http://127.0.0.1:{port}"))
 
     return asyncio.run(go())
 
 
-async def echo(body: bytes, writer: asyncio.StreamWriter) -> None:
-    writer.write(ok(body))
+def started_then(answer: Callable[[ScriptedNode, ServerConnection], Awaitable[None]]) -> Any:
+    """A script: accept the start, then ``answer`` the next frame; the test's node binds it."""
+    holder: dict[str, ScriptedNode] = {}
+
+    async def script(connection: ServerConnection) -> None:
+        node = holder["node"]
+        await node.accept_start(connection)
+        await connection.recv(decode=False)
+        await answer(node, connection)
+        await connection.wait_closed()
+
+    return holder, script
 
 
-def test_requests_reuse_one_keep_alive_connection() -> None:
-    async def body(server: ScriptedServer, http: NodeHttpClient) -> None:
-        for i in range(5):
-            status, data = await http.request("POST", server.url + f"/0x01/echo?i={i}",
-                                              b'{"n":%d}' % i)
-            assert (status, data) == (200, b'{"n":%d}' % i)
-        assert server.connections == 1
-        first = server.requests[0]
-        assert first.startswith(b"POST /v1/challenges/0x01/echo?i=0 HTTP/1.1\r\n")
-        assert b"Content-Type: application/json\r\n" in first
-        assert b"Content-Length: 7\r\n" in first
-        status, data = await http.request("GET", server.url + "/0x01/upload")
-        assert (status, data) == (200, b"")
-        assert server.requests[-1].startswith(b"GET /v1/challenges/0x01/upload HTTP/1.1\r\n")
+def echo_after(answer: Callable[[ServerConnection], Awaitable[None]]) -> Any:
+    async def body(node: ScriptedNode, transport: HttpNodeTransport) -> Any:
+        challenge = signed().challenge
+        await transport.start(signed())
+        try:
+            return await transport.echo(challenge.challenge_id, bytes(16))
+        finally:
+            await transport.close(challenge.challenge_id)
 
-    run(echo, body)
+    async def script(connection: ServerConnection) -> None:
+        await connection.recv(decode=False)
+        await connection.send(ACCEPTED)
+        await connection.recv(decode=False)
+        await answer(connection)
+        await connection.wait_closed()
 
-
-def test_a_chunked_answer_and_an_error_status_are_read_whole() -> None:
-    async def handler(body: bytes, writer: asyncio.StreamWriter) -> None:
-        if body == b"chunked":
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                         b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
-        else:
-            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy")
-
-    async def body(server: ScriptedServer, http: NodeHttpClient) -> None:
-        assert await http.request("POST", server.url, b"chunked") == (200, b"hello world")
-        assert await http.request("POST", server.url, b"x") == (503, b"busy")
-        assert await http.request("POST", server.url, b"chunked") == (200, b"hello world")
-        assert server.connections == 1
-
-    run(handler, body)
+    return script, body
 
 
-def test_connection_close_and_a_stale_connection_are_not_reused(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    async def handler(body: bytes, writer: asyncio.StreamWriter) -> None:
-        writer.write(ok(body, close=body == b"last"))
+def test_a_session_is_one_connection_that_starts_with_the_signed_challenge() -> None:
+    async def answer(connection: ServerConnection) -> None:
+        await connection.send(ECHO + bytes(16))
 
-    async def body(server: ScriptedServer, http: NodeHttpClient) -> None:
-        assert await http.request("POST", server.url, b"last") == (200, b"last")
-        assert await http.request("POST", server.url, b"a") == (200, b"a")
-        assert server.connections == 2
-        monkeypatch.setattr(http_transport, "IDLE_S", 0.0)  # idle too long: dropped
-        assert await http.request("POST", server.url, b"b") == (200, b"b")
-        assert server.connections == 3
-
-    run(handler, body)
+    script, body = echo_after(answer)
+    assert run(script, body) == bytes(16)
 
 
-def test_a_node_that_hangs_times_out_and_its_connection_is_dropped() -> None:
-    async def handler(body: bytes, writer: asyncio.StreamWriter) -> None:
-        if body == b"hang":
-            await asyncio.sleep(5)
-        writer.write(ok(body))
-
-    async def body(server: ScriptedServer, http: NodeHttpClient) -> None:
-        with pytest.raises(NodeUnreachable, match="timed out"):
-            await http.request("POST", server.url, b"hang")
-        # The late answer of the hung request must never be read as the next one's.
-        assert await http.request("POST", server.url, b"next") == (200, b"next")
-        assert server.connections == 2
-
-    run(handler, body, timeout_s=0.3)
-
-
-@pytest.mark.parametrize(("answer", "why"), [
-    (b"SMTP ready\r\n\r\n", "malformed HTTP answer"),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "closed the connection"),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n" + b"x" * 2000, "exceeds 1000 bytes"),
-])
-def test_garbage_a_cut_answer_or_an_oversized_one_is_unreachable(answer: bytes,
-                                                                 why: str) -> None:
-    async def handler(body: bytes, writer: asyncio.StreamWriter) -> None:
-        writer.write(answer)
-        await writer.drain()
-        writer.close()
-
-    async def body(server: ScriptedServer, http: NodeHttpClient) -> None:
-        with pytest.raises(NodeUnreachable, match=why):
-            await http.request("POST", server.url, b"x")
-
-    run(handler, body, max_response_bytes=1000)
+@pytest.mark.parametrize(("answer", "error", "match"), [
+    (lambda c: c.send(ERROR + json.dumps({"error": {"type": "ChallengeError", "field": "nonce",
+                                                    "message": "a nonce is 16 bytes"}}).encode()),
+     ChallengeError, "node refused: nonce: a nonce is 16 bytes"),
+    (lambda c: c.send(COMPUTE + bytes(32)), ChallengeError, "expected b'E'"),
+    (lambda c: c.send(ERROR + b"\xff{not json"), ChallengeError, "node refused: b'"),
+    (lambda c: c.close(), NodeUnreachable, "closed the connection"),
+    (lambda c: asyncio.sleep(5), NodeUnreachable, "timed out"),
+    (lambda c: c.send(ECHO + bytes(4096)), NodeUnreachable, "closed"),
+], ids=["error-frame", "wrong-step", "garbled-error", "closes", "hangs", "too-large"])
+def test_each_bad_answer_is_the_nodes_fault(answer: Callable[[ServerConnection], Any],
+                                           error: type[Exception], match: str) -> None:
+    script, body = echo_after(answer)
+    with pytest.raises(error, match=match):
+        run(script, body, timeout_s=0.5, max_response_bytes=1024)
 
 
-def test_unreachable_and_non_http_endpoints() -> None:
-    async def go() -> None:
+def test_a_digest_must_be_32_bytes() -> None:
+    async def script(connection: ServerConnection) -> None:
+        await connection.recv(decode=False)
+        await connection.send(ACCEPTED)
+        await connection.recv(decode=False)
+        await connection.send(COMPUTE + bytes(31))
+        await connection.wait_closed()
+
+    async def body(node: ScriptedNode, transport: HttpNodeTransport) -> None:
+        await transport.start(signed())
+        try:
+            await transport.compute(signed().challenge.challenge_id, bytes(32))
+        finally:
+            await transport.close(signed().challenge.challenge_id)
+
+    with pytest.raises(CodecError, match="32 bytes"):
+        run(script, body)
+
+
+def test_an_unreachable_node_and_a_refused_upgrade() -> None:
+    async def refused() -> None:
         async with NodeHttpClient(limit=4, timeout_s=2) as http:
-            server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-            port = server.sockets[0].getsockname()[1]
-            server.close()
-            await server.wait_closed()
-            with pytest.raises(NodeUnreachable, match="ConnectionRefusedError"):
-                await http.request("POST", f"http://127.0.0.1:{port}/v1/challenges")
-            with pytest.raises(NodeUnreachable, match="not an http:// endpoint"):
-                await http.request("POST", "https://node.example/v1/challenges")
+            import socket
+
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))  # bound, not listening: refused
+                port = s.getsockname()[1]
+                with pytest.raises(NodeUnreachable):
+                    await HttpNodeTransport(http, f"http://127.0.0.1:{port}").start(signed())
+
+    asyncio.run(refused())
+
+    async def plain_http(status: int) -> None:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n" % status)
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server, NodeHttpClient(limit=4, timeout_s=2) as http:
+            await HttpNodeTransport(http, f"http://127.0.0.1:{port}").start(signed())
+
+    with pytest.raises(ChallengeError, match="HTTP 404"):
+        asyncio.run(plain_http(404))
+    with pytest.raises(NodeUnreachable, match="HTTP 503"):
+        asyncio.run(plain_http(503))
+
+
+def test_the_session_url_follows_the_endpoint() -> None:
+    assert session_url("http://10.0.0.1:8700/") == "ws://10.0.0.1:8700/v1/challenges"
+    assert session_url("https://node.example/n/3") == "wss://node.example/n/3/v1/challenges"
+    with pytest.raises(NodeUnreachable, match="not an http"):
+        session_url("ftp://node.example")
+
+
+def test_at_most_limit_per_host_sessions_to_one_node_at_once() -> None:
+    async def script(connection: ServerConnection) -> None:
+        await connection.recv(decode=False)
+        await connection.send(ACCEPTED)
+        await connection.wait_closed()
+
+    async def body(node: ScriptedNode, transport: HttpNodeTransport) -> int:
+        challenges = [signed(i) for i in range(5)]
+
+        async def one(s: SignedChallenge) -> None:
+            await transport.start(s)
+            await asyncio.sleep(0.05)
+            await transport.close(s.challenge.challenge_id)
+
+        await asyncio.gather(*(one(s) for s in challenges))
+        assert node.open_now == 0 or node.most_open <= 2
+        return node.most_open
+
+    assert run(script, body, limit_per_host=2) <= 2
+
+
+def test_a_closed_client_opens_nothing() -> None:
+    async def go() -> None:
+        http = NodeHttpClient(limit=4, timeout_s=1)
+        await http.close()
         with pytest.raises(NodeUnreachable, match="closed"):
-            await http.request("POST", "http://127.0.0.1:1/")
+            await HttpNodeTransport(http, "http://127.0.0.1:9").start(signed())
 
     asyncio.run(go())
 
 
-def test_at_most_limit_per_host_connections_to_one_node() -> None:
-    async def slow(body: bytes, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(0.05)
-        writer.write(ok(body))
+def test_start_frames_carry_the_signed_challenge() -> None:
+    holder, script = started_then(lambda node, c: c.send(ECHO + bytes(16)))
 
-    async def body(server: ScriptedServer, http: NodeHttpClient) -> None:
-        answers = await asyncio.gather(*(http.request("POST", server.url, b"%d" % i)
-                                         for i in range(12)))
-        assert [a[1] for a in answers] == [b"%d" % i for i in range(12)]
-        assert server.most_open <= 3
-        assert server.connections == 3
+    async def body(node: ScriptedNode, transport: HttpNodeTransport) -> None:
+        holder["node"] = node
+        challenge = signed().challenge
+        await transport.start(signed())
+        await transport.echo(challenge.challenge_id, bytes(16))
+        await transport.close(challenge.challenge_id)
+        assert node.frames == [START + signed().to_json()]
 
-    run(slow, body, limit_per_host=3)
-
-
-def test_each_node_is_parsed_once_and_every_path_goes_out_as_given() -> None:
-    async def body(server: ScriptedServer, http: NodeHttpClient) -> list[bytes]:
-        base = server.url.removesuffix("/v1/challenges")
-        for i in range(3):
-            assert (await http.request("POST", f"{base}/v1/challenges/0x{i:02x}/echo"))[0] == 200
-        assert (await http.request("GET", f"{base}?probe=1#ignored"))[0] == 200
-        assert list(http._origins) == [base]  # one parse for the node, not one per step
-        return [r.split(b"\r\n", 1)[0] for r in server.requests]
-
-    assert run(echo, body) == [b"POST /v1/challenges/0x00/echo HTTP/1.1",
-                               b"POST /v1/challenges/0x01/echo HTTP/1.1",
-                               b"POST /v1/challenges/0x02/echo HTTP/1.1",
-                               b"GET /?probe=1 HTTP/1.1"]
-
-
-@pytest.mark.parametrize(("url", "why"), [
-    ("http://node.example:80/a\r\nX-Injected: 1", "not a valid request path"),
-    ("http://node.example:80/a b", "not a valid request path"),
-    ("http://node.example:80/caf\u00e9", "not a valid request path"),
-    ("http://node.example:port/v1", "not an http:// endpoint"),
-    ("http://:80/v1", "not an http:// endpoint"),
-    ("ftp://node.example/v1", "not an http:// endpoint"),
-])
-def test_an_endpoint_that_cannot_make_a_request_line_is_unreachable(url: str, why: str) -> None:
-    async def go() -> None:
-        async with NodeHttpClient(limit=4, timeout_s=2) as http:
-            with pytest.raises(NodeUnreachable, match=why):
-                await http.request("POST", url)
-
-    asyncio.run(go())
+    run(script, body)

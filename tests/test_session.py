@@ -1,7 +1,9 @@
 """The mixer's session driver (dnanet.mixer.session) against the node's ChallengeProver.
 
 Honest, offline, slow, cheating and misbehaving nodes are LocalTransport subclasses or provers
-with a custom compute; every outcome is asserted together with what the report may carry.
+with a custom compute; every outcome is asserted together with what the report may carry. The
+timing is checked on a fake link with a known round trip, rate and compute time, on a clock of
+its own (no test waits on real time).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import hashlib
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -18,11 +20,18 @@ import pytest
 
 from dnanet.crypto.eip712 import recover_typed
 from dnanet.crypto.keys import Identity
-from dnanet.errors import ChallengeError, NodeUnreachable, SignatureError
+from dnanet.errors import ChallengeError, NodeUnreachable, ScheduleError, SignatureError
 from dnanet.node.local import LocalTransport
-from dnanet.node.prover import MAX_OPEN_SESSIONS, ChallengeProver
-from dnanet.params import TEST
+from dnanet.node.prover import (
+    MAX_OPEN_SESSIONS,
+    ChainView,
+    ChallengeProver,
+    MemorySeen,
+    ProverSession,
+)
+from dnanet.params import TEST, ChallengeSizes
 from dnanet.protocol.challenge_params import compute_challenge, compute_kind_seeds
+from dnanet.protocol.challenges import compute_seed_hash
 from dnanet.protocol.challenges.bandwidth import iter_download_payload
 from dnanet.protocol.challenges.compute import (
     ComputeAnswer,
@@ -44,6 +53,7 @@ from dnanet.protocol.messages import (
     SignedChallenge,
     SignedChallengeResponse,
 )
+from dnanet.protocol.schedule import compute_settlement_block
 from dnanet.protocol.scoring import compute_challenge_score
 from dnanet.protocol.validation import verify_score_report
 from protocol_fixtures import (
@@ -114,20 +124,119 @@ def test_honest_report_passes_validation() -> None:
     assert verify_score_report(report, make_view(MIXERS, NODES)).total == report.score > 0
 
 
-def test_measurements_come_from_the_mixers_clock() -> None:
-    step_ns = 2_500_000
-    ticks = itertools.count(0, step_ns)
-    report = run_session(honest_transport(), MIXER, 0, NODE.address, clock=lambda: next(ticks))
-    assert report.outcome == Outcome.OK
-    step_us = step_ns // 1000
-    assert (report.rtt_us, report.compute_us, report.download_us, report.upload_us) == (
-        step_us, step_us, step_us, step_us
-    )
-    expected = compute_challenge_score(
-        SIZES, outcome=Outcome.OK, rtt_us=step_us, compute_us=step_us, download_us=step_us,
-        upload_us=step_us, params=TEST.scoring,
-    )
-    assert report.score == expected.total
+# -- timing: a fake link with a known round trip, rate and compute time ---------------------
+
+MIB = 1 << 20
+TIMED = replace(TEST, hardware_classes=(ChallengeSizes(
+    compute_n=32, compute_rows=64, compute_checks=8, download_bytes=MIB, upload_bytes=MIB,
+    latency_echoes=16),) * 2)
+"""TEST with transfers of 1 MiB, so that a transfer is several frames."""
+
+
+class FakeLink(LocalTransport):
+    """An honest node behind a link of known round trip and rates, timed on the link's own
+    clock (``clock``): each call advances it by what it takes on such a link. Some echoes
+    queue behind other traffic (``jitter_ns``); the node takes ``generate_ns`` to make the
+    upload payload and ``compute_ns`` for the product."""
+
+    def __init__(self, prover: ChallengeProver, *, rtt_ns: int, down_bps: int, up_bps: int,
+                 compute_ns: int, jitter_ns: int = 0, generate_ns: int = 5_000_000,
+                 echo_extra_ns: int = 0) -> None:
+        super().__init__(prover)
+        self.now = 1_000_000_000
+        self.rtt_ns, self.down_bps, self.up_bps = rtt_ns, down_bps, up_bps
+        self.compute_ns, self.jitter_ns, self.generate_ns = compute_ns, jitter_ns, generate_ns
+        self.echo_extra_ns = echo_extra_ns
+        self.echoes = 0
+
+    def clock(self) -> int:
+        return self.now
+
+    def _transfer_ns(self, nbytes: int, bps: int) -> int:
+        return nbytes * 10**9 // bps
+
+    async def start(self, signed: SignedChallenge) -> None:
+        self.now += self.rtt_ns
+        await super().start(signed)
+
+    async def echo(self, challenge_id: bytes, nonce: bytes) -> bytes:
+        self.echoes += 1
+        self.now += self.rtt_ns + self.echo_extra_ns + (self.echoes % 4) * self.jitter_ns
+        return await super().echo(challenge_id, nonce)
+
+    async def download(self, challenge_id: bytes, frames: list[bytes]) -> bytes:
+        self.now += self.rtt_ns + self._transfer_ns(sum(map(len, frames)), self.down_bps)
+        return await super().download(challenge_id, frames)
+
+    async def upload(self, challenge_id: bytes, upload_seed: bytes) -> AsyncIterator[bytes]:
+        self.now += self.rtt_ns + self.generate_ns  # the seed's way there, the answer's back
+        async for frame in super().upload(challenge_id, upload_seed):
+            self.now += self._transfer_ns(len(frame), self.up_bps)
+            yield frame
+
+    async def compute(self, challenge_id: bytes, compute_seed: bytes) -> bytes:
+        self.now += self.rtt_ns + self.compute_ns
+        return await super().compute(challenge_id, compute_seed)
+
+
+def timed_session(link: FakeLink) -> ScoreReport:
+    return run_session(link, MIXER, 0, NODE.address, preset=TIMED, clock=link.clock)
+
+
+@pytest.mark.parametrize(
+    ("rtt_ns", "down_bps", "up_bps", "compute_ns"),
+    [(100_000, 200_000_000, 150_000_000, 50_000_000),    # loopback
+     (20_000_000, 2_000_000, 5_000_000, 50_000_000),     # a slow home line
+     (200_000_000, 20_000_000, 10_000_000, 100_000_000)],  # far away, fast
+    ids=["loopback", "slow-line", "far-away"])
+def test_each_figure_measures_one_thing_on_a_known_link(
+        rtt_ns: int, down_bps: int, up_bps: int, compute_ns: int) -> None:
+    link = FakeLink(make_prover(NODE, MIXERS), rtt_ns=rtt_ns, down_bps=down_bps, up_bps=up_bps,
+                    compute_ns=compute_ns, jitter_ns=rtt_ns // 2 + 1_000_000)
+    report = timed_session(link)
+    assert report.outcome == Outcome.OK, report.reason
+    assert link.echoes == 16
+    # The round trip: the fastest echo, not one that queued.
+    assert abs(report.rtt_us * 1000 - rtt_ns) <= rtt_ns // 10
+    # Each transfer's rate and the compute time, the round trip removed.
+    down_rate = MIB * 1_000_000 // report.download_us
+    up_rate = MIB * 1_000_000 // report.upload_us
+    assert abs(down_rate - down_bps) <= down_bps * 15 // 100, (down_rate, down_bps)
+    assert abs(up_rate - up_bps) <= up_bps * 15 // 100, (up_rate, up_bps)
+    assert abs(report.compute_us * 1000 - compute_ns) <= compute_ns // 10
+    assert report.score == compute_challenge_score(
+        TIMED.hardware_classes[0], outcome=Outcome.OK, rtt_us=report.rtt_us,
+        compute_us=report.compute_us, download_us=report.download_us,
+        upload_us=report.upload_us, params=TIMED.scoring).total
+
+
+def test_a_far_node_computes_and_transfers_as_fast_as_a_near_one() -> None:
+    figures = {}
+    for rtt_ns in (100_000, 50_000_000, 200_000_000):
+        link = FakeLink(make_prover(NODE, MIXERS), rtt_ns=rtt_ns, down_bps=10**8, up_bps=10**8,
+                        compute_ns=80_000_000)
+        report = timed_session(link)
+        figures[rtt_ns] = (report.compute_us, report.download_us, report.upload_us)
+    assert len({compute for compute, _, _ in figures.values()}) == 1, figures
+    # A transfer of 10 ms measures right under a 50 ms round trip; under 200 ms the floor
+    # (1/8 of the raw step) holds it back: sizes are chosen for the links a preset expects.
+    assert figures[50_000_000][1] == figures[100_000][1]
+    assert figures[200_000_000][1] == (200_000_000 + MIB * 10**9 // 10**8) // 8 // 1000
+    # The upload is timed where it arrives: no round trip in it at any distance.
+    assert len({upload for _, _, upload in figures.values()}) == 1, figures
+
+
+def test_padding_the_echoes_buys_at_most_the_floor() -> None:
+    # A node that delays every echo by 1 s (but not its compute) would have its whole compute
+    # step removed: the floor keeps 1/8 of the raw step, and the latency figure pays for it.
+    honest = timed_session(FakeLink(make_prover(NODE, MIXERS), rtt_ns=100_000, down_bps=10**8,
+                                    up_bps=10**8, compute_ns=80_000_000))
+    padded = timed_session(FakeLink(make_prover(NODE, MIXERS), rtt_ns=100_000, down_bps=10**8,
+                                    up_bps=10**8, compute_ns=80_000_000,
+                                    echo_extra_ns=1_000_000_000))
+    assert padded.rtt_us > 1_000_000 > honest.rtt_us
+    assert padded.compute_us * 8 >= honest.compute_us
+    assert padded.compute_us == (80_000_000 + 100_000) // 8 // 1000
 
 
 def test_offline_node_is_unreachable() -> None:
@@ -136,8 +245,9 @@ def test_offline_node_is_unreachable() -> None:
 
 
 class DropsAfterDownload(LocalTransport):
-    async def upload(self, challenge_id: bytes) -> bytes:
+    async def upload(self, challenge_id: bytes, upload_seed: bytes) -> AsyncIterator[bytes]:
         raise NodeUnreachable("connection reset")
+        yield b""  # an async generator, as the transport's
 
 
 def test_node_dropping_mid_session_is_unreachable() -> None:
@@ -208,9 +318,8 @@ def test_spot_checks_catch_exactly_the_sessions_that_open_a_wrong_row() -> None:
     for round_, node in itertools.product(range(TEST.rounds_per_epoch), NODES):
         report = run_session(LocalTransport(make_prover(node, MIXERS, compute=cheat)),
                              MIXER, round_, node.address)
-        challenge = challenge_for(node, round_)
         seeds = compute_kind_seeds(prove_round(MIXER, round_)[1], node.address)
-        root = cheat(challenge.compute_seed, size).root
+        root = cheat(seeds.compute_seed, size).root
         caught = bool(wrong & set(derive_check_indices(seeds.check_seed, root, size)))
         assert report.outcome == (Outcome.WRONG_ANSWER if caught else Outcome.OK), report.reason
         outcomes.append(report.outcome)
@@ -229,23 +338,23 @@ class WrongNonce(LocalTransport):
 class WrongDownloadDigest(LocalTransport):
     """Returns a digest other than the one it signs."""
 
-    async def download(self, challenge_id: bytes, chunks: list[bytes]) -> bytes:
-        await super().download(challenge_id, chunks)
+    async def download(self, challenge_id: bytes, frames: list[bytes]) -> bytes:
+        await super().download(challenge_id, frames)
         return hashlib.sha256(b"not the payload").digest()
 
 
 class CorruptedDownload(LocalTransport):
     """Receives a corrupted payload, then digests and signs it consistently."""
 
-    async def download(self, challenge_id: bytes, chunks: list[bytes]) -> bytes:
-        first = bytes([chunks[0][0] ^ 1]) + chunks[0][1:]
-        return await super().download(challenge_id, [first, *chunks[1:]])
+    async def download(self, challenge_id: bytes, frames: list[bytes]) -> bytes:
+        first = bytes([frames[0][0] ^ 1]) + frames[0][1:]
+        return await super().download(challenge_id, [first, *frames[1:]])
 
 
 class WrongUpload(LocalTransport):
-    async def upload(self, challenge_id: bytes) -> bytes:
-        data = await super().upload(challenge_id)
-        return data[:-1] + bytes([data[-1] ^ 1])
+    async def upload(self, challenge_id: bytes, upload_seed: bytes) -> AsyncIterator[bytes]:
+        async for frame in super().upload(challenge_id, upload_seed):
+            yield frame[:-1] + bytes([frame[-1] ^ 1])
 
 
 class ResigningTransport(LocalTransport):
@@ -327,8 +436,9 @@ def test_node_refusing_the_challenge_gives_bad_response() -> None:
 
 def test_reason_is_bounded() -> None:
     class Verbose(LocalTransport):
-        async def upload(self, challenge_id: bytes) -> bytes:
+        async def upload(self, challenge_id: bytes, upload_seed: bytes) -> AsyncIterator[bytes]:
             raise ChallengeError("x" * 1000)
+            yield b""
 
     report = session(Verbose(_prover()))
     assert_failed(report, Outcome.BAD_RESPONSE, "upload")
@@ -340,8 +450,9 @@ def test_a_node_answering_non_ascii_text_fails_its_own_challenge_only() -> None:
     # Before: a 180-character reason of multi-byte characters broke the 200-byte field, and
     # ScoreReport raised inside the session instead of returning a failed report.
     class Unicode(LocalTransport):
-        async def upload(self, challenge_id: bytes) -> bytes:
+        async def upload(self, challenge_id: bytes, upload_seed: bytes) -> AsyncIterator[bytes]:
             raise ChallengeError("unknown field '" + "\u00e9\u4e2d" * 300 + "'")
+            yield b""
 
     report = session(Unicode(_prover()))
     assert_failed(report, Outcome.BAD_RESPONSE, "upload")
@@ -357,30 +468,46 @@ def signed(challenge: Challenge, signer: Identity = MIXER.identity) -> SignedCha
                            signature=signer.sign_typed(DOMAIN, challenge.hash_struct()))
 
 
+def _seeds(node: Identity = NODE, round_: int = 0) -> Any:
+    return compute_kind_seeds(prove_round(MIXER, round_)[1], node.address)
+
+
 def test_prover_runs_a_full_session_whose_openings_verify() -> None:
-    prover = _prover()
     challenge = challenge_for()
-    seeds = compute_kind_seeds(prove_round(MIXER, 0)[1], NODE.address)
-    cid = challenge.challenge_id
-    prover.start(signed(challenge))
+    seeds = _seeds()
+    session = _prover().start(signed(challenge))
     for nonce in echo_nonces(seeds.latency_seed, challenge.latency_echoes):
-        assert prover.echo(cid, nonce) == nonce
+        assert session.echo(nonce) == nonce
+    digest = None
     for chunk in iter_download_payload(seeds.download_seed, challenge.download_bytes):
-        prover.download_chunk(cid, chunk)
-    prover.download_done(cid)
-    prover.upload(cid)
-    root = prover.compute(cid)
-    response = prover.finish(cid)
+        digest = session.download_chunk(chunk)
+    assert digest is not None
+    session.upload(seeds.upload_seed)
+    root = session.compute(seeds.compute_seed)
+    response = session.finish()
     assert response.response.compute_root == root
     size = ComputeSize(n=challenge.compute_n, rows=challenge.compute_rows,
                        checks=challenge.compute_checks)
     indices = derive_check_indices(seeds.check_seed, root, size)
-    verify_openings(challenge.compute_seed, seeds.check_seed, size, root,
-                    prover.open_rows(cid, indices))
+    verify_openings(seeds.compute_seed, seeds.check_seed, size, root, session.open_rows(indices))
     # Opening ends the session.
     with pytest.raises(ChallengeError) as exc:
-        prover.open_rows(cid, indices)
+        session.open_rows(indices)
     assert exc.value.field == "challengeId"
+
+
+def test_the_signed_challenge_holds_no_seed_only_commitments() -> None:
+    # Everything the node learns at start: the compute and upload seeds are not in it, and
+    # nothing in it derives them (each is a SHA-256 preimage, revealed at its own step).
+    challenge = challenge_for()
+    seeds = _seeds()
+    wire = signed(challenge).to_json()
+    for secret in (seeds.compute_seed, seeds.upload_seed, seeds.download_seed,
+                   seeds.latency_seed, seeds.check_seed):
+        assert secret.hex() not in wire.decode()
+    assert not hasattr(challenge, "compute_seed") and not hasattr(challenge, "upload_seed")
+    assert challenge.compute_seed_hash == compute_seed_hash(seeds.compute_seed)
+    assert challenge.upload_seed_hash == compute_seed_hash(seeds.upload_seed)
 
 
 def test_prover_refuses_challenge_from_non_mixer() -> None:
@@ -402,95 +529,184 @@ def test_prover_refuses_challenge_for_another_node() -> None:
     assert exc.value.field == "node"
 
 
-def test_prover_refuses_duplicate_start() -> None:
-    prover = _prover()
-    prover.start(signed(challenge_for()))
-    with pytest.raises(ChallengeError) as exc:
+def test_prover_refuses_a_replayed_challenge_even_after_the_session() -> None:
+    members = {m.address: m.vrf_public_key for m in MIXERS}
+    prover = ChallengeProver(NODE, DOMAIN, lambda: members, device="cpu", seen=MemorySeen())
+    prover.start(signed(challenge_for())).close()
+    with pytest.raises(ChallengeError, match="taken up before") as exc:
         prover.start(signed(challenge_for()))
     assert exc.value.field == "challengeId"
 
 
-def _started(prover: ChallengeProver) -> Challenge:
-    challenge = challenge_for()
-    prover.start(signed(challenge))
-    return challenge
+def test_without_a_memory_only_an_open_challenge_is_refused_again() -> None:
+    prover = _prover()  # in-process harnesses replay a session on purpose
+    session = prover.start(signed(challenge_for()))
+    with pytest.raises(ChallengeError, match="taken up before"):
+        prover.start(signed(challenge_for()))
+    session.close()
+    prover.start(signed(challenge_for())).close()
+
+
+def test_the_memory_forgets_ids_of_closed_epochs_only() -> None:
+    seen = MemorySeen()
+    assert seen.claim(b"a" * 32, 0, 0) and seen.claim(b"b" * 32, 1, 0)
+    assert not seen.claim(b"a" * 32, 0, 0)
+    assert seen.claim(b"c" * 32, 2, 1)  # epoch 0 closed: its id may go
+    assert not seen.claim(b"b" * 32, 1, 1) and seen.claim(b"a" * 32, 0, 1)
+
+
+def _at(head_block: int) -> ChallengeProver:
+    members = {m.address: m.vrf_public_key for m in MIXERS}
+    return ChallengeProver(NODE, DOMAIN, lambda: members, device="cpu",
+                           chain=ChainView(TEST, 0, lambda: head_block))
+
+
+def _challenge_at(epoch: int, round_: int) -> SignedChallenge:
+    return signed(compute_challenge(
+        beta=hashlib.sha512(b"beta-%d-%d" % (epoch, round_)).digest(), epoch=epoch,
+        round_=round_, mixer=MIXER.address, node=NODE.address, hardware_class=0, preset=TEST))
+
+
+def test_prover_takes_challenges_only_in_their_round() -> None:
+    epoch_blocks, round_blocks = TEST.epoch_blocks, TEST.round_blocks
+    head = 2 * epoch_blocks + round_blocks  # epoch 2, round 1
+    # Epoch 1 closed for reports at its settlement block, which is behind the head.
+    assert compute_settlement_block(1, TEST) <= head
+    for epoch, round_, taken in [(2, 0, True), (2, 1, True), (2, 2, True), (2, 3, False),
+                                 (1, 3, False), (0, 0, False), (3, 0, False)]:
+        prover = _at(head)
+        if taken:
+            prover.start(_challenge_at(epoch, round_)).close()
+            continue
+        with pytest.raises(ScheduleError) as exc:
+            prover.start(_challenge_at(epoch, round_))
+        assert exc.value.field == "round"
+
+
+def test_prover_takes_a_late_challenge_while_its_epoch_takes_reports() -> None:
+    # In the grace period after epoch 0, a mixer may still challenge a round of epoch 0.
+    head = TEST.epoch_blocks  # epoch 1's first block, before epoch 0's settlement block
+    assert head < compute_settlement_block(0, TEST)
+    _at(head).start(_challenge_at(0, 0)).close()
+    with pytest.raises(ScheduleError, match="oldest round still open"):
+        _at(compute_settlement_block(0, TEST)).start(_challenge_at(0, 3))
+
+
+def test_prover_refuses_before_it_read_the_head() -> None:
+    members = {m.address: m.vrf_public_key for m in MIXERS}
+    prover = ChallengeProver(NODE, DOMAIN, lambda: members, device="cpu",
+                             chain=ChainView(TEST, 0, lambda: None))
+    with pytest.raises(ScheduleError, match="head"):
+        prover.start(_challenge_at(0, 0))
+
+
+def _echoed(session: ProverSession) -> ProverSession:
+    for i in range(session.challenge.latency_echoes):
+        session.echo(bytes([i]) * 16)
+    return session
+
+
+def _downloaded(session: ProverSession) -> ProverSession:
+    _echoed(session)
+    assert session.download_chunk(b"\0" * session.challenge.download_bytes) is not None
+    return session
+
+
+def _started() -> ProverSession:
+    return _prover().start(signed(challenge_for()))
+
+
+def test_each_step_runs_once_and_in_order() -> None:
+    seeds = _seeds()
+    session = _downloaded(_started())
+    with pytest.raises(ChallengeError, match="out of order"):  # compute before upload
+        session.compute(seeds.compute_seed)
+    session.upload(seeds.upload_seed)
+    with pytest.raises(ChallengeError, match="out of order") as exc:  # a second upload
+        session.upload(seeds.upload_seed)
+    assert exc.value.field == "step"
+    session.compute(seeds.compute_seed)
+    for again in (lambda: session.compute(seeds.compute_seed),
+                  lambda: session.upload(seeds.upload_seed),
+                  lambda: session.download_chunk(b"\0"),
+                  lambda: session.echo(b"\0" * 16)):
+        with pytest.raises(ChallengeError, match="out of order"):
+            again()
+    session.finish()
+    with pytest.raises(ChallengeError, match="out of order"):
+        session.finish()
+
+
+def test_a_seed_must_be_the_one_committed_to() -> None:
+    seeds = _seeds()
+    session = _downloaded(_started())
+    with pytest.raises(ChallengeError, match="commits to") as exc:
+        session.upload(seeds.compute_seed)
+    assert exc.value.field == "uploadSeed"
+    session.upload(seeds.upload_seed)
+    for wrong in (seeds.upload_seed, b"\1" * 32, b"\1" * 31):
+        with pytest.raises(ChallengeError) as exc:
+            session.compute(wrong)
+        assert exc.value.field == "computeSeed"
+    session.compute(seeds.compute_seed)
 
 
 def test_prover_refuses_open_before_finish() -> None:
-    prover = _prover()
-    challenge = _started(prover)
-    prover.compute(challenge.challenge_id)
-    with pytest.raises(ChallengeError) as exc:
-        prover.open_rows(challenge.challenge_id, list(range(challenge.compute_checks)))
-    assert exc.value.field == "challengeId"
+    seeds = _seeds()
+    session = _downloaded(_started())
+    session.upload(seeds.upload_seed)
+    session.compute(seeds.compute_seed)
+    with pytest.raises(ChallengeError, match="out of order"):
+        session.open_rows(list(range(session.challenge.compute_checks)))
 
 
-def _finished(prover: ChallengeProver) -> Challenge:
-    challenge = _started(prover)
-    cid = challenge.challenge_id
-    for i in range(challenge.latency_echoes):
-        prover.echo(cid, bytes([i]) * 16)
-    prover.download_done(cid)
-    prover.upload(cid)
-    prover.compute(cid)
-    prover.finish(cid)
-    return challenge
+def _finished() -> ProverSession:
+    seeds = _seeds()
+    session = _downloaded(_started())
+    session.upload(seeds.upload_seed)
+    session.compute(seeds.compute_seed)
+    session.finish()
+    return session
 
 
 @pytest.mark.parametrize("delta", [-1, 1])
 def test_prover_refuses_wrong_number_of_indices(delta: int) -> None:
-    prover = _prover()
-    challenge = _finished(prover)
+    session = _finished()
     with pytest.raises(ChallengeError) as exc:
-        prover.open_rows(challenge.challenge_id, list(range(challenge.compute_checks + delta)))
+        session.open_rows(list(range(session.challenge.compute_checks + delta)))
     assert exc.value.field == "indices"
 
 
 def test_prover_refuses_index_out_of_range() -> None:
-    prover = _prover()
-    challenge = _finished(prover)
+    session = _finished()
+    challenge = session.challenge
     indices = [*range(challenge.compute_checks - 1), challenge.compute_rows]
     with pytest.raises(ChallengeError) as exc:
-        prover.open_rows(challenge.challenge_id, indices)
+        session.open_rows(indices)
     assert exc.value.field == f"indices[{challenge.compute_checks - 1}]"
 
 
-def test_prover_refuses_finish_before_every_step() -> None:
-    prover = _prover()
-    challenge = _started(prover)
-    cid = challenge.challenge_id
-    with pytest.raises(ChallengeError, match="before compute"):
-        prover.finish(cid)
-    prover.compute(cid)
-    with pytest.raises(ChallengeError, match="echoes"):
-        prover.finish(cid)
-    for i in range(challenge.latency_echoes):
-        prover.echo(cid, bytes([i]) * 16)
-    with pytest.raises(ChallengeError, match="transfers"):
-        prover.finish(cid)
-    prover.download_done(cid)
-    with pytest.raises(ChallengeError, match="transfers"):
-        prover.finish(cid)
-    prover.upload(cid)
-    assert prover.finish(cid).response.node == NODE.address
-
-
-def test_prover_refuses_bad_echoes_and_unknown_sessions() -> None:
-    prover = _prover()
-    challenge = _started(prover)
-    cid = challenge.challenge_id
+def test_prover_refuses_bad_echoes_and_downloads() -> None:
+    session = _started()
     with pytest.raises(ChallengeError) as exc:
-        prover.echo(cid, b"\x00" * 15)
+        session.echo(b"\x00" * 15)
     assert exc.value.field == "nonce"
-    for i in range(challenge.latency_echoes):
-        prover.echo(cid, bytes([i]) * 16)
+    with pytest.raises(ChallengeError, match="out of order"):
+        session.download_chunk(b"\0")
+    session.echo(b"\x01" * 16)
+    with pytest.raises(ChallengeError, match="download after 1 echoes"):
+        session.download_chunk(b"\0")
+    for i in range(1, session.challenge.latency_echoes):
+        session.echo(bytes([i]) * 16)
     with pytest.raises(ChallengeError) as exc:
-        prover.echo(cid, b"\x00" * 16)
+        session.echo(b"\x00" * 16)
     assert exc.value.field == "nonce"
-    for call in (prover.upload, prover.compute, prover.finish, prover.download_done):
-        with pytest.raises(ChallengeError) as exc:
-            call(b"\x01" * 32)
-        assert exc.value.field == "challengeId"
+    with pytest.raises(ChallengeError) as exc:
+        session.download_chunk(b"\0" * (session.challenge.download_bytes + 1))
+    assert exc.value.field == "download"
+    session.close()
+    with pytest.raises(ChallengeError, match="ended"):
+        session.download_chunk(b"\0")
 
 
 def test_prover_keeps_a_bounded_number_of_sessions() -> None:
@@ -500,8 +716,10 @@ def test_prover_keeps_a_bounded_number_of_sessions() -> None:
                           mixer=MIXER.address, node=NODE.address, hardware_class=0, preset=TEST)
         for i in range(MAX_OPEN_SESSIONS + 1)
     ]
-    for challenge in challenges:
-        prover.start(signed(challenge))
-    with pytest.raises(ChallengeError):  # the oldest was evicted
-        prover.upload(challenges[0].challenge_id)
-    assert len(prover.upload(challenges[1].challenge_id)) == challenges[1].upload_bytes
+    sessions = [prover.start(signed(c)) for c in challenges[:-1]]
+    with pytest.raises(ChallengeError, match="sessions already"):
+        prover.start(signed(challenges[-1]))
+    sessions[0].close()
+    sessions[0].close()  # idempotent: one slot back
+    prover.start(signed(challenges[-1]))
+    assert prover.open_sessions == MAX_OPEN_SESSIONS

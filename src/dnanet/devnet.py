@@ -43,6 +43,7 @@ from dnanet.errors import DnanetError
 from dnanet.gateway.app import GatewayConfig, generate_api_key
 from dnanet.keyfiles import derive_vrf_public_key
 from dnanet.mixer.daemon import MixerDaemon
+from dnanet.mixer.node_client import mixer_node_credentials
 from dnanet.node.daemon import NodeDaemon, NodeProfile
 from dnanet.node.hardware import Hardware, probe_hardware
 from dnanet.params import PRESETS, Preset, format_dna_short, format_score, get_preset
@@ -310,7 +311,9 @@ class Devnet:
                                 self.data_dir / f"mixer-{identity.address[2:10]}",
                                 validator_url=self.validator_url, port=port,
                                 gateway_config=GatewayConfig(
-                                    api_keys=frozenset({self.api_key})))
+                                    api_keys=frozenset({self.api_key}),
+                                    node_credential=mixer_node_credentials(
+                                        identity, self.gateway(identity))))
             await self._start(mixer, f"mixer-{identity.address[2:8]}")
             self.mixer_daemons.append(mixer)
         offline_at = genesis + self.preset.epoch_blocks // 2

@@ -1,216 +1,139 @@
-"""The mixer's HTTP transport to a node's challenge API (see ``dnanet.node.server``).
+"""The mixer's client to nodes: challenge sessions over WebSockets, and the credential its
+gateway adds to the AI requests it forwards.
 
-A challenge session is about a dozen small requests to one node (start, echoes, download,
-upload, compute, finish, openings), and a mixer runs dozens of sessions at once, so the HTTP
-client's own cost per request is most of a mixer's CPU per challenge. ``NodeHttpClient`` is
-the least an HTTP/1.1 client can be for this API: keep-alive connections pooled per node,
-requests with a Content-Length, responses parsed by httptools (Content-Length or chunked),
-one deadline per request. Measured in ``bench/network.py``: httpx cost the mixer 12-28 ms
-of CPU per challenge at 64 in flight, aiohttp about 5 ms, this client under 3 ms (1.5x the challenges per second).
+A challenge session is one WebSocket to the node's ``/v1/challenges`` (``dnanet.node.api``
+describes the frames): the connection that presented the signed challenge is the session, so
+nobody else can drive it, and each echo is one small binary frame each way, with no JSON or
+HTTP routing on its path. ``NodeHttpClient`` bounds the sessions open at once (``limit`` in all,
+``limit_per_host`` to one node) and how long any answer may take; ``HttpNodeTransport`` is one
+node's ``NodeTransport`` over it.
+
+``NodeCredentials`` signs a gateway request for a node (``dnanet.protocol.access``) with the
+mixer's key over a recent block that ``ChainHead`` reads from the chain at most every
+``max_age_s``, never on the request's path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
-from urllib.parse import urlsplit
 
-import httptools
+import websockets.exceptions as ws_errors
+from websockets.asyncio.client import ClientConnection, connect
 
+from dnanet.crypto.eip712 import Domain
+from dnanet.crypto.keys import Identity
 from dnanet.errors import ChallengeError, CodecError, NodeUnreachable
 from dnanet.node.api import (
-    DigestMessage,
-    EchoMessage,
+    ACCEPTED,
+    COMPUTE,
+    DOWNLOAD,
+    ECHO,
+    ERROR,
+    FINISH,
+    MAX_ANSWER_FRAME_BYTES,
+    OPEN,
+    SESSION_PATH,
+    START,
+    UPLOAD,
     OpeningsMessage,
     OpenRequest,
-    RootMessage,
+    parse_error_frame,
 )
+from dnanet.protocol.access import CREDENTIAL_HEADER, compute_node_request, sign_node_request
 from dnanet.protocol.challenges.compute import RowOpening
-from dnanet.protocol.codec import Message, parse_json
-from dnanet.protocol.messages import SignedChallenge, SignedChallengeResponse
+from dnanet.protocol.messages import Challenge, SignedChallenge, SignedChallengeResponse
+from dnanet.service.network import ChainGateway
 
-MAX_RESPONSE_BYTES = 256 * 1024 * 1024
-"""A node's answer larger than this ends the request (the largest, an upload, is far less)."""
-IDLE_S = 4.0
-"""Idle connections are dropped after this, before the node's server closes them (uvicorn:
-5 s), so that a request never goes out on a connection the node is closing."""
+_UNREACHABLE = (OSError, TimeoutError, ws_errors.ConnectionClosed, ws_errors.InvalidHandshake,
+                ws_errors.InvalidURI)
 
 
-class _Exchange(asyncio.Protocol):
-    """One keep-alive connection to a node: one request at a time, its answer parsed by
-    httptools as it arrives."""
+def session_url(base_url: str) -> str:
+    """The WebSocket URL of a node's challenge sessions, from its registered endpoint."""
+    base = base_url.rstrip("/")
+    if base.startswith("https://"):
+        return "wss://" + base[len("https://"):] + SESSION_PATH
+    if base.startswith("http://"):
+        return "ws://" + base[len("http://"):] + SESSION_PATH
+    raise NodeUnreachable(f"not an http:// endpoint: {base_url[:100]!r}")
 
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.transport: asyncio.Transport | None = None
-        self.answer: asyncio.Future[tuple[int, bytes]] | None = None
-        self.parser: httptools.HttpResponseParser | None = None
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.lost = False
-        self.idle_since = 0.0
 
-    # asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        if self.parser is None:  # bytes nobody asked for: the connection is unusable
-            self._fail(ConnectionError("the node sent data outside an answer"))
-            return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(ConnectionError(f"malformed HTTP answer: {exc}"))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self._fail(ConnectionError("the node closed the connection"))
-
-    # httptools callbacks
-    def on_body(self, body: bytes) -> None:
-        self.size += len(body)
-        if self.size > self.max_bytes:
-            self._fail(ConnectionError(f"answer exceeds {self.max_bytes} bytes"))
-            return
-        self.chunks.append(body)
-
-    def on_message_complete(self) -> None:
-        parser, answer = self.parser, self.answer
-        if parser is None or answer is None or answer.done():
-            return
-        self.parser = None
-        if not parser.should_keep_alive():
-            self.lost = True
-            assert self.transport is not None
-            self.transport.close()
-        answer.set_result((parser.get_status_code(), b"".join(self.chunks)))
-
-    def _fail(self, exc: Exception) -> None:
-        self.lost = True
-        self.parser = None
-        if self.transport is not None:
-            self.transport.close()
-        if self.answer is not None and not self.answer.done():
-            self.answer.set_exception(exc)
-
-    def send(self, head: bytes, body: bytes) -> asyncio.Future[tuple[int, bytes]]:
-        assert self.transport is not None
-        self.chunks, self.size = [], 0
-        self.parser = httptools.HttpResponseParser(self)
-        self.answer = asyncio.get_running_loop().create_future()
-        if body:
-            self.transport.writelines((head, body))
-        else:
-            self.transport.write(head)
-        return self.answer
-
-    @property
-    def reusable(self) -> bool:
-        return (not self.lost and self.transport is not None and not self.transport.is_closing()
-                and time.monotonic() - self.idle_since < IDLE_S)
+@dataclass
+class _Session:
+    challenge: Challenge
+    socket: ClientConnection
+    release: Callable[[], None]
+    closed: bool = field(default=False)
 
 
 class NodeHttpClient:
-    """HTTP/1.1 to nodes' challenge APIs: a pool of keep-alive connections per node (at most
-    ``limit_per_host`` open at once, ``limit`` in all), each request bounded by
-    ``timeout_s`` from its start to the last byte of the answer."""
+    """The WebSockets of a mixer's challenge sessions (see the module docstring): at most
+    ``limit`` open at once, ``limit_per_host`` to one node endpoint; ``timeout_s`` bounds the
+    connection and every answer awaited."""
 
     def __init__(self, *, limit: int, limit_per_host: int = 4, timeout_s: float,
-                 max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
+                 max_response_bytes: int = MAX_ANSWER_FRAME_BYTES) -> None:
         self.timeout_s = timeout_s
         self.limit_per_host = limit_per_host
         self.max_response_bytes = max_response_bytes
         self._all = asyncio.Semaphore(max(1, limit))
-        self._hosts: dict[tuple[str, int], asyncio.Semaphore] = {}
-        self._idle: dict[tuple[str, int], list[_Exchange]] = {}
-        self._origins: dict[str, tuple[str, int]] = {}
+        self._hosts: dict[str, asyncio.Semaphore] = {}
+        self._open: set[ClientConnection] = set()
         self._closed = False
 
-    def _target(self, url: str) -> tuple[str, int, str]:
-        """(host, port, path?query) of an http:// URL. The origin (``http://host:port``) is
-        parsed once per node; every challenge step has a path of its own."""
-        end = len(url)
-        for separator in "/?#":  # the authority ends at the first of them
-            found = url.find(separator, len("http://"))
-            if 0 <= found < end:
-                end = found
-        origin, path = url[:end], url[end:].partition("#")[0]
-        if not path.startswith("/"):
-            path = "/" + path
-        address = self._origins.get(origin)
-        if address is None:
-            try:
-                parts = urlsplit(origin)
-                port = parts.port or 80
-            except ValueError:  # a port that is not a number, an unbalanced [ ...
-                parts, port = None, 0
-            if parts is None or parts.scheme != "http" or not parts.hostname:
-                raise NodeUnreachable(f"not an http:// endpoint: {url[:100]!r}")
-            address = (parts.hostname, port)
-            if len(self._origins) > 100_000:
-                self._origins.clear()
-            self._origins[origin] = address
-        if not (path.isascii() and path.isprintable()) or " " in path:  # one request line
-            raise NodeUnreachable(f"not a valid request path: {path[:100]!r}")
-        return (*address, path)
-
-    async def request(self, method: str, url: str, body: bytes = b"",
-                      content_type: str = "application/json") -> tuple[int, bytes]:
-        """(status, body) of one exchange; raises NodeUnreachable when the node cannot be
-        reached, times out, closes the connection or answers something that is not HTTP."""
+    async def connect(self, url: str) -> tuple[ClientConnection, Callable[[], None]]:
+        """A WebSocket to ``url`` and the function that gives its slots back once it is
+        closed; NodeUnreachable if the node cannot be reached or refuses the upgrade."""
         if self._closed:
             raise NodeUnreachable("the mixer's node client is closed")
-        host, port, path = self._target(url)
-        head = (f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
-                ).encode("latin-1")
-        key = (host, port)
-        per_host = self._hosts.get(key)
-        if per_host is None:
-            per_host = self._hosts[key] = asyncio.Semaphore(self.limit_per_host)
-        exchange: _Exchange | None = None
+        per_host = self._hosts.setdefault(url, asyncio.Semaphore(self.limit_per_host))
         try:
-            async with asyncio.timeout(self.timeout_s), self._all, per_host:
-                exchange = self._checkout(key)
-                if exchange is None:
-                    loop = asyncio.get_running_loop()
-                    _, exchange = await loop.create_connection(
-                        lambda: _Exchange(self.max_response_bytes), host, port)
-                status, data = await exchange.send(head, body)
-        except BaseException as exc:  # the connection is in an unknown state: never reuse it
-            if exchange is not None:
-                exchange._fail(ConnectionError("request abandoned"))
-            if isinstance(exc, TimeoutError):
-                raise NodeUnreachable("timed out") from None
-            if isinstance(exc, OSError):
+            async with asyncio.timeout(self.timeout_s):
+                await self._all.acquire()
+                try:
+                    await per_host.acquire()
+                except BaseException:
+                    self._all.release()
+                    raise
+        except TimeoutError:
+            raise NodeUnreachable("timed out waiting for a free connection") from None
+        try:
+            socket = await connect(url, compression=None, proxy=None, ping_interval=None,
+                                   open_timeout=self.timeout_s, close_timeout=self.timeout_s,
+                                   max_size=self.max_response_bytes, user_agent_header=None)
+        except BaseException as exc:
+            per_host.release()
+            self._all.release()
+            if isinstance(exc, ws_errors.InvalidStatus):
+                status = exc.response.status_code
+                if status < 500:
+                    raise ChallengeError(f"node refused the session with HTTP {status}",
+                                         field="session") from None
+                raise NodeUnreachable(f"node answered HTTP {status}") from None
+            if isinstance(exc, _UNREACHABLE):
                 raise NodeUnreachable(f"{type(exc).__name__}: {exc}") from None
             raise
-        exchange.idle_since = time.monotonic()
-        if exchange.reusable and not self._closed:
-            self._idle.setdefault(key, []).append(exchange)
-        return status, data
+        self._open.add(socket)
 
-    def _checkout(self, key: tuple[str, int]) -> _Exchange | None:
-        idle = self._idle.get(key)
-        while idle:
-            exchange = idle.pop()
-            if exchange.reusable:
-                return exchange
-            if exchange.transport is not None:
-                exchange.transport.close()
-        return None
+        def release() -> None:
+            if socket in self._open:
+                self._open.discard(socket)
+                per_host.release()
+                self._all.release()
+
+        return socket, release
 
     async def close(self) -> None:
         self._closed = True
-        for idle in self._idle.values():
-            for exchange in idle:
-                if exchange.transport is not None:
-                    exchange.transport.close()
-        self._idle.clear()
-        await asyncio.sleep(0)  # let the transports close
+        sockets, self._open = list(self._open), set()
+        for socket in sockets:
+            await socket.close()
 
     async def __aenter__(self) -> NodeHttpClient:
         return self
@@ -221,57 +144,108 @@ class NodeHttpClient:
 
 
 class HttpNodeTransport:
-    """Talks to one node's base URL over the mixer's shared ``NodeHttpClient``."""
+    """One node's challenge sessions, each a WebSocket of the mixer's ``NodeHttpClient``."""
 
     def __init__(self, session: NodeHttpClient, base_url: str) -> None:
-        self.session = session
-        self.base = base_url.rstrip("/") + "/v1/challenges"
+        self.client = session
+        self.url = session_url(base_url)
+        self._sessions: dict[bytes, _Session] = {}
 
-    async def _request(self, method: str, url: str, body: bytes = b"",
-                       content_type: str = "application/json") -> bytes:
-        status, data = await self.session.request(method, url, body, content_type)
-        if status >= 500:
-            raise NodeUnreachable(f"node answered HTTP {status}")
-        if status >= 400:
-            raise ChallengeError(f"node refused with HTTP {status}: {data[:200]!r}")
-        return data
+    def _session(self, challenge_id: bytes) -> _Session:
+        session = self._sessions.get(challenge_id)
+        if session is None or session.closed:
+            raise ChallengeError("no open session", field="challengeId")
+        return session
 
-    async def _json(self, url: str, message: Message | None = None) -> Any:
-        raw = await self._request("POST", url, message.to_json() if message is not None else b"")
+    async def _send(self, session: _Session, frame: bytes) -> None:
         try:
-            return parse_json(raw)
-        except CodecError as exc:
-            raise ChallengeError(f"node answered malformed JSON: {exc}") from None
+            async with asyncio.timeout(self.client.timeout_s):
+                await session.socket.send(frame)
+        except _UNREACHABLE as exc:
+            raise NodeUnreachable(_gone(exc)) from None
 
-    def _url(self, challenge_id: bytes, step: str) -> str:
-        return f"{self.base}/0x{challenge_id.hex()}/{step}"
+    async def _answer(self, session: _Session, tag: bytes) -> bytes:
+        """The body of the node's next frame, which must be ``tag``'s."""
+        try:
+            async with asyncio.timeout(self.client.timeout_s):
+                frame = await session.socket.recv(decode=False)
+        except _UNREACHABLE as exc:
+            raise NodeUnreachable(_gone(exc)) from None
+        assert isinstance(frame, bytes)  # decode=False: a text frame's bytes too
+        if frame[:1] == ERROR:
+            raise ChallengeError(f"node refused: {parse_error_frame(frame[1:])}", field="node")
+        if frame[:1] != tag:
+            raise ChallengeError(f"node answered frame {frame[:1]!r}, expected {tag!r}",
+                                 field="frame")
+        return frame[1:]
 
     async def start(self, signed: SignedChallenge) -> None:
-        await self._json(self.base, signed)
+        socket, release = await self.client.connect(self.url)
+        session = _Session(signed.challenge, socket, release)
+        self._sessions[signed.challenge.challenge_id] = session
+        await self._send(session, START + signed.to_json())
+        await self._answer(session, ACCEPTED)
 
     async def echo(self, challenge_id: bytes, nonce: bytes) -> bytes:
-        data = await self._json(self._url(challenge_id, "echo"), EchoMessage(nonce=nonce))
-        return EchoMessage.from_wire(data).nonce
+        session = self._session(challenge_id)
+        await self._send(session, ECHO + nonce)
+        return await self._answer(session, ECHO)
 
-    async def download(self, challenge_id: bytes, chunks: list[bytes]) -> bytes:
-        raw = await self._request("POST", self._url(challenge_id, "download"), b"".join(chunks),
-                                  "application/octet-stream")
-        return DigestMessage.from_json(raw).digest
+    async def download(self, challenge_id: bytes, frames: list[bytes]) -> bytes:
+        session = self._session(challenge_id)
+        for frame in frames:
+            await self._send(session, DOWNLOAD + frame)
+        return _digest(await self._answer(session, DOWNLOAD))
 
-    async def upload(self, challenge_id: bytes) -> bytes:
-        return await self._request("GET", self._url(challenge_id, "upload"))
+    async def upload(self, challenge_id: bytes, upload_seed: bytes) -> AsyncIterator[bytes]:
+        session = self._session(challenge_id)
+        await self._send(session, UPLOAD + upload_seed)
+        received = 0
+        while received < session.challenge.upload_bytes:
+            frame = await self._answer(session, UPLOAD)
+            received += len(frame)
+            yield frame
 
-    async def compute(self, challenge_id: bytes) -> bytes:
-        return RootMessage.from_wire(await self._json(self._url(challenge_id, "compute"))).root
+    async def compute(self, challenge_id: bytes, compute_seed: bytes) -> bytes:
+        session = self._session(challenge_id)
+        await self._send(session, COMPUTE + compute_seed)
+        return _digest(await self._answer(session, COMPUTE))
 
     async def finish(self, challenge_id: bytes) -> SignedChallengeResponse:
-        return SignedChallengeResponse.from_wire(
-            await self._json(self._url(challenge_id, "finish")))
+        session = self._session(challenge_id)
+        await self._send(session, FINISH)
+        return SignedChallengeResponse.from_json(await self._answer(session, FINISH))
 
     async def open_rows(self, challenge_id: bytes, indices: list[int]) -> list[RowOpening]:
-        data = await self._json(self._url(challenge_id, "open"),
-                                OpenRequest(indices=tuple(indices)))
-        return [o.opening() for o in OpeningsMessage.from_wire(data).openings]
+        session = self._session(challenge_id)
+        await self._send(session, OPEN + OpenRequest(indices=tuple(indices)).to_json())
+        answer = await self._answer(session, OPEN)
+        return [o.opening() for o in OpeningsMessage.from_json(
+            answer, max_bytes=self.client.max_response_bytes).openings]
+
+    async def close(self, challenge_id: bytes) -> None:
+        session = self._sessions.pop(challenge_id, None)
+        if session is None or session.closed:
+            return
+        session.closed = True
+        try:
+            await session.socket.close()
+        finally:
+            session.release()
+
+
+def _digest(body: bytes) -> bytes:
+    if len(body) != 32:
+        raise CodecError(f"a digest is 32 bytes, got {len(body)}", field="frame")
+    return body
+
+
+def _gone(exc: BaseException) -> str:
+    if isinstance(exc, ws_errors.ConnectionClosed):
+        return "the node closed the connection"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def open_node_session(concurrency: int, timeout_s: float) -> NodeHttpClient:
@@ -279,4 +253,64 @@ def open_node_session(concurrency: int, timeout_s: float) -> NodeHttpClient:
     return NodeHttpClient(limit=max(concurrency, 1), limit_per_host=4, timeout_s=timeout_s)
 
 
-__all__ = ["HttpNodeTransport", "NodeHttpClient", "open_node_session"]
+class ChainHead:
+    """The chain's head block as last read by ``read`` (a blocking chain call), read again in
+    a background thread once the value is ``max_age_s`` old: calling it never waits on the
+    chain, except for the very first value."""
+
+    def __init__(self, read: Callable[[], int], max_age_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._read = read
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._value: int | None = None
+        self._at = 0.0
+        self._refreshing = False
+        self._lock = threading.Lock()
+
+    def _refresh(self) -> None:
+        try:
+            value = self._read()
+            with self._lock:
+                self._value, self._at = value, self._clock()
+        finally:
+            self._refreshing = False
+
+    def __call__(self) -> int:
+        if self._value is None:
+            self._refreshing = True
+            self._refresh()
+        elif self._clock() - self._at >= self.max_age_s and not self._refreshing:
+            self._refreshing = True
+            threading.Thread(target=self._refresh, name="chain-head", daemon=True).start()
+        assert self._value is not None
+        return self._value
+
+
+class NodeCredentials:
+    """Signs the mixer's gateway requests to nodes (``GatewayConfig.node_credential``): the
+    header a node's AI endpoints require from a mixer of the current set."""
+
+    def __init__(self, identity: Identity, domain: Domain, head: Callable[[], int],
+                 nonce: Callable[[int], bytes] = os.urandom) -> None:
+        self.identity = identity
+        self.domain = domain
+        self.head = head
+        self.nonce = nonce
+
+    def __call__(self, method: str, url: str, body: bytes) -> dict[str, str]:
+        request = compute_node_request(method, url, body, self.head(), self.nonce(16))
+        credential = sign_node_request(self.identity, self.domain, request)
+        return {CREDENTIAL_HEADER: credential.encode()}
+
+
+def mixer_node_credentials(identity: Identity, chain: ChainGateway) -> NodeCredentials:
+    """The ``GatewayConfig.node_credential`` of the mixer ``identity``: its signature over a
+    head block it reads from ``chain`` at most every half round."""
+    preset = chain.preset
+    half_round_s = preset.round_blocks * preset.block_interval_ms / 2000
+    return NodeCredentials(identity, chain.domain, ChainHead(chain.block_number, half_round_s))
+
+
+__all__ = ["ChainHead", "HttpNodeTransport", "NodeCredentials", "NodeHttpClient",
+           "mixer_node_credentials", "open_node_session", "session_url"]

@@ -1,22 +1,32 @@
 """The mixer's side of one challenge session: drive it, time it, verify it, score it.
 
-The transport (in-process for tests and demos, HTTP for the daemons) is injected; this module
-decides the outcome and builds the ScoreReport. Timing is the mixer's own clock: the node can
-only make itself look slower.
+The transport (in-process for tests and demos, a WebSocket for the daemons) is injected; this
+module decides the outcome and builds the ScoreReport. Timing is the mixer's own clock, and
+each figure measures one thing (``dnanet.protocol.challenges.timing``): latency is the minimum
+of the echoes' round trips; the download and the compute step have that round trip removed; the
+upload is timed where the mixer receives it, from its first frame to its last. Everything the
+mixer computes (payloads, their digests, the row checks) is done in a worker thread, before a
+clock starts or after it stopped, so that the loop timing this session and others only times.
+The node can only make itself look slower, except by adding to its echoes' round trip, which
+the floor of ``compute_step_us`` bounds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from dnanet.crypto.eip712 import Domain, recover_typed
 from dnanet.crypto.keys import Identity
 from dnanet.errors import DnanetError, NodeUnreachable, SignatureError
+from dnanet.node.api import FRAME_BYTES
 from dnanet.params import Preset
 from dnanet.protocol.challenge_params import compute_challenge, compute_kind_seeds
+from dnanet.protocol.challenges import KindSeeds
 from dnanet.protocol.challenges.bandwidth import (
     iter_download_payload,
     payload_digest,
@@ -30,7 +40,12 @@ from dnanet.protocol.challenges.compute import (
     derive_check_indices,
     verify_openings,
 )
-from dnanet.protocol.challenges.latency import echo_digest, echo_nonces, median_rtt_us
+from dnanet.protocol.challenges.latency import echo_digest, echo_nonces
+from dnanet.protocol.challenges.timing import (
+    compute_receiver_us,
+    compute_rtt_us,
+    compute_step_us,
+)
 from dnanet.protocol.evidence import encode_fraud_evidence, is_row_correct
 from dnanet.protocol.messages import (
     Challenge,
@@ -48,15 +63,19 @@ Clock = Callable[[], int]
 
 
 class NodeTransport(Protocol):
-    """How a mixer talks to one node during a session (see ``dnanet.node.prover``)."""
+    """How a mixer talks to one node during a session (see ``dnanet.node.prover``). A session
+    is named by its challenge id from ``start`` until ``close``."""
 
     async def start(self, signed: SignedChallenge) -> None: ...
     async def echo(self, challenge_id: bytes, nonce: bytes) -> bytes: ...
-    async def download(self, challenge_id: bytes, chunks: list[bytes]) -> bytes: ...
-    async def upload(self, challenge_id: bytes) -> bytes: ...
-    async def compute(self, challenge_id: bytes) -> bytes: ...
+    async def download(self, challenge_id: bytes, frames: list[bytes]) -> bytes: ...
+    def upload(self, challenge_id: bytes, upload_seed: bytes) -> AsyncIterator[bytes]:
+        """The upload payload's frames, each as soon as it has arrived."""
+        ...
+    async def compute(self, challenge_id: bytes, compute_seed: bytes) -> bytes: ...
     async def finish(self, challenge_id: bytes) -> SignedChallengeResponse: ...
     async def open_rows(self, challenge_id: bytes, indices: list[int]) -> list[RowOpening]: ...
+    async def close(self, challenge_id: bytes) -> None: ...
 
 
 class _Failed(Exception):
@@ -65,8 +84,21 @@ class _Failed(Exception):
         self.reason = reason
 
 
-def _us(ns: int) -> int:
-    return max(1, ns // 1000)
+@dataclass(frozen=True)
+class _Prepared:
+    """What the mixer computes before the session: nothing of it is timed."""
+
+    download_frames: list[bytes]
+    download_digest: bytes
+    upload: bytes
+    upload_digest: bytes
+
+
+def _prepare(seeds: KindSeeds, challenge: Challenge) -> _Prepared:
+    payload = b"".join(iter_download_payload(seeds.download_seed, challenge.download_bytes))
+    frames = [payload[i:i + FRAME_BYTES] for i in range(0, len(payload), FRAME_BYTES)]
+    upload = upload_payload(seeds.upload_seed, challenge.upload_bytes)
+    return _Prepared(frames, payload_digest(payload), upload, payload_digest(upload))
 
 
 async def run_challenge_session(
@@ -95,14 +127,19 @@ async def run_challenge_session(
         challenge_digest=challenge.hash_struct(),
     )
     timeout = preset.challenge_timeout_ms / 1000
+    seeds = compute_kind_seeds(beta, challenge.node)
+    prepared = await asyncio.to_thread(_prepare, seeds, challenge)
     try:
         result = await asyncio.wait_for(
-            _drive(transport, challenge, identity, domain, beta, clock), timeout
+            _drive(transport, challenge, identity, domain, seeds, prepared, clock), timeout
         )
     except TimeoutError:
         return compute_failed_report(base, Outcome.TIMEOUT, f"no answer within {timeout:g} s")
     except _Failed as failed:
         return compute_failed_report(base, failed.outcome, failed.reason)
+    finally:
+        with contextlib.suppress(Exception):
+            await transport.close(challenge.challenge_id)
     signed, measured, evidence = result
     response = signed.response
     outcome = Outcome.WRONG_ANSWER if evidence else Outcome.OK
@@ -126,14 +163,19 @@ async def run_challenge_session(
     )
 
 
+def _fault(what: str, exc: DnanetError) -> _Failed:
+    """The node's fault during ``what`` as a failed outcome."""
+    if isinstance(exc, NodeUnreachable):
+        return _Failed(Outcome.UNREACHABLE, f"{what}: {exc}")
+    return _Failed(Outcome.BAD_RESPONSE, f"{what}: {exc}")
+
+
 async def _call(what: str, coro: Awaitable[T]) -> T:
     """Await a transport call, mapping the node's faults to a failed outcome."""
     try:
         return await coro
-    except NodeUnreachable as exc:
-        raise _Failed(Outcome.UNREACHABLE, f"{what}: {exc}") from None
     except DnanetError as exc:
-        raise _Failed(Outcome.BAD_RESPONSE, f"{what}: {exc}") from None
+        raise _fault(what, exc) from None
 
 
 async def _drive(
@@ -141,57 +183,90 @@ async def _drive(
     challenge: Challenge,
     identity: Identity,
     domain: Domain,
-    beta: bytes,
+    seeds: KindSeeds,
+    prepared: _Prepared,
     clock: Clock,
 ) -> tuple[SignedChallengeResponse, tuple[int, int, int, int], bytes]:
-    seeds = compute_kind_seeds(beta, challenge.node)
     cid = challenge.challenge_id
     signed_challenge = SignedChallenge(
         challenge=challenge, signature=identity.sign_typed(domain, challenge.hash_struct())
     )
     await _call("start", transport.start(signed_challenge))
 
-    # Latency: echo nonces the node cannot predict; the median round trip counts.
+    # Latency: echo nonces the node cannot predict; the fastest round trip counts.
     nonces = echo_nonces(seeds.latency_seed, challenge.latency_echoes)
     samples = []
     for nonce in nonces:
         t0 = clock()
         echoed: bytes = await _call("echo", transport.echo(cid, nonce))
-        samples.append(_us(clock() - t0))
+        samples.append(clock() - t0)
         if echoed != nonce:
             raise _Failed(Outcome.BAD_RESPONSE, "echo returned another nonce")
-    rtt_us = median_rtt_us(samples)
+    rtt_ns = min(samples)
 
-    # Bandwidth down: a payload only the mixer can generate; the node returns its digest.
-    chunks = list(iter_download_payload(seeds.download_seed, challenge.download_bytes))
+    # Bandwidth down: a payload only the mixer can generate, its frames ready before the clock
+    # starts; the node answers its digest after the last byte. The round trip is removed.
     t0 = clock()
-    down_digest: bytes = await _call("download", transport.download(cid, chunks))
-    download_us = _us(clock() - t0)
-    # Bandwidth up: the node sends the payload of the upload seed.
-    t0 = clock()
-    uploaded: bytes = await _call("upload", transport.upload(cid))
-    upload_us = _us(clock() - t0)
+    down_digest: bytes = await _call("download", transport.download(cid,
+                                                                    prepared.download_frames))
+    download_us = compute_step_us(clock() - t0, rtt_ns)
+    # Bandwidth up: the mixer reveals the upload seed; timed where it receives the payload.
+    uploaded, upload_us = await _receive_upload(transport, challenge, seeds.upload_seed,
+                                                rtt_ns, clock)
 
-    # Compute: the node commits to the product; the commitment time is its compute time.
+    # Compute: the seed is revealed now, so the node cannot start before this step; its
+    # commitment to the product ends it. The round trip is removed.
     t0 = clock()
-    root: bytes = await _call("compute", transport.compute(cid))
-    compute_us = _us(clock() - t0)
+    root: bytes = await _call("compute", transport.compute(cid, seeds.compute_seed))
+    compute_us = compute_step_us(clock() - t0, rtt_ns)
 
     signed: SignedChallengeResponse = await _call("finish", transport.finish(cid))
-    _verify_response(signed, challenge, domain, nonces, payload_digest(b"".join(chunks)), root,
+    _verify_response(signed, challenge, domain, nonces, prepared.download_digest, root,
                      down_digest)
-    if uploaded != upload_payload(challenge.upload_seed, challenge.upload_bytes):
+    if not await asyncio.to_thread(_is_payload, uploaded, prepared.upload):
         raise _Failed(Outcome.BAD_RESPONSE, "uploaded payload differs from the upload seed's")
-    if signed.response.upload_digest != payload_digest(uploaded):
+    if signed.response.upload_digest != prepared.upload_digest:
         raise _Failed(Outcome.BAD_RESPONSE, "signed upload digest differs from the payload")
 
     size = ComputeSize(n=challenge.compute_n, rows=challenge.compute_rows,
                        checks=challenge.compute_checks)
     indices = derive_check_indices(seeds.check_seed, root, size)
     openings: list[RowOpening] = await _call("open", transport.open_rows(cid, indices))
-    evidence = _check_openings(challenge, seeds.compute_seed, seeds.check_seed, size, root,
-                               openings)
-    return signed, (rtt_us, compute_us, download_us, upload_us), evidence
+    evidence = await asyncio.to_thread(_check_openings, challenge, seeds.compute_seed,
+                                       seeds.check_seed, size, root, openings)
+    return signed, (compute_rtt_us(samples), compute_us, download_us, upload_us), evidence
+
+
+async def _receive_upload(transport: NodeTransport, challenge: Challenge, upload_seed: bytes,
+                          rtt_ns: int, clock: Clock) -> tuple[list[bytes], int]:
+    """The upload's frames and its time: from the first frame's arrival to the last's (the
+    whole payload at that rate); for a payload of one frame, request to answer less the
+    round trip."""
+    nbytes = challenge.upload_bytes
+    frames: list[bytes] = []
+    received = 0
+    t_request = clock()
+    t_first = t_last = 0
+    try:
+        async for frame in transport.upload(challenge.challenge_id, upload_seed):
+            t_last = clock()
+            if not frames:
+                t_first = t_last
+            frames.append(frame)
+            received += len(frame)
+            if received > nbytes:
+                raise _Failed(Outcome.BAD_RESPONSE, f"upload: more than {nbytes} bytes")
+    except DnanetError as exc:
+        raise _fault("upload", exc) from None
+    if received != nbytes:
+        raise _Failed(Outcome.BAD_RESPONSE, f"upload: {received} bytes of {nbytes}")
+    if len(frames[0]) < nbytes:
+        return frames, compute_receiver_us(nbytes, len(frames[0]), t_last - t_first)
+    return frames, compute_step_us(t_last - t_request, rtt_ns)
+
+
+def _is_payload(frames: list[bytes], expected: bytes) -> bool:
+    return b"".join(frames) == expected
 
 
 def _verify_response(

@@ -2,7 +2,9 @@
 ``/v1/chat/completions``), served from its :class:`~dnanet.ai.backends.BackendSet`.
 
 Mixers' gateways call these; a canary and a user's request arrive in the same shape.
-Every error is in OpenAI's format; a backend fault is a 502, never a 500.
+Every error is in OpenAI's format; a backend fault is a 502, never a 500. With an ``AiAccess``
+(every node daemon has one) the POST routes serve only a current mixer's signed request or the
+operator's API key (see :mod:`dnanet.node.access`); the model list stays open: it costs nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dnanet.ai.openai_format import (
     parse_embeddings,
     read_request,
 )
+from dnanet.node.access import AiAccess
 
 log = logging.getLogger("dnanet.node.ai")
 
@@ -38,11 +41,20 @@ def _backend_error(exc: BackendError) -> ApiError:
                     code="backend_error")
 
 
-def mount_ai_api(app: FastAPI, backends: BackendSet) -> None:
+def mount_ai_api(app: FastAPI, backends: BackendSet, access: AiAccess | None = None) -> None:
     """Add the AI endpoints to the node's app. The POST routes take up to
     ``MAX_AI_BODY_BYTES`` (what a mixer's gateway forwards) and answer past it with a 413 in
-    OpenAI's format, in place of the app's own limit for protocol messages."""
+    OpenAI's format, in place of the app's own limit for protocol messages. ``access`` None
+    serves anyone: only for nodes inside a test's own process."""
     exempt_from_app_limit(app)
+
+    async def read_allowed(request: Request) -> bytes:
+        """The body of a request ``access`` allows (ApiError 401 otherwise)."""
+        credential = access.check_header(request) if access is not None else None
+        body = await read_request(request, MAX_AI_BODY_BYTES)
+        if access is not None and credential is not None:
+            access.check_body(request, credential, body)
+        return body
 
     def backend_for(model: str) -> Backend:
         backend = backends.backend(model)
@@ -57,7 +69,7 @@ def mount_ai_api(app: FastAPI, backends: BackendSet) -> None:
     @app.post("/v1/embeddings", tags=["ai"])
     async def embeddings(request: Request) -> Response:
         try:
-            req = parse_embeddings(await read_request(request, MAX_AI_BODY_BYTES))
+            req = parse_embeddings(await read_allowed(request))
             backend = backend_for(req.model)
             vectors = await backend.embeddings(req.model, req.inputs)
         except ApiError as exc:
@@ -70,7 +82,7 @@ def mount_ai_api(app: FastAPI, backends: BackendSet) -> None:
     @app.post("/v1/chat/completions", tags=["ai"])
     async def chat(request: Request) -> Response:
         try:
-            req = parse_chat(await read_request(request, MAX_AI_BODY_BYTES))
+            req = parse_chat(await read_allowed(request))
             backend = backend_for(req.model)
             if not req.stream:
                 return JSONResponse(await backend.chat(req.model, req.body))

@@ -4,6 +4,12 @@ The compute device is resolved when the daemon is built (``--device``: a bad val
 "cuda" without a CUDA device, fails there, not at the first challenge), and the hardware class
 the node declares on chain follows that device: GPU only when compute runs on CUDA.
 
+The node reads the chain's head every half round (``head``): it takes a challenge only for a
+round still open at that head, and a mixer's credential for its AI endpoints only over a block
+near it. Challenge ids it took up are kept in its database, so a restart does not reopen them.
+Its AI endpoints serve current mixers and the holder of the operator's key
+(``DNANET_NODE_API_KEY`` or the 0600 file ``node-api-key`` in the data directory).
+
 A node's behaviour can be shaped for tests and the devnet (``NodeProfile``): a ``throttled``
 node computes more slowly and answers with added delay, an ``offline`` node stops answering
 at a given block. Scores follow from what mixers measure, so these nodes earn less.
@@ -24,10 +30,11 @@ from fastapi import Request, Response
 from dnanet.ai.backends import BackendSet
 from dnanet.crypto.keys import Identity
 from dnanet.errors import ConfigError
+from dnanet.node.access import AiAccess, api_key_from_environment
 from dnanet.node.ai_api import mount_ai_api
 from dnanet.node.hardware import Hardware, declared_class, probe_hardware
-from dnanet.node.prover import ChallengeProver
-from dnanet.node.server import NODE_SCHEMA, build_node_app
+from dnanet.node.prover import ChainView, ChallengeProver
+from dnanet.node.server import NODE_SCHEMA, StoreSeen, build_node_app
 from dnanet.params import hardware_class_name
 from dnanet.protocol.challenges.compute import (
     ComputeAnswer,
@@ -92,6 +99,7 @@ class NodeDaemon:
         hardware: Hardware | None = None,
         device: str = "auto",
         backends: BackendSet | None = None,
+        api_key: str | None = None,
     ) -> None:
         # First, before any file or port is opened: a bad --device fails here.
         self.device = resolve_device(device)
@@ -110,12 +118,24 @@ class NodeDaemon:
         self.stake = stake if stake is not None else gateway.preset.min_stake
         self._public_url = public_url
         self._mixers: dict[str, bytes] = {}
+        self.head: int | None = None
+        """The chain's head block as the node last read it."""
+        preset = gateway.preset
         self.store = Store(data_dir / "node.db", NODE_SCHEMA)
-        self.prover = ChallengeProver(identity, gateway.domain, lambda: self._mixers,
-                                      compute=self._compute)
-        self.app = build_node_app(self.prover, self.store, status=self._status)
+        self.prover = ChallengeProver(
+            identity, gateway.domain, lambda: self._mixers, compute=self._compute,
+            chain=ChainView(preset, gateway.genesis_block, lambda: self.head),
+            seen=StoreSeen(self.store))
+        self.app = build_node_app(
+            self.prover, self.store, status=self._status,
+            reply_delay=lambda: self.profile.added_delay_s, online=lambda: not self.offline,
+            timeout_s=2 * preset.challenge_timeout_ms / 1000)
         self.backends = backends or BackendSet([])
-        mount_ai_api(self.app, self.backends)
+        self.access = AiAccess(
+            domain=gateway.domain, mixers=lambda: self._mixers, head=lambda: self.head,
+            endpoint=lambda: self.url, window_blocks=preset.round_blocks,
+            api_key=api_key if api_key is not None else api_key_from_environment(data_dir))
+        mount_ai_api(self.app, self.backends, self.access)
         self._install_profile_middleware()
         self.server = Server(self.app, host, port)
         self._stopping = asyncio.Event()
@@ -156,7 +176,9 @@ class NodeDaemon:
                 "mixers": sorted(self._mixers), "models": self.backends.models()}
 
     async def refresh_mixers(self) -> None:
+        """Read the chain's head and the mixer sets of its epoch and the one before."""
         head = await asyncio.to_thread(self.gateway.block_number)
+        self.head = head
         genesis = self.gateway.genesis_block
         epoch = compute_epoch(max(head, genesis), self.gateway.preset, genesis)
         members: dict[str, bytes] = {}
@@ -195,7 +217,10 @@ class NodeDaemon:
         self._task = asyncio.create_task(self._loop(), name=f"node-{self.address[:8]}")
 
     async def _loop(self) -> None:
-        interval = max(0.05, self.gateway.preset.block_interval_ms / 1000 * 8)
+        # Every half round: the head decides which rounds' challenges and which credentials'
+        # blocks the node takes, and a round is the finest unit either is judged in.
+        preset = self.gateway.preset
+        interval = max(0.02, preset.block_interval_ms / 1000 * preset.round_blocks / 2)
         while not self._stopping.is_set():
             await asyncio.sleep(interval)
             try:

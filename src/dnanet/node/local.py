@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
-from dnanet.errors import NodeUnreachable
-from dnanet.node.prover import ChallengeProver
+from dnanet.errors import ChallengeError, NodeUnreachable
+from dnanet.node.api import FRAME_BYTES
+from dnanet.node.prover import ChallengeProver, ProverSession
 from dnanet.protocol.challenges.compute import RowOpening
 from dnanet.protocol.messages import SignedChallenge, SignedChallengeResponse
 
 
 class LocalTransport:
     """Calls a prover directly; compute runs in a worker thread like a real node's would.
+    Each session started here is driven only through this object, by its challenge id.
 
     ``delay_s`` adds a delay to every call (a slow link); ``online=False`` refuses every call.
     """
@@ -20,6 +23,7 @@ class LocalTransport:
         self.prover = prover
         self.delay_s = delay_s
         self.online = online
+        self._sessions: dict[bytes, ProverSession] = {}
 
     async def _enter(self) -> None:
         if not self.online:
@@ -27,35 +31,52 @@ class LocalTransport:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
 
+    def _session(self, challenge_id: bytes) -> ProverSession:
+        session = self._sessions.get(challenge_id)
+        if session is None:
+            raise ChallengeError("no such session", field="challengeId")
+        return session
+
     async def start(self, signed: SignedChallenge) -> None:
         await self._enter()
-        self.prover.start(signed)
+        self._sessions[signed.challenge.challenge_id] = self.prover.start(signed)
 
     async def echo(self, challenge_id: bytes, nonce: bytes) -> bytes:
         await self._enter()
-        return self.prover.echo(challenge_id, nonce)
+        return self._session(challenge_id).echo(nonce)
 
-    async def download(self, challenge_id: bytes, chunks: list[bytes]) -> bytes:
+    async def download(self, challenge_id: bytes, frames: list[bytes]) -> bytes:
         await self._enter()
-        for chunk in chunks:
-            self.prover.download_chunk(challenge_id, chunk)
-        return self.prover.download_done(challenge_id)
+        session = self._session(challenge_id)
+        digest = None
+        for frame in frames:
+            digest = session.download_chunk(frame)
+        if digest is None:
+            raise ChallengeError("the download ended short", field="download")
+        return digest
 
-    async def upload(self, challenge_id: bytes) -> bytes:
+    async def upload(self, challenge_id: bytes, upload_seed: bytes) -> AsyncIterator[bytes]:
         await self._enter()
-        return self.prover.upload(challenge_id)
+        data = self._session(challenge_id).upload(upload_seed)
+        for start in range(0, len(data), FRAME_BYTES):
+            yield data[start:start + FRAME_BYTES]
 
-    async def compute(self, challenge_id: bytes) -> bytes:
+    async def compute(self, challenge_id: bytes, compute_seed: bytes) -> bytes:
         await self._enter()
-        return await asyncio.to_thread(self.prover.compute, challenge_id)
+        return await asyncio.to_thread(self._session(challenge_id).compute, compute_seed)
 
     async def finish(self, challenge_id: bytes) -> SignedChallengeResponse:
         await self._enter()
-        return self.prover.finish(challenge_id)
+        return self._session(challenge_id).finish()
 
     async def open_rows(self, challenge_id: bytes, indices: list[int]) -> list[RowOpening]:
         await self._enter()
-        return self.prover.open_rows(challenge_id, indices)
+        return self._session(challenge_id).open_rows(indices)
+
+    async def close(self, challenge_id: bytes) -> None:
+        session = self._sessions.pop(challenge_id, None)
+        if session is not None:
+            session.close()
 
 
 __all__ = ["LocalTransport"]

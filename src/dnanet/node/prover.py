@@ -1,22 +1,37 @@
 """The node's side of a challenge session, independent of the transport that carries it.
 
-A session runs: ``start`` (a challenge signed by a current mixer) -> ``echo`` x k ->
-``download`` -> ``upload`` -> ``compute`` (commit to the product) -> ``finish`` (sign the
-ChallengeResponse over every digest) -> ``open_rows`` (reveal the rows the mixer asks for).
-The node signs before it learns which rows will be checked, so a wrong committed row is
-signed evidence of fraud.
+``ChallengeProver.start`` takes a signed challenge only if it is for this node, signed by the
+current mixer it names, for a round still open (``verify_challenge_timeliness``, against the
+head block the node last read from the chain) and never taken up before (``SeenChallenges``: the
+daemon's survives a restart). It returns the session's ``ProverSession``; whoever holds that object
+drives the session, and the transport hands it to the one connection that presented the
+challenge (``dnanet.node.session_server``), so nobody else can address it. Its steps run once
+each, in this order:
+
+    echo x k -> download -> upload (seed revealed) -> compute (seed revealed)
+    -> finish (sign the ChallengeResponse over every digest) -> open (reveal the rows asked)
+
+Each revealed seed is checked against the commitment in the signed challenge before any work.
+The node signs before it learns which rows will be checked, so a wrong committed row is signed
+evidence of fraud.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
 from dnanet.crypto.eip712 import Domain, recover_typed
 from dnanet.crypto.keys import Identity
-from dnanet.errors import ChallengeError, SignatureError
+from dnanet.errors import ChallengeError, ScheduleError, SignatureError
+from dnanet.params import Preset
+from dnanet.protocol.challenge_params import (
+    compute_challenge_window,
+    verify_challenge_timeliness,
+)
+from dnanet.protocol.challenges import verify_seed_reveal
 from dnanet.protocol.challenges.bandwidth import PayloadDigest, upload_payload
 from dnanet.protocol.challenges.compute import (
     ComputeAnswer,
@@ -34,26 +49,60 @@ from dnanet.protocol.messages import (
 )
 
 MAX_OPEN_SESSIONS = 64
+"""Sessions in flight at once; a challenge beyond them is refused (only current mixers can
+open one, and each holds a product in memory)."""
+
+STAGES = ("start", "echo", "download", "upload", "compute", "finish", "open")
+"""A session's steps in order; a session's ``stage`` is the last one it completed."""
 
 ComputeFn = Callable[[bytes, ComputeSize], ComputeAnswer]
 
 
-@dataclass
-class _Session:
-    challenge: Challenge
-    nonces: list[bytes] = field(default_factory=list)
-    download: PayloadDigest | None = None
-    download_digest: bytes | None = None
-    upload_digest: bytes | None = None
-    answer: ComputeAnswer | None = None
-    response: SignedChallengeResponse | None = None
+@dataclass(frozen=True)
+class ChainView:
+    """What the node knows of the chain's clock: the head block as it last read it (None
+    before the first read), and where epochs start."""
+
+    preset: Preset
+    genesis_block: int
+    head: Callable[[], int | None]
+
+
+class SeenChallenges(Protocol):
+    """Challenge ids taken up so far (a replay is refused)."""
+
+    def claim(self, challenge_id: bytes, epoch: int, oldest_epoch: int) -> bool:
+        """Record ``challenge_id``; False if it was recorded before. Ids of epochs before
+        ``oldest_epoch`` may be forgotten: a challenge for them is refused as stale anyway."""
+        ...
+
+
+class MemorySeen:
+    """``SeenChallenges`` in memory (in-process nodes of tests and the demo)."""
+
+    def __init__(self) -> None:
+        self._ids: dict[bytes, int] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, challenge_id: bytes, epoch: int, oldest_epoch: int) -> bool:
+        with self._lock:
+            if challenge_id in self._ids:
+                return False
+            if any(e < oldest_epoch for e in self._ids.values()):
+                self._ids = {k: e for k, e in self._ids.items() if e >= oldest_epoch}
+            self._ids[challenge_id] = epoch
+            return True
 
 
 class ChallengeProver:
     """Answers challenges for one node identity.
 
     ``mixers`` returns the current mixer set (address -> anything): a challenge from any other
-    signer is refused. ``compute`` performs the product (GPU or CPU); tests may slow it down.
+    signer is refused. ``chain`` is the node's view of the chain's head and ``seen`` its memory
+    of challenges taken up; the daemon passes both. Without ``chain`` (in-process tests, the
+    demo) the round is not checked; without ``seen`` only a challenge whose session is still
+    open is refused again (in-process harnesses replay sessions on purpose). ``compute``
+    performs the product (GPU or CPU); tests may slow it down or make it cheat.
     """
 
     def __init__(
@@ -64,123 +113,173 @@ class ChallengeProver:
         *,
         compute: ComputeFn | None = None,
         device: str = "auto",
+        chain: ChainView | None = None,
+        seen: SeenChallenges | None = None,
     ) -> None:
         self.identity = identity
         self.domain = domain
         self._mixers = mixers
         self._compute = compute or (lambda seed, size: compute_product(seed, size, device))
-        self._sessions: OrderedDict[bytes, _Session] = OrderedDict()
+        self.chain = chain
+        self.seen = seen
+        self._open: set[bytes] = set()
         self._lock = threading.Lock()
 
-    # -- session steps ------------------------------------------------------------------------
-    def start(self, signed: SignedChallenge) -> None:
-        """Accept a challenge signed by a current mixer and addressed to this node."""
+    @property
+    def open_sessions(self) -> int:
+        return len(self._open)
+
+    def start(self, signed: SignedChallenge) -> ProverSession:
+        """Take up a challenge (see the module docstring); raises naming what is wrong."""
         challenge = signed.challenge
         # Verify the challenge is for us and signed by the mixer it names, a current member.
         if challenge.node != self.identity.address:
             raise ChallengeError(f"challenge is for {challenge.node}, not this node", field="node")
         if challenge.mixer not in self._mixers():
             raise ChallengeError(f"{challenge.mixer} is not a current mixer", field="mixer")
-        signer = recover_typed(self.domain, challenge.hash_struct(), signed.signature)
+        try:
+            signer = recover_typed(self.domain, challenge.hash_struct(), signed.signature)
+        except SignatureError as exc:
+            raise SignatureError(exc.detail, field="signature") from None
         if signer != challenge.mixer:
             raise SignatureError(f"challenge signed by {signer}, not its mixer", field="signature")
+        # Verify the round is still open, and take up the challenge at most once.
+        oldest_epoch = 0
+        if self.chain is not None:
+            head = self.chain.head()
+            if head is None:
+                raise ScheduleError("the node has not read the chain's head yet", field="round")
+            verify_challenge_timeliness(challenge, head, self.chain.preset,
+                                        self.chain.genesis_block)
+            oldest_epoch = compute_challenge_window(head, self.chain.preset,
+                                                    self.chain.genesis_block)[0].epoch
+        cid = challenge.challenge_id
         with self._lock:
-            if challenge.challenge_id in self._sessions:
-                raise ChallengeError("challenge already started", field="challengeId")
-            self._sessions[challenge.challenge_id] = _Session(challenge)
-            while len(self._sessions) > MAX_OPEN_SESSIONS:
-                self._sessions.popitem(last=False)
+            if len(self._open) >= MAX_OPEN_SESSIONS:
+                raise ChallengeError(f"the node runs {MAX_OPEN_SESSIONS} sessions already",
+                                     field="challengeId")
+            if cid in self._open or (self.seen is not None and not self.seen.claim(
+                    cid, challenge.epoch, oldest_epoch)):
+                raise ChallengeError(f"challenge 0x{cid.hex()} was taken up before: a "
+                                     "challenge runs once", field="challengeId")
+            self._open.add(cid)
+        return ProverSession(self, challenge)
 
-    def echo(self, challenge_id: bytes, nonce: bytes) -> bytes:
-        session = self._session(challenge_id)
+    def _release(self, challenge_id: bytes) -> None:
+        with self._lock:
+            self._open.discard(challenge_id)
+
+
+class ProverSession:
+    """One challenge session on the node: its steps, once each and in order (``STAGES``)."""
+
+    def __init__(self, prover: ChallengeProver, challenge: Challenge) -> None:
+        self._prover = prover
+        self.challenge = challenge
+        self.stage = "start"
+        self.nonces: list[bytes] = []
+        self.download = PayloadDigest()
+        self.download_digest: bytes | None = None
+        self.upload_digest: bytes | None = None
+        self.answer: ComputeAnswer | None = None
+        self.response: SignedChallengeResponse | None = None
+        self.closed = False
+
+    def _step(self, name: str, after: tuple[str, ...]) -> None:
+        # Verify the session is open and at the step before this one.
+        if self.closed:
+            raise ChallengeError("the session has ended", field="challengeId")
+        if self.stage not in after:
+            raise ChallengeError(f"{name} out of order: the session is at {self.stage!r} "
+                                 "(each step runs once, in order)", field="step")
+
+    def echo(self, nonce: bytes) -> bytes:
+        self._step("echo", ("start", "echo"))
         if len(nonce) != NONCE_BYTES:
             raise ChallengeError(f"a nonce is {NONCE_BYTES} bytes", field="nonce")
-        if len(session.nonces) >= session.challenge.latency_echoes:
+        if len(self.nonces) >= self.challenge.latency_echoes:
             raise ChallengeError("more echoes than the challenge asks for", field="nonce")
-        session.nonces.append(nonce)
+        self.nonces.append(nonce)
+        self.stage = "echo"
         return nonce
 
-    def download_chunk(self, challenge_id: bytes, chunk: bytes) -> None:
-        session = self._session(challenge_id)
-        if session.download is None:
-            session.download = PayloadDigest()
-        session.download.update(chunk)
+    def download_chunk(self, chunk: bytes) -> bytes | None:
+        """Take the next bytes of the download; its digest once all have arrived."""
+        self._step("download", ("echo",))
+        if len(self.nonces) != self.challenge.latency_echoes:
+            raise ChallengeError(f"download after {len(self.nonces)} echoes of "
+                                 f"{self.challenge.latency_echoes}", field="step")
+        if self.download.nbytes + len(chunk) > self.challenge.download_bytes:
+            raise ChallengeError(f"more than the challenge's {self.challenge.download_bytes} "
+                                 "bytes of download", field="download")
+        self.download.update(chunk)
+        if self.download.nbytes < self.challenge.download_bytes:
+            return None
+        self.download_digest = self.download.digest()
+        self.stage = "download"
+        return self.download_digest
 
-    def download_done(self, challenge_id: bytes) -> bytes:
-        session = self._session(challenge_id)
-        if session.download is None:
-            session.download = PayloadDigest()
-        session.download_digest = session.download.digest()
-        return session.download_digest
-
-    def upload(self, challenge_id: bytes) -> bytes:
-        session = self._session(challenge_id)
-        c = session.challenge
-        data = upload_payload(c.upload_seed, c.upload_bytes)
+    def upload(self, upload_seed: bytes) -> bytes:
+        """The payload of the revealed upload seed (checked against its commitment)."""
+        self._step("upload", ("download",))
+        c = self.challenge
+        verify_seed_reveal(upload_seed, c.upload_seed_hash, "uploadSeed")
+        data = upload_payload(upload_seed, c.upload_bytes)
         digest = PayloadDigest()
         digest.update(data)
-        session.upload_digest = digest.digest()
+        self.upload_digest = digest.digest()
+        self.stage = "upload"
         return data
 
-    def compute(self, challenge_id: bytes) -> bytes:
-        """Compute and commit to the product; returns the root."""
-        session = self._session(challenge_id)
-        c = session.challenge
+    def compute(self, compute_seed: bytes) -> bytes:
+        """Compute and commit to the product of the revealed compute seed; returns the root."""
+        self._step("compute", ("upload",))
+        c = self.challenge
+        verify_seed_reveal(compute_seed, c.compute_seed_hash, "computeSeed")
+        self.stage = "computing"  # no other step while it runs, nor after it failed
         size = ComputeSize(n=c.compute_n, rows=c.compute_rows, checks=c.compute_checks)
-        session.answer = self._compute(c.compute_seed, size)
-        return session.answer.root
+        self.answer = self._prover._compute(compute_seed, size)
+        self.stage = "compute"
+        return self.answer.root
 
-    def finish(self, challenge_id: bytes) -> SignedChallengeResponse:
+    def finish(self) -> SignedChallengeResponse:
         """Sign the ChallengeResponse over every digest of the session."""
-        session = self._session(challenge_id)
-        c = session.challenge
-        if session.answer is None:
-            raise ChallengeError("finish before compute", field="challengeId")
-        if len(session.nonces) != c.latency_echoes:
-            raise ChallengeError(
-                f"{len(session.nonces)} echoes of {c.latency_echoes}", field="challengeId"
-            )
-        if session.download_digest is None or session.upload_digest is None:
-            raise ChallengeError("finish before both transfers", field="challengeId")
+        self._step("finish", ("compute",))
+        c = self.challenge
+        assert self.answer is not None and self.download_digest is not None
+        assert self.upload_digest is not None
         response = ChallengeResponse(
-            epoch=c.epoch,
-            round=c.round,
-            mixer=c.mixer,
-            node=c.node,
-            challenge_digest=c.hash_struct(),
-            echo_digest=echo_digest(session.nonces),
-            compute_root=session.answer.root,
-            download_digest=session.download_digest,
-            upload_digest=session.upload_digest,
+            epoch=c.epoch, round=c.round, mixer=c.mixer, node=c.node,
+            challenge_digest=c.hash_struct(), echo_digest=echo_digest(self.nonces),
+            compute_root=self.answer.root, download_digest=self.download_digest,
+            upload_digest=self.upload_digest,
         )
-        session.response = SignedChallengeResponse(
+        identity = self._prover.identity
+        self.response = SignedChallengeResponse(
             response=response,
-            signature=self.identity.sign_typed(self.domain, response.hash_struct()),
-        )
-        return session.response
+            signature=identity.sign_typed(self._prover.domain, response.hash_struct()))
+        self.stage = "finish"
+        return self.response
 
-    def open_rows(self, challenge_id: bytes, indices: list[int]) -> list[RowOpening]:
+    def open_rows(self, indices: list[int]) -> list[RowOpening]:
         """Reveal rows of the committed product; the session ends here."""
-        session = self._session(challenge_id)
-        if session.answer is None or session.response is None:
-            raise ChallengeError("open before the signed response", field="challengeId")
-        if len(indices) != session.challenge.compute_checks:
-            raise ChallengeError(
-                f"asked {len(indices)} rows, the challenge checks "
-                f"{session.challenge.compute_checks}",
-                field="indices",
-            )
-        openings = open_rows(session.answer, indices)
-        with self._lock:
-            self._sessions.pop(challenge_id, None)
+        self._step("open", ("finish",))
+        assert self.answer is not None
+        if len(indices) != self.challenge.compute_checks:
+            raise ChallengeError(f"asked {len(indices)} rows, the challenge checks "
+                                 f"{self.challenge.compute_checks}", field="indices")
+        openings = open_rows(self.answer, indices)
+        self.stage = "open"
+        self.close()
         return openings
 
-    def _session(self, challenge_id: bytes) -> _Session:
-        with self._lock:
-            session = self._sessions.get(challenge_id)
-        if session is None:
-            raise ChallengeError("no such open challenge", field="challengeId")
-        return session
+    def close(self) -> None:
+        """End the session (idempotent): its slot and its product are released."""
+        if not self.closed:
+            self.closed = True
+            self.answer = None
+            self._prover._release(self.challenge.challenge_id)
 
 
-__all__ = ["ChallengeProver"]
+__all__ = ["MAX_OPEN_SESSIONS", "STAGES", "ChainView", "ChallengeProver", "MemorySeen",
+           "ProverSession", "SeenChallenges"]

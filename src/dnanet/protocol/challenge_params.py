@@ -3,19 +3,26 @@
 ``challenge_seed = sha256("dnanet/challenge" || beta || node)`` and every secret of the session
 (compute seed, upload seed, download payload seed, latency nonces) is derived from it by
 :func:`dnanet.protocol.challenges.derive_kind_seeds`. ``challenge_id = sha256("dnanet/session-id"
-|| challenge_seed)`` names the session without revealing the seed. Sizes come from the preset's
-entry for the node's declared hardware class. Anyone holding the VRF proof can rebuild the
-Challenge and compare its struct hash with the report's ``challengeDigest``.
+|| challenge_seed)`` names the session without revealing the seed; the compute and upload seeds
+appear only as commitments (``compute_seed_hash``), revealed at their steps. Sizes come from the
+preset's entry for the node's declared hardware class. Anyone holding the VRF proof can rebuild
+the Challenge and compare its struct hash with the report's ``challengeDigest``.
+
+A node takes a challenge only in its round (``verify_challenge_timeliness``): not before the
+oldest round whose epoch still takes reports (the co-signers' own rule, so a mixer may
+challenge a round it missed while its epoch is open), and not past the round after the node's
+view of the chain's head (which may lag the mixer's by a fraction of a round).
 """
 
 from __future__ import annotations
 
 from dnanet.crypto.eip712 import address_to_bytes
 from dnanet.crypto.hashing import sha256
-from dnanet.errors import ChallengeError
+from dnanet.errors import ChallengeError, ScheduleError
 from dnanet.params import Preset
-from dnanet.protocol.challenges import KindSeeds, derive_kind_seeds
+from dnanet.protocol.challenges import KindSeeds, compute_seed_hash, derive_kind_seeds
 from dnanet.protocol.messages import Challenge
+from dnanet.protocol.schedule import RoundId, compute_oldest_open_round, compute_round
 
 
 def compute_challenge_seed(beta: bytes, node: str) -> bytes:
@@ -49,15 +56,53 @@ def compute_challenge(
         node=node.lower(),
         challenge_id=sha256(b"dnanet/session-id" + challenge_seed),
         hardware_class=hardware_class,
-        compute_seed=seeds.compute_seed,
+        compute_seed_hash=compute_seed_hash(seeds.compute_seed),
         compute_n=sizes.compute_n,
         compute_rows=sizes.compute_rows,
         compute_checks=sizes.compute_checks,
-        upload_seed=seeds.upload_seed,
+        upload_seed_hash=compute_seed_hash(seeds.upload_seed),
         upload_bytes=sizes.upload_bytes,
         download_bytes=sizes.download_bytes,
         latency_echoes=sizes.latency_echoes,
     )
 
 
-__all__ = ["compute_challenge", "compute_challenge_seed", "compute_kind_seeds"]
+def compute_challenge_window(head_block: int, preset: Preset,
+                             genesis_block: int = 0) -> tuple[RoundId, RoundId]:
+    """The first and last round a node takes challenges for when the chain's head (as it last
+    read it) is ``head_block``: from the oldest round still open for reports to the round
+    after the head's."""
+    head = max(head_block, genesis_block)
+    oldest = compute_oldest_open_round(head, preset, genesis_block)
+    current = compute_round(head, preset, genesis_block)
+    epoch, round_ = divmod(current.epoch * preset.rounds_per_epoch + current.round + 1,
+                           preset.rounds_per_epoch)
+    return oldest, RoundId(epoch, round_)
+
+
+def verify_challenge_timeliness(challenge: Challenge, head_block: int, preset: Preset,
+                                genesis_block: int = 0) -> None:
+    """Raise ScheduleError unless ``challenge`` is for a round in the window of
+    ``compute_challenge_window``."""
+    if not 0 <= challenge.round < preset.rounds_per_epoch:
+        raise ScheduleError(f"round {challenge.round} is outside [0, {preset.rounds_per_epoch})",
+                            field="round")
+    oldest, newest = compute_challenge_window(head_block, preset, genesis_block)
+    rid = RoundId(challenge.epoch, challenge.round)
+    if rid < oldest:
+        raise ScheduleError(
+            f"challenge is for epoch {rid.epoch} round {rid.round}, before epoch {oldest.epoch} "
+            f"round {oldest.round}, the oldest round still open for reports", field="round")
+    if rid > newest:
+        raise ScheduleError(
+            f"challenge is for epoch {rid.epoch} round {rid.round}, after epoch {newest.epoch} "
+            f"round {newest.round}, the next round at the chain's head", field="round")
+
+
+__all__ = [
+    "compute_challenge",
+    "compute_challenge_seed",
+    "compute_challenge_window",
+    "compute_kind_seeds",
+    "verify_challenge_timeliness",
+]

@@ -84,10 +84,12 @@ SIGNATURE = Bytes(SIGNATURE_BYTES, allowed=(SIGNATURE_BYTES,))
 @dataclass(frozen=True)
 class Challenge(Message):
     """A challenge session's parameters, derived from the mixer's VRF output (see
-    :func:`dnanet.protocol.assignment.compute_challenge`) and signed by the mixer.
+    :func:`dnanet.protocol.challenge_params.compute_challenge`) and signed by the mixer.
 
-    The node learns the compute and upload seeds; the download payload and the latency nonces
-    stay secret to the mixer until the report publishes the VRF proof.
+    It carries no secret: the compute and upload seeds appear only as commitments
+    (``SHA-256(b"dnanet/seed-hash" || seed)``), and the mixer reveals each seed at the step
+    that uses it, where the node checks it against its commitment. The download payload and
+    the latency nonces reach the node only on the wire, at their steps.
     """
 
     EIP712 = True
@@ -97,11 +99,11 @@ class Challenge(Message):
     node: str = wire(Address())
     challenge_id: bytes = wire(B32)
     hardware_class: int = wire(U8)
-    compute_seed: bytes = wire(B32)
+    compute_seed_hash: bytes = wire(B32)
     compute_n: int = wire(U32)
     compute_rows: int = wire(U32)
     compute_checks: int = wire(U16)
-    upload_seed: bytes = wire(B32)
+    upload_seed_hash: bytes = wire(B32)
     upload_bytes: int = wire(U32)
     download_bytes: int = wire(U32)
     latency_echoes: int = wire(U16)

@@ -11,7 +11,9 @@ Derivation rules (normative; integers unsigned big-endian):
 
 Download: the mixer sends the payload, the node returns (and signs) its digest. The node is never
 given ``download_seed``, so only receiving the bytes lets it produce the digest. Upload: the mixer
-gives the node ``upload_seed``, the node sends the payload, the mixer compares it with its own.
+reveals ``upload_seed`` at the upload step (the signed challenge holds only its commitment), the
+node sends the payload, the mixer compares it with its own. How each is timed:
+``dnanet.protocol.challenges.timing``.
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ class BandwidthSize:
 
 BANDWIDTH_SIZES: Final[dict[str, BandwidthSize]] = {
     "test": BandwidthSize(download_bytes=64 << 10, upload_bytes=64 << 10),
-    "cpu": BandwidthSize(download_bytes=4 << 20, upload_bytes=4 << 20),
-    "gpu": BandwidthSize(download_bytes=16 << 20, upload_bytes=16 << 20),
+    "local": BandwidthSize(download_bytes=2 << 20, upload_bytes=2 << 20),
+    "cpu": BandwidthSize(download_bytes=8 << 20, upload_bytes=8 << 20),
+    "gpu": BandwidthSize(download_bytes=32 << 20, upload_bytes=32 << 20),
 }
 
 

@@ -98,10 +98,11 @@ class ComputeSize:
 
 
 # Named sizes per declared hardware class. "cpu": about 0.5-2 s of node work on a 2-core x86
-# CPU (measured by bench/compute.py). "gpu": 16x the FLOPs of "cpu", same check count; the
+# CPU (measured by bench/compute.py); "local": the local preset's, tens of milliseconds. "gpu": 16x the FLOPs of "cpu", same check count; the
 # larger n halves the node's per-FLOP generation and hashing cost, the mixer's B grows 4x.
 COMPUTE_SIZES: Final[dict[str, ComputeSize]] = {
     "test": ComputeSize(n=64, rows=64, checks=8),
+    "local": ComputeSize(n=1024, rows=1024, checks=16),
     "cpu": ComputeSize(n=2048, rows=8192, checks=32),
     "gpu": ComputeSize(n=4096, rows=32768, checks=32),
 }

@@ -1,4 +1,4 @@
-"""Latency challenge: the node echoes nonces it cannot predict; the median round trip counts.
+"""Latency challenge: the node echoes nonces it cannot predict; the fastest round trip counts.
 
 Derivation rules (normative; integers unsigned big-endian):
 
@@ -7,8 +7,8 @@ Derivation rules (normative; integers unsigned big-endian):
   ``latency_seed`` and the nonces are independent, so it cannot answer one before receiving it.
 - Echo digest (what the node signs): ``SHA-256(b"dnanet/echo-digest" || u32(count) || nonce_0 ||
   ... || nonce_{count-1})``, the nonces in the order echoed.
-- Median: the samples sorted, the element at ``(count - 1) // 2``; for an even count that is the
-  lower median, always a measured value, never an average.
+- The figure: the minimum of the samples (``dnanet.protocol.challenges.timing.compute_rtt_us``).
+  ``median_rtt_us`` (the lower median, a measured value) remains for summaries of many samples.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ SEED_BYTES: Final = 32
 NONCE_BYTES: Final = 16
 MAX_ECHOES: Final = 1024
 
-LATENCY_ECHOES: Final[dict[str, int]] = {"test": 3, "cpu": 5, "gpu": 5}
+LATENCY_ECHOES: Final[dict[str, int]] = {"test": 16, "cpu": 16, "gpu": 16}
+"""Echoes per challenge: the mixer keeps their minimum (``challenges.timing``), so enough of them
+that one finds the path idle."""
 
 
 def _check_count(count: int) -> None:

@@ -1,0 +1,75 @@
+"""From a mixer's clock readings to the three figures of a session: each one measures one thing.
+
+A mixer times a node on its own clock (the node's is never trusted) and reports microseconds.
+Every timed step but the latency echoes also carries the session's round trip, which the mixer
+removes, so that a far node is not scored as a slow one (docs/scoring.md, "Measurement"):
+
+- latency: the *minimum* of the echoes' round trips (16 or more): the path's own delay, without
+  the queueing and scheduling noise that only ever adds to a sample;
+- a step timed from the mixer's request to the node's answer (download, compute):
+  ``raw - rtt``, but never less than ``raw / RTT_FLOOR_DIVISOR``. A node can only add to its
+  echoes' round trip, and whatever it adds is removed from its steps; the floor bounds what
+  that can buy (at most a factor ``RTT_FLOOR_DIVISOR`` on a step) while the added round trip
+  costs it on latency;
+- the upload, where the mixer is the receiver: timed from the arrival of the payload's first
+  frame to that of its last, so neither the round trip nor the node's generation of the payload
+  is in it (as M-Lab's ndt7 and iperf3 measure at the receiver). The bytes of the first frame
+  arrived before the clock started, so the span covers the rest; the figure reported is the
+  time the whole payload takes at that rate.
+
+All arithmetic is on integers (nanoseconds in, microseconds out), rounded down; a duration is
+at least 1 us, so that a rate stays finite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from dnanet.errors import ChallengeError
+
+RTT_FLOOR_DIVISOR: Final = 8
+"""Removing the round trip leaves at least 1/8 of a step's raw duration."""
+NS_PER_US: Final = 1000
+
+
+def _check_ns(value: int, field: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ChallengeError(f"must be an int >= 0, got {value!r}", field=field)
+
+
+def compute_rtt_us(samples_ns: Sequence[int]) -> int:
+    """The session's round trip: the minimum of the echo samples, in microseconds (at least 1,
+    as every duration)."""
+    if not samples_ns:
+        raise ChallengeError("needs at least one sample", field="samples")
+    for i, sample in enumerate(samples_ns):
+        _check_ns(sample, f"samples[{i}]")
+    return max(1, min(samples_ns) // NS_PER_US)
+
+
+def compute_step_us(raw_ns: int, rtt_ns: int) -> int:
+    """A step timed from request to answer, with the round trip removed (see the module
+    docstring for the floor)."""
+    _check_ns(raw_ns, "raw_ns")
+    _check_ns(rtt_ns, "rtt_ns")
+    floor = -(-raw_ns // RTT_FLOOR_DIVISOR)
+    return max(1, max(raw_ns - rtt_ns, floor) // NS_PER_US)
+
+
+def compute_receiver_us(total_bytes: int, first_bytes: int, span_ns: int) -> int:
+    """The time ``total_bytes`` take at the rate of a transfer whose receiver saw its first
+    ``first_bytes`` arrive at once, then the rest over ``span_ns``."""
+    _check_ns(span_ns, "span_ns")
+    if not 0 < first_bytes < total_bytes:
+        raise ChallengeError(f"first frame of {first_bytes} bytes must be a part of "
+                             f"{total_bytes}", field="first_bytes")
+    return max(1, span_ns * total_bytes // (total_bytes - first_bytes) // NS_PER_US)
+
+
+__all__ = [
+    "RTT_FLOOR_DIVISOR",
+    "compute_receiver_us",
+    "compute_rtt_us",
+    "compute_step_us",
+]
