@@ -19,14 +19,30 @@ BPS_ONE = 10_000
 
 @dataclass(frozen=True)
 class ChallengeSizes:
-    """How much work one challenge asks of a node of a given hardware class."""
+    """How much work one challenge asks of a node of a given hardware class.
+
+    Each timed step is sized so that the session's round trip, which the mixer removes from
+    it, is small beside it (docs/scoring.md, "Measurement"): the compute product takes tens of
+    milliseconds or more, a transfer several round trips of a slow link.
+    """
 
     compute_n: int
+    """``B`` is ``n`` x ``n``; ``A`` is ``compute_rows`` x ``n`` (even, see challenges.compute)."""
     compute_rows: int
     compute_checks: int
+    """Rows of the product the mixer opens and checks."""
     download_bytes: int
     upload_bytes: int
     latency_echoes: int
+    """Echoes timed for the latency figure (their minimum counts): 16 or more."""
+
+    def __post_init__(self) -> None:
+        if self.compute_n < 2 or self.compute_n % 2 or not 1 <= self.compute_checks \
+                <= self.compute_rows:
+            raise ConfigError(f"invalid compute size n={self.compute_n}, rows="
+                              f"{self.compute_rows}, checks={self.compute_checks}")
+        if min(self.download_bytes, self.upload_bytes, self.latency_echoes) < 1:
+            raise ConfigError("transfer sizes and the echo count must be positive")
 
 
 @dataclass(frozen=True)
@@ -162,21 +178,26 @@ def hardware_class_name(hardware_class: int) -> str:
     return str(hardware_class)
 
 
+# Sizes per hardware class. Mainnet: a CPU product of ~69 GFLOP (0.5-2 s on a desktop CPU), a
+# GPU one 16x that; transfers of 8 and 32 MiB, so that a 50 ms round trip is under a tenth of
+# a transfer at 10 MB/s (CPU class) and a 10 ms one at 300 MB/s (GPU class).
 _CPU = ChallengeSizes(
     compute_n=2048, compute_rows=8192, compute_checks=32,
-    download_bytes=4 * 1024 * 1024, upload_bytes=4 * 1024 * 1024, latency_echoes=5,
+    download_bytes=8 * 1024 * 1024, upload_bytes=8 * 1024 * 1024, latency_echoes=16,
 )
 _GPU = ChallengeSizes(
     compute_n=4096, compute_rows=32768, compute_checks=32,
-    download_bytes=16 * 1024 * 1024, upload_bytes=16 * 1024 * 1024, latency_echoes=5,
+    download_bytes=32 * 1024 * 1024, upload_bytes=32 * 1024 * 1024, latency_echoes=16,
 )
+# Local: 2.1 GFLOP (about 60 ms of float32 matmul on one core of this project's 2-vCPU build
+# host, bench/compute.py), and 2 MiB each way: ~100 ms at 20 MB/s, ~1 s at 2 MB/s.
 _LOCAL_CPU = ChallengeSizes(
-    compute_n=256, compute_rows=512, compute_checks=16,
-    download_bytes=256 * 1024, upload_bytes=256 * 1024, latency_echoes=5,
+    compute_n=1024, compute_rows=1024, compute_checks=16,
+    download_bytes=2 * 1024 * 1024, upload_bytes=2 * 1024 * 1024, latency_echoes=16,
 )
 _TINY = ChallengeSizes(
     compute_n=32, compute_rows=64, compute_checks=8,
-    download_bytes=4096, upload_bytes=4096, latency_echoes=3,
+    download_bytes=4096, upload_bytes=4096, latency_echoes=16,
 )
 
 MAINNET = Preset(
