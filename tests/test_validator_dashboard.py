@@ -220,10 +220,15 @@ def test_a_stuck_settlement_shows_as_stalled_with_each_mixers_refusal() -> None:
     reason = "punishments differ from the recomputed ones"
     settle_at = 4 * TEST.epoch_blocks + TEST.settlement_grace_blocks
     # Just due: settling, not stalled.
-    page_ = Tables(dashboard.render_overview(_overview(settle_at + 1, [_line(3, "settling", 1)])))
+    page_ = Tables(dashboard.render_overview(_overview(
+        settle_at + 1, [_line(3, "settling", 1)],
+        {"epoch": 3, "signatures": 1, "threshold": 3, "refusals": {}})))
     state = {r[0]: r for r in page_.tables["epochs"][1:]}["3"][1]
-    assert state == "settling: 1 signatures, 1 blocks past its settlement block"
+    assert state == "settling: 1 of 3 signatures, 1 blocks past its settlement block"
     assert {r[0]: r[1] for r in page_.tables["settlement"]}["refusals"] == "no refusals recorded"
+    # Not published yet, and no account of it in the status: no settlement section.
+    assert "settlement" not in Tables(dashboard.render_overview(_overview(
+        settle_at - 1, [_line(3, "collecting")]))).tables
     # Rounds later, refused: stalled, and each refusal with its reason.
     late = settle_at + dashboard.STALL_ROUNDS * TEST.round_blocks + 1
     refused = _line(3, "settling", 1, {mixer: reason})
@@ -275,3 +280,21 @@ def test_amounts_and_scores_print_alike_on_the_page_and_in_the_terminal() -> Non
     assert format_score(358_897) == "0.358897"
     assert format_dna_short(1_624_089_999_999_999_999_999) == "1,624.08"
     assert format_dna_short(replace(row, reward=5).reward) == "0.00"
+
+
+def test_the_refusals_the_store_records_show_beside_their_epoch(corpus: Corpus,
+                                                                tmp_path: Path) -> None:
+    mixer = "0x" + "34" * 20
+
+    async def body(state: DashboardState, daemon: ValidatorDaemon,
+                   client: httpx.AsyncClient) -> None:
+        # The store's record of refusals (ValidatorStore.settlement_refusals: mixer -> reason).
+        refusals = {1: {mixer: "the settlement differs from the recomputed one"}}
+        daemon.store.settlement_refusals = (  # type: ignore[attr-defined]
+            lambda epoch: refusals.get(epoch, {}))
+        overview, _ = await page(client, "/")
+        epochs = {r[0]: r for r in overview.tables["epochs"][1:]}
+        assert epochs["1"][6] == f"{mixer[:12]}..: the settlement differs from the recomputed one"
+        assert epochs["0"][6] == epochs["2"][6] == "none"
+
+    run(with_known_state(corpus, LABEL, tmp_path, body))

@@ -308,8 +308,10 @@ def _settlement_section(view: OverviewView) -> list[str]:
     """The settlement under way: signatures, threshold, refusals (``/v1/status``'s
     ``settlement`` when the Validator reports it, else the stored epoch's)."""
     current = view.status.get("settlement")
+    # Without the status's account: the next epoch to settle, once its rollup is published.
     pending = next((line for line in view.epochs
-                    if line.record.epoch == view.chain.next_to_settle), None)
+                    if line.record.epoch == view.chain.next_to_settle
+                    and line.record.settlement is not None), None)
     if not isinstance(current, dict) and pending is None:
         return []
     if isinstance(current, dict):
