@@ -261,6 +261,7 @@ def test_the_runbook_takes_a_node_from_zero_to_a_claimed_reward_and_out(
         balance = chain.balance_of(node)
         claimed = shell.run("claim", blocks["claim"])
         assert "claimable" in claimed.stdout
+        assert f"registry   stake 1000 DNA, active, at {node_url}" in claimed.stdout
         paid = int(last_json(claimed.stdout)["paid"])
         assert paid > 0 and chain.balance_of(node) == balance + paid
         assert chain.claimed(node) == paid

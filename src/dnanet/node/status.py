@@ -30,7 +30,7 @@ from dnanet.params import Preset, format_dna, format_score
 from dnanet.protocol.codec import load_json
 from dnanet.protocol.rollup import verify_proof
 from dnanet.protocol.schedule import compute_epoch
-from dnanet.service.network import SettledEpoch
+from dnanet.service.network import NodeRecord, SettledEpoch
 
 DEFAULT_EPOCHS = 3
 DEFAULT_RECENT = 20
@@ -46,6 +46,7 @@ class ChainReader(Protocol):
     def block_number(self) -> int: ...
     def claimed(self, account: str) -> int: ...
     def settled_epoch(self, epoch: int) -> SettledEpoch | None: ...
+    def node(self, address: str) -> NodeRecord | None: ...
 
 
 def get_json(client: httpx.Client, url: str, what: str) -> Any:
@@ -69,8 +70,13 @@ def get_json(client: httpx.Client, url: str, what: str) -> Any:
 
 def _read_chain(chain: ChainReader, address: str, settled: int | None) -> dict[str, Any]:
     out: dict[str, Any] = {"error": None, "current_epoch": None, "claimed": None,
-                           "root": None}
+                           "root": None, "registration": None}
     try:
+        registered = chain.node(address)
+        out["registration"] = None if registered is None else {
+            "endpoint": registered.endpoint, "stake": str(registered.stake),
+            "jailed": registered.jailed, "active": registered.active,
+            "min_stake": str(chain.preset.min_stake)}
         head = chain.block_number()
         if head >= chain.genesis_block:
             out["current_epoch"] = compute_epoch(head, chain.preset, chain.genesis_block)
@@ -186,7 +192,8 @@ def collect_status(
         "address": address,
         "validator": validator_url,
         "chain": None if chain_view is None else {
-            "current_epoch": current, "error": chain_view["error"]},
+            "current_epoch": current, "error": chain_view["error"],
+            "registration": chain_view["registration"]},
         "rewards": _rewards(summary, address, chain_view),
         "node": node,
         "recent_challenges": challenges,
@@ -264,6 +271,22 @@ def _epoch_title(epoch: dict[str, Any]) -> str:
             "(the figures so far; they may change until the epoch is rolled up)")
 
 
+def _registration(record: dict[str, Any] | None) -> str:
+    if record is None:
+        return "not registered (dnanet node run registers it)"
+    stake = int(record["stake"])
+    if record["jailed"]:
+        state = "JAILED: the registry's owner must unjail it (dnanet node unjail)"
+    elif record["active"]:
+        state = "active"
+    elif stake < int(record["min_stake"]):
+        state = (f"inactive: below the minimum {format_dna(int(record['min_stake']))} "
+                 "(dnanet node stake add)")
+    else:
+        state = "inactive: unbonding (dnanet node withdraw once its delay has passed)"
+    return f"stake {format_dna(stake)}, {state}, at {record['endpoint']}"
+
+
 def render_status(status: dict[str, Any]) -> str:
     """``collect_status``'s dict for a person."""
     out: list[str] = [f"node {status['address']}", f"  validator  {status['validator']}"]
@@ -274,6 +297,7 @@ def render_status(status: dict[str, Any]) -> str:
         out.append(f"  chain      cannot be read: {chain['error']}")
     else:
         out.append(f"  chain      current epoch {chain.get('current_epoch')}")
+        out.append(f"  registry   {_registration(chain.get('registration'))}")
 
     r = status["rewards"]
     settled = r.get("settled_epoch")
