@@ -39,15 +39,17 @@ def make(policy: SchedulingPolicy | None = None, seed: int = 1) -> Scheduler:
     return scheduler
 
 
+LARGE = 1 << 20
+
+
 def expected(kind: str) -> dict[str, float]:
     """The documented rule, computed independently of the scheduler."""
-    top_bw = max(bw for _, bw, _ in MEASURED.values())
     low_rtt = min(rtt for _, _, rtt in MEASURED.values())
     weights = {}
     for a, (score, bw, rtt) in MEASURED.items():
         w = float(score)
         if kind in ("large", "both"):
-            w *= bw / top_bw
+            w *= 0.02 / (0.02 + LARGE / bw)  # request_overhead_s / (it + transfer time)
         if kind in ("interactive", "both"):
             w *= low_rtt / rtt
         weights[a] = w
@@ -58,7 +60,7 @@ def expected(kind: str) -> dict[str, float]:
 @pytest.mark.parametrize("kind", ["small", "large", "interactive", "both"])
 def test_routed_shares_follow_the_rule(kind: str) -> None:
     scheduler = make()
-    payload = 1 << 20 if kind in ("large", "both") else 100
+    payload = LARGE if kind in ("large", "both") else 100
     interactive = kind in ("interactive", "both")
     n = 20_000
     picks = Counter(scheduler.pick(MODEL, payload_bytes=payload, interactive=interactive).address
@@ -192,9 +194,30 @@ def test_bandwidth_steers_large_payloads_only_after_enough_reports() -> None:
                   NodeStats(score=100, bandwidth_bps=20e6, bandwidth_reports=3)),
         NodeState("0x3", "u", frozenset({MODEL}),
                   NodeStats(score=100, bandwidth_bps=1e9, bandwidth_reports=2))])
-    shares = scheduler.shares(MODEL, payload_bytes=1 << 20, interactive=False)
+    def factor(bandwidth: float) -> float:
+        return 0.02 / (0.02 + LARGE / bandwidth)
+
+    shares = scheduler.shares(MODEL, payload_bytes=LARGE, interactive=False)
     # 0x3 counts as the median of 10 and 20 MB/s (15), not as 1 GB/s.
-    assert shares == pytest.approx({"0x1": 10 / 45, "0x2": 20 / 45, "0x3": 15 / 45})
+    weights = {"0x1": factor(10e6), "0x2": factor(20e6), "0x3": factor(15e6)}
+    assert shares == pytest.approx({a: w / sum(weights.values()) for a, w in weights.items()})
     scheduler.nodes["0x3"].stats = NodeStats(score=100, bandwidth_bps=1e9, bandwidth_reports=3)
-    shares = scheduler.shares(MODEL, payload_bytes=1 << 20, interactive=False)
-    assert shares["0x3"] == pytest.approx(1000 / 1030)
+    shares = scheduler.shares(MODEL, payload_bytes=LARGE, interactive=False)
+    weights["0x3"] = factor(1e9)
+    assert shares["0x3"] == pytest.approx(weights["0x3"] / sum(weights.values()))
+
+
+def test_bandwidth_counts_the_more_the_larger_the_payload() -> None:
+    """A node at 2 MB/s against one at 200 MB/s (equal scores): about even for a payload
+    just over the threshold, nearly nothing for 10 MiB."""
+    scheduler = Scheduler(rng=random.Random(2))
+    scheduler.update([
+        NodeState("0xslow", "u", frozenset({MODEL}),
+                  NodeStats(score=100, bandwidth_bps=2e6, bandwidth_reports=3)),
+        NodeState("0xfast", "u", frozenset({MODEL}),
+                  NodeStats(score=100, bandwidth_bps=200e6, bandwidth_reports=3))])
+    slow = [scheduler.shares(MODEL, payload_bytes=size, interactive=False)["0xslow"]
+            for size in (100, 65 * 1024, 1 << 20, 10 << 20)]
+    assert slow[0] == pytest.approx(0.5)  # a small request: bandwidth does not count
+    assert 0.2 < slow[1] < 0.4
+    assert slow[1] > slow[2] > slow[3] and slow[3] < 0.02

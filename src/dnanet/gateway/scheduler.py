@@ -7,13 +7,16 @@ fewer than ``max_concurrency`` requests in flight. Among eligible nodes one is d
 with weight
 
     score                                  (the node's verified score)
-    x bandwidth / max bandwidth            (payload above ``large_payload_bytes``)
+    x t0 / (t0 + payload / bandwidth)      (payload above ``large_payload_bytes``)
     x min rtt / rtt                        (interactive requests)
 
-where a node without a measurement takes the median of the others', and a bandwidth counts
-only once ``min_bandwidth_reports`` reports measured it. Bandwidth is the slower direction's
-throughput as ``dnanet.protocol.scoring`` computes it for the score, so routing and rewards
-read the same figures.
+where ``t0`` is ``request_overhead_s``: the bandwidth factor is the share of a request's
+expected time that is not spent moving its body, so bandwidth counts the more the larger the
+payload (for payloads that take long to move, weights go as the bandwidth). A node without a
+measurement takes the median of the others', and a bandwidth counts only once
+``min_bandwidth_reports`` reports measured it. Bandwidth is the slower direction's throughput
+as ``dnanet.protocol.scoring`` computes it for the score, so routing and rewards read the same
+figures.
 """
 
 from __future__ import annotations
@@ -112,6 +115,9 @@ class SchedulingPolicy:
     failure_threshold: int = 3
     cooldown_s: float = 30.0
     max_attempts: int = 3
+    request_overhead_s: float = 0.02
+    """A request's time besides moving its body (the model's work, round trips): a payload
+    that takes as long as this to move halves a node's weight."""
     min_bandwidth_reports: int = 3
     """A node's measured bandwidth steers large payloads only once this many reports measured
     it (one lucky or unlucky transfer is not a node's bandwidth); before, it takes the
@@ -213,8 +219,8 @@ class Scheduler:
             trusted = [self._trusted_bandwidth(n) for n in nodes]
             default_bw = _median([b for b in trusted if b is not None], 1.0)
             values = [default_bw if b is None else b for b in trusted]
-            top = max(values)
-            out = [w * v / top for w, v in zip(out, values, strict=True)]
+            t0 = self.policy.request_overhead_s
+            out = [w * t0 / (t0 + payload_bytes / v) for w, v in zip(out, values, strict=True)]
         if interactive:
             rtts = [float(n.stats.rtt_us) for n in nodes if n.stats.rtt_us]
             default_rtt = _median(rtts, 1.0)
