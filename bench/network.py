@@ -6,17 +6,16 @@ co-signing round trip, and the wall time of one devnet epoch.
 Figures, all from this one run, on loopback:
 
 - ``mixer_challenges_per_s``: one mixer (``run_challenge_session`` over ``HttpNodeTransport``
-  on one keep-alive httpx client with ``MixerDaemon``'s limits, 64 sessions in flight, as
-  ``MixerDaemon.process_round`` drives them) challenging 1,000 nodes once each, every session
-  the full protocol with TEST's challenge sizes (echoes, download, upload, compute, signed
-  response, row openings, verification, score). Sessions that end in anything but OK are
-  counted (``..._failed``): a TIMEOUT here is the mixer's own CPU running late. The mixer's
-  CPU per challenge is ``..._mixer_cpu_ms``. The nodes are
-  1,000 ``ChallengeProver`` s behind one minimal HTTP server in a separate process
-  (``/n/{i}/v1/challenges/...`` routes to prover ``i`` with the handlers of
-  ``dnanet.node.server``), so the mixer and the nodes do not share a GIL. (A shared httpx
-  client measured 36/s here, one per node 79/s, aiohttp 178-190/s; the mixer now uses its
-  own ``NodeHttpClient``: 277/s in the same run, mixer CPU 2.9 ms per challenge, was 5.1.)
+  on the ``NodeHttpClient`` of ``open_node_session``, 64 sessions in flight, as the mixer's
+  rounds drive them) challenging 1,000 nodes once each, every session the full protocol with
+  TEST's challenge sizes (16 echoes, download, upload, compute, signed response, row openings,
+  verification, score), each on a WebSocket of its own. Sessions that end in anything but OK
+  are counted (``..._failed``): a TIMEOUT here is the mixer's own CPU running late. The
+  mixer's CPU per challenge is ``..._mixer_cpu_ms``. The nodes are 1,000 ``ChallengeProver``
+  s behind one WebSocket server in a separate process (``/n/{i}/v1/challenges`` is prover
+  ``i``'s session, served by ``dnanet.node.session_server``), so the mixer and the nodes do
+  not share a GIL. (Over per-step HTTP requests, before sessions were WebSockets: httpx 36/s,
+  aiohttp 178-190/s, the mixer's own HTTP client 277/s at 2.9 ms of mixer CPU each.)
 - ``validator_intake_per_s``: single-report certificates per second into a Validator over
   HTTP (``bench/validator_intake.py``'s corpus and load generator) that runs as one process per
   CPU on one port and database (``validator run --processes``, ``--validator-processes``);
@@ -51,7 +50,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -81,111 +80,34 @@ def identity(label: str) -> Identity:
 # -- 1. a mixer challenging 1,000 nodes ---------------------------------------------------------
 
 
-class NodesProtocol(asyncio.Protocol):
-    """A minimal HTTP/1.1 server (keep-alive, Content-Length bodies) for the node side: the
-    handlers of ``dnanet.node.server.build_node_app`` (without the node's SQLite journal)
-    for ``/n/{i}/v1/challenges/...``, routed to prover ``i``. FastAPI on uvicorn costs more
-    CPU per request than the mixer under test, and the figure is the mixer's."""
-
-    def __init__(self, provers: list[Any]) -> None:
-        self.provers = provers
-        self.buffer = bytearray()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A TCP transport (uvloop's does not subclass asyncio.Transport).
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
-            lines = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
-            length = 0
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value)
-            if len(self.buffer) < end + 4 + length:
-                return
-            body = bytes(self.buffer[end + 4:end + 4 + length])
-            del self.buffer[:end + 4 + length]
-            method, target, _ = lines[0].split(" ", 2)
-            status, content_type, payload = self.answer(method, target, body)
-            assert self.transport is not None
-            self.transport.write(
-                b"HTTP/1.1 %d X\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n"
-                % (status, content_type, len(payload)) + payload)
-
-    def answer(self, method: str, target: str, body: bytes) -> tuple[int, bytes, bytes]:
-        from dnanet.errors import DnanetError
-        from dnanet.service.http import error_body, status_for
-
-        try:
-            out = self.route(method, target, body)
-        except DnanetError as exc:
-            return status_for(exc), b"application/json", json.dumps(error_body(exc)).encode()
-        if isinstance(out, bytes):
-            return 200, b"application/octet-stream", out
-        return 200, b"application/json", out.to_json()
-
-    def route(self, method: str, target: str, body: bytes) -> Any:
-        from dnanet.errors import CodecError
-        from dnanet.node.api import (
-            DigestMessage,
-            EchoMessage,
-            OpeningMessage,
-            OpeningsMessage,
-            OpenRequest,
-            RootMessage,
-        )
-        from dnanet.protocol.codec import FixedBytes, parse_json
-        from dnanet.protocol.messages import SignedChallenge
-
-        parts = target.split("/")  # "", "n", i, "v1", "challenges"[, cid, step]
-        if len(parts) < 5 or parts[1] != "n" or not parts[2].isdigit() or \
-                not 0 <= int(parts[2]) < len(self.provers):
-            raise CodecError(f"no route {target[:80]}", field="path")
-        prover = self.provers[int(parts[2])]
-        if len(parts) == 5:
-            prover.start(SignedChallenge.from_wire(parse_json(body)))
-            return b'{"accepted":true}'
-        key = FixedBytes(32).from_wire(parts[5], "challengeId")
-        step = parts[6] if len(parts) > 6 else ""
-        if step == "echo":
-            return EchoMessage(nonce=prover.echo(key, EchoMessage.from_wire(
-                parse_json(body)).nonce))
-        if step == "download":
-            prover.download_chunk(key, body)
-            return DigestMessage(digest=prover.download_done(key))
-        if step == "upload" and method == "GET":
-            return prover.upload(key)
-        if step == "compute":
-            # TEST's product is 64 x 32: cheaper inline than a hop to a worker thread
-            return RootMessage(root=prover.compute(key))
-        if step == "finish":
-            return prover.finish(key)
-        if step == "open":
-            openings = prover.open_rows(key, list(OpenRequest.from_wire(parse_json(body)).indices))
-            return OpeningsMessage(openings=tuple(OpeningMessage.of(o) for o in openings))
-        raise CodecError(f"no route {target[:80]}", field="path")
-
-
 def serve_nodes(count: int, mixer_address: str, mixer_vrf_pk: bytes, port: int,
                 ready: Any) -> None:
-    """The node side: ``count`` provers behind one HTTP server (runs in its own process)."""
+    """The node side: ``count`` provers behind one WebSocket server in its own process
+    (``/n/{i}/v1/challenges`` is prover ``i``'s session), each session served by
+    ``dnanet.node.session_server.SessionServer`` as a node daemon serves it, without its
+    SQLite journal. FastAPI on uvicorn would cost more CPU per session than the mixer under
+    test, and the figure is the mixer's."""
+    from websockets.asyncio.server import ServerConnection, serve
+
     from dnanet.node.prover import ChallengeProver
+    from dnanet.node.session_server import ConnectionChannel, NoJournal, SessionServer
 
     mixers = {mixer_address: mixer_vrf_pk}
-    provers = [ChallengeProver(identity(f"node-{i}"), DOMAIN, lambda: mixers, device="cpu")
+    servers = [SessionServer(ChallengeProver(identity(f"node-{i}"), DOMAIN, lambda: mixers,
+                                             device="cpu"), NoJournal())
                for i in range(count)]
 
+    async def handle(connection: ServerConnection) -> None:
+        parts = connection.request.path.split("/") if connection.request else []
+        if len(parts) == 5 and parts[1] == "n" and parts[2].isdigit() and \
+                int(parts[2]) < count:
+            await servers[int(parts[2])].serve(ConnectionChannel(connection))
+
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: NodesProtocol(provers), "127.0.0.1", port,
-                                          backlog=4096)
-        ready.set()
-        async with server:
-            await server.serve_forever()
+        async with serve(handle, "127.0.0.1", port, compression=None, max_size=1 << 20,
+                         ping_interval=None, backlog=4096):
+            ready.set()
+            await asyncio.Future()
 
     run_loop(main())
 

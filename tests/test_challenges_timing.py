@@ -20,6 +20,7 @@ from dnanet.protocol.challenges.timing import (
     compute_receiver_us,
     compute_rtt_us,
     compute_step_us,
+    compute_upload_us,
 )
 
 NS = st.integers(0, 10**12)
@@ -74,6 +75,50 @@ def test_receiver_time_needs_a_first_frame_that_is_part_of_the_payload(first: in
     with pytest.raises(ChallengeError) as exc:
         compute_receiver_us(100, first, 10)
     assert exc.value.field == "first_bytes"
+
+
+FRAME = 1 << 18
+GAP_NS = 12_500_000  # 256 KiB at ~21 MB/s
+
+
+def arrivals(frames: int = 8, gap_ns: int = GAP_NS, start: int = 10**9) -> list[tuple[int, int]]:
+    return [((i + 1) * FRAME, start + i * gap_ns) for i in range(frames)]
+
+
+def test_an_upload_is_timed_from_its_frames_arrivals() -> None:
+    # 8 frames 12.5 ms apart: the 7 after the first took 87.5 ms, the payload 100 ms.
+    assert compute_upload_us(arrivals()) == 100_000
+
+
+def test_a_receiver_busy_when_the_upload_began_still_measures_the_rate() -> None:
+    # The receiver read frames 0-2 only when frame 2 had arrived (30 ms late for frame 0):
+    # the span from the first frame is short, those from a quarter and a half are not.
+    late = arrivals()
+    late[0] = (late[0][0], late[2][1])
+    late[1] = (late[1][0], late[2][1])
+    assert compute_upload_us(late) == 100_000
+    # Read late at the end: every span is longer; never shorter than the link's time.
+    tail = arrivals()
+    tail[-1] = (tail[-1][0], tail[-1][1] + 50_000_000)
+    assert compute_upload_us(tail) > 100_000
+
+
+@settings(max_examples=200, derandomize=True)
+@given(gaps=st.lists(st.integers(GAP_NS, 10 * GAP_NS), min_size=7, max_size=7))
+def test_frames_no_faster_than_the_link_never_time_faster_than_the_link(
+        gaps: list[int]) -> None:
+    times = [10**9]
+    for gap in gaps:
+        times.append(times[-1] + gap)
+    timed = compute_upload_us([((i + 1) * FRAME, t) for i, t in enumerate(times)])
+    assert timed >= 100_000  # each frame took at least its 12.5 ms on the link
+
+
+@pytest.mark.parametrize("frames", [[], [(FRAME, 1)], [(FRAME, 1), (FRAME, 2)]])
+def test_an_upload_needs_a_span_to_time(frames: list[tuple[int, int]]) -> None:
+    with pytest.raises(ChallengeError) as exc:
+        compute_upload_us(frames)
+    assert exc.value.field == "arrivals"
 
 
 def test_seed_commitment_is_the_labelled_hash_and_only_its_seed_opens_it() -> None:

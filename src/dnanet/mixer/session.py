@@ -42,9 +42,9 @@ from dnanet.protocol.challenges.compute import (
 )
 from dnanet.protocol.challenges.latency import echo_digest, echo_nonces
 from dnanet.protocol.challenges.timing import (
-    compute_receiver_us,
     compute_rtt_us,
     compute_step_us,
+    compute_upload_us,
 )
 from dnanet.protocol.evidence import encode_fraud_evidence, is_row_correct
 from dnanet.protocol.messages import (
@@ -239,30 +239,27 @@ async def _drive(
 
 async def _receive_upload(transport: NodeTransport, challenge: Challenge, upload_seed: bytes,
                           rtt_ns: int, clock: Clock) -> tuple[list[bytes], int]:
-    """The upload's frames and its time: from the first frame's arrival to the last's (the
-    whole payload at that rate); for a payload of one frame, request to answer less the
-    round trip."""
+    """The upload's frames and its time where the mixer receives it (``compute_upload_us``);
+    for a payload of one frame, request to answer less the round trip."""
     nbytes = challenge.upload_bytes
     frames: list[bytes] = []
+    arrivals: list[tuple[int, int]] = []
     received = 0
     t_request = clock()
-    t_first = t_last = 0
     try:
         async for frame in transport.upload(challenge.challenge_id, upload_seed):
-            t_last = clock()
-            if not frames:
-                t_first = t_last
-            frames.append(frame)
             received += len(frame)
+            arrivals.append((received, clock()))
+            frames.append(frame)
             if received > nbytes:
                 raise _Failed(Outcome.BAD_RESPONSE, f"upload: more than {nbytes} bytes")
     except DnanetError as exc:
         raise _fault("upload", exc) from None
     if received != nbytes:
         raise _Failed(Outcome.BAD_RESPONSE, f"upload: {received} bytes of {nbytes}")
-    if len(frames[0]) < nbytes:
-        return frames, compute_receiver_us(nbytes, len(frames[0]), t_last - t_first)
-    return frames, compute_step_us(t_last - t_request, rtt_ns)
+    if arrivals[0][0] < nbytes:
+        return frames, compute_upload_us(arrivals)
+    return frames, compute_step_us(arrivals[-1][1] - t_request, rtt_ns)
 
 
 def _is_payload(frames: list[bytes], expected: bytes) -> bool:

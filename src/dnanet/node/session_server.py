@@ -296,6 +296,45 @@ class _AsgiChannel:
                 await self._send({"type": "websocket.close", "code": 1000})
 
 
+class ConnectionChannel:
+    """A connection of the ``websockets`` library's server as a ``Channel`` (the benchmarks'
+    minimal node servers, which serve many provers on one port without an ASGI app)."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    async def receive(self) -> bytes:
+        try:
+            frame = await self.connection.recv(decode=False)
+        except Exception as exc:  # ConnectionClosed, or a broken connection
+            raise ChannelClosed from exc
+        return bytes(frame)
+
+    async def send(self, data: bytes) -> None:
+        try:
+            await self.connection.send(data)
+        except Exception as exc:
+            raise ChannelClosed from exc
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.connection.close()
+
+
+class NoJournal:
+    """A ``Journal`` that keeps nothing (benchmarks of the mixer's side)."""
+
+    def accepted(self, signed: SignedChallenge) -> None:
+        pass
+
+    def signed(self, challenge_id: bytes, response: SignedChallengeResponse,
+               progress: Progress) -> None:
+        pass
+
+    def ended(self, challenge_id: bytes, progress: Progress) -> None:
+        pass
+
+
 class SessionEndpoint:
     """The ASGI app of the WebSocket route: ``online`` False closes every connection at once
     (the devnet's offline nodes)."""
@@ -322,5 +361,5 @@ class SessionEndpoint:
         await self.server.serve(_AsgiChannel(receive, send))
 
 
-__all__ = ["Channel", "ChannelClosed", "Journal", "Progress", "SessionEndpoint",
-           "SessionServer"]
+__all__ = ["Channel", "ChannelClosed", "ConnectionChannel", "Journal", "NoJournal", "Progress",
+           "SessionEndpoint", "SessionServer"]

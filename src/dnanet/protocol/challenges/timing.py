@@ -11,11 +11,15 @@ removes, so that a far node is not scored as a slow one (docs/scoring.md, "Measu
   echoes' round trip, and whatever it adds is removed from its steps; the floor bounds what
   that can buy (at most a factor ``RTT_FLOOR_DIVISOR`` on a step) while the added round trip
   costs it on latency;
-- the upload, where the mixer is the receiver: timed from the arrival of the payload's first
-  frame to that of its last, so neither the round trip nor the node's generation of the payload
-  is in it (as M-Lab's ndt7 and iperf3 measure at the receiver). The bytes of the first frame
-  arrived before the clock started, so the span covers the rest; the figure reported is the
-  time the whole payload takes at that rate.
+- the upload, where the mixer is the receiver: timed from the arrival of one of the payload's
+  frames to that of its last, so neither the round trip nor the node's generation of the payload
+  is in it (as M-Lab's ndt7 and iperf3 measure at the receiver). The bytes up to that frame
+  arrived before the clock started, so the span covers the rest; the figure is the time the
+  whole payload takes at that rate. Three such spans are taken, from the first frame and from
+  the frames a quarter and half way through the frames, and the slowest counts: a
+  receiver that was busy when a frame arrived reads it late and the frames queued behind it at
+  once, which shortens a span that starts there, but not one that starts elsewhere. A node
+  cannot shorten any span: it decides only when bytes leave, not how fast they arrive.
 
 All arithmetic is on integers (nanoseconds in, microseconds out), rounded down; a duration is
 at least 1 us, so that a rate stays finite.
@@ -57,6 +61,11 @@ def compute_step_us(raw_ns: int, rtt_ns: int) -> int:
     return max(1, max(raw_ns - rtt_ns, floor) // NS_PER_US)
 
 
+RECEIVER_MARKS: Final = ((0, 1), (1, 4), (1, 2))
+"""A receiver's spans start at the first frame, and at the frames these fractions of the way
+through the frames."""
+
+
 def compute_receiver_us(total_bytes: int, first_bytes: int, span_ns: int) -> int:
     """The time ``total_bytes`` take at the rate of a transfer whose receiver saw its first
     ``first_bytes`` arrive at once, then the rest over ``span_ns``."""
@@ -67,9 +76,27 @@ def compute_receiver_us(total_bytes: int, first_bytes: int, span_ns: int) -> int
     return max(1, span_ns * total_bytes // (total_bytes - first_bytes) // NS_PER_US)
 
 
+def compute_upload_us(arrivals: Sequence[tuple[int, int]]) -> int:
+    """The upload's time from its frames' arrivals, ``(bytes so far, clock ns)`` in order (at
+    least two frames): the slowest of the spans of ``RECEIVER_MARKS`` to the last frame."""
+    if len(arrivals) < 2:
+        raise ChallengeError("needs two frames or more", field="arrivals")
+    total, t_last = arrivals[-1]
+    slowest = 0
+    for num, den in RECEIVER_MARKS:
+        received, t_mark = arrivals[len(arrivals) * num // den]
+        if received < total:
+            slowest = max(slowest, compute_receiver_us(total, received, t_last - t_mark))
+    if slowest == 0:  # every frame but the first is empty: no span to time
+        raise ChallengeError("the first frame holds the whole payload", field="arrivals")
+    return slowest
+
+
 __all__ = [
+    "RECEIVER_MARKS",
     "RTT_FLOOR_DIVISOR",
     "compute_receiver_us",
     "compute_rtt_us",
     "compute_step_us",
+    "compute_upload_us",
 ]
