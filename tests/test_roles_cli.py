@@ -24,7 +24,7 @@ import dnanet.validator.daemon
 from dnanet.chain.client import NodeInfo
 from dnanet.cli import BROKEN_PIPE_STATUS, build_parser, main
 from dnanet.crypto.keys import Identity, encrypt_keystore
-from dnanet.params import WEI_PER_DNA
+from dnanet.params import TEST, WEI_PER_DNA
 
 IDENTITY = Identity.from_entropy(b"\x01" * 32)
 
@@ -88,7 +88,8 @@ class Recorder:
 
     def open_gateway(self, rpc: str, deployment: Path, identity: Identity | None) -> object:
         self.gateways.append(identity)
-        return argparse.Namespace(client=self.chain)
+        return argparse.Namespace(client=self.chain, preset=TEST, domain=None,
+                                  block_number=lambda: 0)
 
     def daemon(self, *args: Any, **kwargs: Any) -> object:
         self.daemons.append(args)
