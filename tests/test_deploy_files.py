@@ -59,7 +59,7 @@ def test_the_mixer_unit_reads_its_gateway_keys_from_a_credential() -> None:
     text = unit("mixer")
     assert "gateway-keys:/etc/dnanet/mixer/gateway-keys" in directives(text, "LoadCredential")
     (exec_start,) = directives(text, "ExecStart")
-    assert "--gateway-key-file ${CREDENTIALS_DIRECTORY}/gateway-keys" in exec_start
+    assert "--gateway-key-file %d/gateway-keys" in exec_start
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None,
