@@ -3,8 +3,11 @@
 The checks are the protocol's (``verify_batch_proposal``: the originator's signature, the
 batch root, every report against the epoch's view, the registry at each report's round's
 first block included); the co-signer adds the window (a round that has started, an epoch
-still open for reports) and its memory (``MixerStore.record_cosigned``: it never co-signs two
-different reports for one (epoch, round, mixer, node)). A batch it signed before is signed
+still open for reports), its memory (``MixerStore.record_cosigned``: it never co-signs two
+different reports for one (epoch, round, mixer, node)), and plausibility
+(``verify_plausible_measurements``: a report's figures must agree, within wide ratios, with
+what the other mixers measured of the same node lately, so a mixer that inflates a friend's
+figures or deflates a rival's finds no quorum). A batch it signed before is signed
 again at once, without the per-report work, so replaying a valid batch costs a stranger as
 much as it costs the mixer.
 
@@ -14,11 +17,21 @@ whether it holds it, and forwards it itself once its turn comes (``dnanet.mixer.
 
 from __future__ import annotations
 
+import threading
+from collections import deque
+from collections.abc import Iterable
+
 from dnanet.crypto.eip712 import recover_typed
 from dnanet.crypto.keys import Identity
-from dnanet.errors import ProtocolError, ScheduleError, SignatureError
+from dnanet.errors import DnanetError, ProtocolError, ScheduleError, SignatureError
 from dnanet.mixer.store import MixerStore
-from dnanet.protocol.messages import BatchProposal, CoSignature
+from dnanet.protocol.messages import BatchProposal, CoSignature, Outcome, ScoreReport
+from dnanet.protocol.plausibility import (
+    PlausibilityPolicy,
+    compute_measurement_reference,
+    select_reference_reports,
+    verify_plausible_measurements,
+)
 from dnanet.protocol.quorum import compute_backup_rank
 from dnanet.protocol.schedule import (
     RoundId,
@@ -30,10 +43,41 @@ from dnanet.service.clock import Clock
 from dnanet.service.network import ChainGateway
 from dnanet.service.views import ViewCache
 
+REFERENCE_WINDOW = 16
+"""Recent OK reports of other mixers per node that a report's figures are compared with."""
+KEPT_PER_NODE = 64
+
+
+class MeasurementBook:
+    """The recent OK reports this mixer made or co-signed, per node, in memory (thread-safe):
+    what the other mixers measured of each node lately."""
+
+    def __init__(self, policy: PlausibilityPolicy | None = None) -> None:
+        self.policy = policy or PlausibilityPolicy()
+        self._lock = threading.Lock()
+        self._by_node: dict[str, deque[ScoreReport]] = {}
+
+    def add(self, reports: Iterable[ScoreReport]) -> None:
+        with self._lock:
+            for report in reports:
+                if report.outcome == Outcome.OK:
+                    self._by_node.setdefault(
+                        report.node, deque(maxlen=KEPT_PER_NODE)).append(report)
+
+    def verify(self, report: ScoreReport) -> None:
+        """Raise ScoringError if ``report``'s figures are implausible beside the others'."""
+        with self._lock:
+            known = list(self._by_node.get(report.node, ()))
+        reference = compute_measurement_reference(
+            select_reference_reports(known, report.mixer, report.node, REFERENCE_WINDOW),
+            policy=self.policy)
+        verify_plausible_measurements(report, reference, self.policy)
+
 
 class CoSigner:
     def __init__(self, identity: Identity, gateway: ChainGateway, views: ViewCache,
-                 store: MixerStore, clock: Clock, backup_s: float) -> None:
+                 store: MixerStore, clock: Clock, backup_s: float,
+                 book: MeasurementBook | None = None) -> None:
         self.identity = identity
         self.address = identity.address
         self.gateway = gateway
@@ -43,6 +87,7 @@ class CoSigner:
         self.store = store
         self.clock = clock
         self.backup_s = backup_s
+        self.book = book or MeasurementBook()
 
     def epoch_closed(self, epoch: int, head: int) -> bool:
         """Whether co-signers refuse batches of ``epoch`` at block ``head``."""
@@ -78,6 +123,14 @@ class CoSigner:
             return self._sign(batch_hash)
         view = self.views.view(batch.epoch, rounds=[batch.round])
         verify_batch_proposal(proposal, view)
+        implausible: list[tuple[int, str]] = []
+        for i, report in enumerate(proposal.reports):
+            try:
+                self.book.verify(report)
+            except DnanetError as exc:
+                implausible.append((i, str(exc)))
+        if implausible:
+            raise BatchRejected(implausible)
         rank = compute_backup_rank(batch_hash, list(view.mixers), batch.mixer, self.address)
         now = self.clock.now()
         conflicts = self.store.record_cosigned(
@@ -85,6 +138,7 @@ class CoSigner:
         if conflicts:
             raise BatchRejected([(i, "a different report for this (epoch, round, mixer, node) "
                                   "was already co-signed") for i in conflicts])
+        self.book.add(proposal.reports)
         return self._sign(batch_hash)
 
     def _sign(self, batch_hash: bytes) -> CoSignature:
@@ -92,4 +146,4 @@ class CoSigner:
                            signature=self.identity.sign_typed(self.domain, batch_hash))
 
 
-__all__ = ["CoSigner"]
+__all__ = ["CoSigner", "MeasurementBook"]

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
+from typing import Any
 
 from dnanet.crypto.keys import Identity
 from dnanet.gateway.app import CallbackDirectory, Gateway, GatewayConfig
@@ -31,7 +32,7 @@ from dnanet.gateway.canary import CanaryBook, ReferenceModels
 from dnanet.gateway.scheduler import stats_from_reports
 from dnanet.keyfiles import derive_vrf_secret
 from dnanet.mixer.certify import Certifier
-from dnanet.mixer.cosign import CoSigner
+from dnanet.mixer.cosign import CoSigner, MeasurementBook
 from dnanet.mixer.metrics import MixerMetrics
 from dnanet.mixer.outbox import Outbox
 from dnanet.mixer.peers import HttpPeers, Peers
@@ -118,10 +119,10 @@ class MixerDaemon:
         self.sessions = SessionRunner(identity, gateway.domain, preset,
                                       concurrency=concurrency, transport=node_transport)
         self.certifier = Certifier(identity, gateway, self.store, self.peers, self.metrics)
-        self.cosigner = CoSigner(identity, gateway, self.views, self.store, self.clock,
-                                 backup_s)
-        self.settlements = SettlementSigner(identity, gateway, self.store, self.peers,
-                                            self.metrics, self.clock)
+        self.book = MeasurementBook()
+        self.book.add(self.store.latest_reports(GATEWAY_STATS_REPORTS))
+        self.cosigner = self._make_cosigner()
+        self.settlements = self._make_settlements()
         # The OpenAI-compatible gateway shares the mixer's app and its measured reports.
         self.ai_gateway: Gateway | None = None
         if gateway_config is not None:
@@ -131,12 +132,11 @@ class MixerDaemon:
                     self.store.latest_reports(GATEWAY_STATS_REPORTS), preset)),
                 canaries=CanaryBook(self.store), references=references)
             self.ai_gateway.mount(self.app)
-        self.rounds = RoundScheduler(
-            identity, derive_vrf_secret(identity), gateway, self.views.registry, self.store,
-            self.sessions, self.certifier, self.metrics, self.clock, poll_s=poll_s,
-            spread_s=spread_s, on_round_done=lambda: self.outbox.wake.set(),
+        self.rounds = self._make_rounds(
+            poll_s=poll_s, spread_s=spread_s, on_round_done=self._round_done,
             report_filter=(self.ai_gateway.canaries.apply if self.ai_gateway is not None
-                           else None))
+                           else None),
+            on_reports=self.book.add)
         self.outbox = Outbox(self.certifier, gateway, self.store, self.peers, self.metrics,
                              self.clock, retry_s=retry_s, backup_s=backup_s,
                              round_running=self.rounds.is_running)
@@ -146,6 +146,23 @@ class MixerDaemon:
         self.server = Server(self.app, host, port)
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _round_done(self) -> None:
+        self.outbox.wake.set()
+
+    # -- parts (``dnanet.mixer.byzantine`` builds faulty ones for the adversarial devnet) -----
+    def _make_cosigner(self) -> CoSigner:
+        return CoSigner(self.identity, self.gateway, self.views, self.store, self.clock,
+                        self.backup_s, self.book)
+
+    def _make_settlements(self) -> SettlementSigner:
+        return SettlementSigner(self.identity, self.gateway, self.store, self.peers,
+                                self.metrics, self.clock)
+
+    def _make_rounds(self, **options: Any) -> RoundScheduler:
+        return RoundScheduler(
+            self.identity, derive_vrf_secret(self.identity), self.gateway, self.views.registry,
+            self.store, self.sessions, self.certifier, self.metrics, self.clock, **options)
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:

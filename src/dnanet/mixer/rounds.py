@@ -57,7 +57,9 @@ class RoundScheduler:
                  certifier: Certifier, metrics: MixerMetrics, clock: Clock, *,
                  poll_s: float, spread_s: float,
                  on_round_done: Callable[[], None] = lambda: None,
-                 report_filter: ReportFilter | None = None) -> None:
+                 report_filter: ReportFilter | None = None,
+                 on_reports: Callable[[list[ScoreReport]], None] = lambda reports: None,
+                 ) -> None:
         self.identity = identity
         self.address = identity.address
         self.vrf_secret = vrf_secret
@@ -74,6 +76,8 @@ class RoundScheduler:
         self.spread_s = spread_s
         self.on_round_done = on_round_done
         self.report_filter = report_filter
+        self.on_reports = on_reports
+        """Called with each round's reports once saved (the co-signer's measurement book)."""
         self.running: set[RoundId] = set()
         """The rounds ``process_round`` is in (the outbox leaves their reports to them)."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -227,6 +231,7 @@ class RoundScheduler:
         for report in reports:
             self.metrics.challenges.labels(Outcome(report.outcome).name.lower()).inc()
         await asyncio.to_thread(self.store.save_reports, reports)
+        self.on_reports(reports)
         unbatched = await asyncio.to_thread(self.store.unbatched_reports, rid.epoch, rid.round)
         await self.certifier.certify(unbatched)
         # The VRF output is logged (and shown in /v1/status) only now that the round's

@@ -1,0 +1,115 @@
+"""Plausible measurements: a report's figures against the other mixers' median of one node."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dnanet.errors import ScoringError
+from dnanet.protocol.messages import ZERO32, Outcome, ScoreReport
+from dnanet.protocol.plausibility import (
+    PlausibilityPolicy,
+    compute_measurement_reference,
+    select_reference_reports,
+    verify_plausible_measurements,
+)
+
+POLICY = PlausibilityPolicy()
+NODE = "0x" + "11" * 20
+MIXERS = ["0x" + f"{i:02x}" * 20 for i in range(1, 5)]
+
+
+def report(mixer: str = MIXERS[0], *, round_: int = 0, rtt: int = 20_000, compute: int = 50_000,
+           down: int = 20_000, up: int = 20_000, outcome: Outcome = Outcome.OK) -> ScoreReport:
+    ok = outcome == Outcome.OK
+    return ScoreReport(
+        epoch=0, round=round_, mixer=mixer, node=NODE, hardware_class=0,
+        vrf_proof=b"\x01" * 80, challenge_digest=b"\x02" * 32, echo_digest=ZERO32,
+        compute_root=ZERO32, download_digest=ZERO32, upload_digest=ZERO32,
+        response_signature=b"", rtt_us=rtt if ok else 0, compute_us=compute if ok else 0,
+        download_us=down if ok else 0, upload_us=up if ok else 0, outcome=outcome, reason="",
+        evidence=b"", score=0)
+
+
+def reference_of(*reports: ScoreReport) -> object:
+    return compute_measurement_reference(reports, policy=POLICY)
+
+
+HONEST = [report(MIXERS[i % 3 + 1], round_=i, rtt=20_000, compute=48_000 + 1_000 * i)
+          for i in range(6)]
+
+
+def test_a_figure_near_the_others_median_passes() -> None:
+    reference = compute_measurement_reference(HONEST, policy=POLICY)
+    verify_plausible_measurements(report(compute=30_000, down=40_000), reference, POLICY)
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"compute": 10_000}, "computeUs"),  # a friend's compute inflated 5x
+    ({"down": 4_000}, "downloadUs"),
+    ({"up": 200_000}, "uploadUs"),  # a rival's upload deflated 10x
+    ({"rtt": 1_000}, "rttUs"),  # 20x faster than any path the others see
+    ({"compute": 500_000}, "computeUs"),
+])
+def test_an_inflated_or_deflated_figure_is_refused_naming_its_field(
+        change: dict[str, int], field: str) -> None:
+    reference = compute_measurement_reference(HONEST, policy=POLICY)
+    with pytest.raises(ScoringError) as exc:
+        verify_plausible_measurements(report(**change), reference, POLICY)
+    assert exc.value.field == field
+
+
+def test_latency_has_room_for_paths_that_differ() -> None:
+    reference = compute_measurement_reference(HONEST, policy=POLICY)
+    verify_plausible_measurements(report(rtt=4_000), reference, POLICY)  # 5x: another path
+    verify_plausible_measurements(report(rtt=200_000), reference, POLICY)
+
+
+def test_a_figure_within_the_slack_of_the_median_always_passes() -> None:
+    tiny = [report(MIXERS[1], round_=i, compute=300, rtt=80) for i in range(5)]
+    reference = compute_measurement_reference(tiny, policy=POLICY)
+    verify_plausible_measurements(report(compute=1, rtt=1), reference, POLICY)  # 300x, 1.9 ms
+    with pytest.raises(ScoringError):
+        verify_plausible_measurements(report(compute=300 + POLICY.slack_us + 1 + 2_400 * 8),
+                                      reference, POLICY)
+
+
+def test_too_few_reference_reports_check_nothing() -> None:
+    reference = compute_measurement_reference(HONEST[:2], policy=POLICY)
+    verify_plausible_measurements(report(compute=1), reference, POLICY)
+
+
+def test_failed_reports_neither_count_nor_are_checked() -> None:
+    failed = [report(MIXERS[1], round_=i, outcome=Outcome.TIMEOUT) for i in range(5)]
+    assert compute_measurement_reference(failed, policy=POLICY).samples == 0
+    reference = compute_measurement_reference(HONEST, policy=POLICY)
+    verify_plausible_measurements(report(outcome=Outcome.TIMEOUT), reference, POLICY)
+
+
+def test_the_reference_leaves_out_the_reporting_mixer_and_keeps_the_newest() -> None:
+    own = [report(MIXERS[0], round_=i, compute=1) for i in range(10)]
+    chosen = select_reference_reports([*own, *HONEST], MIXERS[0], NODE, window=4)
+    assert all(r.mixer != MIXERS[0] for r in chosen)
+    assert [r.round for r in chosen] == [5, 4, 3, 2]
+
+
+@settings(max_examples=200, derandomize=True)
+@given(st.lists(st.integers(1_000, 1_000_000), min_size=3, max_size=16),
+       st.integers(1, 10_000_000))
+def test_a_figure_within_the_ratios_of_the_median_always_passes(
+        others: list[int], claimed: int) -> None:
+    reference = compute_measurement_reference(
+        [replace(report(MIXERS[1], round_=i), compute_us=v) for i, v in enumerate(others)],
+        policy=POLICY)
+    median = reference.medians["compute_us"]
+    assert median is not None
+    inside = (median / POLICY.faster <= claimed <= median * POLICY.slower
+              or abs(claimed - median) <= POLICY.slack_us)
+    try:
+        verify_plausible_measurements(replace(report(), compute_us=claimed), reference, POLICY)
+        assert inside
+    except ScoringError:
+        assert not inside
