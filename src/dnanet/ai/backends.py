@@ -1,5 +1,6 @@
-"""Model backends a node serves: a built-in CPU embedding model, a trivial deterministic model
-for tests and benchmarks, and an OpenAI-compatible upstream (vLLM, llama.cpp, Ollama).
+"""Model backends a node serves: a built-in CPU embedding model, the built-in LLM
+(:mod:`dnanet.ai.llm`, the ``llm`` extra), a trivial deterministic model for tests and
+benchmarks, and an OpenAI-compatible upstream (vLLM, llama.cpp, Ollama).
 
 Every backend answers in OpenAI's shapes (``embeddings`` returns vectors, ``chat`` returns a
 chat.completion dict, ``chat_stream`` yields the SSE ``data:`` payloads). Nothing downloads
@@ -282,8 +283,17 @@ class UpstreamBackend:
     async def chat(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self._post("/chat/completions", {**body, "model": model, "stream": False})
 
-    async def chat_stream(self, model: str, body: dict[str, Any]) -> AsyncIterator[bytes]:
-        request = self.http.build_request("POST", f"{self.url}/chat/completions",
+    def chat_stream(self, model: str, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        return self._stream("/chat/completions", model, body)
+
+    async def completions(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._post("/completions", {**body, "model": model, "stream": False})
+
+    def completions_stream(self, model: str, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        return self._stream("/completions", model, body)
+
+    async def _stream(self, path: str, model: str, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        request = self.http.build_request("POST", f"{self.url}{path}",
                                           json={**body, "model": model, "stream": True})
         try:
             response = await self.http.send(request, stream=True)
@@ -330,16 +340,21 @@ class BackendSet:
             await backend.close()
 
 
-BACKEND_KINDS = ("minilm", "trivial", "none")
+BACKEND_KINDS = ("minilm", "llm", "trivial", "none")
 
 
 def make_backends(kinds: Sequence[str], *, upstreams: Sequence[str] = (),
                   upstream_key: str | None = None) -> BackendSet:
-    """Backends from CLI-style names (``minilm``, ``trivial``, ``none``) and upstream URLs."""
+    """Backends from CLI-style names (``minilm``, ``llm``, ``trivial``, ``none``) and upstream
+    URLs."""
     backends: list[Backend] = []
     for kind in kinds:
         if kind == "minilm":
             backends.append(MiniLMBackend())
+        elif kind == "llm":
+            from dnanet.ai.llm import LlmBackend  # the llm extra loads only when asked for
+
+            backends.append(LlmBackend())
         elif kind == "trivial":
             backends.append(TrivialBackend())
         elif kind != "none":

@@ -23,7 +23,7 @@ from dnanet.service.http import read_body
 
 MAX_AI_BODY_BYTES = 16 * 1024 * 1024
 """The largest request body a gateway takes by default, and so a node (what a gateway forwards)."""
-AI_POST_PATHS = frozenset({"/v1/embeddings", "/v1/chat/completions"})
+AI_POST_PATHS = frozenset({"/v1/embeddings", "/v1/chat/completions", "/v1/completions"})
 MAX_INPUTS = 2048
 MAX_INPUT_CHARS = 64 * 1024
 MAX_MESSAGES = 1024
@@ -196,7 +196,7 @@ class ChatRequest:
 _NUMBER_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0),
                   "presence_penalty": (-2.0, 2.0), "frequency_penalty": (-2.0, 2.0)}
 _FORWARDED = ("messages", "temperature", "top_p", "max_tokens", "max_completion_tokens",
-              "stop", "seed", "presence_penalty", "frequency_penalty", "n")
+              "stop", "seed", "presence_penalty", "frequency_penalty", "n", "stream_options")
 
 
 def parse_chat(raw: bytes) -> ChatRequest:
@@ -240,6 +240,11 @@ def parse_chat(raw: bytes) -> ChatRequest:
     if stop is not None and not isinstance(stop, str) and not (
             isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop)):
         raise bad_request("`stop` must be a string or up to 4 strings.", "stop")
+    options = data.get("stream_options")
+    if options is not None and not (isinstance(options, dict) and all(
+            k == "include_usage" and isinstance(v, bool) for k, v in options.items())):
+        raise bad_request("`stream_options` may only hold `include_usage` (a boolean).",
+                          "stream_options")
     body = {k: data[k] for k in _FORWARDED if data.get(k) is not None}
     body["model"] = model
     body["stream"] = stream

@@ -1,10 +1,10 @@
-"""The gateway in each mixer: OpenAI-compatible ``/v1/models``, ``/v1/embeddings`` and
-``/v1/chat/completions`` over the network's nodes.
+"""The gateway in each mixer: OpenAI-compatible ``/v1/models``, ``/v1/embeddings``,
+``/v1/chat/completions`` and ``/v1/completions`` over the network's nodes.
 
 Each request is authenticated (``Authorization: Bearer <key>``), validated, routed by the
 :class:`~dnanet.gateway.scheduler.Scheduler` to a registered, healthy node serving the model,
 and retried on another node on a timeout, a transport error or a malformed answer. Canaries
-(:mod:`dnanet.gateway.canary`) ride along at ``canary_rate`` of the traffic and at least once
+(:mod:`dnanet.gateway.canary`; LLM ones in :mod:`dnanet.gateway.llm_canary`) ride along at ``canary_rate`` of the traffic and at least once
 per ``canary_interval_s`` per node. Errors are OpenAI's (see :mod:`dnanet.ai.openai_format`).
 """
 
@@ -25,6 +25,7 @@ import aiohttp
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from dnanet.ai.completions import COMPLETIONS_PATH, check_text_completion, parse_completion
 from dnanet.ai.openai_format import (
     MAX_AI_BODY_BYTES,
     ApiError,
@@ -42,6 +43,8 @@ from dnanet.ai.openai_format import (
 )
 from dnanet.errors import CodecError
 from dnanet.gateway.canary import CanaryBook, ReferenceModels, judge, make_canary
+from dnanet.gateway.llm_canary import LlmCanaries
+from dnanet.gateway.llm_speed import is_long_request
 from dnanet.gateway.scheduler import (
     Lease,
     NodeState,
@@ -160,13 +163,16 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig, directory: NodeDirectory, *,
                  canaries: CanaryBook | None = None, references: ReferenceModels | None = None,
-                 http: aiohttp.ClientSession | None = None) -> None:
+                 http: aiohttp.ClientSession | None = None,
+                 llm_canaries: LlmCanaries | None = None) -> None:
         self.config = config
         self.directory = directory
         self.rng = random.Random(config.seed)
         self.scheduler = Scheduler(config.policy, rng=self.rng)
         self.canaries = canaries or CanaryBook()
         self.references = references if references is not None else ReferenceModels()
+        self.llm_canaries = llm_canaries if llm_canaries is not None else LlmCanaries()
+        self.scheduler.speeds = self.llm_canaries.speeds
         self._http = http
         self._refreshed = False
         self._refresh_lock: asyncio.Lock | None = None
@@ -251,10 +257,11 @@ class Gateway:
 
     # -- routing ----------------------------------------------------------------------------------
     async def _route(self, model: str, path: str, body: bytes, *, interactive: bool,
-                     parse: Callable[[Any], T]) -> tuple[NodeState, Any, T]:
+                     parse: Callable[[Any], T], long: bool | None = None
+                     ) -> tuple[NodeState, Any, T]:
         """POST ``body`` to nodes serving ``model`` until one answers well."""
         attempts = _Attempts()
-        async for lease in self._candidates(model, body, interactive, attempts):
+        async for lease in self._candidates(model, body, interactive, attempts, long):
             node = lease.node
             ok = False
             try:
@@ -294,7 +301,8 @@ class Gateway:
             return response.status, await _read_answer(response, self.config.max_answer_bytes)
 
     async def _candidates(self, model: str, body: bytes, interactive: bool,
-                          attempts: _Attempts) -> AsyncIterator[Lease]:
+                          attempts: _Attempts, long: bool | None = None
+                          ) -> AsyncIterator[Lease]:
         """Nodes to try for one request, best first by the scheduling rule, each acquired
         (the caller releases the lease); at most ``max_attempts`` of them."""
         await self._fresh()
@@ -302,7 +310,7 @@ class Gateway:
             raise model_not_found(model)
         for _ in range(self.config.policy.max_attempts):
             node = self.scheduler.pick(model, payload_bytes=len(body), interactive=interactive,
-                                       exclude=attempts.tried)
+                                       exclude=attempts.tried, long=long)
             if node is None:
                 return
             attempts.tried.append(node.address)
@@ -310,7 +318,7 @@ class Gateway:
 
     def _maybe_canary(self, model: str) -> None:
         if self.config.canary_rate > 0 and self.rng.random() < self.config.canary_rate \
-                and self.references.has(model):
+                and self._has_reference(model):
             node = self.scheduler.pick(model)
             if node is not None:
                 self._spawn(self.run_canary(node, model))
@@ -321,9 +329,22 @@ class Gateway:
         task.add_done_callback(self._tasks.discard)
 
     # -- canaries ---------------------------------------------------------------------------------
+    def _has_reference(self, model: str) -> bool:
+        return self.references.has(model) or self.llm_canaries.has(model)
+
     async def run_canary(self, node: NodeState, model: str) -> bool | None:
         """Send one canary to ``node``; True passed, False failed (recorded), None no verdict
         (no reference, or the node could not be reached: that is a plain failure)."""
+        if self.llm_canaries.has(model):
+            lease = self.scheduler.acquire(node)
+            delivered = False
+            try:
+                delivered, reason = await self.llm_canaries.run(
+                    node.address, node.endpoint, (node.stats.rtt_us or 0) / 1e6, self.rng,
+                    self._open, self.config.max_answer_bytes)
+            finally:
+                self.scheduler.release(lease, ok=delivered)
+            return self._canary_verdict(node, model, reason) if delivered else None
         canary = await make_canary(self.references, model, self.rng)
         if canary is None:
             return None
@@ -353,6 +374,10 @@ class Gateway:
             return None
         finally:
             self.scheduler.release(lease, ok=ok)
+        return self._canary_verdict(node, model, reason)
+
+    def _canary_verdict(self, node: NodeState, model: str, reason: str | None) -> bool:
+        """Record a delivered canary's verdict (``reason`` None: it passed)."""
         if reason is not None:
             self.canaries.record(node.address, model, reason)
             self.scheduler.mark_canary(node.address, passed=False)
@@ -366,7 +391,7 @@ class Gateway:
         """One canary to every node for one of its models that has a reference."""
         jobs = []
         for node in list(self.scheduler.nodes.values()):
-            models = sorted(m for m in node.models if self.references.has(m))
+            models = sorted(m for m in node.models if self._has_reference(m))
             if models:
                 jobs.append(self.run_canary(node, self.rng.choice(models)))
         await asyncio.gather(*jobs, return_exceptions=True)
@@ -383,7 +408,8 @@ class Gateway:
             raise _UNAUTHORIZED
 
     def mount(self, app: FastAPI) -> None:
-        """Add ``/v1/models``, ``/v1/embeddings`` and ``/v1/chat/completions`` to ``app``.
+        """Add ``/v1/models``, ``/v1/embeddings``, ``/v1/chat/completions`` and
+        ``/v1/completions`` to ``app``.
 
         The POST routes enforce ``max_body_bytes`` themselves (a 413 in OpenAI's format), in
         place of the app's own body limit."""
@@ -432,26 +458,50 @@ class Gateway:
                 req = parse_chat(await read_request(request, self.config.max_body_bytes))
                 body = json.dumps(req.body).encode()
                 interactive = _interactive(request, default=True)
+                long = is_long_request(req.body.get("max_completion_tokens")
+                                       or req.body.get("max_tokens"), interactive=interactive)
                 if req.stream:
-                    return await self._stream(req.model, body, interactive)
+                    return await self._stream(req.model, body, interactive, long=long)
                 _node, data, _content = await self._route(
                     req.model, "/v1/chat/completions", body, interactive=interactive,
-                    parse=check_completion)
+                    parse=check_completion, long=long)
             except ApiError as exc:
                 return exc.response()
             self._maybe_canary(req.model)
             return JSONResponse(data)
 
-    async def _stream(self, model: str, body: bytes, interactive: bool) -> Response:
+        @app.post(COMPLETIONS_PATH, tags=["gateway"])
+        async def completions(request: Request) -> Response:
+            try:
+                self.authorize(request)
+                req = parse_completion(await read_request(request,
+                                                          self.config.max_body_bytes))
+                body = json.dumps(req.body).encode()
+                interactive = _interactive(request, default=True)
+                long = is_long_request(req.body.get("max_tokens"), interactive=interactive)
+                if req.stream:
+                    return await self._stream(req.model, body, interactive, long=long,
+                                              path=COMPLETIONS_PATH)
+                _node, data, _text = await self._route(
+                    req.model, COMPLETIONS_PATH, body, interactive=interactive,
+                    parse=check_text_completion, long=long)
+            except ApiError as exc:
+                return exc.response()
+            self._maybe_canary(req.model)
+            return JSONResponse(data)
+
+    async def _stream(self, model: str, body: bytes, interactive: bool, *,
+                      long: bool | None = None,
+                      path: str = "/v1/chat/completions") -> Response:
         """Open a stream on a node (retrying others until one sends its first event)."""
         attempts = _Attempts()
-        async for lease in self._candidates(model, body, interactive, attempts):
+        async for lease in self._candidates(model, body, interactive, attempts, long):
             node = lease.node
             response: aiohttp.ClientResponse | None = None
             handed_over = False  # to the relay, which then releases the node
             ok = False
             try:
-                response = await self._open(node.endpoint + "/v1/chat/completions", body)
+                response = await self._open(node.endpoint + path, body)
                 if response.status == 200:
                     lines = _event_lines(response.content)
                     first = await anext(lines)

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from dnanet.gateway.llm_speed import SpeedBook, compute_speed_factors
 from dnanet.params import Preset
 from dnanet.protocol.messages import Outcome, ScoreReport
 from dnanet.protocol.scoring import compute_report_score
@@ -166,6 +167,8 @@ class Scheduler:
         self.clock = clock
         self.nodes: dict[str, NodeState] = {}
         self._loads: dict[str, NodeLoad] = {}
+        self.speeds: SpeedBook | None = None
+        """Measured generation speeds (the gateway's LLM canaries), for LLM requests."""
 
     def update(self, states: Iterable[NodeState]) -> None:
         """Replace the node set. Each state is given its address's one :class:`NodeLoad`
@@ -207,8 +210,10 @@ class Scheduler:
                 and n.in_flight < self.policy.max_concurrency]
 
     def weights(self, nodes: Sequence[NodeState], *, payload_bytes: int,
-                interactive: bool) -> list[float]:
-        """Each node's weight under the rule of the module docstring."""
+                interactive: bool, long: bool | None = None) -> list[float]:
+        """Each node's weight under the rule of the module docstring; for an LLM request
+        (``long`` not None) also by its measured generation speed (``speeds``: time to first
+        token, or decode speed when ``long``; see dnanet.gateway.llm_speed)."""
         if not nodes:
             return []
         scores = [float(n.stats.score) for n in nodes if n.stats.score is not None]
@@ -227,6 +232,10 @@ class Scheduler:
             values = [float(n.stats.rtt_us or default_rtt) for n in nodes]
             low = min(values)
             out = [w * low / v for w, v in zip(out, values, strict=True)]
+        if long is not None and self.speeds is not None:
+            factors = compute_speed_factors([self.speeds.speed(n.address) for n in nodes],
+                                            long=long)
+            out = [w * f for w, f in zip(out, factors, strict=True)]
         return out
 
     def _trusted_bandwidth(self, node: NodeState) -> float | None:
@@ -236,22 +245,25 @@ class Scheduler:
             return None
         return float(stats.bandwidth_bps)
 
-    def shares(self, model: str, *, payload_bytes: int, interactive: bool) -> dict[str, float]:
+    def shares(self, model: str, *, payload_bytes: int, interactive: bool,
+               long: bool | None = None) -> dict[str, float]:
         """The share of requests each eligible node is expected to receive."""
         nodes = self.eligible(model)
-        weights = self.weights(nodes, payload_bytes=payload_bytes, interactive=interactive)
+        weights = self.weights(nodes, payload_bytes=payload_bytes, interactive=interactive,
+                               long=long)
         total = sum(weights)
         if total <= 0:
             return {n.address: 1 / len(nodes) for n in nodes}
         return {n.address: w / total for n, w in zip(nodes, weights, strict=True)}
 
     def pick(self, model: str, *, payload_bytes: int = 0, interactive: bool = False,
-             exclude: Iterable[str] = ()) -> NodeState | None:
+             exclude: Iterable[str] = (), long: bool | None = None) -> NodeState | None:
         """Draw an eligible node (None if there is none)."""
         nodes = self.eligible(model, exclude)
         if not nodes:
             return None
-        weights = self.weights(nodes, payload_bytes=payload_bytes, interactive=interactive)
+        weights = self.weights(nodes, payload_bytes=payload_bytes, interactive=interactive,
+                               long=long)
         if sum(weights) <= 0:
             return self.rng.choice(nodes)
         return self.rng.choices(nodes, weights=weights, k=1)[0]

@@ -1,5 +1,6 @@
 """The node's OpenAI-compatible endpoints (``/v1/models``, ``/v1/embeddings``,
-``/v1/chat/completions``), served from its :class:`~dnanet.ai.backends.BackendSet`.
+``/v1/chat/completions``, ``/v1/completions``), served from its
+:class:`~dnanet.ai.backends.BackendSet`.
 
 Mixers' gateways call these; a canary and a user's request arrive in the same shape.
 Every error is in OpenAI's format; a backend fault is a 502, never a 500. With an ``AiAccess``
@@ -17,6 +18,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from dnanet.ai.backends import Backend, BackendError, BackendSet
+from dnanet.ai.completions import COMPLETIONS_PATH, parse_completion
 from dnanet.ai.openai_format import (
     MAX_AI_BODY_BYTES,
     ApiError,
@@ -92,19 +94,44 @@ def mount_ai_api(app: FastAPI, backends: BackendSet, access: AiAccess | None = N
             return exc.response()
         except BackendError as exc:
             return _backend_error(exc).response()
+        return _event_stream(req.model, first, stream)
 
-        async def events() -> AsyncIterator[bytes]:
-            if first is not None:
-                yield b"data: " + first + b"\n\n"
-            try:
-                async for chunk in stream:
-                    yield b"data: " + chunk + b"\n\n"
-            except BackendError as exc:
-                log.warning("stream of %s broke: %s", req.model, exc)
-                yield b'data: {"error": {"message": "the model backend failed mid-stream", ' \
-                      b'"type": "api_error", "param": null, "code": "backend_error"}}\n\n'
+    @app.post(COMPLETIONS_PATH, tags=["ai"])
+    async def completions(request: Request) -> Response:
+        try:
+            req = parse_completion(await read_allowed(request))
+            backend = backend_for(req.model)
+            complete = getattr(backend, "completions", None)
+            complete_stream = getattr(backend, "completions_stream", None)
+            if complete is None or complete_stream is None:
+                raise ApiError(400, f"`{req.model}` does not serve /v1/completions; use "
+                               "/v1/chat/completions", param="model", code="invalid_value")
+            if not req.stream:
+                return JSONResponse(await complete(req.model, req.body))
+            stream = complete_stream(req.model, req.body)
+            first = await anext(stream, None)
+        except ApiError as exc:
+            return exc.response()
+        except BackendError as exc:
+            return _backend_error(exc).response()
+        return _event_stream(req.model, first, stream)
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+
+def _event_stream(model: str, first: bytes | None, stream: AsyncIterator[bytes]) -> Response:
+    """A backend's stream as server-sent events, with an error event if it breaks."""
+
+    async def events() -> AsyncIterator[bytes]:
+        if first is not None:
+            yield b"data: " + first + b"\n\n"
+        try:
+            async for chunk in stream:
+                yield b"data: " + chunk + b"\n\n"
+        except BackendError as exc:
+            log.warning("stream of %s broke: %s", model, exc)
+            yield b'data: {"error": {"message": "the model backend failed mid-stream", ' \
+                  b'"type": "api_error", "param": null, "code": "backend_error"}}\n\n'
+
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 __all__ = ["mount_ai_api"]

@@ -1,0 +1,217 @@
+"""Verified generation: a node's greedy answer re-scored under the mixer's own copy of the model.
+
+The rule (docs/scheduling.md, "Verifying LLM answers"): the mixer runs the prompt and the
+node's answer through the reference model in one teacher-forced pass (a prefill, as when a
+prompt is read) and looks at every position of the answer. The node's token there must be the
+reference's top token, or within ``margin`` logits of it (:data:`LOGIT_MARGIN`: numeric noise
+between machines, thread counts and batch shapes, never a different model's preference); and
+the answer must end where the reference ends it:
+
+- ``finish_reason`` ``stop``: after the last token, an end-of-text token is within the margin
+  of the top, or the answer continues with one of the request's stop strings;
+- ``length``: the answer has ``max_tokens`` tokens (up to :data:`LENGTH_SLACK` fewer only
+  where the reference's next token would finish a character the cut left incomplete).
+
+The node answers in text, not tokens, so the mixer tokenizes it again. Where the node's
+tokens were not the canonical split of its text (``" the" "re"`` for ``" there"``), the
+reference's top token is a prefix of the remaining text: the check follows it and re-reads
+the rest from there (one more pass over the rest, at most :data:`MAX_RESPLITS` times).
+
+:func:`is_token_accepted` and :func:`is_length_consistent` are the rule itself (pure);
+:func:`verify_greedy_answer` applies it with an engine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dnanet.ai.llm_engine import LlamaEngine, Scored
+
+LOGIT_MARGIN = 0.5
+"""How far (in logits, i.e. natural-log probability ratio) below the reference's top token a
+node's token may be. Measured by ``bench/llm.py``: honest nodes on other thread counts and
+batch shapes stay far below it; see docs/scheduling.md for the figures."""
+LENGTH_SLACK = 3
+MAX_RESPLITS = 16
+
+
+def is_token_accepted(gap: float, margin: float) -> bool:
+    """A node's token ``gap`` logits below the reference's top passes iff within ``margin``."""
+    return gap <= margin
+
+
+def is_length_consistent(tokens: int, max_tokens: int, *, cut_character: bool) -> bool:
+    """A ``length`` answer of ``tokens`` tokens for ``max_tokens``: exactly that many, or up
+    to LENGTH_SLACK fewer when its last character was cut (and so dropped from the text)."""
+    if tokens == max_tokens:
+        return True
+    return cut_character and max_tokens - LENGTH_SLACK <= tokens < max_tokens
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one check: ``reason`` None means the answer passed."""
+
+    reason: str | None
+    tokens: int
+    """Answer tokens checked (the verified length of the answer)."""
+    max_gap: float
+    """The largest accepted gap (how close an honest answer came to the margin)."""
+    passes: int
+    """Batched passes run (1 + re-splits + stop checks)."""
+    cpu_s: float
+    """CPU time of this process during the check."""
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+class _Walk:
+    """The teacher-forced pass over one answer, position by position."""
+
+    def __init__(self, engine: LlamaEngine, prompt: Sequence[int], margin: float) -> None:
+        self.engine = engine
+        self.margin = margin
+        self.n_prompt = len(prompt)
+        self.path: list[int] = []
+        """The answer's tokens as checked so far."""
+        self.max_gap = 0.0
+        self.passes = 0
+        self.unfed: list[int] = list(prompt)
+        """Tokens of the path not run yet (the prompt, or a re-split's first token)."""
+        self.end: Scored | None = None
+        """The reference's prediction after the last token run (all its logits kept)."""
+        engine.rewind(0)
+
+    def _run(self, pending: list[int]) -> list[Scored]:
+        """Predictions for each of ``pending`` and, last, for what follows them."""
+        self.passes += 1
+        if self.unfed:
+            tokens = [*self.unfed, *pending]
+            rows = self.engine.score(tokens, [*pending, None], len(self.unfed) - 1,
+                                     keep_last=True)
+            self.unfed = []
+        else:
+            assert self.end is not None and self.end.row is not None
+            head = self.end
+            first = [] if not pending else [Scored(head.top, head.top_logit,
+                                                   head.logit(pending[0]), head.eog_logit)]
+            rows = first + self.engine.score(pending, [*pending[1:], None], keep_last=True) \
+                if pending else [head]
+        self.end = rows[-1]
+        return rows
+
+    def follow(self, data: bytes, *, overshoot: bool) -> str | None:
+        """Walk the answer bytes ``data`` from the current position; None if every token
+        passes (``overshoot``: the last token may run past the end of ``data``)."""
+        rest = data
+        pending = self.engine.tokenize(rest)
+        resplits = 0
+        while True:
+            preds = self._run(pending)
+            restart = False
+            for k, token in enumerate(pending):
+                pred = preds[k]
+                gap = pred.top_logit - pred.target_logit
+                piece = self.engine.piece(token)
+                if is_token_accepted(gap, self.margin):
+                    self.path.append(token)
+                    self.max_gap = max(self.max_gap, gap)
+                    rest = rest[len(piece):]
+                    continue
+                top_piece = self.engine.piece(pred.top)
+                if top_piece and not self.engine.is_eog(pred.top) and \
+                        rest.startswith(top_piece) and resplits < MAX_RESPLITS:
+                    # The node split its text otherwise: follow the reference's top token
+                    # and read the rest again from there.
+                    self.engine.rewind(self.n_prompt + len(self.path))
+                    self.path.append(pred.top)
+                    self.unfed = [pred.top]
+                    rest = rest[len(top_piece):]
+                    pending = self.engine.tokenize(rest)
+                    resplits += 1
+                    restart = True
+                    break
+                if overshoot and rest and top_piece.startswith(rest):
+                    self.path.append(pred.top)  # the stop string ends inside this token
+                    return None
+                return (f"answer token {len(self.path)} "
+                        f"({piece.decode(errors='replace')!r}) is {gap:.2f} logits below "
+                        f"the reference's top ({top_piece.decode(errors='replace')!r}); the "
+                        f"margin is {self.margin}")
+            if not restart:
+                return None
+
+
+def verify_greedy_answer(engine: LlamaEngine, prompt: str, text: str, *, finish_reason: str,
+                         max_tokens: int, stops: Sequence[str],
+                         margin: float = LOGIT_MARGIN) -> Verdict:
+    """Check a node's greedy answer ``text`` to ``prompt`` (the caller holds
+    ``engine.lock``); the rule of the module docstring."""
+    started = time.process_time()
+    prompt_tokens = engine.prompt_tokens(prompt)
+    if len(prompt_tokens) + max_tokens + LENGTH_SLACK + 8 > engine.n_ctx:
+        raise ValueError(f"a {len(prompt_tokens)}-token prompt and {max_tokens} answer tokens "
+                         f"do not fit the reference's context of {engine.n_ctx}")
+    walk = _Walk(engine, prompt_tokens, margin)
+
+    def verdict(reason: str | None) -> Verdict:
+        return Verdict(reason=reason, tokens=len(walk.path), max_gap=walk.max_gap,
+                       passes=walk.passes, cpu_s=time.process_time() - started)
+
+    if finish_reason not in ("stop", "length"):
+        return verdict(f"finish_reason {finish_reason!r} is neither stop nor length")
+    reason = walk.follow(text.encode(), overshoot=False)
+    assert walk.end is not None
+    if finish_reason == "length":
+        if reason is not None:
+            return verdict(reason)
+        cut = not _is_whole(engine.piece(walk.end.top))
+        if not is_length_consistent(len(walk.path), max_tokens, cut_character=cut):
+            return verdict(f"finish_reason length after {len(walk.path)} tokens, but "
+                           f"max_tokens is {max_tokens}")
+        return verdict(None)
+    if reason is None and len(walk.path) > max_tokens:
+        return verdict(f"{len(walk.path)} tokens, more than max_tokens {max_tokens}")
+    if reason is None and is_token_accepted(walk.end.top_logit - walk.end.eog_logit, margin):
+        return verdict(None)
+    # Not the end of text: the answer must go on with a stop string.
+    end = walk.end
+    for stop in stops:
+        passes = walk.passes
+        if reason is None:  # continue from the answer's end (the cheap, usual case)
+            n_past, n_path = engine.n_past, len(walk.path)
+            if walk.follow(stop.encode(), overshoot=True) is None:
+                return verdict(None)
+            engine.rewind(n_past)
+            del walk.path[n_path:]
+            walk.end, walk.unfed = end, []
+        # The stop string may begin inside the answer's last token: the whole text again.
+        trial = _Walk(engine, prompt_tokens, margin)
+        if trial.follow((text + stop).encode(), overshoot=True) is None:
+            trial.passes += passes
+            walk = trial
+            return verdict(None)
+        walk.passes += trial.passes
+    if reason is not None:
+        return verdict(reason)
+    gap = end.top_logit - end.eog_logit
+    return verdict(f"finish_reason stop after {len(walk.path)} tokens, but the reference "
+                   f"goes on (end of text {gap:.2f} logits below its top"
+                   f"{', and no stop string follows' if stops else ''})")
+
+
+def _is_whole(piece: bytes) -> bool:
+    """Whether ``piece`` is whole UTF-8 characters (a byte token of a longer one is not)."""
+    try:
+        piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+__all__ = ["LENGTH_SLACK", "LOGIT_MARGIN", "MAX_RESPLITS", "Verdict", "is_length_consistent",
+           "is_token_accepted", "verify_greedy_answer"]

