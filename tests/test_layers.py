@@ -24,8 +24,8 @@ FLOORS: list[set[str]] = [
     {"gateway"},
     {"mixer"},
     {"validator"},
-    {"audit", "config", "demo", "devnet", "roles_cli", "node_cli", "cli", "shaping", "scenarios",
-     "soak"},
+    {"audit", "config", "demo", "devnet", "devnet_scenario", "roles_cli", "node_cli", "cli",
+     "shaping", "scenarios", "soak"},
 ]
 ROOT = Path(dnanet.__file__).parent
 

@@ -835,10 +835,18 @@ async def run_devnet(*, nodes: int, mixers: int, epochs: int | None, preset: Pre
                      keystore: Path | None = None, backend: str = "minilm",
                      out: Callable[[str], Any] = print,
                      setup_blocks: int = SETUP_BLOCKS,
-                     shapes: Sequence[LinkShape] | None = None) -> list[EpochSummary]:
+                     shapes: Sequence[LinkShape] | None = None,
+                     scenario: str | None = None) -> list[EpochSummary]:
     devnet: Devnet
     shaped: dict[str, Any] = {} if shapes is None else {"shapes": shapes}
-    if chain == "embedded":
+    if scenario is not None:  # the scenario says how many nodes and mixers
+        from dnanet.devnet_scenario import build_scenario_devnet
+        from dnanet.scenarios import get_scenario
+
+        devnet = build_scenario_devnet(
+            get_scenario(scenario), chain=chain, keystore=keystore, preset=preset,
+            data_dir=data_dir, out=out, backend=backend, setup_blocks=setup_blocks, **shaped)
+    elif chain == "embedded":
         devnet = Devnet(nodes=nodes, mixers=mixers, preset=preset, data_dir=data_dir, out=out,
                         backend=backend, setup_blocks=setup_blocks, **shaped)
     else:
@@ -866,6 +874,17 @@ def _devnet_command(args: argparse.Namespace) -> int:
                                                                              "https://")):
         raise DnanetError(f"--chain {args.chain!r}: use embedded, anvil, or an http(s) RPC URL")
     shapes = load_shape_file(Path(args.shape)) if args.shape else None
+    epochs = args.epochs
+    if args.scenario is not None:
+        from dnanet.scenarios import get_scenario
+
+        scenario = get_scenario(args.scenario)
+        if shapes is not None or args.nodes not in (None, scenario.nodes) or \
+                args.mixers != scenario.mixers:
+            raise DnanetError(f"--scenario {scenario.name} plays {scenario.nodes} nodes (and "
+                              f"{scenario.joiners} that join) and {scenario.mixers} mixers "
+                              "unshaped: leave out --nodes, --mixers and --shape")
+        epochs = epochs or scenario.epochs
     if shapes is not None and args.nodes not in (None, len(shapes)):
         raise DnanetError(f"--nodes {args.nodes} but --shape {args.shape} shapes "
                           f"{len(shapes)} nodes: leave --nodes out, or give one shape per node")
@@ -873,7 +892,7 @@ def _devnet_command(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="dnanet-"))
     loop = new_event_loop()
     task = loop.create_task(run_devnet(
-        nodes=nodes, mixers=args.mixers, epochs=args.epochs, shapes=shapes,
+        nodes=nodes, mixers=args.mixers, epochs=epochs, shapes=shapes, scenario=args.scenario,
         preset=get_preset(args.preset), data_dir=data_dir, chain=args.chain,
         keystore=Path(args.keystore) if args.keystore else None, backend=args.backend,
         summary=Path(args.summary) if args.summary else None, setup_blocks=args.setup_blocks))
@@ -914,6 +933,11 @@ def add_devnet_command(sub: Any) -> None:
                    help="JSON or TOML file giving each node an added one-way delay (delay_ms), "
                    "a rate cap (rate_mbps, MB/s) and a compute slowdown (compute_slowdown): "
                    "docs/shaping.md")
+    p.add_argument("--scenario", metavar="NAME",
+                   help="play a scripted life of the network (churn: nodes join, unbond, fail "
+                   "and cheat; a mixer and the Validator restart; a mixer is added; gateway "
+                   "bursts), its events by epoch (docs/operations.md); --epochs defaults to "
+                   "the scenario's")
     p.set_defaults(handler=_devnet_command)
 
 

@@ -110,6 +110,8 @@ def _node_run(args: argparse.Namespace) -> int:
     profile = NodeProfile.named(args.profile, offline_at_block=args.offline_at_block)
     if args.compute_slowdown != 1:
         profile = dataclasses.replace(profile, compute_slowdown=args.compute_slowdown)
+    if args.cheat_at_block is not None:
+        profile = dataclasses.replace(profile, cheat_at_block=args.cheat_at_block)
     daemon = NodeDaemon(
         identity, gateway, Path(args.data_dir), host=args.host,
         port=args.port, public_url=args.public_url,
@@ -173,6 +175,8 @@ def add_role_commands(sub: Any) -> None:
                      "declares follows it")
     run.add_argument("--offline-at-block", type=non_negative_int,
                      help="with --profile offline: stop answering from this block (devnets)")
+    # Devnets only (dnanet.scenarios' "cheat"): hidden from --help and from config files.
+    run.add_argument("--cheat-at-block", type=non_negative_int, help=argparse.SUPPRESS)
     run.add_argument("--compute-slowdown", type=slowdown, default=1.0, metavar="FACTOR",
                      help="compute takes FACTOR times as long (devnets' shaped nodes; default 1)")
     run.add_argument("--backend", action="append", choices=["minilm", "trivial", "none"],

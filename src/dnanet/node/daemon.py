@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from dnanet.params import hardware_class_name
 from dnanet.protocol.challenges.compute import (
     ComputeAnswer,
     ComputeSize,
+    commit_product,
     compute_product,
     resolve_compute_device,
 )
@@ -61,6 +63,11 @@ class NodeProfile:
     """Added to every HTTP answer (a slow link)."""
     offline_at_block: int | None = None
     """From this block on, the node stops answering (it drops out)."""
+    cheat_at_block: int | None = None
+    """Devnets only (``node run --cheat-at-block``, hidden): the first product the node
+    computes once its head reaches this block is wrong in every entry, committed and signed
+    as if right, once: the signed fraud a mixer's spot check catches and a settlement
+    punishes (``dnanet devnet --scenario churn``)."""
 
     @classmethod
     def named(cls, name: str, *, offline_at_block: int | None = None) -> NodeProfile:
@@ -120,6 +127,8 @@ class NodeDaemon:
         self._mixers: dict[str, bytes] = {}
         self.head: int | None = None
         """The chain's head block as the node last read it."""
+        self._cheated = False
+        self._cheat_lock = threading.Lock()
         preset = gateway.preset
         self.store = Store(data_dir / "node.db", NODE_SCHEMA)
         self.prover = ChallengeProver(
@@ -151,7 +160,19 @@ class NodeDaemon:
         answer = compute_product(seed, size, self.device)
         if self.profile.compute_slowdown > 1:
             time.sleep((time.perf_counter() - t0) * (self.profile.compute_slowdown - 1))
+        if self._cheats_now():
+            log.warning("node %s: devnet profile: signing a wrong product", self.address[:10])
+            return commit_product(size, answer.product + 1)
         return answer
+
+    def _cheats_now(self) -> bool:
+        """Whether this product is the one wrong product of ``cheat_at_block`` (once)."""
+        block = self.profile.cheat_at_block
+        with self._cheat_lock:
+            if block is None or self._cheated or self.head is None or self.head < block:
+                return False
+            self._cheated = True
+            return True
 
     def _install_profile_middleware(self) -> None:
         profile = self.profile
