@@ -254,6 +254,20 @@ def test_the_signer_uses_fresh_nonces_and_the_cached_head() -> None:
     assert head() == 102 and len(reads) == 2
 
 
+def test_a_head_too_old_to_sign_with_is_read_again_at_once() -> None:
+    """After an idle spell (a gateway between bursts) the cached head is older than a node's
+    window: the first request after it must not carry it (every node answered 401)."""
+    chain = [100]
+    now = [0.0]
+    head = ChainHead(lambda: chain[0], max_age_s=5.0, clock=lambda: now[0])
+    assert head() == 100
+    now[0], chain[0] = 60.0, 1_300
+    assert head() == 1_300  # read now, not in the background
+    sign = NodeCredentials(MIXER, DOMAIN, head)
+    credential = NodeCredential.parse(sign("POST", ENDPOINT, BODY)[CREDENTIAL_HEADER])
+    verify_credential_block(credential.block, 1_301, WINDOW)
+
+
 # -- the operator's key ------------------------------------------------------------------------------
 
 

@@ -50,6 +50,9 @@ from dnanet.protocol.challenges.compute import RowOpening
 from dnanet.protocol.messages import Challenge, SignedChallenge, SignedChallengeResponse
 from dnanet.service.network import ChainGateway
 
+CLOSE_TIMEOUT_S = 1.0
+"""How long closing a session waits for the node's part of the closing handshake: a node that
+hung must not hold up the report of the session it failed."""
 _UNREACHABLE = (OSError, TimeoutError, ws_errors.ConnectionClosed, ws_errors.InvalidHandshake,
                 ws_errors.InvalidURI)
 
@@ -105,7 +108,7 @@ class NodeHttpClient:
             raise NodeUnreachable("timed out waiting for a free connection") from None
         try:
             socket = await connect(url, compression=None, proxy=None, ping_interval=None,
-                                   open_timeout=self.timeout_s, close_timeout=self.timeout_s,
+                                   open_timeout=self.timeout_s, close_timeout=CLOSE_TIMEOUT_S,
                                    max_size=self.max_response_bytes, user_agent_header=None)
         except BaseException as exc:
             per_host.release()
@@ -256,7 +259,9 @@ def open_node_session(concurrency: int, timeout_s: float) -> NodeHttpClient:
 class ChainHead:
     """The chain's head block as last read by ``read`` (a blocking chain call), read again in
     a background thread once the value is ``max_age_s`` old: calling it never waits on the
-    chain, except for the very first value."""
+    chain, except for the very first value and for one ``2 * max_age_s`` old or more (after
+    an idle spell: a credential over it would lie outside a node's window, one round, which
+    is twice the half round ``mixer_node_credentials`` gives as ``max_age_s``)."""
 
     def __init__(self, read: Callable[[], int], max_age_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -277,10 +282,11 @@ class ChainHead:
             self._refreshing = False
 
     def __call__(self) -> int:
-        if self._value is None:
+        age = self._clock() - self._at
+        if self._value is None or age >= 2 * self.max_age_s:
             self._refreshing = True
             self._refresh()
-        elif self._clock() - self._at >= self.max_age_s and not self._refreshing:
+        elif age >= self.max_age_s and not self._refreshing:
             self._refreshing = True
             threading.Thread(target=self._refresh, name="chain-head", daemon=True).start()
         assert self._value is not None
