@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from dnanet.protocol.messages import SignedChallenge, SignedChallengeResponse
 
 log = logging.getLogger("dnanet.node.challenges")
 
+_INDEX = re.compile(r"\[\d+\]")
 START_TIMEOUT_S = 5.0
 """A connection must present its signed challenge within this."""
 MAX_PENDING = 256
@@ -125,6 +127,7 @@ class SessionServer:
             await channel.close()
             return
         session: ProverSession | None = None
+        signed: SignedChallenge | None = None
         progress = Progress()
         step, error = "start", ""
         try:
@@ -147,7 +150,8 @@ class SessionServer:
                     step = STEP_NAMES.get(frame[:1], "unknown")
                     await self._step(channel, session, progress, frame)
         except DnanetError as exc:
-            error = f"{step}/{exc.field or type(exc).__name__}"
+            # A bounded label: field paths without their list indices.
+            error = f"{step}/{_INDEX.sub('[]', exc.field or type(exc).__name__)}"
             progress.error = f"{step}: {exc}"
             with contextlib.suppress(ChannelClosed):
                 await channel.send(encode_error_frame(type(exc).__name__, exc.detail,
@@ -156,6 +160,9 @@ class SessionServer:
             error, progress.error = f"{step}/timeout", f"{step}: no frame in time"
         except ChannelClosed:
             error, progress.error = f"{step}/disconnected", f"{step}: the mixer disconnected"
+        except Exception:  # a fault of the node's own: logged, the session ends
+            log.exception("challenge session failed at %s on the node's side", step)
+            error, progress.error = f"{step}/internal", f"{step}: the node failed (see its log)"
         finally:
             with contextlib.suppress(ChannelClosed):
                 await channel.close()
@@ -165,7 +172,7 @@ class SessionServer:
                 self.live.pop(session.challenge.challenge_id, None)
                 await asyncio.to_thread(self.journal.ended, session.challenge.challenge_id,
                                         progress)
-            self._record(session, progress, error)
+            self._record(session, signed, progress, error)
 
     def _start(self, signed: SignedChallenge) -> ProverSession:
         # In a worker thread: the signature check and the durable writes stay off the loop
@@ -230,13 +237,18 @@ class SessionServer:
             raise ChallengeError(f"unknown step {tag!r}", field="step")
         progress.stage = session.stage
 
-    def _record(self, session: ProverSession | None, progress: Progress, error: str) -> None:
+    def _record(self, session: ProverSession | None, signed: SignedChallenge | None,
+                progress: Progress, error: str) -> None:
         """The session's count and its log line, as the node saw it end."""
         self.m_sessions.labels("failed" if error else "answered", error).inc()
-        if session is None:
-            log.info("challenge session refused at start: %s", progress.error)
+        if signed is None:  # not a challenge at all: a line per stranger's attempt is noise
+            log.debug("connection refused before a challenge: %s", progress.error)
             return
-        c = session.challenge
+        c = signed.challenge
+        if session is None:
+            log.info("challenge 0x%s from %s (epoch %d round %d) refused: %s",
+                     c.challenge_id.hex()[:16], c.mixer[:10], c.epoch, c.round, progress.error)
+            return
         what = (f"challenge 0x{c.challenge_id.hex()[:16]} from mixer {c.mixer[:10]} (epoch "
                 f"{c.epoch} round {c.round})")
         if error:
