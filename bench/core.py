@@ -119,7 +119,8 @@ def _reports_for_cosign(n_nodes: int) -> tuple[list[ScoreReport], EpochView]:
     reports = asyncio.run(run_all())
     assert all(r.outcome == Outcome.OK for r in reports)
     view = EpochView(domain=domain, preset=preset, epoch=0, mixers=vrf_keys,
-                     nodes={n.address: NodeInfo(0) for n in nodes}, round_seeds={0: seed})
+                     round_nodes={0: {n.address: NodeInfo(0) for n in nodes}},
+                     round_seeds={0: seed})
     return reports, view
 
 
