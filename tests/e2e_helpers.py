@@ -17,6 +17,9 @@ HTTP, SQLite per daemon) with a small preset and a few test hooks.
   balances and ``claimed`` before and after) and of each epoch's per-node breakdown.
 - ``E2EProcessDevnet``: the same records and clock over ``ProcessDevnet`` (anvil, each role
   its own OS process).
+- ``E2EScenarioDevnet``: the same over ``ScenarioDevnet``, playing a ``dnanet.scenarios``
+  scenario (nodes joining, leaving, failing and cheating; mixers and the Validator restarted;
+  gateway bursts), with a gateway that refreshes its node view as often as a test needs.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import httpx
 
 from dnanet.crypto.keys import Identity
 from dnanet.devnet import BlockClock, DaemonThread, Devnet, EpochSummary, ProcessDevnet
+from dnanet.devnet_scenario import ScenarioDevnet
 from dnanet.errors import DnanetError
 from dnanet.mixer.daemon import MixerDaemon
 from dnanet.node.daemon import NodeDaemon
@@ -52,6 +56,7 @@ from dnanet.protocol.schedule import (
     compute_round_start_block,
     compute_settlement_block,
 )
+from dnanet.scenarios import Scenario
 from dnanet.service.gateway import ClientGateway
 from dnanet.service.network import SettledEpoch
 
@@ -415,6 +420,44 @@ class E2EProcessDevnet(E2EMixin, ProcessDevnet):
         E2EProcessDevnet.instances.append(self)
 
 
+class E2EScenarioDevnet(E2EMixin, ScenarioDevnet):
+    """``ScenarioDevnet`` (a scenario played in this process) with the lockstep clock, seeded
+    identities (joiners and added mixers too) and the records of ``E2EMixin``. With
+    ``gateway_refresh_s`` mixer 0's gateway refreshes its node view that often (the default
+    5 s is longer than a test epoch), and ``refreshes`` keeps when each refresh ended
+    (``time.monotonic()``), so a test can tell which requests spanned one."""
+
+    def __init__(self, *, scenario: Scenario, preset: Preset = E2E_PRESET, data_dir: Path,
+                 out: Callable[[str], Any] | None = None, label: str = "scenario",
+                 backend: str = "trivial", gateway_refresh_s: float | None = None,
+                 **devnet_options: Any) -> None:
+        super().__init__(scenario=scenario, preset=preset, data_dir=data_dir,
+                         out=out or log.info, backend=backend, **devnet_options)
+        self._init_e2e(label=label, profiles=None, down_mixers=(), lockstep=True)
+        self.deployer = seeded_identity(f"{label}/deployer")
+        self.joiner_ids = [seeded_identity(f"{label}/joiner-{i}")
+                           for i in range(scenario.joiners)]
+        self.added_mixer_ids = [seeded_identity(f"{label}/added-mixer-{i}")
+                                for i in range(scenario.added_mixers)]
+        self.gateway_refresh_s = gateway_refresh_s
+        self.refreshes: list[float] = []
+
+    async def _start(self, daemon: Any, name: str) -> None:
+        gateway = getattr(daemon, "ai_gateway", None)
+        if self.gateway_refresh_s is not None and isinstance(daemon, MixerDaemon) and \
+                gateway is not None and daemon.address == self.mixer_ids[0].address:
+            gateway.config = dataclasses.replace(gateway.config,
+                                                 refresh_s=self.gateway_refresh_s)
+            update = gateway.scheduler.update
+
+            def recorded(states: Any) -> None:
+                update(states)
+                self.refreshes.append(time.monotonic())
+
+            gateway.scheduler.update = recorded  # type: ignore[method-assign]
+        await super()._start(daemon, name)
+
+
 async def run_epochs(devnet: Devnet, epochs: int, timeout_s: float = 240,
                      before: Callable[[], Any] | None = None) -> None:
     """Set the devnet up and run ``epochs`` epochs (settled, claimed, audited); it keeps
@@ -435,6 +478,7 @@ __all__ = [
     "E2EDevnet",
     "E2EMixin",
     "E2EProcessDevnet",
+    "E2EScenarioDevnet",
     "LockstepClock",
     "cheating_compute",
     "mixer_round_done",
