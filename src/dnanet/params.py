@@ -220,12 +220,14 @@ LOCAL = Preset(
     epoch_blocks=1024,
     round_blocks=64,
     block_interval_ms=50,
-    # Two rounds (6.4 s): the last round's challenges start up to half a round in and may
-    # wait out the 5 s timeout; their batches are co-signed before the epoch closes.
-    settlement_grace_blocks=128,
+    # Four rounds (12.8 s): the last round's challenges start up to half a round in and may
+    # wait out the 10 s timeout; their batches are co-signed before the epoch closes.
+    settlement_grace_blocks=256,
     challenges_per_round=1,
     hardware_classes=(_LOCAL_CPU, _LOCAL_CPU),
-    challenge_timeout_ms=5_000,
+    # A node 200 ms of round trip away spends 3.2 s on its 16 echoes alone: the timeout
+    # leaves it room for the transfers and the product (shaped devnets, bench/fidelity.py).
+    challenge_timeout_ms=10_000,
     initial_emission=10_000 * WEI_PER_DNA,
     halving_epochs=2**14,
     min_stake=100 * WEI_PER_DNA,

@@ -51,14 +51,10 @@ from dnanet.gateway.scheduler import (
     NodeStats,
     Scheduler,
     SchedulingPolicy,
-    stats_from_reports,
 )
-from dnanet.params import Preset
 from dnanet.protocol.codec import load_json
-from dnanet.protocol.messages import ScoreReport
 from dnanet.service.http import create_app
 from dnanet.service.network import NodeRecord
-from dnanet.service.store import Store
 
 log = logging.getLogger("dnanet.gateway")
 
@@ -635,13 +631,6 @@ def open_gateway_session(timeout_s: float) -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar())
 
 
-def mixer_stats(store: Store, preset: Preset, *, limit: int = 1024) -> dict[str, NodeStats]:
-    """Node stats from a mixer's own latest reports (``own_reports`` in its store)."""
-    rows = store.query("SELECT report_json FROM own_reports ORDER BY epoch DESC, round DESC"
-                       " LIMIT ?", (limit,))
-    return stats_from_reports((ScoreReport.from_json(r[0]) for r in rows), preset)
-
-
 def create_gateway_app(gateway: Gateway) -> FastAPI:
     """A stand-alone app serving only the gateway (benchmarks, tests)."""
     app = create_app("dnanet gateway")
@@ -659,5 +648,5 @@ def parse_api_keys(values: Iterable[str]) -> frozenset[str]:
 
 __all__ = [
     "CallbackDirectory", "Gateway", "GatewayConfig", "NodeDirectory", "StaticDirectory",
-    "create_gateway_app", "generate_api_key", "mixer_stats", "parse_api_keys",
+    "create_gateway_app", "generate_api_key", "parse_api_keys",
 ]
