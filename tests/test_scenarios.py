@@ -137,3 +137,42 @@ def test_an_unknown_scenario_names_the_known_ones() -> None:
     assert get_scenario("churn") is CHURN
     with pytest.raises(ConfigError, match=r"unknown scenario 'chrun'; choose one of \['churn'\]"):
         get_scenario("chrun")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--scenario", "chrun"], "unknown scenario 'chrun'"),
+    (["--scenario", "churn", "--nodes", "3"], "--scenario churn plays 6 nodes (and 2 that join) "
+     "and 4 mixers unshaped: leave out --nodes, --mixers and --shape"),
+    (["--scenario", "churn", "--mixers", "5"], "leave out --nodes, --mixers and --shape"),
+])
+def test_devnet_refuses_a_scenario_it_cannot_play_before_starting_anything(
+        argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from dnanet.cli import main
+
+    assert main(["devnet", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_scenario_devnet_numbers_its_nodes_and_mixers(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from dnanet.devnet_scenario import ScenarioDevnet
+
+    devnet = ScenarioDevnet(scenario=CHURN, preset=TEST, data_dir=Path(str(tmp_path)),
+                            out=lambda _: None)
+    devnet.genesis = 1_000
+    assert (len(devnet.node_ids), len(devnet.joiner_ids)) == (6, 2)
+    assert (len(devnet.mixer_ids), len(devnet.added_mixer_ids)) == (4, 1)
+    assert devnet.profiles == ["normal"] * 6
+    assert devnet.scenario_node(7) is devnet.joiner_ids[1]
+    assert devnet.scenario_mixer(4) is devnet.added_mixer_ids[0]
+    # The cheater signs its wrong product from the first block of epoch 1.
+    assert devnet.cheat_blocks() == {devnet.node_ids[4].address: 1_000 + TEST.epoch_blocks}
+    joiner = devnet.joiner_ids[0].address
+    devnet.mark(joiner, 1, "joined")
+    devnet.mark(joiner, 3, "punished(strikes)")
+    assert devnet.role(joiner, 2) == "#6 joined@1"
+    assert devnet.role(joiner, 3) == "#6 joined@1 punished(strikes)@3"
+    with pytest.raises(ConfigError, match="before its unbonding delay"):
+        ScenarioDevnet(scenario=CHURN, preset=MAINNET, data_dir=Path(str(tmp_path)),
+                       out=lambda _: None)
