@@ -31,7 +31,10 @@ numbered ``0 .. nodes - 1`` (registered before genesis), then ``nodes .. nodes +
 An event with ``every = k > 0`` fires again every ``k`` epochs after its first (bursts).
 ``verify_scenario`` checks a scenario before anything runs: targets in range, joiners join
 once and before anything else happens to them, mixers added in order, kills and restarts
-alternating. A second scenario plugs in by being a ``Scenario`` value in ``SCENARIOS``.
+alternating. A second scenario plugs in by being a ``Scenario`` value in ``SCENARIOS``; an
+action it needs beyond these is a name added to ``ACTIONS`` (with its target kind, and a
+``MARKS`` entry for a node's) and a ``do_<name>`` method of ``dnanet.devnet_scenario``'s
+``ScenarioMixin`` (with what differs between one process and many in its two devnets).
 """
 
 from __future__ import annotations
