@@ -30,7 +30,7 @@ from dnanet.ai.llm import compute_chat_prompt, compute_chat_texts, compute_stops
 from dnanet.ai.llm_engine import LLM_MODEL, LlamaEngine, ensure_gemma_model, shared_engine
 from dnanet.ai.llm_verify import LOGIT_MARGIN, Verdict, verify_greedy_answer
 from dnanet.ai.openai_format import parse_chat
-from dnanet.errors import CodecError
+from dnanet.errors import CodecError, ConfigError
 from dnanet.gateway.llm_speed import SpeedBook, SpeedSample
 from dnanet.protocol.codec import load_json
 
@@ -157,6 +157,10 @@ class LlmCanaries:
         self.speeds = speeds or SpeedBook()
         self._broken = engine is None and not _extra_installed()
         self.verified = 0
+        global _SAID_MISSING
+        if self._broken and not _SAID_MISSING:
+            _SAID_MISSING = True
+            log.info("no LLM canaries for %s: the llm extra is not installed", model)
 
     def has(self, model: str) -> bool:
         return model == self.model and not self._broken
@@ -226,7 +230,7 @@ class LlmCanaries:
             verdict = await asyncio.to_thread(self.verify, canary, answer)
         except Exception as exc:  # the reference failed: no verdict on the node
             log.warning("llm canary: the reference could not check an answer: %s", exc)
-            self._broken = isinstance(exc, ImportError)
+            self._broken = isinstance(exc, ImportError | ConfigError)  # for good: say it once
             return False, None
         if not verdict.ok:
             return True, f"{canary.path} {verdict.reason}"
@@ -242,6 +246,9 @@ class LlmCanaries:
         engine = self._engine()
         with engine.lock:
             return len(engine.prompt_tokens(prompt))
+
+
+_SAID_MISSING = False
 
 
 def _extra_installed() -> bool:
