@@ -539,6 +539,11 @@ class Devnet:
 
 ANVIL_DEV_KEY = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 """anvil's first pre-funded development account (public knowledge; dev chains only)."""
+ANVIL_ARGS = ("--max-persisted-states", "100000")
+"""anvil keeps the state of only its last ~4,100 blocks by default (500 in memory, 3,600 on
+disk), four epochs of the local preset; an audit from genesis, and a mixer that joined the set
+catching up, read the registry at every round's first block since genesis. Kept on disk
+(tens of kB a block), 100,000 blocks cover about 95 epochs."""
 KEYSTORE_PASSWORD = "dnanet-devnet"
 STOP_S = 20.0
 """How long the devnet's role processes have to stop after SIGTERM before they are killed
@@ -565,7 +570,7 @@ class ProcessDevnet(Devnet):
         from dnanet.chain.backends import connect_rpc
 
         if self.chain_arg == "anvil":
-            self.anvil = start_anvil(ensure_anvil())
+            self.anvil = start_anvil(ensure_anvil(), extra_args=ANVIL_ARGS)
             self.rpc_url = self.anvil.url
             self.deployer = Identity.from_hex(ANVIL_DEV_KEY)
         else:
