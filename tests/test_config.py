@@ -98,7 +98,7 @@ def test_one_file_serves_every_command_of_the_role(tmp_path: Path) -> None:
     ('stake = -5\n', "stake: must be a positive amount of DNA, got -5"),
     ('device = "tpu"\n', "device: 'tpu' is not one of auto, cpu, cuda"),
     ('port = true\n', "port: expected a string or a number, got true"),
-    ('backend = [1.5]\n', "backend: '1.5' is not one of minilm, trivial, none"),
+    ('backend = [1.5]\n', "backend: '1.5' is not one of minilm, llm, trivial, none"),
     ('rpc = ["a", "b"]\n', "rpc: expected a string or a number, got [\"a\", \"b\"]"),
     ('[node]\nrpc = "r"\n', "[node] is a table; the file is flat (key = value)"),
     ('rpc = "r\n', "not a TOML file: "),
