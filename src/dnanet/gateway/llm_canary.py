@@ -14,6 +14,7 @@ streamed canary is also a speed sample (:mod:`dnanet.gateway.llm_speed`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import logging
@@ -150,9 +151,14 @@ class LlmCanaries:
     """The mixer's LLM reference and its canaries (one per gateway)."""
 
     def __init__(self, *, model: str = LLM_MODEL, engine: LlamaEngine | None = None,
-                 margin: float = LOGIT_MARGIN, speeds: SpeedBook | None = None) -> None:
+                 replay: LlamaEngine | None = None, margin: float = LOGIT_MARGIN,
+                 speeds: SpeedBook | None = None, token_by_token: bool = True) -> None:
+        """``token_by_token`` False checks with the batched pass alone (``margin`` then
+        covers its numerics too: for comparisons, ``bench/llm.py``)."""
         self.model = model
         self.engine = engine
+        self.replay = replay
+        self.token_by_token = token_by_token
         self.margin = margin
         self.speeds = speeds or SpeedBook()
         self._broken = engine is None and not _extra_installed()
@@ -170,16 +176,26 @@ class LlmCanaries:
             self.engine = shared_engine(ensure_gemma_model(), role="reference", n_batch=512)
         return self.engine
 
+    def _replay(self) -> LlamaEngine:
+        """A second context for re-reading answers token by token, as nodes compute them."""
+        if self.replay is None:
+            engine = self._engine()
+            self.replay = shared_engine(engine.path, n_threads=engine.n_threads,
+                                        role="reference-replay")
+        return self.replay
+
     def verify(self, canary: LlmCanary, answer: NodeAnswer) -> Verdict:
         """The answer checked under the reference (blocking: run it in a thread)."""
         engine = self._engine()
+        replay = self._replay() if self.token_by_token else None
         texts = compute_chat_texts(answer.text) if canary.chat else [answer.text]
         verdict: Verdict | None = None
-        with engine.lock:
+        with engine.lock, replay.lock if replay is not None else contextlib.nullcontext():
             for text in texts:
                 trial = verify_greedy_answer(
                     engine, canary.prompt, text, finish_reason=answer.finish_reason,
-                    max_tokens=canary.max_tokens, stops=canary.stops, margin=self.margin)
+                    max_tokens=canary.max_tokens, stops=canary.stops, margin=self.margin,
+                    replay=replay)
                 if verdict is None or trial.ok:
                     verdict = trial
                 if trial.ok:
