@@ -125,6 +125,8 @@ class _Walk:
         """Tokens of the path not run yet (the prompt, or a re-split's first token)."""
         self.end: Scored | None = None
         """The reference's prediction after the last token run (all its logits kept)."""
+        self.overshot: bytes | None = None
+        """The bytes the last token ran past the answer (it held the start of a stop)."""
         engine.rewind(0)
 
     def _run(self, pending: list[int]) -> list[Scored]:
@@ -157,9 +159,10 @@ class _Walk:
         exact = self.replay.gap(self.path, token)
         return is_token_accepted(exact, self.margin), exact, "token by token"
 
-    def follow(self, data: bytes, *, overshoot: bool) -> str | None:
+    def follow(self, data: bytes, *, overshoot: bool, tails: Sequence[bytes] = ()) -> str | None:
         """Walk the answer bytes ``data`` from the current position; None if every token
-        passes (``overshoot``: the last token may run past the end of ``data``)."""
+        passes. ``overshoot``: the last token may run past the end of ``data``, by bytes that
+        begin one of ``tails`` when any are given (``overshot`` keeps them)."""
         rest = data
         pending = self.engine.tokenize(rest)
         resplits = 0
@@ -169,13 +172,20 @@ class _Walk:
             for k, token in enumerate(pending):
                 pred = preds[k]
                 piece = self.engine.piece(token)
+                top_piece = self.engine.piece(pred.top)
+                if overshoot and rest and pred.top != token and len(top_piece) > len(rest) \
+                        and top_piece.startswith(rest) and _begins_a_tail(
+                            top_piece[len(rest):], tails):
+                    # The model's top token holds the rest and the start of a stop string.
+                    self.path.append(pred.top)
+                    self.overshot = top_piece[len(rest):]
+                    return None
                 ok, gap, how = self.judge(pred.top_logit - pred.target_logit, token)
                 if ok:
                     self.path.append(token)
                     self.max_gap = max(self.max_gap, gap)
                     rest = rest[len(piece):]
                     continue
-                top_piece = self.engine.piece(pred.top)
                 if top_piece and not self.engine.is_eog(pred.top) and \
                         rest.startswith(top_piece) and resplits < MAX_RESPLITS:
                     # The node split its text otherwise: follow the reference's top token
@@ -188,9 +198,6 @@ class _Walk:
                     resplits += 1
                     restart = True
                     break
-                if overshoot and rest and top_piece.startswith(rest):
-                    self.path.append(pred.top)  # the stop string ends inside this token
-                    return None
                 return (f"answer token {len(self.path)} "
                         f"({piece.decode(errors='replace')!r}) is {gap:.2f} logits below "
                         f"the reference's top ({top_piece.decode(errors='replace')!r}, read "
@@ -221,7 +228,8 @@ def verify_greedy_answer(engine: LlamaEngine, prompt: str, text: str, *, finish_
 
     if finish_reason not in ("stop", "length"):
         return verdict(f"finish_reason {finish_reason!r} is neither stop nor length")
-    reason = walk.follow(text.encode(), overshoot=False)
+    tails = [s.encode() for s in stops] if finish_reason == "stop" else []
+    reason = walk.follow(text.encode(), overshoot=bool(tails), tails=tails)
     assert walk.end is not None
     if finish_reason == "length":
         if reason is not None:
@@ -233,32 +241,47 @@ def verify_greedy_answer(engine: LlamaEngine, prompt: str, text: str, *, finish_
         return verdict(None)
     if reason is None and len(walk.path) > max_tokens:
         return verdict(f"{len(walk.path)} tokens, more than max_tokens {max_tokens}")
-    if reason is None and walk.judge(walk.end.top_logit - walk.end.eog_logit, None)[0]:
-        return verdict(None)
-    # Not the end of text: the answer must go on with a stop string.
     end = walk.end
-    for stop in stops:
-        passes = walk.passes
-        if reason is None:  # continue from the answer's end (the cheap, usual case)
-            n_past, n_path = engine.n_past, len(walk.path)
+    gap = end.top_logit - end.eog_logit
+    if reason is None and walk.overshot is not None:
+        # The last token began a stop string: the rest of it must follow.
+        extra = walk.overshot
+        if any(extra.startswith(tail) for tail in tails):
+            return verdict(None)
+        for tail in (t for t in tails if t.startswith(extra)):
+            if walk.follow(tail[len(extra):], overshoot=True) is None:
+                return verdict(None)
+    elif reason is None:
+        if gap <= 0:  # the end of text is the model's top
+            return verdict(None)
+        n_past, n_path = engine.n_past, len(walk.path)
+        for stop in stops:  # the usual case: a stop string follows, read in the batched pass
             if walk.follow(stop.encode(), overshoot=True) is None:
                 return verdict(None)
             engine.rewind(n_past)
             del walk.path[n_path:]
             walk.end, walk.unfed = end, []
-        # The stop string may begin inside the answer's last token: the whole text again.
-        trial = _Walk(engine, prompt_tokens, margin, replayer)
-        if trial.follow((text + stop).encode(), overshoot=True) is None:
-            trial.passes += passes
-            walk = trial
+        if walk.judge(gap, None)[0]:  # an end of text that a near-tie hid
             return verdict(None)
-        walk.passes += trial.passes
     if reason is not None:
+        # The answer's last tokens may have been split around a stop string: read the answer
+        # with each stop string after it.
+        for stop in stops:
+            trial = _Walk(engine, prompt_tokens, margin, replayer)
+            if trial.follow((text + stop).encode(), overshoot=True) is None:
+                trial.passes += walk.passes
+                walk = trial
+                return verdict(None)
+            walk.passes += trial.passes
         return verdict(reason)
-    gap = end.top_logit - end.eog_logit
     return verdict(f"finish_reason stop after {len(walk.path)} tokens, but the reference "
                    f"goes on (end of text {gap:.2f} logits below its top"
                    f"{', and no stop string follows' if stops else ''})")
+
+
+def _begins_a_tail(extra: bytes, tails: Sequence[bytes]) -> bool:
+    """Whether ``extra`` starts one of ``tails`` or holds one whole (any, without tails)."""
+    return not tails or any(t.startswith(extra) or extra.startswith(t) for t in tails)
 
 
 def _is_whole(piece: bytes) -> bool:
@@ -270,5 +293,5 @@ def _is_whole(piece: bytes) -> bool:
     return True
 
 
-__all__ = ["BATCH_MARGIN", "LENGTH_SLACK", "LOGIT_MARGIN", "MAX_RESPLITS", "Verdict", "is_length_consistent",
-           "is_token_accepted", "verify_greedy_answer"]
+__all__ = ["BATCH_MARGIN", "LENGTH_SLACK", "LOGIT_MARGIN", "MAX_RESPLITS", "Verdict",
+           "is_length_consistent", "is_token_accepted", "verify_greedy_answer"]
