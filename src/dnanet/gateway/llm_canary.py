@@ -29,7 +29,7 @@ import aiohttp
 from dnanet.ai.completions import COMPLETIONS_PATH, parse_completion
 from dnanet.ai.llm import compute_chat_prompt, compute_chat_texts, compute_stops
 from dnanet.ai.llm_engine import LLM_MODEL, LlamaEngine, ensure_gemma_model, shared_engine
-from dnanet.ai.llm_verify import LOGIT_MARGIN, Verdict, verify_greedy_answer
+from dnanet.ai.llm_verify import LOGIT_MARGIN, REREAD_ABOVE, Verdict, verify_greedy_answer
 from dnanet.ai.openai_format import parse_chat
 from dnanet.errors import CodecError, ConfigError
 from dnanet.gateway.llm_speed import SpeedBook, SpeedSample
@@ -152,13 +152,16 @@ class LlmCanaries:
 
     def __init__(self, *, model: str = LLM_MODEL, engine: LlamaEngine | None = None,
                  replay: LlamaEngine | None = None, margin: float = LOGIT_MARGIN,
-                 speeds: SpeedBook | None = None, token_by_token: bool = True) -> None:
+                 speeds: SpeedBook | None = None, token_by_token: bool = True,
+                 reread_above: float = REREAD_ABOVE) -> None:
         """``token_by_token`` False checks with the batched pass alone (``margin`` then
-        covers its numerics too: for comparisons, ``bench/llm.py``)."""
+        covers its numerics too), ``reread_above`` 0 re-reads every disagreement: the
+        settings ``bench/llm.py`` compares."""
         self.model = model
         self.engine = engine
         self.replay = replay
         self.token_by_token = token_by_token
+        self.reread_above = reread_above
         self.margin = margin
         self.speeds = speeds or SpeedBook()
         self._broken = engine is None and not _extra_installed()
@@ -195,7 +198,7 @@ class LlmCanaries:
                 trial = verify_greedy_answer(
                     engine, canary.prompt, text, finish_reason=answer.finish_reason,
                     max_tokens=canary.max_tokens, stops=canary.stops, margin=self.margin,
-                    replay=replay)
+                    replay=replay, reread_above=self.reread_above)
                 if verdict is None or trial.ok:
                     verdict = trial
                 if trial.ok:
