@@ -44,6 +44,9 @@ on stderr (with the devnet's own tables). The last line on stdout (``--json``) i
   after the last epoch minus after the first it served (a restarted daemon counts from its
   restart).
 - ``events_failed``: scripted events that did not work (each with why).
+- ``anvil_state_gb``: what anvil wrote to keep every block's state of the run (audits from
+  genesis and the added mixer's catch-up read the registry at old blocks); it grows with the
+  square of the run's length and is deleted when the run ends.
 
 Nothing here is timed against a wall-clock target: lags are in blocks, CPU is thread time.
 """
@@ -54,6 +57,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -117,11 +121,41 @@ class EpochRecord:
 class SoakDevnet(ScenarioProcessDevnet):
     """The scenario devnet, reading its figures after each epoch is summarized."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, history_blocks: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # Audits from genesis and the added mixer's catch-up read the registry at every round
+        # since genesis: anvil must keep the whole run's states (ProcessDevnet.anvil_args).
+        self.anvil_args = ("--max-persisted-states", str(history_blocks))
+        self.anvil_home = self.data_dir / "anvil-home"
         self.records: list[EpochRecord] = []
         self.verify_ms: dict[str, dict[int, tuple[int, int]]] = defaultdict(dict)
         """Per mixer address: epoch -> (verify_ms, reports) of the settlement it signed."""
+
+    def _connect_chain(self) -> None:
+        if self.chain_arg != "anvil":
+            super()._connect_chain()
+            return
+        from dnanet.chain.anvil import ensure_anvil, start_anvil
+        from dnanet.chain.backends import connect_rpc
+        from dnanet.crypto.keys import Identity
+        from dnanet.devnet import ANVIL_DEV_KEY
+
+        binary = ensure_anvil()
+        # anvil writes the states it persists under $HOME/.foundry/anvil/tmp and leaves them
+        # there: a home of its own, measured and removed after the run.
+        self.anvil_home.mkdir(parents=True, exist_ok=True)
+        home = os.environ.get("HOME")
+        os.environ["HOME"] = str(self.anvil_home)
+        try:
+            self.anvil = start_anvil(binary, extra_args=self.anvil_args)
+        finally:
+            if home is None:
+                os.environ.pop("HOME", None)
+            else:
+                os.environ["HOME"] = home
+        self.rpc_url = self.anvil.url
+        self.deployer = Identity.from_hex(ANVIL_DEV_KEY)
+        self._w3 = connect_rpc(self.rpc_url)
 
     async def _wait_healthy(self, name: str, url: str, timeout_s: float = 60) -> None:
         # A dozen processes importing at once on a shared two-core host take minutes.
@@ -266,9 +300,12 @@ def compute_rss_growth(records: list[EpochRecord]) -> dict[str, float]:
 
 async def soak(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     scenario = get_scenario(args.scenario).with_burst(args.requests, args.concurrency)
-    devnet = SoakDevnet(scenario=scenario, chain=args.chain, keystore=None,
-                        preset=get_preset(args.preset), data_dir=data_dir, out=say,
-                        backend=args.backend, setup_blocks=args.setup_blocks)
+    preset = get_preset(args.preset)
+    devnet = SoakDevnet(scenario=scenario, chain=args.chain, keystore=None, preset=preset,
+                        data_dir=data_dir, out=say, backend=args.backend,
+                        setup_blocks=args.setup_blocks,
+                        history_blocks=args.setup_blocks + (args.epochs + 2) * preset.epoch_blocks
+                        + 1_000)
     own_log = open_role_log(None, data_dir / "devnet.log")
     started = time.monotonic()
     try:
@@ -277,6 +314,9 @@ async def soak(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     finally:
         await devnet.stop()
         close_role_log(own_log)
+        anvil_state_bytes = sum(f.stat().st_size for f in devnet.anvil_home.rglob("*")
+                                if f.is_file())
+        shutil.rmtree(devnet.anvil_home, ignore_errors=True)
     wall = time.monotonic() - started
     records = devnet.records
     lags = [r.lag_blocks for r in records if r.lag_blocks is not None]
@@ -305,6 +345,7 @@ async def soak(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         **(compute_cpu_figures(devnet.verify_ms, records[0].epoch, records[-1].epoch)
            if records else {}),
         "rss_growth_mb": compute_rss_growth(records),
+        "anvil_state_gb": round(anvil_state_bytes / 1e9, 2),
         "events_failed": [f"epoch {f.epoch}: {f.event.describe()}: {f.detail}"
                           for f in devnet.fired if not f.ok],
         "data_dir": str(data_dir),
