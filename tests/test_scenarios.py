@@ -135,7 +135,8 @@ def test_a_withdrawal_before_the_unbonding_delay_is_refused_for_that_preset() ->
 
 def test_an_unknown_scenario_names_the_known_ones() -> None:
     assert get_scenario("churn") is CHURN
-    with pytest.raises(ConfigError, match=r"unknown scenario 'chrun'; choose one of \['churn'\]"):
+    with pytest.raises(ConfigError,
+                       match=r"unknown scenario 'chrun'; choose one of \['adversarial', 'churn'\]"):
         get_scenario("chrun")
 
 

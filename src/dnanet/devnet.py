@@ -306,14 +306,9 @@ class Devnet:
                                          self.data_dir / "validator", host="127.0.0.1",
                                          port=validator_port)
         await self._start(self.validator, "validator")
-        for identity, port in zip(self.mixer_ids, mixer_ports, strict=True):
-            mixer = MixerDaemon(identity, self.gateway(identity),
-                                self.data_dir / f"mixer-{identity.address[2:10]}",
-                                validator_url=self.validator_url, port=port,
-                                gateway_config=GatewayConfig(
-                                    api_keys=frozenset({self.api_key}),
-                                    node_credential=mixer_node_credentials(
-                                        identity, self.gateway(identity))))
+        for index, (identity, port) in enumerate(zip(self.mixer_ids, mixer_ports,
+                                                      strict=True)):
+            mixer = self.make_mixer(index, identity, port)
             await self._start(mixer, f"mixer-{identity.address[2:8]}")
             self.mixer_daemons.append(mixer)
         offline_at = genesis + self.preset.epoch_blocks // 2
@@ -326,8 +321,8 @@ class Devnet:
                 node_profile = NodeProfile(shape.name, compute_slowdown=shape.compute_slowdown)
             else:
                 node_profile = NodeProfile.named(profile, offline_at_block=offline_at)
-            daemon = NodeDaemon(
-                identity, self.gateway(identity), self.data_dir / f"node-{identity.address[2:10]}",
+            daemon = self.make_node(
+                index, identity, self.data_dir / f"node-{identity.address[2:10]}",
                 port=link.node_port if link is not None else free_port(),
                 public_url=link.public_url if link is not None else None,
                 profile=node_profile, hardware=self.hardware, stake=stake, device="cpu",
@@ -343,6 +338,25 @@ class Devnet:
                  f"{genesis}, {len(self.node_ids)} nodes, {len(self.mixer_ids)} mixers, "
                  f"validator {self.validator_url}")
         self.announce_host()
+
+    # -- the daemons setup() builds (the adversarial devnet builds dishonest ones) ------------
+    def gateway_config(self, identity: Identity) -> GatewayConfig:
+        """The OpenAI-compatible gateway of mixer ``identity``."""
+        return GatewayConfig(api_keys=frozenset({self.api_key}),
+                             node_credential=mixer_node_credentials(identity,
+                                                                    self.gateway(identity)))
+
+    def make_mixer(self, index: int, identity: Identity, port: int) -> MixerDaemon:
+        """Mixer ``index`` of the devnet (started by the caller)."""
+        return MixerDaemon(identity, self.gateway(identity),
+                           self.data_dir / f"mixer-{identity.address[2:10]}",
+                           validator_url=self.validator_url, port=port,
+                           gateway_config=self.gateway_config(identity))
+
+    def make_node(self, index: int, identity: Identity, data_dir: Path,
+                  **options: Any) -> NodeDaemon:
+        """Node ``index`` of the devnet (started by the caller)."""
+        return NodeDaemon(identity, self.gateway(identity), data_dir, **options)
 
     def announce_host(self) -> None:
         self.out(f"  host: {describe_hardware(self.hardware)}; every node shares it")

@@ -763,7 +763,11 @@ class ScenarioProcessDevnet(ScenarioMixin, ProcessDevnet):
 def build_scenario_devnet(scenario: Scenario, *, chain: str, keystore: Path | None,
                           **kwargs: Any) -> Devnet:
     """The devnet that plays ``scenario``: in this process on the embedded chain, else every
-    role its own process."""
+    role its own process; with dishonest parts, ``dnanet.adversary``'s."""
+    from dnanet.adversary.devnet import build_adversarial_devnet, needs_adversary
+
+    if needs_adversary(scenario):
+        return build_adversarial_devnet(scenario, chain=chain, keystore=keystore, **kwargs)
     if chain == "embedded":
         return ScenarioDevnet(scenario=scenario, **kwargs)
     return ScenarioProcessDevnet(scenario=scenario, chain=chain, keystore=keystore, **kwargs)

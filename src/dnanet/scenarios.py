@@ -26,7 +26,13 @@ numbered ``0 .. nodes - 1`` (registered before genesis), then ``nodes .. nodes +
                    directory and port
 ``burst M``        ``requests`` embeddings requests, ``concurrency`` at a time, through mixer
                    M's OpenAI-compatible endpoint
+``grief N``        a stranger starts attacking node N (and the mixers' routes) and goes on
+                   until the devnet stops (``dnanet.adversary.griefer``)
 =================  ============================================================================
+
+A scenario's ``cast`` names the parts that are not honest from genesis on: node cheats and
+Byzantine mixers (``dnanet.adversary``), the nodes a Byzantine mixer favours, and how often
+the mixers send canaries.
 
 An event with ``every = k > 0`` fires again every ``k`` epochs after its first (bursts).
 ``verify_scenario`` checks a scenario before anything runs: targets in range, joiners join
@@ -47,13 +53,13 @@ from dnanet.errors import ConfigError
 from dnanet.params import Preset
 from dnanet.protocol.schedule import RoundId, compute_round_start_block
 
-NODE_ACTIONS = ("join", "unbond", "leave", "withdraw", "fail", "cheat")
+NODE_ACTIONS = ("join", "unbond", "leave", "withdraw", "fail", "cheat", "grief")
 MIXER_ACTIONS = ("kill_mixer", "restart_mixer", "add_mixer", "burst")
 VALIDATOR_ACTIONS = ("kill_validator", "restart_validator")
 ACTIONS = NODE_ACTIONS + MIXER_ACTIONS + VALIDATOR_ACTIONS
 
 MARKS = {"join": "joined", "unbond": "unbonded", "leave": "left", "withdraw": "withdrew",
-         "fail": "down", "cheat": "cheated"}
+         "fail": "down", "cheat": "cheated", "grief": "griefed"}
 """How a node action marks the node's row in the devnet's table (``joined@1``)."""
 
 
@@ -98,6 +104,28 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Cast:
+    """Who plays a dishonest part from genesis on (``dnanet.adversary`` builds them)."""
+
+    nodes: tuple[tuple[int, str], ...] = ()
+    """(node, role): a cheat of ``dnanet.adversary.roles.NODE_ROLES`` (``relay`` nodes share
+    one machine, the first of them hosting it; ``control`` is honest, the echo-fast node's
+    twin)."""
+    mixers: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    """(mixer, behaviours of ``dnanet.mixer.byzantine.Behaviour``), at most f of 3f + 1."""
+    friends: tuple[int, ...] = ()
+    """Nodes the Byzantine mixers favour (``inflate``; ``fabricate`` spares them)."""
+    canary_rounds: float | None = None
+    """Every mixer sends every node a canary this often, in rounds (None: the default)."""
+
+    def node_role(self, index: int) -> str | None:
+        return dict(self.nodes).get(index)
+
+    def mixer_behaviours(self, index: int) -> tuple[str, ...]:
+        return dict(self.mixers).get(index, ())
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     summary: str
@@ -113,6 +141,8 @@ class Scenario:
     epochs: int
     """Epochs the scenario needs to play out and show what follows (the last event's epoch
     and then some); the default of ``--epochs``."""
+    cast: Cast = Cast()
+    """The dishonest parts (none: everyone is honest, as in ``churn``)."""
 
     def events_in(self, epoch: int) -> list[Event]:
         """The events that fire in ``epoch``, in the order they fire (by ``at``, then as
@@ -208,12 +238,48 @@ def verify_scenario(scenario: Scenario) -> None:
             if target not in down_mixers:
                 raise ConfigError(f"mixer {target} is not down", field=where)
             down_mixers.discard(target)
+    verify_cast(scenario)
     missing = sorted(set(range(scenario.nodes, nodes)) - set(joined))
     if missing:
         raise ConfigError(f"joiners {missing} never join", field=f"scenario {scenario.name}")
     if len(added) != scenario.added_mixers:
         raise ConfigError(f"{scenario.added_mixers} mixers to add but {len(added)} add_mixer "
                           "events", field=f"scenario {scenario.name}")
+
+
+def verify_cast(scenario: Scenario) -> None:
+    """Raise ConfigError naming what is wrong with the scenario's cast: unknown roles or
+    behaviours, a part given twice, a number out of range, more Byzantine mixers than f."""
+    from dnanet.adversary.roles import MIXER_BEHAVIOURS, NODE_ROLES
+
+    cast, where = scenario.cast, f"scenario {scenario.name}: cast"
+    numbers = [n for n, _ in cast.nodes]
+    if len(set(numbers)) != len(numbers) or any(not 0 <= n < scenario.nodes for n in numbers):
+        raise ConfigError(f"node roles need distinct genesis nodes 0..{scenario.nodes - 1}",
+                          field=where)
+    unknown = sorted({r for _, r in cast.nodes} - set(NODE_ROLES))
+    if unknown:
+        raise ConfigError(f"unknown node roles {unknown}; choose from {', '.join(NODE_ROLES)}",
+                          field=where)
+    if [r for _, r in cast.nodes].count("relay") == 1:
+        raise ConfigError("a relay is two identities or more on one machine", field=where)
+    byzantine = [m for m, _ in cast.mixers]
+    if len(set(byzantine)) != len(byzantine) or any(
+            not 0 <= m < scenario.mixers for m in byzantine):
+        raise ConfigError(f"Byzantine mixers need distinct genesis mixers "
+                          f"0..{scenario.mixers - 1}", field=where)
+    if len(byzantine) > (scenario.mixers - 1) // 3:
+        raise ConfigError(f"{len(byzantine)} Byzantine mixers of {scenario.mixers}: at most f "
+                          f"of 3f + 1 ({(scenario.mixers - 1) // 3})", field=where)
+    for _, behaviours in cast.mixers:
+        wrong = sorted(set(behaviours) - set(MIXER_BEHAVIOURS))
+        if wrong or not behaviours:
+            raise ConfigError(f"behaviours {wrong or '(none)'}: choose from "
+                              f"{', '.join(MIXER_BEHAVIOURS)}", field=where)
+    if any(not 0 <= f < scenario.nodes for f in cast.friends):
+        raise ConfigError("friends must be genesis nodes", field=where)
+    if cast.canary_rounds is not None and not cast.canary_rounds > 0:
+        raise ConfigError("canary_rounds must be positive", field=where)
 
 
 def verify_scenario_preset(scenario: Scenario, preset: Preset) -> None:
@@ -262,7 +328,37 @@ CHURN = Scenario(
     epochs=7,
 )
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (CHURN,)}
+ADVERSARIAL_BURST = Burst(requests=200, concurrency=8)
+
+ADVERSARIAL = Scenario(
+    name="adversarial",
+    summary="beside three honest nodes: a lazy node, a replayer, a hardware liar, a relay "
+    "(two identities, one machine), a model swapper, a selective node and an echo-fast node "
+    "with its honest twin; one mixer of four Byzantine in every way at once (inflates node "
+    "1's scores, fabricates reports, equivocates, refuses to co-sign, withholds its "
+    "settlement signature); a griefer attacks node 0 and the mixers' routes; a gateway burst "
+    "every epoch",
+    nodes=12, joiners=0, mixers=4, added_mixers=0,
+    events=(
+        Event(0, "grief", 0),
+        Event(0, "burst", 0, at=0.3, every=1, burst=ADVERSARIAL_BURST),
+    ),
+    # The swapper's strikes in epochs 0, 1 and 2 (strikes_to_punish) are punished when epoch
+    # 2 settles: it is jailed early in epoch 3.
+    epochs=4,
+    cast=Cast(
+        nodes=((3, "control"), (4, "lazy"), (5, "replayer"), (6, "gpu-liar"), (7, "relay"),
+               (8, "relay"), (9, "swapper"), (10, "selective"), (11, "echo-fast")),
+        mixers=((3, ("inflate", "fabricate", "refuse-cosign", "equivocate",
+                     "withhold-settlement")),),
+        friends=(1,),
+        # Two rounds: a mixer challenges a given node about every four rounds, so a wrong
+        # canary answer precedes most of a swapper's reports.
+        canary_rounds=2.0,
+    ),
+)
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (CHURN, ADVERSARIAL)}
 
 
 def get_scenario(name: str) -> Scenario:
@@ -275,13 +371,16 @@ def get_scenario(name: str) -> Scenario:
 
 __all__ = [
     "ACTIONS",
+    "ADVERSARIAL",
     "CHURN",
     "SCENARIOS",
     "Burst",
+    "Cast",
     "Event",
     "Scenario",
     "compute_fire_block",
     "get_scenario",
+    "verify_cast",
     "verify_scenario",
     "verify_scenario_preset",
 ]

@@ -96,36 +96,44 @@ class InflatingRounds(RoundScheduler):
         self.report_filter = inflate
 
 
+def compute_fabricated_reports(preset: Preset, mixer: str, rid: Any, proof: bytes, beta: bytes,
+                               assigned: Sequence[NodeRecord]) -> list[ScoreReport]:
+    """Reports of ``assigned`` made up without challenging them: OK ones (digests never
+    received, no node signature the mixer could produce) and failures, alternately."""
+    reports = []
+    for i, record in enumerate(assigned):
+        challenge = compute_challenge(beta=beta, epoch=rid.epoch, round_=rid.round,
+                                      mixer=mixer, node=record.address,
+                                      hardware_class=record.hardware_class, preset=preset)
+        base: dict[str, object] = dict(
+            epoch=rid.epoch, round=rid.round, mixer=mixer,
+            node=record.address.lower(), hardware_class=record.hardware_class,
+            vrf_proof=proof, challenge_digest=challenge.hash_struct())
+        failed = compute_failed_report(base, Outcome.TIMEOUT, "no answer (fabricated)")
+        if i % 2:
+            reports.append(failed)
+            continue
+        sizes = preset.sizes_for_class(record.hardware_class)
+        score = compute_challenge_score(sizes, outcome=Outcome.OK, rtt_us=500,
+                                        compute_us=10_000, download_us=5_000,
+                                        upload_us=5_000, params=preset.scoring)
+        reports.append(ScoreReport.from_wire({
+            **failed.to_wire(), "outcome": int(Outcome.OK), "reason": "",
+            "echoDigest": "0x" + "ab" * 32, "computeRoot": "0x" + "cd" * 32,
+            "downloadDigest": "0x" + "ef" * 32, "uploadDigest": "0x" + "12" * 32,
+            "responseSignature": "0x" + "34" * 65, "rttUs": 500, "computeUs": 10_000,
+            "downloadUs": 5_000, "uploadUs": 5_000, "score": score.total}))
+    return reports
+
+
 class FabricatingRounds(RoundScheduler):
     """Never contacts its assigned nodes: makes up an OK report (digests it never got, no
     node signature it could produce) or a failure, alternately."""
 
     async def _challenge_and_certify(self, rid: Any, proof: bytes, beta: bytes,
                                      assigned: Sequence[NodeRecord]) -> None:
-        reports = []
-        for i, record in enumerate(assigned):
-            challenge = compute_challenge(beta=beta, epoch=rid.epoch, round_=rid.round,
-                                          mixer=self.address, node=record.address,
-                                          hardware_class=record.hardware_class,
-                                          preset=self.preset)
-            base: dict[str, object] = dict(
-                epoch=rid.epoch, round=rid.round, mixer=self.address,
-                node=record.address.lower(), hardware_class=record.hardware_class,
-                vrf_proof=proof, challenge_digest=challenge.hash_struct())
-            failed = compute_failed_report(base, Outcome.TIMEOUT, "no answer (fabricated)")
-            if i % 2:
-                reports.append(failed)
-                continue
-            sizes = self.preset.sizes_for_class(record.hardware_class)
-            score = compute_challenge_score(sizes, outcome=Outcome.OK, rtt_us=500,
-                                            compute_us=10_000, download_us=5_000,
-                                            upload_us=5_000, params=self.preset.scoring)
-            reports.append(ScoreReport.from_wire({
-                **failed.to_wire(), "outcome": int(Outcome.OK), "reason": "",
-                "echoDigest": "0x" + "ab" * 32, "computeRoot": "0x" + "cd" * 32,
-                "downloadDigest": "0x" + "ef" * 32, "uploadDigest": "0x" + "12" * 32,
-                "responseSignature": "0x" + "34" * 65, "rttUs": 500, "computeUs": 10_000,
-                "downloadUs": 5_000, "uploadUs": 5_000, "score": score.total}))
+        reports = compute_fabricated_reports(self.preset, self.address, rid, proof, beta,
+                                             assigned)
         await asyncio.to_thread(self.store.save_reports, reports)
         unbatched = await asyncio.to_thread(self.store.unbatched_reports, rid.epoch, rid.round)
         await self.certifier.certify(unbatched)
@@ -209,5 +217,8 @@ class ByzantineMixerDaemon(MixerDaemon):
 __all__ = [
     "Behaviour",
     "ByzantineMixerDaemon",
+    "RefusingCoSigner",
+    "WithholdingSettlements",
+    "compute_fabricated_reports",
     "compute_inflated_report",
 ]
