@@ -151,18 +151,18 @@ class SharedBackends(BackendSet):
 
 
 class RelayFront(NodeDaemon):
-    """A second identity registered at its own endpoint, answering from ``host``'s machine."""
+    """A second identity registered at its own endpoint, answering from ``machine``."""
 
     role: ClassVar[str] = "relay"
 
     def __init__(self, identity: Identity, gateway: ChainGateway, data_dir: Path, *,
-                 host: RelayHost, **kwargs: Any) -> None:
-        self.host = host
-        kwargs["backends"] = SharedBackends(host.backends)
+                 machine: RelayHost, **kwargs: Any) -> None:
+        self.machine = machine
+        kwargs["backends"] = SharedBackends(machine.backends)
         super().__init__(identity, gateway, data_dir, **kwargs)
 
     def _compute(self, seed: bytes, size: ComputeSize) -> ComputeAnswer:
-        return self.host._compute(seed, size)
+        return self.machine._compute(seed, size)
 
 
 class CheapModel:
@@ -327,7 +327,7 @@ def build_node(role: str, identity: Identity, gateway: ChainGateway, data_dir: P
     if role == "relay":
         if relay_host is None:
             return RelayHost(identity, gateway, data_dir, **kwargs)
-        return RelayFront(identity, gateway, data_dir, host=relay_host, **kwargs)
+        return RelayFront(identity, gateway, data_dir, machine=relay_host, **kwargs)
     kind = NODE_CLASSES.get(role)
     if kind is None:
         raise ValueError(f"unknown node role {role!r}")

@@ -8,7 +8,9 @@ jailed); ``compute_figures`` turns them into the figures of ``bench/adversary.py
 - ``cheaters_punished_on_chain``: detectable cheats jailed on chain by the end (and when the
   punishment was decided);
 - ``forged_reports_certified``: a Byzantine mixer's reports in certificates that are forged
-  (inflated, fabricated OK, or a second report for a key);
+  (inflated, fabricated OK, or a second report for a key); ``..._with_reference`` leaves out
+  inflated reports of a node's first rounds, before co-signers had the other mixers'
+  measurements to compare them with (the plausibility check's documented gap);
 - ``fabricated_failures_certified``: its made-up failures (undetectable: they carry no node
   signature), with the probability that they alone strike an honest node in an epoch;
 - ``griefed_node_failed_challenges``: failed challenges of the griefed node by honest mixers;
@@ -32,6 +34,7 @@ from dnanet.crypto.eip712 import Domain
 from dnanet.errors import DnanetError
 from dnanet.params import Preset
 from dnanet.protocol.messages import Outcome, QuorumCertificate, ScoreReport
+from dnanet.protocol.plausibility import PlausibilityPolicy
 from dnanet.protocol.validation import verify_report_response
 
 FABRICATED = "(fabricated)"
@@ -87,6 +90,24 @@ def compute_mixer_certified(certificates: Iterable[QuorumCertificate], mixer: st
                 counts["fabricated_failures"] += 1
     counts["equivocated"] = sum(len(h) - 1 for h in by_key.values())
     return dict(counts)
+
+
+def compute_unchecked_inflations(certificates: Iterable[QuorumCertificate], mixer: str,
+                                 friends: frozenset[str], min_samples: int) -> int:
+    """How many of ``mixer``'s certified OK reports of a friend came before ``min_samples``
+    certified OK reports of that node by other mixers: co-signers had no reference to compare
+    them with (``PlausibilityPolicy.min_samples``), so no plausibility check could apply."""
+    reports = sorted((r for c in certificates for r in c.reports),
+                     key=lambda r: (r.epoch, r.round))
+    unchecked = 0
+    for report in reports:
+        if report.mixer != mixer or report.node not in friends or report.outcome != Outcome.OK:
+            continue
+        earlier = sum(1 for r in reports if r.node == report.node and r.mixer != mixer
+                      and r.outcome == Outcome.OK and (r.epoch, r.round)
+                      < (report.epoch, report.round))
+        unchecked += earlier < min_samples
+    return unchecked
 
 
 def _node_signed(report: ScoreReport, domain: Domain) -> bool:
@@ -192,10 +213,12 @@ def compute_figures(evidence: Evidence) -> dict[str, Any]:
     soon = [r for r in detectable
             if cheats[r]["punished_epoch"] is not None and cheats[r]["punished_epoch"] <= 1]
     forged = Counter[str]()
+    everything = [c for e in evidence.epochs for c in evidence.certificates.get(e, [])]
     for address in evidence.byzantine:
-        forged.update(compute_mixer_certified(
-            (c for e in evidence.epochs for c in evidence.certificates.get(e, [])), address,
-            evidence.friends, evidence.domain))
+        forged.update(compute_mixer_certified(everything, address, evidence.friends,
+                                              evidence.domain))
+        forged["inflated_before_reference"] += compute_unchecked_inflations(
+            everything, address, evidence.friends, PlausibilityPolicy().min_samples)
     byzantine = set(evidence.byzantine)
     griefed_failures = sum(
         1 for e in evidence.epochs for address in evidence.griefed
@@ -215,6 +238,8 @@ def compute_figures(evidence: Evidence) -> dict[str, Any]:
         "punished_within_two_epochs": len(soon),
         "forged_reports_certified": forged["inflated"] + forged["fabricated_ok"]
         + forged["equivocated"],
+        "forged_reports_certified_with_reference": forged["inflated"]
+        - forged["inflated_before_reference"] + forged["fabricated_ok"] + forged["equivocated"],
         "fabricated_failures_certified": forged["fabricated_failures"],
         "fabricated_failure_strike_probability": round(compute_fabricated_strike_probability(
             evidence.preset, evidence.mixers, len(evidence.byzantine)), 4),
