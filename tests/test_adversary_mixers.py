@@ -1,0 +1,186 @@
+"""A mixer Byzantine in all five ways at once (``dnanet.adversary.mixers``) against three honest
+ones, the quorum without slack: nothing it forges is certified, and what stays open (made-up
+failures, a node's first rounds) is shown with its reproducer. Real mixer daemons on loopback
+against the fake chain, as in ``test_mixer`` and ``test_byzantine``."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from dnanet.adversary.mixers import ByzantineMixer, Withholding, compute_equivocation
+from dnanet.adversary.proof import (
+    compute_fabricated_strike_probability,
+    compute_mixer_certified,
+)
+from dnanet.adversary.roles import MIXER_BEHAVIOURS
+from dnanet.errors import DnanetError, ProtocolError
+from dnanet.mixer.byzantine import Behaviour, compute_inflated_report
+from dnanet.mixer.sessions import TransportFactory
+from dnanet.params import LOCAL, TEST
+from dnanet.protocol.epoch import EpochState, process_epoch
+from dnanet.protocol.messages import Outcome, ScoreReport, SettlementRequest, compute_failed_report
+from dnanet.protocol.schedule import RoundId
+from test_byzantine import arm, best_known, honest_history
+from test_mixer import (
+    MixerNet,
+    local_nodes,  # noqa: F401 - a fixture
+    mixer_net,
+    proposal_of,
+)
+from validator_helpers import Committee, build_network, run
+
+REQUEST = SettlementRequest.from_wire({
+    "settlement": {"epoch": 0, "rewardsRoot": "0x" + "00" * 32, "total": 0,
+                   "reportsDigest": "0x" + "00" * 32},
+    "punishments": []})
+
+
+def byzantine(net: MixerNet, root: Path, friends: frozenset[str]) -> ByzantineMixer:
+    """The originator's identity and chain, faulty in every way (not serving HTTP)."""
+    return ByzantineMixer(net.gw.mixers[net.origin], net.gw, root / "byzantine",
+                          validator_url="http://127.0.0.1:9", behaviours=MIXER_BEHAVIOURS,
+                          friends=friends, node_transport=net.transport)
+
+
+def test_every_behaviour_names_a_byzantine_part() -> None:
+    assert set(MIXER_BEHAVIOURS) == {b.value for b in Behaviour}
+
+
+def test_a_mixer_byzantine_in_every_way_gets_no_forged_report_certified(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with mixer_net(tmp_path) as net:
+            liar = byzantine(net, tmp_path, frozenset())
+            try:
+                await liar.rounds.process_round(RoundId(0, 0))
+                made = liar.store.own_reports(0, 0)
+                assert {Outcome(r.outcome) for r in made} == {Outcome.OK, Outcome.TIMEOUT}
+                (certificate,) = liar.store.unforwarded()  # no Validator here
+                counts = compute_mixer_certified([certificate], liar.address, frozenset(),
+                                                 net.gw.domain)
+                # Its made-up OK reports (no node signature) were refused and the batch
+                # re-formed without them; its made-up failures carry no signature to check,
+                # and pass (open, bounded: see the strike test below).
+                assert counts["ok"] == counts["fabricated_ok"] == 0
+                assert counts["fabricated_failures"] == counts["failed"] > 0
+                # Its second report for a key of the certificate found no quorum.
+                rounds = liar.rounds
+                assert rounds.equivocations == 1  # type: ignore[attr-defined]
+                assert rounds.equivocations_certified == 0  # type: ignore[attr-defined]
+                first = certificate.reports[0]
+                assert compute_equivocation(first).key == first.key
+                assert compute_equivocation(first) != first
+                # It refuses its peers' batches, and never answers the Validator.
+                with pytest.raises(ProtocolError, match="refuses to co-sign"):
+                    liar.cosigner.cosign(proposal_of(net.gw.mixers[net.origin], net.gw,
+                                                     net.own_reports()))
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(liar.settlements.sign(REQUEST), 0.2)
+            finally:
+                await liar.stop()
+
+    run(main())
+
+
+def test_a_byzantine_mixers_friend_is_challenged_and_its_inflated_reports_refused(
+        tmp_path: Path, local_nodes: Callable[[Committee], TransportFactory]) -> None:  # noqa: F811
+    """With the other mixers' measurements of the friend in the co-signers' books."""
+    async def main() -> None:
+        async with mixer_net(tmp_path, route=local_nodes) as net:
+            history = await honest_history(net, 4)
+            friend = best_known(net, history).node
+            liar = byzantine(net, tmp_path, frozenset({friend}))
+            arm(net, history, liar.address)
+            try:
+                for round_ in range(4):
+                    await liar.rounds.process_round(RoundId(0, round_))
+                made = [r for round_ in range(4) for r in liar.store.own_reports(0, round_)]
+                inflated = [r for r in made if r.node == friend and r.outcome == Outcome.OK]
+                assert inflated  # it challenged its friend, and reported it faster
+                counts = compute_mixer_certified(liar.store.unforwarded(), liar.address,
+                                                 frozenset({friend}), net.gw.domain)
+                assert counts["ok"] == counts["inflated"] == counts["fabricated_ok"] == 0
+            finally:
+                await liar.stop()
+
+    run(main())
+
+
+def test_a_withheld_settlement_request_is_released_when_the_mixer_stops(
+        tmp_path: Path) -> None:
+    """A request held open would hold the server's shutdown with it."""
+    async def main() -> None:
+        async with mixer_net(tmp_path) as net:
+            liar = byzantine(net, tmp_path, frozenset())
+            assert isinstance(liar.settlements, Withholding)
+            pending = asyncio.create_task(liar.settlements.sign(REQUEST))
+            await asyncio.sleep(0)
+            assert not pending.done()
+            await asyncio.wait_for(liar.stop(), 30)
+            with pytest.raises(ProtocolError, match="withheld"):
+                await asyncio.wait_for(pending, 30)
+
+    run(main())
+
+
+@pytest.mark.xfail(strict=True, reason="open gap (docs/protocol.md section 10): co-signers "
+                   "compare a report's figures only with three or more reports of the node by "
+                   "other mixers; in a node's first rounds an inflated report is signed")
+def test_an_inflated_report_of_a_nodes_first_round_is_refused(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with mixer_net(tmp_path) as net:
+            origin = net.gw.mixers[net.origin]
+            first = next(r for r in net.own_reports() if r.outcome == Outcome.OK)
+            inflated = compute_inflated_report(first, net.gw.preset, 20)
+            with pytest.raises(DnanetError):  # BatchRejected: implausibly fast
+                net.others[0].cosigner.cosign(proposal_of(origin, net.gw, [inflated]))
+
+    run(main())
+
+
+# -- made-up failures: undetectable, and how far they reach ---------------------------------------
+
+
+def test_the_strike_probability_of_made_up_failures_is_exact_on_a_small_case() -> None:
+    """One round, four mixers, one faulty, one challenge per round: the faulty mixer is
+    assigned the node with probability 1/4, each honest one too; a strike is 2F > H, i.e. the
+    faulty one assigned and at most one honest one: 1/4 * (27/64 + 27/64)."""
+    one_round = dataclasses.replace(TEST, epoch_blocks=TEST.round_blocks,
+                                    challenges_per_round=1)
+    assert compute_fabricated_strike_probability(one_round, 4, 1) == pytest.approx(
+        0.25 * 54 / 64)
+    assert compute_fabricated_strike_probability(LOCAL, 4, 0) == 0
+    # The local preset's epoch (16 rounds): one faulty mixer of four strikes an honest node in
+    # about one epoch in six; two of seven in more than one in four.
+    assert 0.15 < compute_fabricated_strike_probability(LOCAL, 4, 1) < 0.18
+    assert compute_fabricated_strike_probability(LOCAL, 7, 2) > 0.25
+
+
+def honest_epoch(committee: Committee, node: str) -> list[ScoreReport]:
+    return [r for reports in run(committee.round_reports(0, 0)).values() for r in reports
+            if r.node == node]
+
+
+@pytest.mark.xfail(strict=True, reason="open gap: a failure report carries no node signature, "
+                   "and the strike rule counts every mixer's failures alike, so one faulty mixer "
+                   "of 3f+1 strikes an honest node whenever it was assigned it more than half "
+                   "as often as the honest mixers together (about one local epoch in six)")
+def test_one_faulty_mixers_made_up_failures_do_not_strike_an_honest_node() -> None:
+    gw, committee = build_network(mixers=4, nodes=5, label="made-up")
+    faulty = gw.mixers[0]
+    honest = [r for r in honest_epoch(committee, gw.nodes_list[0].address)
+              if r.mixer != faulty.address and r.outcome == Outcome.OK][:2]
+    assert len(honest) == 2, "pick another label"
+    made_up = []
+    for round_ in range(2):  # the faulty mixer's two assignments of the node, both "failed"
+        base: dict[str, object] = dict(
+            epoch=0, round=round_, mixer=faulty.address, node=honest[0].node,
+            hardware_class=0, vrf_proof=honest[0].vrf_proof,
+            challenge_digest=honest[0].challenge_digest)
+        made_up.append(compute_failed_report(base, Outcome.TIMEOUT, "no answer (fabricated)"))
+    rollup = process_epoch(0, [*honest, *made_up], state=EpochState(), preset=TEST)
+    assert honest[0].node not in rollup.strikes
