@@ -40,6 +40,7 @@ from dnanet.devnet_scenario import ScenarioDevnet, ScenarioProcessDevnet
 from dnanet.gateway.app import GatewayConfig
 from dnanet.mixer.daemon import MixerDaemon
 from dnanet.node.daemon import NodeDaemon
+from dnanet.node.hardware import CLASS_GPU
 from dnanet.params import Preset, format_dna_short
 from dnanet.protocol.messages import QuorumCertificate
 from dnanet.protocol.schedule import compute_settlement_block
@@ -290,11 +291,11 @@ class AdversarialProcessDevnet(AdversarialMixin, ScenarioProcessDevnet):
 
     async def setup(self) -> None:
         await super().setup()
-        client = self.gateway(None).client
+        chain = self.gateway(None)
 
         def declared() -> list[str]:
-            return ["gpu" if (r := client.node_info(n.address)) is not None
-                    and r.hardware_class == 1 else "cpu" for n in self.node_ids]
+            return ["gpu" if (r := chain.node(n.address)) is not None
+                    and r.hardware_class == CLASS_GPU else "cpu" for n in self.node_ids]
 
         classes = await asyncio.to_thread(declared)
         self.node_views = [RoleHandle(i, self.roles.get(i.address, p), self.hardware,
