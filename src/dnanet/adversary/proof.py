@@ -224,9 +224,17 @@ def compute_figures(evidence: Evidence) -> dict[str, Any]:
         1 for e in evidence.epochs for address in evidence.griefed
         for r in (evidence.breakdowns[e].get(address) or {}).get("reports", [])
         if r["outcome"] != "OK" and r["mixer"].lower() not in byzantine)
-    honest_strikes = [
-        (e, a) for e in evidence.epochs for a in evidence.honest
-        if (evidence.breakdowns[e].get(a) or {}).get("strike")]
+    honest_strikes = []
+    for epoch in evidence.epochs:
+        for address in evidence.honest:
+            detail = evidence.breakdowns[epoch].get(address) or {}
+            if detail.get("strike"):
+                failed = [r for r in detail["reports"] if r["outcome"] != "OK"]
+                honest_strikes.append({
+                    "epoch": epoch, "node": address[:10], "challenges": detail["challenges"],
+                    "failed": len(failed),
+                    "failed_by_byzantine": sum(1 for r in failed
+                                               if r["mixer"].lower() in byzantine)})
     lags = [lag for lag in evidence.lags.values() if lag is not None]
     usual = statistics.median(lags) if lags else None
     stalled = [e for e, lag in evidence.lags.items() if lag is not None and usual is not None
@@ -253,6 +261,7 @@ def compute_figures(evidence: Evidence) -> dict[str, Any]:
             "honest_node_reward_share_median": (statistics.median(honest_shares)
                                                 if honest_shares else None),
             "cheats": cheats,
+            "honest_strikes": honest_strikes,
             "undetectable": sorted(r for r in by_role if r in DETECTION
                                    and not DETECTION[r].detectable),
             "forged": dict(forged),
