@@ -34,6 +34,10 @@ The devnet's tables go to stderr; with ``--json`` the last line on stdout is one
   after they could (target 0).
 - ``stranger_requests_served``: the griefer's attempts the target served (of
   ``stranger_requests_sent``; target 0).
+- ``honest_reports_lost``: reports the honest mixers made that no certificate of theirs
+  carries (``honest_reports_made``): with one mixer refusing every batch, one honest
+  co-signer's refusal of a report is enough to lose it (and a batch refused twice is lost
+  whole), so this counts what the Byzantine mixer's refusals cost the honest nodes.
 - ``undetectable``: the cheats the design cannot detect, each with why; ``detail.cheats``:
   each cheat's reward share, punishment and, epoch by epoch, why it earned what it did.
 """
@@ -41,9 +45,11 @@ The devnet's tables go to stderr; with ``--json`` the last line on stdout is one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -55,6 +61,7 @@ from dnanet.adversary.proof import collect_evidence, compute_figures
 from dnanet.adversary.roles import DETECTION
 from dnanet.devnet import SETUP_BLOCKS
 from dnanet.params import get_preset
+from dnanet.protocol.messages import QuorumCertificate
 from dnanet.scenarios import ADVERSARIAL
 from dnanet.service.logs import close_role_log, configure_logging, open_role_log
 from dnanet.service.loop import run as run_loop
@@ -122,11 +129,13 @@ async def run_scenario(args: argparse.Namespace, data_dir: Path) -> dict[str, An
         if isinstance(devnet, AnvilAdversarialDevnet):
             shutil.rmtree(devnet.anvil_home, ignore_errors=True)
     figures = compute_figures(evidence)
+    made, certified = count_honest_reports(data_dir, set(devnet.byzantine))
     figures = {
         "scenario": ADVERSARIAL.name, "epochs": args.epochs, "preset": args.preset,
         "chain": args.chain, "backend": args.backend, "cpus": os.cpu_count(),
         "wall_s": round(time.monotonic() - started, 1),
         **figures,
+        "honest_reports_made": made, "honest_reports_lost": made - certified,
         "undetectable": {d.cheat: d.how for d in DETECTION.values() if not d.detectable},
         "audits_ok": sum(1 for s in devnet.summaries if s.audit_ok),
         "events_failed": [f"epoch {f.epoch}: {f.event.describe()}: {f.detail}"
@@ -140,6 +149,20 @@ async def run_scenario(args: argparse.Namespace, data_dir: Path) -> dict[str, An
                                          == figures["detectable_cheats"])
     figures["targets_met"] = met
     return figures
+
+
+def count_honest_reports(data_dir: Path, byzantine: set[str]) -> tuple[int, int]:
+    """(made, certified) reports of the honest mixers, read from their stores."""
+    made = certified = 0
+    for path in sorted(data_dir.glob("mixer-*/mixer.db")):
+        if any(path.parent.name == f"mixer-{a[2:10]}" for a in byzantine):
+            continue
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            made += db.execute("SELECT count(*) FROM own_reports").fetchone()[0]
+            for (raw,) in db.execute("SELECT certificate_json FROM own_batches"
+                                     " WHERE certificate_json IS NOT NULL"):
+                certified += len(QuorumCertificate.from_json(raw).reports)
+    return made, certified
 
 
 def _meets(value: Any, op: str, goal: Any) -> bool | None:
