@@ -44,6 +44,7 @@ from dnanet.chain.faults import (
     TransactionReverted,
     Underpriced,
 )
+from dnanet.chain.registry import REGISTRY_EVENTS, RegistryEvent
 from dnanet.chain.transactions import (
     RequestRunner,
     SendPolicy,
@@ -313,8 +314,37 @@ class ChainClient:
         return out
 
     def registry_changed_at(self, *, block: int | None = None) -> int:
-        """The block of the registry's latest change to any node, as of ``block`` (now)."""
+        """The block of the registry's latest change to any node, as of ``block`` (now; an
+        old block's state needs an archive node: ``RegistryHistory`` reads events instead)."""
         return int(self._call(self.registry, "last_change", block=block))
+
+    def registry_events(self, from_block: int, to_block: int) -> list[RegistryEvent]:
+        """Every NodeRegistry event that changes a record in ``[from_block, to_block]``, in
+        chain order (``eth_getLogs`` in windows of ``LOG_WINDOW_BLOCKS``)."""
+        decoders = [getattr(self.registry.events, name)() for name in REGISTRY_EVENTS]
+        address = to_checksum_address(self.deployment.registry)
+        out: list[RegistryEvent] = []
+        start = max(from_block, self.deployment.deploy_block)
+        while start <= to_block:
+            end = min(to_block, start + LOG_WINDOW_BLOCKS - 1)
+            logs = self._read(partial(self.w3.eth.get_logs, {
+                "address": address, "fromBlock": start, "toBlock": end}),
+                "read the registry's events")
+            for log in logs:
+                for decoder in decoders:
+                    try:
+                        decoded = decoder.process_log(log)
+                    except Exception:  # another event's topic: try the next decoder
+                        continue
+                    args = dict(decoded["args"])
+                    out.append(RegistryEvent(
+                        block=int(log["blockNumber"]), log_index=int(log["logIndex"]),
+                        name=str(decoded["event"]), node=normalize_address(args.pop("node")),
+                        args=args))
+                    break
+            start = end + 1
+        out.sort(key=lambda e: (e.block, e.log_index))
+        return out
 
     def active_nodes(self) -> list[NodeInfo]:
         return [n for n in self.nodes() if n.active]

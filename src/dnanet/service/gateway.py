@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dnanet.chain.client import ChainClient
 from dnanet.chain.deployment import Deployment
+from dnanet.chain.registry import RegistryHistory
 from dnanet.crypto.eip712 import Domain
 from dnanet.crypto.keys import Identity
 from dnanet.params import Preset, get_preset
@@ -56,15 +57,33 @@ class ClientGateway:
                 self._mixer_sets[epoch] = records
         return records
 
+    @cached_property
+    def registry_history(self) -> RegistryHistory:
+        """The registry at past blocks, from its events (no archive node needed)."""
+        return RegistryHistory(self.client.registry_events, self.client.deployment.deploy_block,
+                               self.client.block_number)
+
+    @cached_property
+    def min_stake(self) -> int:
+        return self.client.min_stake()
+
     def nodes(self, *, block: int | None = None) -> list[NodeRecord]:
+        if block is None:
+            return [
+                NodeRecord(address=n.address, endpoint=n.endpoint, hardware_class=n.hw_class,
+                           stake=n.stake, jailed=n.jailed, active=n.active)
+                for n in self.client.nodes() if n.registered
+            ]
+        min_stake = self.min_stake
         return [
-            NodeRecord(address=n.address, endpoint=n.endpoint, hardware_class=n.hw_class,
-                       stake=n.stake, jailed=n.jailed, active=n.active)
-            for n in self.client.nodes(block=block) if n.registered
+            NodeRecord(address=e.address, endpoint=e.endpoint, hardware_class=e.hw_class,
+                       stake=e.stake, jailed=e.jailed, active=e.is_active(min_stake))
+            for e in self.registry_history.at(block) if e.registered
         ]
 
     def registry_changed_at(self, *, block: int | None = None) -> int:
-        return self.client.registry_changed_at(block=block)
+        at = self.client.block_number() if block is None else block
+        return self.registry_history.changed_at(at)
 
     def node(self, address: str) -> NodeRecord | None:
         n = self.client.node_info(address)
