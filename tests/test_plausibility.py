@@ -1,4 +1,4 @@
-"""Plausible measurements: a report's figures against the other mixers' median of one node."""
+"""Plausible measurements: a report's figures against the range the other mixers measured."""
 
 from __future__ import annotations
 
@@ -42,9 +42,9 @@ HONEST = [report(MIXERS[i % 3 + 1], round_=i, rtt=20_000, compute=48_000 + 1_000
           for i in range(6)]
 
 
-def test_a_figure_near_the_others_median_passes() -> None:
+def test_a_figure_near_the_others_range_passes() -> None:
     reference = compute_measurement_reference(HONEST, policy=POLICY)
-    verify_plausible_measurements(report(compute=30_000, down=40_000), reference, POLICY)
+    verify_plausible_measurements(report(compute=30_000, down=70_000), reference, POLICY)
 
 
 @pytest.mark.parametrize(("change", "field"), [
@@ -52,7 +52,7 @@ def test_a_figure_near_the_others_median_passes() -> None:
     ({"down": 4_000}, "downloadUs"),
     ({"up": 200_000}, "uploadUs"),  # a rival's upload deflated 10x
     ({"rtt": 1_000}, "rttUs"),  # 20x faster than any path the others see
-    ({"compute": 500_000}, "computeUs"),
+    ({"compute": 250_000}, "computeUs"),
 ])
 def test_an_inflated_or_deflated_figure_is_refused_naming_its_field(
         change: dict[str, int], field: str) -> None:
@@ -64,17 +64,18 @@ def test_an_inflated_or_deflated_figure_is_refused_naming_its_field(
 
 def test_latency_has_room_for_paths_that_differ() -> None:
     reference = compute_measurement_reference(HONEST, policy=POLICY)
-    verify_plausible_measurements(report(rtt=4_000), reference, POLICY)  # 5x: another path
-    verify_plausible_measurements(report(rtt=200_000), reference, POLICY)
+    verify_plausible_measurements(report(rtt=2_000), reference, POLICY)  # 10x: another path
+    verify_plausible_measurements(report(rtt=300_000), reference, POLICY)
 
 
 def test_a_figure_within_the_slack_of_the_median_always_passes() -> None:
-    tiny = [report(MIXERS[1], round_=i, compute=300, rtt=80) for i in range(5)]
+    tiny = [report(MIXERS[1], round_=i, compute=300) for i in range(5)]
     reference = compute_measurement_reference(tiny, policy=POLICY)
-    verify_plausible_measurements(report(compute=1, rtt=1), reference, POLICY)  # 300x, 1.9 ms
+    verify_plausible_measurements(report(compute=1), reference, POLICY)  # 300x, but 0.3 ms
+    verify_plausible_measurements(report(compute=300 + POLICY.slack_us), reference, POLICY)
     with pytest.raises(ScoringError):
-        verify_plausible_measurements(report(compute=300 + POLICY.slack_us + 1 + 2_400 * 8),
-                                      reference, POLICY)
+        verify_plausible_measurements(report(compute=300 + POLICY.slack_us + 1), reference,
+                                      POLICY)
 
 
 def test_too_few_reference_reports_check_nothing() -> None:
@@ -99,17 +100,16 @@ def test_the_reference_leaves_out_the_reporting_mixer_and_keeps_the_newest() -> 
 @settings(max_examples=200, derandomize=True)
 @given(st.lists(st.integers(1_000, 1_000_000), min_size=3, max_size=16),
        st.integers(1, 10_000_000))
-def test_a_figure_within_the_ratios_of_the_median_always_passes(
+def test_a_figure_is_refused_exactly_when_it_leaves_the_range_by_the_ratios_and_the_slack(
         others: list[int], claimed: int) -> None:
     reference = compute_measurement_reference(
         [replace(report(MIXERS[1], round_=i), compute_us=v) for i, v in enumerate(others)],
         policy=POLICY)
-    median = reference.medians["compute_us"]
-    assert median is not None
-    inside = (median / POLICY.faster <= claimed <= median * POLICY.slower
-              or abs(claimed - median) <= POLICY.slack_us)
+    low, high = min(others), max(others)
+    outside = ((claimed * POLICY.faster < low and low - claimed > POLICY.slack_us)
+               or (claimed > high * POLICY.slower and claimed - high > POLICY.slack_us))
     try:
         verify_plausible_measurements(replace(report(), compute_us=claimed), reference, POLICY)
-        assert inside
+        assert not outside
     except ScoringError:
-        assert not inside
+        assert outside

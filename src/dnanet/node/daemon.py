@@ -197,13 +197,15 @@ class NodeDaemon:
                 "mixers": sorted(self._mixers), "models": self.backends.models()}
 
     async def refresh_mixers(self) -> None:
-        """Read the chain's head and the mixer sets of its epoch and the one before."""
+        """Read the chain's head and the mixer sets of its epoch, the one before and the one
+        after (a mixer added from the next epoch challenges as soon as that epoch begins,
+        possibly before this node's next read of the head)."""
         head = await asyncio.to_thread(self.gateway.block_number)
         self.head = head
         genesis = self.gateway.genesis_block
         epoch = compute_epoch(max(head, genesis), self.gateway.preset, genesis)
         members: dict[str, bytes] = {}
-        for e in {max(epoch - 1, 0), epoch}:
+        for e in {max(epoch - 1, 0), epoch, epoch + 1}:
             for m in await asyncio.to_thread(self.gateway.mixer_set, e):
                 members[m.address] = m.vrf_public_key
         self._mixers = members
