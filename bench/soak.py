@@ -121,11 +121,9 @@ class EpochRecord:
 class SoakDevnet(ScenarioProcessDevnet):
     """The scenario devnet, reading its figures after each epoch is summarized."""
 
-    def __init__(self, *, history_blocks: int, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # Audits from genesis and the added mixer's catch-up read the registry at every round
-        # since genesis: anvil must keep the whole run's states (ProcessDevnet.anvil_args).
-        self.anvil_args = ("--max-persisted-states", str(history_blocks))
+        # The registry's past comes from its events: anvil keeps only its recent states.
         self.anvil_home = self.data_dir / "anvil-home"
         self.records: list[EpochRecord] = []
         self.verify_ms: dict[str, dict[int, tuple[int, int]]] = defaultdict(dict)
@@ -303,9 +301,7 @@ async def soak(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     preset = get_preset(args.preset)
     devnet = SoakDevnet(scenario=scenario, chain=args.chain, keystore=None, preset=preset,
                         data_dir=data_dir, out=say, backend=args.backend,
-                        setup_blocks=args.setup_blocks,
-                        history_blocks=args.setup_blocks + (args.epochs + 2) * preset.epoch_blocks
-                        + 1_000)
+                        setup_blocks=args.setup_blocks)
     own_log = open_role_log(None, data_dir / "devnet.log")
     started = time.monotonic()
     try:
