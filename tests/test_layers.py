@@ -25,7 +25,7 @@ FLOORS: list[set[str]] = [
     {"mixer"},
     {"validator"},
     {"audit", "config", "demo", "devnet", "devnet_scenario", "roles_cli", "node_cli", "cli",
-     "shaping", "scenarios", "soak"},
+     "shaping", "scenarios", "soak", "adversary"},
 ]
 ROOT = Path(dnanet.__file__).parent
 
