@@ -21,7 +21,9 @@ After ``--epochs`` settled epochs it sends ``--large-requests`` embedding reques
   (target <= 0.15);
 * ``compute_error_max``: worst relative error of a latency node's GFLOP/s against the median
   of the unshaped nodes (target <= 0.15, or the host's own spread, ``compute_spread_unshaped``,
-  where that is larger);
+  where that is larger), with ``compute_challenge_iqr_unshaped`` beside it: how far one
+  challenge's GFLOP/s scatters here (interquartile range over median of the unshaped nodes'
+  challenges; every node's product competes for the same cores);
 * ``spearman_reward``: reward rank vs the rank of docs/scoring.md's formula on the true values
   (target >= 0.95), and the same within the bandwidth, compute and latency groups (each with
   the unshaped nodes; target >= 0.9);
@@ -142,6 +144,7 @@ async def measured_figures(devnet: Devnet, epochs: int) -> dict[str, dict[str, A
             "challenges": len(reports), "failures": len(reports) - len(ok), "reward": reward,
             "rtt_s": median([r["rtt_us"] / 1e6 for r in ok]),
             "flops": median([float(r.get("flops_per_s", 0)) for r in ok]),
+            "flops_samples": [float(r.get("flops_per_s", 0)) for r in ok],
             "down": median([float(r.get("download_bps", 0)) for r in ok]),
             "up": median([float(r.get("upload_bps", 0)) for r in ok]),
         }
@@ -262,6 +265,15 @@ def figures(devnet: Devnet, measured: dict[str, dict[str, Any]], large: dict[str
         rel(named[s.name]["flops"], g0) for s in LATENCY)
     out["compute_spread_unshaped"] = None if g0 is None or len(flops_unshaped) < 2 else max(
         rel(f, g0) for f in flops_unshaped)
+    # How far one challenge's GFLOP/s scatters on this host (every node's product competes
+    # for the same cores): the interquartile range of the unshaped nodes' challenges over
+    # their median. Medians of ~15 such samples move by a good part of it from run to run.
+    pooled = sorted(f for n in unshaped for f in n.get("flops_samples", []))
+    if len(pooled) >= 4:
+        q1, _, q3 = statistics.quantiles(pooled, n=4)
+        out["compute_challenge_iqr_unshaped"] = (q3 - q1) / statistics.median(pooled)
+    else:
+        out["compute_challenge_iqr_unshaped"] = None
 
     def rho(group: list[LinkShape]) -> float | None:
         members = [named[s.name] for s in group]

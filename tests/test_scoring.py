@@ -43,6 +43,7 @@ from dnanet.protocol.scoring import (
     compute_node_epoch_scores,
     compute_rate,
     compute_report_score,
+    compute_tolerated_challengers,
     compute_verified_flops,
     verify_measurement_bounds,
     verify_report_score,
@@ -443,6 +444,62 @@ def test_strike_from_real_reports() -> None:
     assert (entry.challenges, entry.failures) == (5, 2)
     assert entry.is_striking(TEST) and not entry.fraud
     assert entry.epoch_score(TEST) == 0
+
+
+MIXERS = [f"0x{i:040x}" for i in range(1, 11)]
+
+
+def challenged_by(tallies: list[tuple[int, int]], challengers: int | None = None
+                  ) -> NodeEpochScore:
+    """NODE_A's epoch with ``(challenges, failures)`` by each of the first mixers."""
+    reports = [failed_report(mixer=MIXERS[m], round=r) if r < failed
+               else make_report(mixer=MIXERS[m], round=r)
+               for m, (assigned, failed) in enumerate(tallies) for r in range(assigned)]
+    return compute_node_epoch_scores(reports, challengers=challengers)[NODE_A]
+
+
+@pytest.mark.parametrize(("challengers", "tolerated"),
+                         [(0, 0), (1, 0), (3, 0), (4, 1), (6, 1), (7, 2), (10, 3)])
+def test_f_of_3f_plus_1_challengers_are_tolerated(challengers: int, tolerated: int) -> None:
+    assert compute_tolerated_challengers(challengers) == tolerated
+
+
+@settings(max_examples=200)
+@given(data=st.data(), mixers=st.integers(1, 10))
+def test_up_to_f_challengers_failing_everything_never_strike_a_node(
+        data: st.DataObject, mixers: int) -> None:
+    liars = data.draw(st.integers(0, compute_tolerated_challengers(mixers)))
+    assigned = data.draw(st.lists(st.integers(1, 12), min_size=mixers, max_size=mixers))
+    entry = challenged_by([(a, a if m < liars else 0) for m, a in enumerate(assigned)])
+    assert not entry.is_striking(TEST)
+    assert set(entry.set_aside()) == set(MIXERS[:liars])
+    assert entry.corroborated() == (sum(assigned[liars:]), 0)
+
+
+@settings(max_examples=200)
+@given(data=st.data(), mixers=st.integers(1, 10))
+def test_a_node_every_challenger_fails_more_than_a_third_strikes(
+        data: st.DataObject, mixers: int) -> None:
+    tallies = []
+    for _ in range(mixers):
+        assigned = data.draw(st.integers(1, 12))
+        tallies.append((assigned, data.draw(st.integers(assigned // 3 + 1, assigned))))
+    entry = challenged_by(tallies)
+    assert entry.is_striking(TEST)
+    assert entry.epoch_score(TEST) == 0
+
+
+def test_the_challengers_with_most_failures_are_set_aside_and_the_rest_counted() -> None:
+    # Seven challengers (f = 2): the two with most failures set aside, ties by fewer
+    # challenges; the rest, 4 failed of 11, strike.
+    entry = challenged_by([(2, 2), (3, 2), (2, 2), (1, 1), (2, 1), (2, 0), (3, 0)])
+    assert entry.set_aside() == (MIXERS[0], MIXERS[2])
+    assert entry.corroborated() == (11, 4)
+    assert entry.is_striking(TEST)
+    # Counted with four challengers (the epoch's, passed by a caller holding one node's
+    # reports), only one is set aside.
+    assert challenged_by([(2, 2), (3, 2), (2, 0), (2, 0)], challengers=4).corroborated() == (7, 2)
+    assert challenged_by([(2, 2), (3, 2), (2, 0), (2, 0)], challengers=3).corroborated() == (9, 4)
 
 
 def test_fraud_earns_nothing_and_keeps_the_evidence() -> None:

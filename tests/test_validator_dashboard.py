@@ -118,7 +118,8 @@ def test_the_pages_show_the_rollup_of_settled_epochs_and_the_provisional_scores_
             assert titles[12:] == [f"{reward} wei", f"{cumulative} wei"]
             # The sub-scores and medians of the node's own reports, by the history's rule.
             mine = [r for r in rollup.reports if r.node == node]
-            figures = compute_node_epoch_figures(node, 1, mine, None, preset)
+            figures = compute_node_epoch_figures(node, 1, mine, None, preset,
+                                                 challengers=len({r.mixer for r in rollup.reports}))
             assert row[6:9] == [format_score(figures.latency), format_score(figures.compute),
                                 format_score(figures.bandwidth)]
         assert "None" not in text and "validator -" not in text
@@ -253,10 +254,11 @@ def test_a_nodes_figures_follow_the_scoring_rule(corpus: Corpus) -> None:
     reports = corpus.reports(0)
     for node in sorted({r.node for r in reports}):
         mine = [r for r in reports if r.node == node]
-        figures = compute_node_epoch_figures(node, 0, mine, None, TEST)
+        challengers = len({r.mixer for r in reports})
+        figures = compute_node_epoch_figures(node, 0, mine, None, TEST, challengers=challengers)
         scores = [compute_report_score(r, TEST) for r in mine]
         ok = [(r, s) for r, s in zip(mine, scores, strict=True) if r.outcome == Outcome.OK]
-        entry = compute_node_epoch_scores(mine)[node]
+        entry = compute_node_epoch_scores(reports)[node]
         assert (figures.challenges, figures.failures, figures.score) == (
             entry.challenges, entry.failures, entry.epoch_score(TEST))
         assert figures.compute == sum(s.compute for s in scores) // len(mine)

@@ -21,6 +21,8 @@ jailed); ``compute_figures`` turns them into the figures of ``bench/adversary.py
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -35,6 +37,7 @@ from dnanet.errors import DnanetError
 from dnanet.params import Preset
 from dnanet.protocol.messages import Outcome, QuorumCertificate, ScoreReport
 from dnanet.protocol.plausibility import PlausibilityPolicy
+from dnanet.protocol.scoring import compute_tolerated_challengers
 from dnanet.protocol.validation import verify_report_response
 
 FABRICATED = "(fabricated)"
@@ -120,22 +123,30 @@ def _node_signed(report: ScoreReport, domain: Domain) -> bool:
 
 def compute_fabricated_strike_probability(preset: Preset, mixers: int, faulty: int) -> float:
     """The probability that ``faulty`` mixers reporting every challenge they are assigned as
-    failed give an honest node a strike in one epoch (more than the preset's fraction of its
-    certified challenges failed): each mixer assigns the node with probability c/n per round,
-    independently."""
+    failed give an honest node a strike in one epoch. Each mixer assigns the node with
+    probability c/n per round, independently; the strike rule sets aside the failures of the
+    ``compute_tolerated_challengers(mixers)`` challengers that reported the most of them
+    (every mixer reporting in the epoch), so up to that many liars strike nobody; beyond it,
+    the liars with the fewest assignments are the ones counted."""
+    tolerated = compute_tolerated_challengers(mixers)
+    if faulty <= tolerated:
+        return 0.0
     p = min(1.0, preset.challenges_per_round / mixers)
     rounds = preset.rounds_per_epoch
-    bad_n, good_n = rounds * faulty, rounds * (mixers - faulty)
+    good_n = rounds * (mixers - faulty)
     num, den = preset.strike_fail_numerator, preset.strike_fail_denominator
 
     def pmf(n: int, k: int) -> float:
         return comb(n, k) * p**k * (1 - p)**(n - k)
 
     total = 0.0
-    for bad in range(1, bad_n + 1):
-        for good in range(good_n + 1):
-            if bad * den > (bad + good) * num:
-                total += pmf(bad_n, bad) * pmf(good_n, good)
+    for liars in itertools.product(range(rounds + 1), repeat=faulty):
+        bad = sum(sorted(liars)[:faulty - tolerated])  # the most-assigned ones set aside
+        if bad == 0:
+            continue
+        weight = math.prod(pmf(rounds, k) for k in liars)
+        total += weight * sum(pmf(good_n, good) for good in range(good_n + 1)
+                              if bad * den > (bad + good) * num)
     return total
 
 

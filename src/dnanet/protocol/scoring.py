@@ -17,6 +17,14 @@ A challenge whose outcome is not OK scores 0. A node's epoch score is the sum of
 scores divided by the number of challenges it was given (failures count as zero). A node that
 failed more than ``strike_fail_numerator / strike_fail_denominator`` of them earns nothing and
 gets a strike; a node that signed a wrong answer (fraud) earns nothing and is punished.
+
+Failures are counted for a strike only where they are corroborated: a failure carries no
+signature of the node, so up to ``f`` faulty mixers could report every challenge they were
+assigned as failed. Of the ``m`` mixers with a certified report in the epoch (its challengers),
+``f = (m - 1) // 3`` are tolerated: the ``f`` challengers that reported the most failures of
+the node are set aside, and the strike fraction is taken over the rest of its challenges
+(``NodeEpochScore.is_striking``). A node down for the whole epoch fails every mixer's
+challenges and still strikes; an honest node failed by up to ``f`` liars does not.
 """
 
 from __future__ import annotations
@@ -196,6 +204,12 @@ def verify_report_score(report: ScoreReport, preset: Preset) -> ChallengeScore:
     return score
 
 
+def compute_tolerated_challengers(challengers: int) -> int:
+    """How many of an epoch's ``challengers`` (mixers with a certified report in it) may be
+    faulty: ``f`` of ``3f + 1``, at least 0."""
+    return max(0, (challengers - 1) // 3)
+
+
 @dataclass
 class NodeEpochScore:
     """One node's epoch: its challenges, failures, fraud, and the resulting score."""
@@ -206,16 +220,43 @@ class NodeEpochScore:
     score_sum: int = 0
     fraud_reports: list[bytes] = field(default_factory=list)
     """hashStruct of each report whose outcome is fraud (the evidence)."""
+    by_challenger: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Per challenging mixer: (challenges, failures) of this node."""
+    tolerated: int = 0
+    """Challengers whose failures may be set aside (``compute_tolerated_challengers``)."""
 
     @property
     def fraud(self) -> bool:
         return bool(self.fraud_reports)
 
+    def add(self, mixer: str, challenges: int, failures: int, score_sum: int) -> None:
+        """Count ``challenges`` more by ``mixer``, ``failures`` of them failed."""
+        assigned, failed = self.by_challenger.get(mixer, (0, 0))
+        self.by_challenger[mixer] = (assigned + challenges, failed + failures)
+        self.challenges += challenges
+        self.failures += failures
+        self.score_sum += score_sum
+
+    def set_aside(self) -> tuple[str, ...]:
+        """The ``tolerated`` challengers whose failures are not counted for a strike: those that
+        reported the most failures (then the fewest challenges, then the lowest address)."""
+        worst = sorted(self.by_challenger.items(),
+                       key=lambda item: (-item[1][1], item[1][0], item[0]))
+        return tuple(mixer for mixer, (_, failed) in worst[:self.tolerated] if failed)
+
+    def corroborated(self) -> tuple[int, int]:
+        """(challenges, failures) with the challengers of ``set_aside`` left out."""
+        aside = self.set_aside()
+        challenges = self.challenges - sum(self.by_challenger[m][0] for m in aside)
+        failures = self.failures - sum(self.by_challenger[m][1] for m in aside)
+        return challenges, failures
+
     def is_striking(self, preset: Preset) -> bool:
-        """More than ``numerator/denominator`` of the challenges failed."""
+        """More than ``numerator/denominator`` of the corroborated challenges failed."""
+        challenges, failures = self.corroborated()
         return (
-            self.failures * preset.strike_fail_denominator
-            > self.challenges * preset.strike_fail_numerator
+            failures * preset.strike_fail_denominator
+            > challenges * preset.strike_fail_numerator
         )
 
     def epoch_score(self, preset: Preset) -> int:
@@ -225,20 +266,33 @@ class NodeEpochScore:
         return self.score_sum // self.challenges
 
 
-def compute_node_epoch_scores(reports: Iterable[ScoreReport]) -> dict[str, NodeEpochScore]:
-    """Aggregate an epoch's certified reports per node (caller deduplicates reports)."""
+def compute_node_epoch_scores(reports: Iterable[ScoreReport], *,
+                              challengers: int | None = None) -> dict[str, NodeEpochScore]:
+    """Aggregate an epoch's certified reports per node (caller deduplicates reports).
+
+    ``challengers`` is the number of mixers with a certified report in the epoch; by default
+    the mixers among ``reports``, which must then be all of the epoch's (a caller holding one
+    node's reports passes the epoch's count)."""
     out: dict[str, NodeEpochScore] = {}
+    mixers: set[str] = set()
     for report in reports:
+        mixers.add(report.mixer)
         entry = out.get(report.node)
         if entry is None:
             entry = out[report.node] = NodeEpochScore(report.node)
-        entry.challenges += 1
-        entry.score_sum += report.score
-        if report.outcome != Outcome.OK:
-            entry.failures += 1
-            if report.outcome == Outcome.WRONG_ANSWER:  # fraud (see Outcome.is_fraud)
-                entry.fraud_reports.append(report.hash_struct())
-    return out
+        entry.add(report.mixer, 1, int(report.outcome != Outcome.OK), report.score)
+        if report.outcome == Outcome.WRONG_ANSWER:  # fraud (see Outcome.is_fraud)
+            entry.fraud_reports.append(report.hash_struct())
+    return set_tolerated(out, len(mixers) if challengers is None else challengers)
+
+
+def set_tolerated(scores: dict[str, NodeEpochScore],
+                  challengers: int) -> dict[str, NodeEpochScore]:
+    """Give every node of an epoch with ``challengers`` challengers its tolerance."""
+    tolerated = compute_tolerated_challengers(challengers)
+    for entry in scores.values():
+        entry.tolerated = tolerated
+    return scores
 
 
 def compute_epoch_scores(
@@ -263,7 +317,9 @@ __all__ = [
     "compute_node_epoch_scores",
     "compute_rate",
     "compute_report_score",
+    "compute_tolerated_challengers",
     "compute_verified_flops",
+    "set_tolerated",
     "verify_measurement_bounds",
     "verify_report_score",
 ]

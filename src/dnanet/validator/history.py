@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from dnanet.params import Preset
 from dnanet.protocol.messages import Outcome, Punishment, ScoreReport
 from dnanet.protocol.scoring import (
-    NodeEpochScore,
     compute_node_epoch_scores,
     compute_report_score,
 )
@@ -64,14 +63,16 @@ class NodeEpochFigures:
 
 
 def compute_node_epoch_figures(node: str, epoch: int, reports: Sequence[ScoreReport],
-                               row: NodeEpochRow | None, preset: Preset) -> NodeEpochFigures:
-    """``node``'s figures of ``epoch`` from its reports there, and the rollup's ``row`` once
-    published (its score, reward, totals, strike and fraud are then the rollup's)."""
+                               row: NodeEpochRow | None, preset: Preset, *,
+                               challengers: int) -> NodeEpochFigures:
+    """``node``'s figures of ``epoch`` from its reports there (the epoch has ``challengers``
+    mixers with a report), and the rollup's ``row`` once published (its score, reward, totals,
+    strike and fraud are then the rollup's)."""
     scores = [compute_report_score(r, preset) for r in reports]
     ok = [s for r, s in zip(reports, scores, strict=True) if r.outcome == Outcome.OK]
     ok_rtt = [r.rtt_us for r in reports if r.outcome == Outcome.OK]
     n = max(len(reports), 1)
-    entry = compute_node_epoch_scores(reports).get(node)
+    entry = compute_node_epoch_scores(reports, challengers=challengers).get(node)
     if row is not None:
         challenges, failures, score = row.challenges, row.failures, row.score
         strike, fraud = row.strike, row.fraud
@@ -189,7 +190,9 @@ class ValidatorHistory:
                 " ORDER BY epoch, round, mixer", (node, first)):
             reports.setdefault(int(epoch), []).append(ScoreReport.from_json(bytes(raw)))
         rows = {r.epoch: r for r in self.store.node_epochs(node) if r.epoch >= first}
-        return [compute_node_epoch_figures(node, e, reports.get(e, []), rows.get(e), self.preset)
+        challengers = self.store.challengers_by_epoch(first)
+        return [compute_node_epoch_figures(node, e, reports.get(e, []), rows.get(e), self.preset,
+                                           challengers=challengers.get(e, 0))
                 for e in sorted(set(reports) | set(rows))]
 
     def failures(self, node: str, limit: int = 50) -> list[FailedChallenge]:
@@ -223,10 +226,8 @@ class ValidatorHistory:
             rows = {r.node: r for r in self.store.epoch_node_rows(epoch)}
             scores = {node: r.score for node, r in rows.items()}
         else:
-            scores = {}
-            for node, challenges, failures, score_sum, fraud in self.store.report_totals(epoch):
-                entry = NodeEpochScore(node, challenges, failures, score_sum, list(fraud))
-                scores[node] = entry.epoch_score(self.preset)
+            scores = {node: entry.epoch_score(self.preset)
+                      for node, entry in self.store.epoch_node_scores(epoch).items()}
         listed = sorted(scores, key=lambda n: (-scores[n], n))[:limit]
         reports: dict[str, list[ScoreReport]] = {}
         for start in range(0, len(listed), _IN_CHUNK):
@@ -236,8 +237,10 @@ class ValidatorHistory:
                     f" ({','.join('?' * len(chunk))}) ORDER BY round, mixer", (epoch, *chunk)):
                 report = ScoreReport.from_json(bytes(raw))
                 reports.setdefault(report.node, []).append(report)
+        challengers = self.store.epoch_challengers(epoch)
         return final, [compute_node_epoch_figures(n, epoch, reports.get(n, []), rows.get(n),
-                                                  self.preset) for n in listed], len(scores)
+                                                  self.preset, challengers=challengers)
+                       for n in listed], len(scores)
 
 
 __all__ = [

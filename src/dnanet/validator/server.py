@@ -292,7 +292,8 @@ class ValidatorApi:
                 "flops_per_s": score.flops_per_s, "download_bps": score.download_bps,
                 "upload_bps": score.upload_bps, "fraud": Outcome(report.outcome).is_fraud,
             })
-        node_score = compute_node_epoch_scores(reports).get(address)
+        node_score = compute_node_epoch_scores(
+            reports, challengers=self.store.epoch_challengers(epoch)).get(address)
         scoring = self.preset.scoring
         # The node's leaf in this epoch's reward tree, once the rollup has computed it.
         claim = (self.tree_claim(address, epoch) if published

@@ -38,6 +38,7 @@ from dnanet.protocol.messages import (
     QuorumCertificate,
     ScoreReport,
 )
+from dnanet.protocol.scoring import NodeEpochScore, set_tolerated
 from dnanet.service.store import Store
 
 SCHEMA_VERSION = 1
@@ -542,19 +543,35 @@ class ValidatorStore(Store):
                           " ORDER BY node", (epoch,))
         return [_row_to_node_epoch(r) for r in rows]
 
-    def report_totals(self, epoch: int) -> list[tuple[str, int, int, int, tuple[bytes, ...]]]:
-        """Per node, from ``epoch``'s stored reports: (node, challenges, failures, sum of the
-        scores, struct hashes of the fraud reports), what ``NodeEpochScore`` aggregates."""
-        fraud: dict[str, list[bytes]] = {}
+    def epoch_challengers(self, epoch: int) -> int:
+        """How many mixers have a stored report in ``epoch`` (its challengers so far)."""
+        row = self.one("SELECT COUNT(DISTINCT mixer) FROM reports WHERE epoch=?", (epoch,))
+        return int(row[0]) if row else 0
+
+    def challengers_by_epoch(self, first: int) -> dict[int, int]:
+        """``epoch_challengers`` of every epoch from ``first`` on that has a report."""
+        return {int(e): int(n) for e, n in self.query(
+            "SELECT epoch, COUNT(DISTINCT mixer) FROM reports WHERE epoch >= ? GROUP BY epoch",
+            (first,))}
+
+    def epoch_node_scores(self, epoch: int) -> dict[str, NodeEpochScore]:
+        """Per node, ``epoch``'s stored reports aggregated as ``compute_node_epoch_scores``
+        does (challenges, failures per challenger, scores, fraud), without decoding them."""
+        out: dict[str, NodeEpochScore] = {}
         for node, report_hash in self.query(
                 "SELECT node, report_hash FROM reports WHERE epoch=? AND outcome=?",
                 (epoch, int(Outcome.WRONG_ANSWER))):
-            fraud.setdefault(node, []).append(bytes(report_hash))
-        rows = self.query(
-            "SELECT node, COUNT(*), SUM(outcome != ?), SUM(score) FROM reports WHERE epoch=?"
-            " GROUP BY node ORDER BY node", (int(Outcome.OK), epoch))
-        return [(node, challenges, failures, score_sum, tuple(fraud.get(node, ())))
-                for node, challenges, failures, score_sum in rows]
+            out.setdefault(node, NodeEpochScore(node)).fraud_reports.append(bytes(report_hash))
+        mixers: set[str] = set()
+        for node, mixer, challenges, failures, score_sum in self.query(
+                "SELECT node, mixer, COUNT(*), SUM(outcome != ?), SUM(score) FROM reports"
+                " WHERE epoch=? GROUP BY node, mixer ORDER BY node, mixer",
+                (int(Outcome.OK), epoch)):
+            mixers.add(mixer)
+            out.setdefault(node, NodeEpochScore(node)).add(mixer, challenges, failures,
+                                                           score_sum)
+        set_tolerated(out, len(mixers))
+        return dict(sorted(out.items()))
 
     def node_epoch(self, node: str, epoch: int) -> NodeEpochRow | None:
         row = self.one(f"SELECT {_NODE_EPOCH_COLUMNS} FROM node_epochs WHERE node=? AND epoch=?",
