@@ -71,9 +71,11 @@ def test_the_adversarial_scenario_pays_no_cheater_and_certifies_nothing_forged(
         assert (cheats[cheat]["punished_epoch"], cheats[cheat]["punishment"]) == (0, "fraud")
         assert cheats[cheat]["jailed_on_chain"]
     swapper = cheats["swapper"]
-    assert swapper["punishment"] == "strikes" and swapper["jailed_on_chain"]
+    assert swapper["punishment"] == "canaries" and swapper["jailed_on_chain"]
+    assert swapper["punished_epoch"] <= 1  # within two epochs, as fraud
     assert any("CANARY_FAILED" in why for why in swapper["why_each_epoch"])
     assert figures["cheaters_punished_on_chain"] == figures["detectable_cheats"] == 3
+    assert figures["punished_within_two_epochs"] == 3
     # Nothing the Byzantine mixer forged reached a certificate but its made-up failures
     # (undetectable: no node signature); inflations of these microsecond figures stay
     # within the plausibility check's 2 ms slack, so they are not counted against it here.

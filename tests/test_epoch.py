@@ -19,11 +19,13 @@ from dnanet.errors import CodecError, RollupError
 from dnanet.params import SCORE_ONE, TEST
 from dnanet.protocol.epoch import (
     EpochState,
+    compute_canary_evidence,
     compute_fraud_evidence,
     compute_reports_digest,
     compute_strike_evidence,
     process_epoch,
     process_epochs,
+    punishment_cause,
     select_epoch_reports,
 )
 from dnanet.protocol.messages import ZERO32, Outcome, Punishment, ScoreReport
@@ -224,6 +226,48 @@ def test_fraud_takes_precedence_over_a_strike() -> None:
     rollup = process_epoch(0, reports, state=EpochState(strikes={A: (0, 0)}), preset=TEST)
     assert A in rollup.strikes
     assert [(p.node, p.slash_bps) for p in rollup.punishments] == [(A, TEST.fraud_slash_bps)]
+
+
+FOUR_MIXERS = [address(f"mixer-{i}") for i in range(4)]
+
+
+def canary_epoch(failers: int) -> list[ScoreReport]:
+    """Each of four mixers (f = 1) challenges A three times and B once; the first ``failers``
+    of them found one canary answer of A wrong (far below the strike line)."""
+    out = []
+    for m, mixer in enumerate(FOUR_MIXERS):
+        out.append(report(B, mixer=mixer))
+        out += [report(A, round_=r, mixer=mixer, outcome=Outcome.CANARY_FAILED
+                       if m < failers and r == 0 else Outcome.OK) for r in range(3)]
+    return out
+
+
+@pytest.mark.parametrize("failers", [0, 1])
+def test_canary_failures_of_up_to_f_mixers_are_no_punishment(failers: int) -> None:
+    rollup = process_epoch(0, canary_epoch(failers), state=EpochState(), preset=TEST)
+    assert rollup.punishments == () and not rollup.strikes
+    assert rollup.epoch_scores[A] > 0
+
+
+@pytest.mark.parametrize("failers", [2, 3, 4])
+def test_canary_failures_of_more_than_f_mixers_jail_and_slash_at_once(failers: int) -> None:
+    reports = canary_epoch(failers)
+    rollup = process_epoch(0, reports, state=EpochState(), preset=TEST)
+    caught = [r.hash_struct() for r in reports if r.outcome == Outcome.CANARY_FAILED]
+    assert rollup.punishments == (
+        Punishment(node=A, epoch=0, jail=True, slash_bps=TEST.canary_slash_bps,
+                   evidence_digest=compute_canary_evidence(caught)),
+    )
+    assert punishment_cause(rollup.punishments[0].slash_bps, TEST) == "canaries"
+    assert rollup.epoch_scores[A] == 0 and A not in rollup.rewards
+    assert A not in rollup.strikes  # one canary of three per mixer is far below the line
+    assert rollup.next_state.strikes == {}
+
+
+def test_each_punishment_names_its_cause() -> None:
+    assert {punishment_cause(bps, TEST) for bps in (TEST.fraud_slash_bps, TEST.canary_slash_bps,
+                                                    TEST.strike_slash_bps)} == {
+        "fraud", "canaries", "strikes"}
 
 
 def striking_epoch(epoch: int) -> list[ScoreReport]:

@@ -54,6 +54,7 @@ from dnanet.errors import DnanetError
 from dnanet.gateway.app import GatewayConfig
 from dnanet.keyfiles import derive_vrf_public_key
 from dnanet.params import Preset, format_dna, format_dna_short
+from dnanet.protocol.epoch import punishment_cause
 from dnanet.scenarios import (
     MARKS,
     NODE_ACTIONS,
@@ -418,8 +419,7 @@ class ScenarioMixin:
         info = await self._get_json(f"{self.validator_url}/v1/epochs/{epoch}") or {}
         for entry in info.get("punishments", []):
             punishment = entry["punishment"]
-            why = "fraud" if punishment["slashBps"] == self.preset.fraud_slash_bps \
-                else "strikes"
+            why = punishment_cause(punishment["slashBps"], self.preset)
             self.mark(punishment["node"], epoch, f"punished({why})")
         fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(EpochSummary)}
         return ScenarioEpochSummary(

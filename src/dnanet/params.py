@@ -118,6 +118,10 @@ class Preset:
     """This many strikes within ``strike_window_epochs`` lead to a punishment."""
     strike_window_epochs: int = 8
     strike_slash_bps: int = 500
+    canary_slash_bps: int = 1_000
+    """A node whose canary answers more than ``f`` of the epoch's challengers found wrong (so
+    at least one honest mixer did) is jailed and slashed this much at once: it served a model
+    other than the one it advertises (docs/scoring.md, "Punishments")."""
     fraud_slash_bps: int = 5_000
     scoring: ScoringParams = field(default_factory=ScoringParams)
 

@@ -35,6 +35,7 @@ from dnanet.adversary.roles import DETECTION, is_detectable
 from dnanet.crypto.eip712 import Domain
 from dnanet.errors import DnanetError
 from dnanet.params import Preset
+from dnanet.protocol.epoch import punishment_cause
 from dnanet.protocol.messages import Outcome, QuorumCertificate, ScoreReport
 from dnanet.protocol.plausibility import PlausibilityPolicy
 from dnanet.protocol.scoring import compute_tolerated_challengers
@@ -61,6 +62,9 @@ def explain_node_epoch(detail: Mapping[str, Any] | None, preset: Preset) -> str:
     share = f"{len(failed)}/{detail['challenges']} failed"
     if detail.get("fraud"):
         return f"fraud: {share} ({outcomes}){first}: nothing, then jail and slash"
+    if detail.get("canaries"):
+        return (f"canaries: {share} ({outcomes}){first}: answers found wrong by more than f "
+                "mixers: nothing, then jail and slash")
     if detail.get("strike"):
         return (f"strike: {share} ({outcomes}), more than {preset.strike_fail_numerator}/"
                 f"{preset.strike_fail_denominator}{first}: nothing this epoch")
@@ -195,7 +199,7 @@ def compute_figures(evidence: Evidence) -> dict[str, Any]:
     for epoch in evidence.epochs:
         for item in evidence.punishments.get(epoch, []):
             p = item["punishment"]
-            kind = "fraud" if p["slashBps"] == evidence.preset.fraud_slash_bps else "strikes"
+            kind = punishment_cause(p["slashBps"], evidence.preset)
             punished.setdefault(p["node"].lower(), (epoch, kind))
     honest_shares = [_share(_reward(evidence, a), paid) for a in evidence.honest]
     cheats: dict[str, Any] = {}

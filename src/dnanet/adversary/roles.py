@@ -28,9 +28,10 @@ class Detection:
     detectable: bool
     """Whether a mixer can tell the cheat from honest work (and the rules make it earn 0)."""
     punishment: str | None
-    """``fraud`` (jailed and slashed when the epoch settles) or ``strikes`` (jailed and
-    slashed after ``strikes_to_punish`` epochs with more than a third failed); None when it
-    is not punished."""
+    """``fraud`` (jailed and slashed when the epoch settles), ``canaries`` (the same, once
+    more than ``f`` mixers found its canary answers wrong in one epoch) or ``strikes`` (jailed
+    and slashed after ``strikes_to_punish`` epochs with more than a third failed); None when
+    it is not punished."""
     how: str
     """What catches it, or why nothing can."""
 
@@ -52,10 +53,11 @@ DETECTION: dict[str, Detection] = {d.cheat: d for d in (
               "asked: the network pays per identity for what was measured when it was "
               "challenged, and a machine's challenges rarely overlap; each identity must "
               "stake, and overlapping sessions slow both"),
-    Detection("swapper", True, "strikes",
+    Detection("swapper", True, "canaries",
               "canaries: known-answer requests compared with the mixer's own copy of the "
               "model (cosine 0.99); each wrong answer turns the mixer's next report of the "
-              "node into CANARY_FAILED, and more than a third failed is a strike"),
+              "node into CANARY_FAILED, and wrong answers found by more than f of the "
+              "epoch's mixers (at least one honest) jail and slash it when the epoch settles"),
     Detection("selective", False, None,
               "canaries are told apart from users' requests: their texts come from public "
               "templates over a fixed word list (dnanet.gateway.canary), so a node answers "

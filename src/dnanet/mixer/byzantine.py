@@ -19,9 +19,9 @@ behaviour                what it does                                           
 
 A fabricated *failure* (TIMEOUT, UNREACHABLE) carries no node signature and cannot be told
 from a real one; its reach is bounded: a mixer reports only the nodes the VRF assigns it
-(about 1/n of each node's challenges), which alone cannot push an honest node past the strike
-threshold (more than 1/3 failed) while fewer than a third of the mixers are faulty
-(docs/protocol.md, "Threat model").
+(about 1/n of each node's challenges), and the strike rule sets aside the failures of the
+``f`` challengers that reported the most of a node's, so up to ``f`` faulty mixers strike no
+honest node (docs/protocol.md, "Threat model"; docs/scoring.md, "Corroborated failures").
 """
 
 from __future__ import annotations

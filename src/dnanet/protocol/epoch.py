@@ -9,7 +9,8 @@ auditor perform identically:
 3. ``compute_epoch_rewards``: the epoch's emission split by score (integers, exact sum);
 4. ``compute_cumulative``: each node's all-time total, the amount its leaf commits to;
 5. ``RewardTree.build``: the OpenZeppelin-compatible tree over ``(address, cumulative)``;
-6. ``compute_punishments``: fraud and repeated strikes;
+6. ``compute_punishments``: fraud, canary answers found wrong by more than ``f`` mixers, and
+   repeated strikes;
 7. the ``EpochSettlement`` that the mixers sign and the distributor checks;
 8. ``compute_next_strikes``: the strikes carried forward (a punishment uses up the strikes
    behind it; strikes older than the window are dropped).
@@ -144,6 +145,10 @@ def compute_fraud_evidence(fraud_report_hashes: Sequence[bytes]) -> bytes:
     return keccak256(b"dnanet/fraud" + b"".join(sorted(fraud_report_hashes)))
 
 
+def compute_canary_evidence(canary_report_hashes: Sequence[bytes]) -> bytes:
+    return keccak256(b"dnanet/canaries" + b"".join(sorted(canary_report_hashes)))
+
+
 def compute_punishments(
     epoch: int,
     node_scores: Mapping[str, NodeEpochScore],
@@ -152,9 +157,12 @@ def compute_punishments(
 ) -> tuple[tuple[str, ...], tuple[Punishment, ...]]:
     """This epoch's strikes, and the punishments they and any fraud lead to.
 
-    Fraud (a signed wrong answer) jails and slashes ``fraud_slash_bps`` at once. A strike is an
-    epoch with too many failures; ``strikes_to_punish`` strikes within the last
-    ``strike_window_epochs`` epochs (this one included) jail and slash ``strike_slash_bps``.
+    Fraud (a signed wrong answer) jails and slashes ``fraud_slash_bps`` at once. Canary
+    answers found wrong by more than ``f`` of the epoch's challengers
+    (``NodeEpochScore.is_canary_cheat``) jail and slash ``canary_slash_bps`` at once. A strike
+    is an epoch with too many corroborated failures; ``strikes_to_punish`` strikes within the
+    last ``strike_window_epochs`` epochs (this one included) jail and slash
+    ``strike_slash_bps``.
     """
     strikes = tuple(sorted(n for n, s in node_scores.items() if s.is_striking(preset)))
     punishments: list[Punishment] = []
@@ -165,6 +173,14 @@ def compute_punishments(
                 Punishment(
                     node=node, epoch=epoch, jail=True, slash_bps=preset.fraud_slash_bps,
                     evidence_digest=compute_fraud_evidence(entry.fraud_reports),
+                )
+            )
+            continue
+        if entry.is_canary_cheat():
+            punishments.append(
+                Punishment(
+                    node=node, epoch=epoch, jail=True, slash_bps=preset.canary_slash_bps,
+                    evidence_digest=compute_canary_evidence([h for _, h in entry.canary_reports]),
                 )
             )
             continue
@@ -182,6 +198,16 @@ def compute_punishments(
                 )
             )
     return strikes, tuple(punishments)
+
+
+def punishment_cause(slash_bps: int, preset: Preset) -> str:
+    """What a punishment of ``preset`` with ``slash_bps`` was for: "fraud", "canaries" or
+    "strikes" (each cause has its own slash; see ``compute_punishments``)."""
+    if slash_bps == preset.fraud_slash_bps:
+        return "fraud"
+    if slash_bps == preset.canary_slash_bps:
+        return "canaries"
+    return "strikes"
 
 
 def compute_next_strikes(
@@ -274,6 +300,7 @@ def process_epochs(
 __all__ = [
     "EpochRollup",
     "EpochState",
+    "compute_canary_evidence",
     "compute_fraud_evidence",
     "compute_next_strikes",
     "compute_punishments",
@@ -281,5 +308,6 @@ __all__ = [
     "compute_strike_evidence",
     "process_epoch",
     "process_epochs",
+    "punishment_cause",
     "select_epoch_reports",
 ]

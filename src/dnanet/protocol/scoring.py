@@ -16,7 +16,8 @@ score and agree bit for bit on every machine.
 A challenge whose outcome is not OK scores 0. A node's epoch score is the sum of its challenge
 scores divided by the number of challenges it was given (failures count as zero). A node that
 failed more than ``strike_fail_numerator / strike_fail_denominator`` of them earns nothing and
-gets a strike; a node that signed a wrong answer (fraud) earns nothing and is punished.
+gets a strike; a node that signed a wrong answer (fraud), or whose canary answers more than
+``f`` of the epoch's challengers found wrong, earns nothing and is punished.
 
 Failures are counted for a strike only where they are corroborated: a failure carries no
 signature of the node, so up to ``f`` faulty mixers could report every challenge they were
@@ -224,6 +225,8 @@ class NodeEpochScore:
     """Per challenging mixer: (challenges, failures) of this node."""
     tolerated: int = 0
     """Challengers whose failures may be set aside (``compute_tolerated_challengers``)."""
+    canary_reports: list[tuple[str, bytes]] = field(default_factory=list)
+    """(mixer, hashStruct) of each CANARY_FAILED report: a wrong answer to a known question."""
 
     @property
     def fraud(self) -> bool:
@@ -236,6 +239,15 @@ class NodeEpochScore:
         self.challenges += challenges
         self.failures += failures
         self.score_sum += score_sum
+
+    def canary_failers(self) -> tuple[str, ...]:
+        """The challengers that found a canary answer of the node wrong."""
+        return tuple(sorted({mixer for mixer, _ in self.canary_reports}))
+
+    def is_canary_cheat(self) -> bool:
+        """More than ``tolerated`` challengers found its canary answers wrong: at least one of
+        them is honest, so the node served another model than the one it advertises."""
+        return len(self.canary_failers()) > self.tolerated
 
     def set_aside(self) -> tuple[str, ...]:
         """The ``tolerated`` challengers whose failures are not counted for a strike: those that
@@ -260,8 +272,10 @@ class NodeEpochScore:
         )
 
     def epoch_score(self, preset: Preset) -> int:
-        """The score that earns rewards: 0 for fraud or too many failures."""
-        if self.challenges == 0 or self.fraud or self.is_striking(preset):
+        """The score that earns rewards: 0 for fraud, a corroborated canary failure
+        (``is_canary_cheat``) or too many failures."""
+        if self.challenges == 0 or self.fraud or self.is_canary_cheat() \
+                or self.is_striking(preset):
             return 0
         return self.score_sum // self.challenges
 
@@ -283,6 +297,8 @@ def compute_node_epoch_scores(reports: Iterable[ScoreReport], *,
         entry.add(report.mixer, 1, int(report.outcome != Outcome.OK), report.score)
         if report.outcome == Outcome.WRONG_ANSWER:  # fraud (see Outcome.is_fraud)
             entry.fraud_reports.append(report.hash_struct())
+        elif report.outcome == Outcome.CANARY_FAILED:
+            entry.canary_reports.append((report.mixer, report.hash_struct()))
     return set_tolerated(out, len(mixers) if challengers is None else challengers)
 
 

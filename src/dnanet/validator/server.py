@@ -306,6 +306,7 @@ class ValidatorApi:
             "failures": node_score.failures if node_score else 0,
             "strike": bool(node_score and node_score.is_striking(self.preset)),
             "fraud": bool(node_score and node_score.fraud),
+            "canaries": bool(node_score and node_score.is_canary_cheat()),
             "epoch_score": row.score if row else (
                 node_score.epoch_score(self.preset) if node_score else 0),
             "reward": row.reward if row else 0,
