@@ -277,18 +277,20 @@ def striking_epoch(epoch: int) -> list[ScoreReport]:
 
 def test_third_strike_within_the_window_is_punished_not_before() -> None:
     assert TEST.strikes_to_punish == 3
-    rollups = process_epochs([striking_epoch(e) for e in range(6)], TEST)
-    assert all(r.strikes == (A,) for r in rollups)
+    rollups = process_epochs([striking_epoch(e) for e in range(7)], TEST)
+    assert [r.strikes for r in rollups] == [(A,), (A,), (A,), (), (A,), (A,), (A,)]
     assert all(r.epoch_scores[A] == 0 and A not in r.rewards for r in rollups)
     assert rollups[0].punishments == rollups[1].punishments == ()
     assert rollups[2].punishments == (
         Punishment(node=A, epoch=2, jail=True, slash_bps=TEST.strike_slash_bps,
                    evidence_digest=compute_strike_evidence(A, [0, 1, 2])),
     )
-    # A punishment uses up the strikes behind it: counting starts again, so the next one
-    # comes three strikes later, with only those strikes as evidence.
-    assert rollups[3].punishments == rollups[4].punishments == ()
-    assert rollups[5].punishments[0].evidence_digest == compute_strike_evidence(A, [3, 4, 5])
+    # A punishment uses up the strikes behind it, and the epoch after it (its jail lands
+    # then) counts no strike: the next punishment comes three strikes later, with only those
+    # strikes as evidence.
+    assert rollups[2].next_state.sentenced == (A,) and rollups[3].next_state.sentenced == ()
+    assert rollups[3].punishments == rollups[4].punishments == rollups[5].punishments == ()
+    assert rollups[6].punishments[0].evidence_digest == compute_strike_evidence(A, [4, 5, 6])
 
 
 def test_exactly_a_third_failed_is_no_strike() -> None:
@@ -334,7 +336,32 @@ def test_a_punished_node_that_fails_again_before_its_jail_lands_is_not_punished_
     rollups = process_epochs([striking_epoch(e) for e in range(4)], TEST)
     assert [len(r.punishments) for r in rollups] == [0, 0, 1, 0]
     assert rollups[2].next_state.strikes == {}
-    assert rollups[3].next_state.strikes == {A: (3,)}
+    assert rollups[3].next_state.strikes == {}  # sentenced at 2: epoch 3 counts no strike
+
+
+def test_a_sentenced_node_earns_nothing_and_is_not_punished_again_until_its_jail_lands() -> None:
+    # A node caught in epoch 0 keeps cheating in epoch 1 until its jail (executed once epoch 0
+    # settles, during epoch 1) lands: no second punishment, nothing earned; from epoch 2 on
+    # (unjailed, honest again) it earns as anyone.
+    fraud = [report(A, round_=0, epoch=e, outcome=Outcome.WRONG_ANSWER) for e in range(2)]
+    epochs = [[fraud[0], report(B)],
+              [fraud[1], report(A, round_=1, epoch=1), report(B, epoch=1)],
+              [report(A, epoch=2), report(B, epoch=2)]]
+    rollups = process_epochs(epochs, TEST)
+    assert [[p.node for p in r.punishments] for r in rollups] == [[A], [], []]
+    assert rollups[0].next_state.sentenced == (A,)
+    assert rollups[1].epoch_scores[A] == 0 and A not in rollups[1].rewards
+    assert rollups[1].next_state.sentenced == ()
+    assert rollups[2].epoch_scores[A] == rollups[2].epoch_scores[B] > 0
+
+
+def test_a_sentenced_state_round_trips_and_a_state_without_keeps_its_digest() -> None:
+    state = EpochState(epoch=3, cumulative={A: 5}, strikes={B: (2,)},
+                       sentenced=tuple(sorted((A, C))))
+    assert EpochState.from_wire(json.loads(json.dumps(state.to_wire()))) == state
+    plain = EpochState(epoch=3, cumulative={A: 5})
+    assert "sentenced" not in plain.to_wire()
+    assert plain.digest() != state.digest()
 
 
 def test_strikes_older_than_the_window_are_dropped_from_the_carried_state() -> None:
@@ -369,6 +396,11 @@ def test_a_state_for_another_epoch_is_refused() -> None:
     {"epoch": 0, "cumulative": {A: "-5"}, "strikes": {}},
     {"epoch": 0, "cumulative": {}, "strikes": {A: ["x"]}},
     {"epoch": True, "cumulative": {}, "strikes": {}},
+    {"epoch": 0, "cumulative": {}, "strikes": {}, "sentenced": []},
+    {"epoch": 0, "cumulative": {}, "strikes": {}, "sentenced": sorted([A, B], reverse=True)},
+    {"epoch": 0, "cumulative": {}, "strikes": {}, "sentenced": [A, A]},
+    {"epoch": 0, "cumulative": {}, "strikes": {}, "sentenced": A},
+    {"epoch": 0, "cumulative": {}, "strikes": {}, "jailed": []},
 ])
 def test_a_malformed_state_is_refused_by_name(data: object) -> None:
     with pytest.raises(CodecError) as exc:
@@ -409,7 +441,11 @@ def test_rewards_are_conserved_and_every_total_has_a_proof(
         # Only a node with a positive epoch score is paid; fraud is always punished.
         assert all(rollup.epoch_scores[n] > 0 for n in rollup.rewards)
         fraud = {r.node for r in rollup.reports if r.outcome == Outcome.WRONG_ANSWER}
-        assert fraud <= {p.node for p in rollup.punishments if p.slash_bps == TEST.fraud_slash_bps}
+        sentenced = set(rollups[rollup.epoch - 1].next_state.sentenced) if rollup.epoch else set()
+        # ... unless its jail for an earlier punishment has not landed yet (one per offence).
+        assert fraud - sentenced <= {
+            p.node for p in rollup.punishments if p.slash_bps == TEST.fraud_slash_bps}
+        assert not sentenced & set(rollup.rewards)
         assert not fraud & set(rollup.rewards)
         positive = {n: v for n, v in rollup.cumulative.items() if v > 0}
         if not positive:

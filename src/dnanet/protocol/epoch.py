@@ -47,26 +47,42 @@ class EpochState:
     ``cumulative``: each node's all-time reward (wei), the amount its leaf commits to.
     ``strikes``: per node, the epochs of its strikes that are still within the strike window
     and not yet used up by a punishment (sorted).
+    ``sentenced``: the nodes the epoch before punished (sorted). Their jail is executed only
+    after that epoch settles, during this one: until it lands they are still challenged, but
+    what they do meanwhile earns nothing and is not punished again (one punishment per
+    offence).
     """
 
     epoch: int = 0
     cumulative: Mapping[str, int] = field(default_factory=dict)
     strikes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    sentenced: tuple[str, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
-        """Canonical JSON form (amounts as decimal strings: they exceed 2**53)."""
-        return {
+        """Canonical JSON form (amounts as decimal strings: they exceed 2**53); ``sentenced``
+        only when there are any (a state without keeps the form, and digest, it had before)."""
+        out: dict[str, Any] = {
             "epoch": self.epoch,
             "cumulative": {a: str(v) for a, v in sorted(self.cumulative.items())},
             "strikes": {a: list(e) for a, e in sorted(self.strikes.items()) if e},
         }
+        if self.sentenced:
+            out["sentenced"] = sorted(self.sentenced)
+        return out
 
     @classmethod
     def from_wire(cls, data: Any) -> EpochState:
         """Parse ``to_wire``'s form; raises CodecError naming what is wrong."""
-        if not isinstance(data, dict) or set(data) != {"epoch", "cumulative", "strikes"}:
-            raise CodecError("expected an object with epoch, cumulative and strikes",
-                             field="state")
+        if not isinstance(data, dict) or not (
+                {"epoch", "cumulative", "strikes"} <= set(data)
+                <= {"epoch", "cumulative", "strikes", "sentenced"}):
+            raise CodecError("expected an object with epoch, cumulative, strikes and "
+                             "optionally sentenced", field="state")
+        sentenced = data.get("sentenced", [])
+        if not isinstance(sentenced, list) or not all(isinstance(a, str) for a in sentenced) \
+                or sentenced != sorted(set(sentenced)) or (not sentenced and "sentenced" in data):
+            raise CodecError("must be a non-empty sorted list of distinct addresses",
+                             field="state.sentenced")
         epoch, cumulative, strikes = data["epoch"], data["cumulative"], data["strikes"]
         if type(epoch) is not int or epoch < 0:
             raise CodecError("must be a non-negative integer", field="state.epoch")
@@ -81,7 +97,7 @@ class EpochState:
         if len(totals) != len(cumulative) or any(v < 0 for v in totals.values()):
             raise CodecError("amounts must be non-negative decimal strings",
                              field="state.cumulative")
-        return cls(epoch=epoch, cumulative=totals, strikes=live)
+        return cls(epoch=epoch, cumulative=totals, strikes=live, sentenced=tuple(sentenced))
 
     def digest(self) -> bytes:
         """keccak256 of the canonical JSON form: two parties carry the same state iff equal."""
@@ -154,6 +170,7 @@ def compute_punishments(
     node_scores: Mapping[str, NodeEpochScore],
     strike_history: Mapping[str, Sequence[int]],
     preset: Preset,
+    sentenced: Iterable[str] = (),
 ) -> tuple[tuple[str, ...], tuple[Punishment, ...]]:
     """This epoch's strikes, and the punishments they and any fraud lead to.
 
@@ -162,11 +179,14 @@ def compute_punishments(
     (``NodeEpochScore.is_canary_cheat``) jail and slash ``canary_slash_bps`` at once. A strike
     is an epoch with too many corroborated failures; ``strikes_to_punish`` strikes within the
     last ``strike_window_epochs`` epochs (this one included) jail and slash
-    ``strike_slash_bps``.
+    ``strike_slash_bps``. A node already ``sentenced`` (punished the epoch before, its jail
+    not landed yet) gets neither strikes nor another punishment.
     """
-    strikes = tuple(sorted(n for n, s in node_scores.items() if s.is_striking(preset)))
+    done = set(sentenced)
+    strikes = tuple(sorted(n for n, s in node_scores.items()
+                           if n not in done and s.is_striking(preset)))
     punishments: list[Punishment] = []
-    for node in sorted(node_scores):
+    for node in sorted(set(node_scores) - done):
         entry = node_scores[node]
         if entry.fraud:
             punishments.append(
@@ -246,12 +266,15 @@ def process_epoch(
                           field="state")
     selected = select_epoch_reports(epoch, reports)
     node_scores = compute_node_epoch_scores(selected)
-    epoch_scores = compute_epoch_scores(node_scores, preset)
+    # A sentenced node earns nothing until its jail lands (and it is unjailed).
+    epoch_scores = {node: 0 if node in state.sentenced else score
+                    for node, score in compute_epoch_scores(node_scores, preset).items()}
     rewards = compute_epoch_rewards(epoch_scores, preset.epoch_emission(epoch))
     cumulative = compute_cumulative(state.cumulative, rewards)
     entries = [(addr, amount) for addr, amount in sorted(cumulative.items()) if amount > 0]
     tree = RewardTree.build(entries) if entries else None
-    strikes, punishments = compute_punishments(epoch, node_scores, state.strikes, preset)
+    strikes, punishments = compute_punishments(epoch, node_scores, state.strikes, preset,
+                                               state.sentenced)
     settlement = EpochSettlement(
         epoch=epoch,
         rewards_root=tree.root if tree is not None else ZERO32,
@@ -263,6 +286,7 @@ def process_epoch(
         cumulative=cumulative,
         strikes=compute_next_strikes(epoch, state.strikes, strikes,
                                      (p.node for p in punishments), preset),
+        sentenced=tuple(sorted({p.node for p in punishments})),
     )
     return EpochRollup(
         epoch=epoch,
