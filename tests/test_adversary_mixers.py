@@ -18,14 +18,16 @@ from dnanet.adversary.proof import (
     compute_mixer_certified,
 )
 from dnanet.adversary.roles import MIXER_BEHAVIOURS
-from dnanet.errors import DnanetError, ProtocolError
+from dnanet.errors import ProtocolError
 from dnanet.mixer.byzantine import Behaviour, compute_inflated_report
 from dnanet.mixer.sessions import TransportFactory
 from dnanet.params import LOCAL, TEST
 from dnanet.protocol.epoch import EpochState, process_epoch
 from dnanet.protocol.messages import Outcome, SettlementRequest, compute_failed_report
+from dnanet.protocol.plausibility import PlausibilityPolicy
 from dnanet.protocol.schedule import RoundId
-from test_byzantine import arm, best_known, honest_history
+from dnanet.protocol.validation import BatchRejected
+from test_byzantine import arm, best_known, honest_history, timed_like
 from test_mixer import (
     MixerNet,
     local_nodes,  # noqa: F401 - a fixture
@@ -127,17 +129,26 @@ def test_a_withheld_settlement_request_is_released_when_the_mixer_stops(
     run(main())
 
 
-@pytest.mark.xfail(strict=True, reason="open gap (docs/protocol.md section 10): co-signers "
-                   "compare a report's figures only with three or more reports of the node by "
-                   "other mixers; in a node's first rounds an inflated report is signed")
 def test_an_inflated_report_of_a_nodes_first_round_is_refused(tmp_path: Path) -> None:
+    """No report of the node by another mixer yet: the others' recent figures of every node of
+    its class bound how fast it may be claimed to be."""
     async def main() -> None:
         async with mixer_net(tmp_path) as net:
+            history = await honest_history(net, 4)
             origin = net.gw.mixers[net.origin]
             first = next(r for r in net.own_reports() if r.outcome == Outcome.OK)
+            others = [r for r in history if r.node != first.node]
+            peer = net.others[0]
+            peer.book.policy = PlausibilityPolicy(min_samples=2, slack_us=0)
+            peer.book.add(r for r in others if r.mixer != origin.address)
             inflated = compute_inflated_report(first, net.gw.preset, 20)
-            with pytest.raises(DnanetError):  # BatchRejected: implausibly fast
-                net.others[0].cosigner.cosign(proposal_of(origin, net.gw, [inflated]))
+            with pytest.raises(BatchRejected) as refused:
+                peer.cosigner.cosign(proposal_of(origin, net.gw, [inflated]))
+            assert "any node of its class" in str(refused.value)
+            # Timed as the slowest the others measured of any node, it is signed.
+            slowest = max((r for r in others if r.mixer != origin.address
+                           and r.outcome == Outcome.OK), key=lambda r: r.compute_us)
+            peer.cosigner.cosign(proposal_of(origin, net.gw, [timed_like(first, slowest, net)]))
 
     run(main())
 

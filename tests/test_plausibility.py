@@ -13,6 +13,7 @@ from dnanet.protocol.messages import ZERO32, Outcome, ScoreReport
 from dnanet.protocol.plausibility import (
     PlausibilityPolicy,
     compute_measurement_reference,
+    select_network_reports,
     select_reference_reports,
     verify_plausible_measurements,
 )
@@ -81,6 +82,27 @@ def test_a_figure_within_the_slack_of_the_median_always_passes() -> None:
 def test_too_few_reference_reports_check_nothing() -> None:
     reference = compute_measurement_reference(HONEST[:2], policy=POLICY)
     verify_plausible_measurements(report(compute=1), reference, POLICY)
+
+
+def test_a_new_node_is_bounded_by_the_fastest_of_its_class_on_the_faster_side_only() -> None:
+    own = compute_measurement_reference(HONEST[:2], policy=POLICY)  # too few of its own
+    network = compute_measurement_reference(HONEST, policy=POLICY)  # other nodes of its class
+    with pytest.raises(ScoringError, match="any node of its class") as refused:
+        verify_plausible_measurements(report(compute=20_000), own, POLICY, network)
+    assert refused.value.field == "computeUs"
+    verify_plausible_measurements(report(compute=30_000), own, POLICY, network)
+    # Slower than every node is a new node's right: no upper bound without its own reference.
+    verify_plausible_measurements(report(compute=10**9, down=10**9), own, POLICY, network)
+    # Without a network reference (a new co-signer) nothing is checked, as before.
+    verify_plausible_measurements(report(compute=1), own, POLICY, None)
+
+
+def test_the_network_reference_takes_other_mixers_reports_of_the_class() -> None:
+    mine = report(MIXERS[0], round_=9)
+    other_class = replace(report(MIXERS[1], round_=8), hardware_class=1)
+    chosen = select_network_reports([*HONEST, mine, other_class], MIXERS[0], 0, 4)
+    assert mine not in chosen and other_class not in chosen
+    assert [r.round for r in chosen] == [5, 4, 3, 2]
 
 
 def test_failed_reports_neither_count_nor_are_checked() -> None:

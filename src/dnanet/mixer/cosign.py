@@ -29,6 +29,7 @@ from dnanet.protocol.messages import BatchProposal, CoSignature, Outcome, ScoreR
 from dnanet.protocol.plausibility import (
     PlausibilityPolicy,
     compute_measurement_reference,
+    select_network_reports,
     select_reference_reports,
     verify_plausible_measurements,
 )
@@ -46,6 +47,8 @@ from dnanet.service.views import ViewCache
 REFERENCE_WINDOW = 16
 """Recent OK reports of other mixers per node that a report's figures are compared with."""
 KEPT_PER_NODE = 64
+NETWORK_WINDOW = 64
+"""Recent OK reports of other mixers, over every node of a class: a new node's reference."""
 
 
 class MeasurementBook:
@@ -68,10 +71,16 @@ class MeasurementBook:
         """Raise ScoringError if ``report``'s figures are implausible beside the others'."""
         with self._lock:
             known = list(self._by_node.get(report.node, ()))
+            everyone = [r for reports in self._by_node.values() for r in reports]
         reference = compute_measurement_reference(
             select_reference_reports(known, report.mixer, report.node, REFERENCE_WINDOW),
             policy=self.policy)
-        verify_plausible_measurements(report, reference, self.policy)
+        network = None
+        if any(span is None for span in reference.ranges.values()):
+            network = compute_measurement_reference(
+                select_network_reports(everyone, report.mixer, report.hardware_class,
+                                       NETWORK_WINDOW), policy=self.policy)
+        verify_plausible_measurements(report, reference, self.policy, network)
 
 
 class CoSigner:

@@ -72,15 +72,22 @@ def compute_measurement_reference(reports: Iterable[ScoreReport], *,
 
 
 def verify_plausible_measurements(report: ScoreReport, reference: MeasurementReference,
-                                  policy: PlausibilityPolicy) -> None:
+                                  policy: PlausibilityPolicy,
+                                  network: MeasurementReference | None = None) -> None:
     """Raise ScoringError (naming the field) if an OK report's timed figure lies beyond the
     policy's ratios of the range the others measured (and beyond the slack); failed reports
-    carry no figures to check."""
+    carry no figures to check. Where the node has too few reference measurements yet (its
+    first rounds), ``network`` (the others' recent figures of every node of its class) bounds
+    the faster side only: a new node may be slower than any, not faster than the fastest."""
     if report.outcome != Outcome.OK:
         return
     for attr, name in MEASURED:
         span = reference.ranges.get(attr)
         claimed = getattr(report, attr)
+        whom = "this node"
+        if span is None and network is not None and network.ranges.get(attr) is not None:
+            fastest, _ = network.ranges[attr] or (0, 0)
+            span, whom = (fastest, 2**63), "any node of its class"
         if span is None or claimed <= 0:
             continue
         shortest, longest = span
@@ -88,10 +95,19 @@ def verify_plausible_measurements(report: ScoreReport, reference: MeasurementRef
                           else (policy.faster, policy.slower))
         if claimed * faster < shortest and shortest - claimed > policy.slack_us:
             raise ScoringError(f"{claimed} us is over {faster:g}x faster than the fastest the "
-                               f"other mixers measured of this node ({shortest} us)", field=name)
+                               f"other mixers measured of {whom} ({shortest} us)", field=name)
         if claimed > longest * slower and claimed - longest > policy.slack_us:
             raise ScoringError(f"{claimed} us is over {slower:g}x slower than the slowest the "
                                f"other mixers measured of this node ({longest} us)", field=name)
+
+
+def select_network_reports(reports: Sequence[ScoreReport], mixer: str, hardware_class: int,
+                           window: int) -> list[ScoreReport]:
+    """The ``window`` newest reports of nodes of ``hardware_class`` by mixers other than
+    ``mixer``: the reference of a node that has too few of its own."""
+    chosen = [r for r in reports if r.hardware_class == hardware_class and r.mixer != mixer]
+    chosen.sort(key=lambda r: (r.epoch, r.round), reverse=True)
+    return chosen[:window]
 
 
 def select_reference_reports(reports: Sequence[ScoreReport], mixer: str, node: str,
@@ -107,6 +123,7 @@ __all__ = [
     "MeasurementReference",
     "PlausibilityPolicy",
     "compute_measurement_reference",
+    "select_network_reports",
     "select_reference_reports",
     "verify_plausible_measurements",
 ]
