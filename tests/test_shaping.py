@@ -152,8 +152,8 @@ def test_a_rate_cap_is_shared_by_every_connection() -> None:
     async def go() -> None:
         async with probe_through(shape) as port:
             started = time.perf_counter()
-            results = await asyncio.gather(measure(port, each, echoes=1),
-                                           measure(port, each, echoes=1))
+            await asyncio.gather(measure(port, each, echoes=1),
+                                 measure(port, each, echoes=1))
             elapsed = time.perf_counter() - started
         # The two together are held to the link: a connection's own figure is not (the probe
         # times an upload at the sender, whose buffers fill faster than the link drains).
