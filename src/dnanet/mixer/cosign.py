@@ -71,12 +71,13 @@ class MeasurementBook:
         """Raise ScoringError if ``report``'s figures are implausible beside the others'."""
         with self._lock:
             known = list(self._by_node.get(report.node, ()))
-            everyone = [r for reports in self._by_node.values() for r in reports]
         reference = compute_measurement_reference(
             select_reference_reports(known, report.mixer, report.node, REFERENCE_WINDOW),
             policy=self.policy)
         network = None
-        if any(span is None for span in reference.ranges.values()):
+        if any(span is None for span in reference.ranges.values()):  # a node's first rounds
+            with self._lock:
+                everyone = [r for reports in self._by_node.values() for r in reports]
             network = compute_measurement_reference(
                 select_network_reports(everyone, report.mixer, report.hardware_class,
                                        NETWORK_WINDOW), policy=self.policy)

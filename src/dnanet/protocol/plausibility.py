@@ -85,9 +85,9 @@ def verify_plausible_measurements(report: ScoreReport, reference: MeasurementRef
         span = reference.ranges.get(attr)
         claimed = getattr(report, attr)
         whom = "this node"
-        if span is None and network is not None and network.ranges.get(attr) is not None:
-            fastest, _ = network.ranges[attr] or (0, 0)
-            span, whom = (fastest, 2**63), "any node of its class"
+        network_span = network.ranges.get(attr) if network is not None else None
+        if span is None and network_span is not None:
+            span, whom = (network_span[0], 2**63), "any node of its class"
         if span is None or claimed <= 0:
             continue
         shortest, longest = span
@@ -105,17 +105,19 @@ def select_network_reports(reports: Sequence[ScoreReport], mixer: str, hardware_
                            window: int) -> list[ScoreReport]:
     """The ``window`` newest reports of nodes of ``hardware_class`` by mixers other than
     ``mixer``: the reference of a node that has too few of its own."""
-    chosen = [r for r in reports if r.hardware_class == hardware_class and r.mixer != mixer]
-    chosen.sort(key=lambda r: (r.epoch, r.round), reverse=True)
-    return chosen[:window]
+    return _newest([r for r in reports if r.hardware_class == hardware_class
+                    and r.mixer != mixer], window)
 
 
 def select_reference_reports(reports: Sequence[ScoreReport], mixer: str, node: str,
                              window: int) -> list[ScoreReport]:
     """The ``window`` newest reports of ``node`` by mixers other than ``mixer``."""
-    chosen = [r for r in reports if r.node == node and r.mixer != mixer]
-    chosen.sort(key=lambda r: (r.epoch, r.round), reverse=True)
-    return chosen[:window]
+    return _newest([r for r in reports if r.node == node and r.mixer != mixer], window)
+
+
+def _newest(reports: list[ScoreReport], window: int) -> list[ScoreReport]:
+    """The ``window`` newest of ``reports`` (by epoch and round)."""
+    return sorted(reports, key=lambda r: (r.epoch, r.round), reverse=True)[:window]
 
 
 __all__ = [
