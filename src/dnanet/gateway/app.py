@@ -315,7 +315,7 @@ class Gateway:
     def _maybe_canary(self, model: str) -> None:
         if self.config.canary_rate > 0 and self.rng.random() < self.config.canary_rate \
                 and self._has_reference(model):
-            node = self.scheduler.pick(model)
+            node = self.scheduler.draw(model)
             if node is not None:
                 self._spawn(self.run_canary(node, model))
 

@@ -3,8 +3,8 @@
 A node is *eligible* for a request when it is registered, active and not jailed on chain,
 advertises the model, is not failing (its latest report from this mixer failed, it failed a
 canary, or it failed ``failure_threshold`` requests in a row and is cooling down), and has
-fewer than ``max_concurrency`` requests in flight. Among eligible nodes one is drawn at random
-with weight
+fewer than ``max_concurrency`` requests in flight. Among eligible nodes each takes a share of
+the requests in proportion to its weight
 
     score                                  (the node's verified score)
     x t0 / (t0 + payload / bandwidth)      (payload above ``large_payload_bytes``)
@@ -17,6 +17,14 @@ measurement takes the median of the others', and a bandwidth counts only once
 ``min_bandwidth_reports`` reports measured it. Bandwidth is the slower direction's throughput
 as ``dnanet.protocol.scoring`` computes it for the score, so routing and rewards read the same
 figures.
+
+Requests are dealt by smooth weighted round robin (as nginx deals them to its upstreams), per
+kind of request (model, large or not, interactive or not, LLM length): each eligible node is
+credited its share of every request and the one furthest ahead in credit takes it, so after
+any number of requests each node has had its shares' sum to within a request or two, where a
+random draw strays by the square root of the count (over 200 requests, a node due 8 gets
+3 to 13). Canaries are drawn at random by the same weights (:meth:`Scheduler.draw`), apart
+from users' requests.
 """
 
 from __future__ import annotations
@@ -169,6 +177,9 @@ class Scheduler:
         self._loads: dict[str, NodeLoad] = {}
         self.speeds: SpeedBook | None = None
         """Measured generation speeds (the gateway's LLM canaries), for LLM requests."""
+        self._credit: dict[tuple[str, bool, bool, bool | None], dict[str, float]] = {}
+        """Per kind of request, each node's requests due minus requests dealt (see the module
+        docstring)."""
 
     def update(self, states: Iterable[NodeState]) -> None:
         """Replace the node set. Each state is given its address's one :class:`NodeLoad`
@@ -185,6 +196,9 @@ class Scheduler:
                 state.load = load
             fresh[state.address] = state
         self.nodes = fresh
+        for credit in self._credit.values():
+            for address in [a for a in credit if a not in fresh]:
+                del credit[address]
         now = self.clock()
         self._loads = {a: load for a, load in self._loads.items()
                        if a in fresh or not load.is_idle(now)}
@@ -249,24 +263,49 @@ class Scheduler:
                long: bool | None = None) -> dict[str, float]:
         """The share of requests each eligible node is expected to receive."""
         nodes = self.eligible(model)
+        shares = self._shares_of(nodes, payload_bytes=payload_bytes, interactive=interactive,
+                                 long=long)
+        return {n.address: s for n, s in zip(nodes, shares, strict=True)}
+
+    def pick(self, model: str, *, payload_bytes: int = 0, interactive: bool = False,
+             exclude: Iterable[str] = (), long: bool | None = None) -> NodeState | None:
+        """Deal a user's request to an eligible node (None if there is none): every eligible
+        node is credited its share of it, and the one furthest ahead takes it (ties drawn at
+        random)."""
+        nodes = self.eligible(model, exclude)
+        if not nodes:
+            return None
+        shares = self._shares_of(nodes, payload_bytes=payload_bytes, interactive=interactive,
+                                 long=long)
+        kind = (model, payload_bytes > self.policy.large_payload_bytes, interactive, long)
+        credit = self._credit.setdefault(kind, {})
+        for node, share in zip(nodes, shares, strict=True):
+            credit[node.address] = credit.get(node.address, 0.0) + share
+        ahead = max(credit[n.address] for n in nodes)
+        leaders = [n for n in nodes if credit[n.address] >= ahead - 1e-9]
+        chosen = leaders[0] if len(leaders) == 1 else self.rng.choice(leaders)
+        credit[chosen.address] -= 1.0
+        return chosen
+
+    def draw(self, model: str, *, payload_bytes: int = 0, interactive: bool = False,
+             exclude: Iterable[str] = (), long: bool | None = None) -> NodeState | None:
+        """Draw an eligible node at random by the same weights (canaries: independent of the
+        order users' requests are dealt in); None if there is none."""
+        nodes = self.eligible(model, exclude)
+        if not nodes:
+            return None
+        shares = self._shares_of(nodes, payload_bytes=payload_bytes, interactive=interactive,
+                                 long=long)
+        return self.rng.choices(nodes, weights=shares, k=1)[0]
+
+    def _shares_of(self, nodes: Sequence[NodeState], *, payload_bytes: int,
+                   interactive: bool, long: bool | None) -> list[float]:
         weights = self.weights(nodes, payload_bytes=payload_bytes, interactive=interactive,
                                long=long)
         total = sum(weights)
         if total <= 0:
-            return {n.address: 1 / len(nodes) for n in nodes}
-        return {n.address: w / total for n, w in zip(nodes, weights, strict=True)}
-
-    def pick(self, model: str, *, payload_bytes: int = 0, interactive: bool = False,
-             exclude: Iterable[str] = (), long: bool | None = None) -> NodeState | None:
-        """Draw an eligible node (None if there is none)."""
-        nodes = self.eligible(model, exclude)
-        if not nodes:
-            return None
-        weights = self.weights(nodes, payload_bytes=payload_bytes, interactive=interactive,
-                               long=long)
-        if sum(weights) <= 0:
-            return self.rng.choice(nodes)
-        return self.rng.choices(nodes, weights=weights, k=1)[0]
+            return [1 / len(nodes)] * len(nodes)
+        return [w / total for w in weights]
 
     def acquire(self, node: NodeState) -> Lease:
         """Count one request in flight on ``node``; the caller releases the lease."""
