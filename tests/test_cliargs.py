@@ -80,6 +80,8 @@ def test_an_amount_written_in_dna_reads_back_as_the_same_wei(wei: int) -> None:
      "--stake", "-5"],
     ["node", "run", "--rpc", "r", "--deployment", "n", "--keystore", "k", "--data-dir", "d",
      "--offline-at-block", "-1"],
+    ["node", "run", "--rpc", "r", "--deployment", "n", "--keystore", "k", "--data-dir", "d",
+     "--compute-threads", "0"],
     ["mixer", "run", "--rpc", "r", "--deployment", "n", "--keystore", "k", "--data-dir", "d",
      "--validator", "v", "--canary-rate", "7"],
     ["mixer", "run", "--rpc", "r", "--deployment", "n", "--keystore", "k", "--data-dir", "d",

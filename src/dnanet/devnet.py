@@ -45,7 +45,12 @@ from dnanet.keyfiles import derive_vrf_public_key
 from dnanet.mixer.daemon import MixerDaemon
 from dnanet.mixer.node_client import mixer_node_credentials
 from dnanet.node.daemon import NodeDaemon, NodeProfile
-from dnanet.node.hardware import Hardware, probe_hardware
+from dnanet.node.hardware import (
+    Hardware,
+    devnet_compute_threads,
+    limit_compute_threads,
+    probe_hardware,
+)
 from dnanet.params import PRESETS, Preset, format_dna_short, format_score, get_preset
 from dnanet.protocol.rollup import verify_proof
 from dnanet.protocol.schedule import compute_epoch_end_block, compute_settlement_block
@@ -283,6 +288,9 @@ class Devnet:
 
     async def setup(self) -> None:
         """Deploy, fund, and start every role (nodes register themselves)."""
+        # Every node of this devnet computes in this process: their products share its BLAS
+        # threads, as many as each node's share of the host's cores.
+        limit_compute_threads(devnet_compute_threads(len(self.node_ids)))
         self.chain = connect_embedded()
         chain = self.chain
         self.clock = BlockClock(lambda: chain.mine_blocks(1), self.preset.block_interval_ms / 1000)
@@ -704,6 +712,8 @@ class ProcessDevnet(Devnet):
             self._spawn(name, ["node", "run", *common, *keystore(identity),
                                "--data-dir", str(self.data_dir / name), "--port", str(port),
                                "--profile", profile, "--device", "cpu",
+                               "--compute-threads", str(devnet_compute_threads(
+                                   len(self.node_ids))),
                                "--backend", self.backend, *extra], env)
         for (name, _process), port in zip(self.processes[1:1 + len(self.mixer_ids)],
                                           mixer_ports, strict=True):

@@ -53,6 +53,7 @@ from dnanet.devnet import (
 from dnanet.errors import DnanetError
 from dnanet.gateway.app import GatewayConfig
 from dnanet.keyfiles import derive_vrf_public_key
+from dnanet.node.hardware import devnet_compute_threads
 from dnanet.params import Preset, format_dna, format_dna_short
 from dnanet.protocol.epoch import punishment_cause
 from dnanet.scenarios import (
@@ -709,7 +710,8 @@ class ScenarioProcessDevnet(ScenarioMixin, ProcessDevnet):
         stake = format_dna(self.preset.min_stake).removesuffix(" DNA")
         self._spawn(name, ["node", "run", *self.chain_args(identity), "--data-dir",
                            str(self.data_dir / name), "--port", str(port), "--stake", stake,
-                           "--profile", "normal", "--device", "cpu", "--backend",
+                           "--profile", "normal", "--device", "cpu", "--compute-threads",
+                           str(devnet_compute_threads(len(self.node_ids) + 1)), "--backend",
                            self.backend], self.role_env())
         await self._wait_healthy(name, f"http://127.0.0.1:{port}", timeout_s=300)
         self.node_daemons.append(_NodeHandle(identity, "normal", self.hardware,

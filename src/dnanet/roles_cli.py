@@ -19,7 +19,15 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from dnanet.cliargs import dna_amount, fraction, non_negative_int, port, seconds, slowdown
+from dnanet.cliargs import (
+    dna_amount,
+    fraction,
+    non_negative_int,
+    port,
+    positive_int,
+    seconds,
+    slowdown,
+)
 from dnanet.errors import DnanetError
 from dnanet.keyfiles import read_keystore_address
 from dnanet.node_cli import add_chain_args, add_node_life_commands
@@ -95,14 +103,26 @@ def _serve_until_signal(daemon: Any) -> None:
     run_loop(main())
 
 
+def prepare_node_process(args: argparse.Namespace) -> None:
+    """What every ``node run`` process does before its password prompt: check the device
+    ("cuda" without a CUDA device fails here) and the registration flags, and limit the
+    product's CPU threads (``--compute-threads``)."""
+    from dnanet.node.daemon import resolve_device
+    from dnanet.node.hardware import limit_compute_threads
+
+    resolve_device(args.device)
+    check_registration(args)
+    if args.compute_threads is not None:
+        limit_compute_threads(args.compute_threads)
+
+
 def _node_run(args: argparse.Namespace) -> int:
     from dnanet.ai.backends import make_backends
     from dnanet.keyfiles import load_identity
-    from dnanet.node.daemon import NodeDaemon, NodeProfile, resolve_device
+    from dnanet.node.daemon import NodeDaemon, NodeProfile
     from dnanet.service.gateway import open_gateway
 
-    resolve_device(args.device)  # "cuda" without a CUDA device fails before any password prompt
-    check_registration(args)
+    prepare_node_process(args)
     identity = load_identity(Path(args.keystore))
     gateway = open_gateway(args.rpc, Path(args.deployment), identity)
     backends = make_backends(args.backend or ["minilm"], upstreams=args.upstream or [],
@@ -177,6 +197,9 @@ def add_role_commands(sub: Any) -> None:
                      help="with --profile offline: stop answering from this block (devnets)")
     # Devnets only (dnanet.scenarios' "cheat"): hidden from --help and from config files.
     run.add_argument("--cheat-at-block", type=non_negative_int, help=argparse.SUPPRESS)
+    run.add_argument("--compute-threads", type=positive_int, metavar="N",
+                     help="CPU threads for challenge products (default: every core; a devnet "
+                     "gives each node its share of the host's cores)")
     run.add_argument("--compute-slowdown", type=slowdown, default=1.0, metavar="FACTOR",
                      help="compute takes FACTOR times as long (devnets' shaped nodes; default 1)")
     run.add_argument("--backend", action="append", choices=["minilm", "llm", "trivial", "none"],

@@ -61,14 +61,12 @@ def run_node(args: argparse.Namespace, own: argparse.Namespace) -> int:
     from dnanet.adversary.nodes import build_node
     from dnanet.ai.backends import make_backends
     from dnanet.keyfiles import load_identity
-    from dnanet.node.daemon import resolve_device
-    from dnanet.roles_cli import _serve_until_signal, check_registration
+    from dnanet.roles_cli import _serve_until_signal, check_registration, prepare_node_process
     from dnanet.service.gateway import open_gateway
 
     if own.cheat is None:
         raise DnanetError("--cheat ROLE is required (python -m dnanet.adversary node run)")
-    resolve_device(args.device)
-    check_registration(args)
+    prepare_node_process(args)
     identity = load_identity(Path(args.keystore))
     backends = make_backends(args.backend or ["minilm"], upstreams=args.upstream or [],
                              upstream_key=os.environ.get("DNANET_UPSTREAM_KEY"))

@@ -77,9 +77,30 @@ def declared_class(compute_device: str) -> int:
     return CLASS_GPU if compute_device == "cuda" else CLASS_CPU
 
 
+def limit_compute_threads(threads: int) -> None:
+    """Run this process's CPU matrix products (numpy's BLAS) on at most ``threads`` threads.
+
+    A node uses every core by default. Several nodes on one host (a devnet) each get their
+    share instead: OpenBLAS threads spin while they wait for each other, so two nodes' products
+    at once on 2 threads each took 3.5x as long as one alone, and scattered 3x from one
+    challenge to the next, where on 1 thread each they took as long as alone."""
+    if threads < 1:
+        raise ValueError(f"compute threads must be at least 1, not {threads}")
+    import numpy  # noqa: F401  (its BLAS must be loaded for the limit to reach it)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads, user_api="blas")
+
+
+def devnet_compute_threads(nodes: int) -> int:
+    """Each node's share of this host's cores in a devnet of ``nodes`` nodes (at least 1)."""
+    return max(1, (os.cpu_count() or 1) // max(1, nodes))
+
+
 def probe_hardware(*, with_gpu: bool = True) -> Hardware:
     return Hardware(cpu_model=_cpu_model(), cpu_cores=os.cpu_count() or 1,
                     memory_bytes=_memory_bytes(), gpu=_gpu() if with_gpu else None)
 
 
-__all__ = ["CLASS_CPU", "CLASS_GPU", "Hardware", "declared_class", "probe_hardware"]
+__all__ = ["CLASS_CPU", "CLASS_GPU", "Hardware", "declared_class", "devnet_compute_threads",
+           "limit_compute_threads", "probe_hardware"]
