@@ -13,12 +13,13 @@ import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache, cached_property
+from typing import Any
 
 from dnanet.crypto import vrf
 from dnanet.crypto.eip712 import Domain
 from dnanet.crypto.keys import Identity
 from dnanet.keyfiles import derive_vrf_public_key, derive_vrf_secret
-from dnanet.mixer.session import Clock, NodeTransport, run_challenge_session
+from dnanet.mixer.session import Clock, NodeTransport, StepGate, run_challenge_session
 from dnanet.node.local import LocalTransport
 from dnanet.node.prover import ChallengeProver, ComputeFn
 from dnanet.params import TEST, Preset
@@ -155,10 +156,13 @@ def run_session(
     hardware_class: int = 0,
     clock: Clock | None = None,
     after: Callable[[], None] | None = None,
+    compute_gate: StepGate | None = None,
 ) -> ScoreReport:
     """One real challenge session, driven to its report; ``after`` runs inside the loop."""
     proof, beta = prove_round(mixer, round_, epoch)
-    timing = {} if clock is None else {"clock": clock}
+    timing: dict[str, Any] = {} if clock is None else {"clock": clock}
+    if compute_gate is not None:
+        timing["compute_gate"] = compute_gate
 
     async def go() -> ScoreReport:
         try:

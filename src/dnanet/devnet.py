@@ -236,6 +236,9 @@ class Devnet:
         """Blocks between deployment and genesis (``--setup-blocks``)."""
         self.preset = preset
         self.data_dir = data_dir
+        self.timing_lock = data_dir / "timing.lock"
+        """The file this devnet's mixers take turns on for timed compute steps (its nodes
+        share one host: ``HostStepLock``)."""
         self.out = out
         self.deployer = Identity.from_entropy(os.urandom(32))
         self.mixer_ids = [Identity.from_entropy(os.urandom(32)) for _ in range(mixers)]
@@ -359,7 +362,8 @@ class Devnet:
         return MixerDaemon(identity, self.gateway(identity),
                            self.data_dir / f"mixer-{identity.address[2:10]}",
                            validator_url=self.validator_url, port=port,
-                           gateway_config=self.gateway_config(identity))
+                           gateway_config=self.gateway_config(identity),
+                           timing_lock=self.timing_lock)
 
     def make_node(self, index: int, identity: Identity, data_dir: Path,
                   **options: Any) -> NodeDaemon:
@@ -694,7 +698,8 @@ class ProcessDevnet(Devnet):
             name = f"mixer-{identity.address[2:10]}"
             self._spawn(name, ["mixer", "run", *common, *keystore(identity),
                                "--data-dir", str(self.data_dir / name),
-                               "--validator", self.validator_url, "--port", str(port)], env)
+                               "--validator", self.validator_url, "--port", str(port),
+                               "--timing-lock", str(self.timing_lock)], env)
         offline_at = genesis + self.preset.epoch_blocks // 2
         await self.setup_links()
         node_ports = []

@@ -752,7 +752,8 @@ class ScenarioProcessDevnet(ScenarioMixin, ProcessDevnet):
         name = f"mixer-{identity.address[2:10]}"
         self._spawn(name, ["mixer", "run", *self.chain_args(identity), "--data-dir",
                            str(self.data_dir / name), "--validator", self.validator_url,
-                           "--port", str(port)], self.role_env())
+                           "--port", str(port), "--timing-lock", str(self.timing_lock)],
+                    self.role_env())
         await self._wait_healthy(name, f"http://127.0.0.1:{port}")
 
     async def kill_validator(self) -> None:

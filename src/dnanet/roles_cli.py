@@ -166,7 +166,8 @@ def _mixer_run(args: argparse.Namespace) -> int:
             gateway_config, node_credential=mixer_node_credentials(identity, gateway))
     daemon = MixerDaemon(identity, gateway, Path(args.data_dir),
                          validator_url=args.validator, host=args.host, port=args.port,
-                         gateway_config=gateway_config)
+                         gateway_config=gateway_config,
+                         timing_lock=Path(args.timing_lock) if args.timing_lock else None)
     _serve_until_signal(daemon)
     return 0
 
@@ -237,6 +238,8 @@ def add_role_commands(sub: Any) -> None:
                       help="fraction of gateway requests followed by a canary")
     mrun.add_argument("--canary-interval", type=seconds, default=60.0,
                       help="seconds between canaries to every node (0: traffic only)")
+    # Devnets only (every node on one host): the mixers take turns at timed compute steps.
+    mrun.add_argument("--timing-lock", metavar="FILE", help=argparse.SUPPRESS)
     mrun.set_defaults(handler=_mixer_run)
 
 

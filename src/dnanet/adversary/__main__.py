@@ -88,6 +88,10 @@ def run_node(args: argparse.Namespace, own: argparse.Namespace) -> int:
     return 0
 
 
+def _timing_lock(args: argparse.Namespace) -> Path | None:
+    return Path(args.timing_lock) if args.timing_lock else None
+
+
 def run_mixer(args: argparse.Namespace, own: argparse.Namespace) -> int:
     from dnanet.adversary.mixers import ByzantineMixer, parse_behaviours
     from dnanet.gateway.app import GatewayConfig, parse_api_keys
@@ -119,7 +123,7 @@ def run_mixer(args: argparse.Namespace, own: argparse.Namespace) -> int:
     daemon = ByzantineMixer(identity, gateway, Path(args.data_dir),
                             validator_url=args.validator, host=args.host, port=args.port,
                             gateway_config=gateway_config, behaviours=behaviours,
-                            friends=own.friend)
+                            friends=own.friend, timing_lock=_timing_lock(args))
     _serve_until_signal(daemon)
     return 0
 

@@ -213,6 +213,7 @@ class AdversarialDevnet(AdversarialMixin, ScenarioDevnet):
                               self.data_dir / f"mixer-{identity.address[2:10]}",
                               validator_url=self.validator_url, port=port,
                               gateway_config=self.gateway_config(identity),
+                              timing_lock=self.timing_lock,
                               behaviours=behaviours, friends=self.friends)
 
     def make_node(self, index: int, identity: Identity, data_dir: Path,

@@ -38,7 +38,7 @@ from dnanet.mixer.outbox import Outbox
 from dnanet.mixer.peers import HttpPeers, Peers
 from dnanet.mixer.rounds import RoundScheduler
 from dnanet.mixer.routes import install_routes
-from dnanet.mixer.sessions import SessionRunner, TransportFactory
+from dnanet.mixer.sessions import HostStepLock, SessionRunner, TransportFactory
 from dnanet.mixer.settlement import SettlementSigner
 from dnanet.mixer.store import MixerStore
 from dnanet.service.clock import Clock, SystemClock
@@ -78,6 +78,7 @@ class MixerDaemon:
         peers: Peers | None = None,
         node_transport: TransportFactory | None = None,
         clock: Clock | None = None,
+        timing_lock: Path | None = None,
     ) -> None:
         """``retry_s``: the outbox's first and longest wait between passes while something is
         pending (default 2 s, and one round's time up to 60 s). ``backup_s``: how long after
@@ -86,7 +87,9 @@ class MixerDaemon:
         times one more than its backup rank on. ``spread_s``: the challenges of a round start
         within this many seconds of the round's start (default ``CHALLENGE_SPREAD`` of the
         round's time on the preset's block clock). ``peers``, ``node_transport``, ``clock``:
-        the I/O, injected (default: HTTP, HTTP, the system clock)."""
+        the I/O, injected (default: HTTP, HTTP, the system clock). ``timing_lock``: a file
+        the host's mixers take turns on for timed compute steps (devnets only:
+        ``HostStepLock``)."""
         self.identity = identity
         self.address = identity.address
         self.gateway = gateway
@@ -116,8 +119,9 @@ class MixerDaemon:
         self.metrics = MixerMetrics(self.app.state.registry)
         self.peers = peers or HttpPeers(self.validator_url,
                                         preset.challenge_timeout_ms / 1000 + 5)
-        self.sessions = SessionRunner(identity, gateway.domain, preset,
-                                      concurrency=concurrency, transport=node_transport)
+        self.sessions = SessionRunner(
+            identity, gateway.domain, preset, concurrency=concurrency, transport=node_transport,
+            compute_gate=HostStepLock(timing_lock).hold if timing_lock is not None else None)
         self.certifier = Certifier(identity, gateway, self.store, self.peers, self.metrics)
         self.book = MeasurementBook()
         self.book.add(self.store.latest_reports(GATEWAY_STATS_REPORTS))

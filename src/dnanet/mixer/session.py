@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -60,6 +61,8 @@ from dnanet.protocol.scoring import compute_challenge_score
 T = TypeVar("T")
 Clock = Callable[[], int]
 """Monotonic nanoseconds."""
+StepGate = Callable[[], AbstractAsyncContextManager[object]]
+"""Entered around a timed step: held, nothing else it guards runs (``HostStepLock``)."""
 
 
 class NodeTransport(Protocol):
@@ -114,9 +117,11 @@ async def run_challenge_session(
     node: str,
     hardware_class: int,
     clock: Clock = time.perf_counter_ns,
+    compute_gate: StepGate | None = None,
 ) -> ScoreReport:
     """Challenge ``node`` once and return the mixer-signed-to-be ScoreReport (never raises for
-    the node's faults: they become the report's outcome and reason)."""
+    the node's faults: they become the report's outcome and reason). ``compute_gate`` is held
+    around the timed compute step (devnets on one host: see ``HostStepLock``)."""
     challenge = compute_challenge(
         beta=beta, epoch=epoch, round_=round_, mixer=identity.address, node=node,
         hardware_class=hardware_class, preset=preset,
@@ -131,7 +136,8 @@ async def run_challenge_session(
     prepared = await asyncio.to_thread(_prepare, seeds, challenge)
     try:
         result = await asyncio.wait_for(
-            _drive(transport, challenge, identity, domain, seeds, prepared, clock), timeout
+            _drive(transport, challenge, identity, domain, seeds, prepared, clock,
+                   compute_gate), timeout
         )
     except TimeoutError:
         return compute_failed_report(base, Outcome.TIMEOUT, f"no answer within {timeout:g} s")
@@ -186,6 +192,7 @@ async def _drive(
     seeds: KindSeeds,
     prepared: _Prepared,
     clock: Clock,
+    compute_gate: StepGate | None = None,
 ) -> tuple[SignedChallengeResponse, tuple[int, int, int, int], bytes]:
     cid = challenge.challenge_id
     signed_challenge = SignedChallenge(
@@ -215,10 +222,12 @@ async def _drive(
                                                 rtt_ns, clock)
 
     # Compute: the seed is revealed now, so the node cannot start before this step; its
-    # commitment to the product ends it. The round trip is removed.
-    t0 = clock()
-    root: bytes = await _call("compute", transport.compute(cid, seeds.compute_seed))
-    compute_us = compute_step_us(clock() - t0, rtt_ns)
+    # commitment to the product ends it. The round trip is removed. Where nodes share one
+    # host (a devnet), the host's mixers take turns at this step (``compute_gate``).
+    async with compute_gate() if compute_gate is not None else contextlib.nullcontext():
+        t0 = clock()
+        root: bytes = await _call("compute", transport.compute(cid, seeds.compute_seed))
+        compute_us = compute_step_us(clock() - t0, rtt_ns)
 
     signed: SignedChallengeResponse = await _call("finish", transport.finish(cid))
     _verify_response(signed, challenge, domain, nonces, prepared.download_digest, root,

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 from dnanet.crypto.eip712 import Domain
 from dnanet.crypto.keys import Identity
 from dnanet.mixer.node_client import HttpNodeTransport, NodeHttpClient, open_node_session
-from dnanet.mixer.session import NodeTransport, run_challenge_session
+from dnanet.mixer.session import NodeTransport, StepGate, run_challenge_session
 from dnanet.params import Preset
 from dnanet.protocol.messages import ScoreReport
 from dnanet.service.network import NodeRecord
@@ -79,11 +82,46 @@ class TimingLoop:
         self._thread = None
 
 
+class HostStepLock:
+    """One timed compute step at a time among every mixer of one host (a devnet's).
+
+    On a real network each node is its own machine. A devnet runs all its nodes on one host,
+    where a node whose product is timed while another node computes is measured slower than
+    it is (on 2 cores a product's GFLOP/s scattered 0.6 of its median from one challenge to
+    the next even with each node on one thread). The host's mixers take turns at the compute
+    step through an advisory lock on one file (``flock``, so it holds across processes and
+    between the mixers of one process); the clock starts once the lock is held, so waiting
+    for it is never timed, and every other step runs as before. Not for a real mixer: there it
+    would only delay challenges."""
+
+    POLL_S = 0.001
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            while True:  # polled: a session cancelled while waiting leaves nothing behind
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(self.POLL_S)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
 class SessionRunner:
-    """Runs challenge sessions on a ``TimingLoop`` with at most ``concurrency`` at once."""
+    """Runs challenge sessions on a ``TimingLoop`` with at most ``concurrency`` at once;
+    ``compute_gate`` is held around each session's timed compute step."""
 
     def __init__(self, identity: Identity, domain: Domain, preset: Preset, *,
-                 concurrency: int, transport: TransportFactory | None = None) -> None:
+                 concurrency: int, transport: TransportFactory | None = None,
+                 compute_gate: StepGate | None = None) -> None:
+        self.compute_gate = compute_gate
         self.identity = identity
         self.domain = domain
         self.preset = preset
@@ -121,7 +159,7 @@ class SessionRunner:
                 self._make_transport(record.endpoint), identity=self.identity,
                 domain=self.domain, preset=self.preset, beta=beta, vrf_proof=proof,
                 epoch=epoch, round_=round_, node=record.address,
-                hardware_class=record.hardware_class)
+                hardware_class=record.hardware_class, compute_gate=self.compute_gate)
 
     async def challenge(self, record: NodeRecord, *, epoch: int, round_: int, beta: bytes,
                         proof: bytes) -> ScoreReport | None:
@@ -140,4 +178,4 @@ class SessionRunner:
             return None
 
 
-__all__ = ["SessionRunner", "TimingLoop", "TransportFactory"]
+__all__ = ["HostStepLock", "SessionRunner", "TimingLoop", "TransportFactory"]
