@@ -52,6 +52,7 @@ from dnanet.ai.llm_engine import (
     ensure_gemma_model,
     requantize_model,
 )
+from dnanet.ai.logprobs import LOGPROB_TOLERANCE
 from dnanet.gateway.llm_canary import LlmCanaries, LlmCanary, NodeAnswer, make_llm_canary
 
 KEY = "dn-bench"
@@ -61,14 +62,18 @@ def answer(engine: LlamaEngine, canary: LlmCanary
            ) -> tuple[NodeAnswer, float, float, int]:
     """The node's answer to ``canary`` on ``engine``: the answer, its wall time, its CPU time
     (this process's, all threads) and its tokens."""
+    top = canary.body.get("top_logprobs") if canary.chat else canary.body.get("logprobs")
     with engine.lock:
         started, cpu0 = time.perf_counter(), time.process_time()
         gen = generate(engine, engine.prompt_tokens(canary.prompt),
-                       max_tokens=canary.max_tokens, temperature=0.0, stops=canary.stops)
+                       max_tokens=canary.max_tokens, temperature=0.0, stops=canary.stops,
+                       logprobs=(top or 0) if canary.logprobs else None)
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
     text = compute_chat_content(gen.text) if canary.chat else gen.text
     now = time.monotonic()
-    return NodeAnswer(text, gen.finish_reason, now, None, now), wall, cpu, gen.completion_tokens
+    logprobs = [(e.token, e.logprob) for e in gen.logprobs] if canary.logprobs else None
+    return (NodeAnswer(text, gen.finish_reason, now, None, now, logprobs), wall, cpu,
+            gen.completion_tokens)
 
 
 def truncated(engine: LlamaEngine, canary: LlmCanary, honest: NodeAnswer,
@@ -79,8 +84,27 @@ def truncated(engine: LlamaEngine, canary: LlmCanary, honest: NodeAnswer,
     if len(tokens) < 4:
         return None
     cut = b"".join(engine.piece(t) for t in tokens[:len(tokens) // 2]).decode(errors="ignore")
+    kept = len(cut.encode())
     cut = compute_chat_content(cut) if canary.chat else cut
-    return NodeAnswer(cut, claim, honest.sent_at, None, honest.last_at)
+    logprobs = None
+    if honest.logprobs is not None:  # its own tokens' logprobs, as far as it answered
+        logprobs, at = [], 0
+        for token, logprob in honest.logprobs:
+            if at >= kept:
+                break
+            logprobs.append((token, logprob))
+            at += len(token)
+    return NodeAnswer(cut, claim, honest.sent_at, None, honest.last_at, logprobs)
+
+
+def _spread(values: list[float]) -> dict[str, float | int] | None:
+    """Count, median, 99th percentile and maximum of ``values`` (None if empty)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return {"n": len(ordered), "median": round(statistics.median(ordered), 4),
+            "p99": round(ordered[int(0.99 * (len(ordered) - 1))], 4),
+            "max": round(ordered[-1], 4)}
 
 
 def speed(engine: LlamaEngine, rng: random.Random) -> tuple[float, float]:
@@ -224,11 +248,16 @@ def main() -> None:
     all_ratios: list[float] = []
     strict_ratios: list[float] = []
     gaps: list[float] = []
+    honest_divergence: list[float] = []
+    swap_divergence: list[float] = []
+    by_logprobs: dict[str, list[int]] = {"with_logprobs": [0, 0], "without": [0, 0]}
     by_threads: Counter[int] = Counter()
     for i, canary in enumerate(canaries):
         engine = node if i % 4 else node_other  # one in four on another thread count
         got, wall, cpu, tokens = answer(engine, canary)
         verdict = checker.verify(canary, got)
+        if verdict.logprob_divergence is not None:
+            honest_divergence.append(verdict.logprob_divergence)
         if alt is not None:
             strict = alt.verify(canary, got)
             refused_alt += not strict.ok
@@ -277,7 +306,13 @@ def main() -> None:
             got, _wall, _cpu, _tokens = answer(swapped, canary)
             same += got.text == honest_answer.text and \
                 got.finish_reason == honest_answer.finish_reason
-            hits[0] += not checker.verify(canary, got).ok
+            verdict = checker.verify(canary, got)
+            hits[0] += not verdict.ok
+            kind = by_logprobs["with_logprobs" if canary.logprobs else "without"]
+            kind[0] += not verdict.ok
+            kind[1] += 1
+            if verdict.logprob_divergence is not None:
+                swap_divergence.append(verdict.logprob_divergence)
             if alt is not None:
                 caught_alt[f"requant-{quant}"] += not alt.verify(canary, got).ok
             hits[1] += 1
@@ -329,6 +364,10 @@ def main() -> None:
         "swap_canaries": total,
         "swap_detection_by_kind": {k: f"{h[0]}/{h[1]}" for k, h in caught.items()},
         "swap_identical_answers": identical,
+        "requant_caught_by_canary_kind": {k: f"{h[0]}/{h[1]}" for k, h in by_logprobs.items()},
+        "logprob_tolerance": LOGPROB_TOLERANCE,
+        "logprob_divergence_honest": _spread(honest_divergence),
+        "logprob_divergence_requant_passing_text": _spread(swap_divergence),
         "gateway_added_latency_ms": round(added, 1),
         "first_token_ms": {"direct": round(direct, 1), "through_gateway": round(through, 1)},
     }

@@ -120,6 +120,41 @@ def test_chat_plain_and_streamed_agree(client: OpenAI) -> None:
     assert chunks[-1].choices[0].finish_reason == plain.choices[0].finish_reason
 
 
+def test_logprobs_describe_the_answer_plain_and_streamed(client: OpenAI) -> None:
+    """Chat's logprobs (with top alternatives) and the legacy completions' cover the answer's
+    tokens: their bytes make up the generated text, each a log-probability, the chosen token
+    at the top of its alternatives (greedy); a stream carries the same, in its last chunk."""
+    messages: Any = [{"role": "user", "content": "What is the capital of France?"}]
+    chat = client.chat.completions.create(model=LLM_MODEL, messages=messages, max_tokens=12,
+                                          temperature=0, logprobs=True, top_logprobs=3)
+    choice = chat.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content
+    entries = choice.logprobs.content
+    generated = b"".join(bytes(e.bytes or []) for e in entries).decode()
+    assert generated.strip() == (choice.message.content or "").strip()
+    for entry in entries:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        assert entry.top_logprobs[0].token == entry.token  # greedy: the likeliest
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)
+    chunks = list(client.chat.completions.create(
+        model=LLM_MODEL, messages=messages, max_tokens=12, temperature=0, stream=True,
+        logprobs=True, top_logprobs=3))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs is not None
+                for e in c.choices[0].logprobs.content or []]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in entries]
+
+    plain = client.completions.create(model=LLM_MODEL, prompt=PROMPT, max_tokens=8,
+                                      temperature=0, logprobs=2)
+    legacy = plain.choices[0].logprobs
+    assert legacy is not None and legacy.tokens and legacy.token_logprobs
+    assert "".join(legacy.tokens) == plain.choices[0].text
+    assert legacy.text_offset is not None and legacy.text_offset[0] == 0
+    assert legacy.top_logprobs is not None and all(len(t) == 2 for t in legacy.top_logprobs)
+    bare = client.completions.create(model=LLM_MODEL, prompt=PROMPT, max_tokens=8,
+                                     temperature=0)
+    assert bare.choices[0].logprobs is None and bare.choices[0].text == plain.choices[0].text
+
+
 def test_sampling_is_reproducible_with_a_seed(client: OpenAI) -> None:
     def draw(seed: int) -> str:
         return client.completions.create(model=LLM_MODEL, prompt="My favourite animal is",

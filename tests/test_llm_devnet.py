@@ -54,6 +54,12 @@ def test_llm_devnet_serves_openai_clients_and_catches_a_swapped_model(tmp_path: 
         user's chat and completion through a gateway, with the openai client."""
         assert devnet.clock is not None
         await devnet.clock.stop()
+        # A node answers mixers only once it has read the chain's head (401 "retry" before):
+        # on a loaded host the swapper, started after its re-quantized model, can be late.
+        for _ in range(1200):
+            if all(daemon.head is not None for daemon in devnet.node_daemons):
+                break
+            await asyncio.sleep(0.05)
         for index, mixer in enumerate(devnet.mixer_daemons):
             gateway = mixer.ai_gateway
             assert gateway is not None

@@ -23,6 +23,7 @@ from dnanet.ai.llm import (
 )
 from dnanet.ai.llm_engine import LLM_MODEL
 from dnanet.ai.llm_verify import LENGTH_SLACK, is_length_consistent, is_token_accepted
+from dnanet.ai.logprobs import TokenLogprob, format_chat_logprobs, format_completion_logprobs
 from dnanet.ai.openai_format import ApiError, parse_chat
 from dnanet.gateway.llm_canary import make_llm_canary, parse_answer
 from dnanet.gateway.llm_speed import (
@@ -110,7 +111,9 @@ def test_completion_requests_are_validated_and_normalized() -> None:
     ({"model": "m", "prompt": "x", "stop": ["a"] * 5}, "stop"),
     ({"model": "m", "prompt": "x", "n": 2}, "n"),
     ({"model": "m", "prompt": "x", "echo": True}, "echo"),
-    ({"model": "m", "prompt": "x", "logprobs": 2}, "logprobs"),
+    ({"model": "m", "prompt": "x", "logprobs": 6}, "logprobs"),
+    ({"model": "m", "prompt": "x", "logprobs": True}, "logprobs"),
+    ({"model": "m", "prompt": "x", "logprobs": -1}, "logprobs"),
     ({"model": "m", "prompt": "x", "stream": "yes"}, "stream"),
     ({"model": "m", "prompt": "x", "stream_options": {"x": 1}}, "stream_options"),
 ])
@@ -118,6 +121,20 @@ def test_bad_completion_requests_name_the_field(body: dict[str, object], param: 
     with pytest.raises(ApiError) as info:
         parse_completion(json.dumps(body).encode())
     assert info.value.status == 400 and info.value.param == param
+
+
+def test_logprobs_requests_are_forwarded_and_bad_ones_named() -> None:
+    completion = {"model": "m", "prompt": "x", "logprobs": 3}
+    assert parse_completion(json.dumps(completion).encode()).body["logprobs"] == 3
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    chat = parse_chat(json.dumps({**body, "logprobs": True, "top_logprobs": 5}).encode()).body
+    assert (chat["logprobs"], chat["top_logprobs"]) == (True, 5)
+    for bad, param in [({"logprobs": 1}, "logprobs"), ({"top_logprobs": 2}, "top_logprobs"),
+                       ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+                       ({"logprobs": False, "top_logprobs": 1}, "top_logprobs")]:
+        with pytest.raises(ApiError) as info:
+            parse_chat(json.dumps({**body, **bad}).encode())
+        assert info.value.status == 400 and info.value.param == param
 
 
 def test_chat_takes_stream_options_and_refuses_others() -> None:
@@ -146,6 +163,11 @@ def test_llm_canaries_are_greedy_user_shaped_requests() -> None:
         assert canary.body["temperature"] == 0 and "seed" not in canary.body
         assert canary.body["max_tokens"] == canary.max_tokens
         assert (CHAT_STOP in canary.stops) == canary.chat
+        asks = canary.body.get("logprobs") is True if canary.chat \
+            else "logprobs" in canary.body
+        assert asks == canary.logprobs
+    # About half ask for logprobs, as a client that wants them would.
+    assert 70 < sum(c.logprobs for c in canaries) < 130
 
 
 def test_answers_parse_from_objects_and_streams() -> None:
@@ -165,6 +187,32 @@ def test_answers_parse_from_objects_and_streams() -> None:
         parse_answer(events[:2], chat=False, stream=True, sent_at=1.0)
     with pytest.raises(ValueError, match="choices"):
         parse_answer([(1.0, {"data": []})], chat=False, stream=False, sent_at=0.0)
+
+
+def test_answers_carry_their_logprobs_in_either_format() -> None:
+    entries = [TokenLogprob(b" Hi", -0.5), TokenLogprob(b"!", -1.25)]
+    chat = format_chat_logprobs(entries)
+    events = [(1.5, {"choices": [{"delta": {"content": "Hi"}, "logprobs": None,
+                                  "finish_reason": None}]}),
+              (1.6, {"choices": [{"delta": {"content": "!"},
+                                  "logprobs": {"content": chat["content"][:1]},
+                                  "finish_reason": None}]}),
+              (1.7, {"choices": [{"delta": {}, "logprobs": {"content": chat["content"][1:]},
+                                  "finish_reason": "stop"}]})]
+    streamed = parse_answer(events, chat=True, stream=True, sent_at=1.0)
+    assert streamed.logprobs == [(b" Hi", -0.5), (b"!", -1.25)]  # chunks concatenated
+    legacy = format_completion_logprobs(entries, top=0)
+    whole = parse_answer([(2.0, {"choices": [{"text": " Hi!", "logprobs": legacy,
+                                              "finish_reason": "stop"}]})],
+                         chat=False, stream=False, sent_at=1.0)
+    assert whole.logprobs == [(b" Hi", -0.5), (b"!", -1.25)]
+    plain = parse_answer([(2.0, {"choices": [{"text": "x", "finish_reason": "stop"}]})],
+                         chat=False, stream=False, sent_at=1.0)
+    assert plain.logprobs is None
+    with pytest.raises(ValueError, match="logprobs"):
+        parse_answer([(2.0, {"choices": [{"text": "x", "logprobs": {"tokens": ["x"]},
+                                          "finish_reason": "stop"}]})],
+                     chat=False, stream=False, sent_at=1.0)
 
 
 # -- generation speed ----------------------------------------------------------------------------

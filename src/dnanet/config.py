@@ -48,6 +48,7 @@ EXAMPLES: dict[str, Any] = {
     "epochs": 3,
     "recent": 20,
     "offline-at-block": 0,
+    "compute-threads": 1,
     "workers": 0,
 }
 """Values a template shows for keys without a default."""

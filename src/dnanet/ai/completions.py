@@ -8,13 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from dnanet.ai.logprobs import MAX_LEGACY_LOGPROBS
 from dnanet.ai.openai_format import MAX_INPUT_CHARS, bad_request, parse_object
 
 COMPLETIONS_PATH = "/v1/completions"
 _NUMBER_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0),
                   "presence_penalty": (-2.0, 2.0), "frequency_penalty": (-2.0, 2.0)}
 _FORWARDED = ("prompt", "temperature", "top_p", "max_tokens", "stop", "seed",
-              "presence_penalty", "frequency_penalty", "n", "stream_options")
+              "presence_penalty", "frequency_penalty", "n", "stream_options", "logprobs")
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,9 @@ class CompletionRequest:
 def parse_completion(raw: bytes) -> CompletionRequest:
     """A ``/v1/completions`` body, validated; ApiError 400 naming the field otherwise.
 
-    One prompt string per request (arrays of prompts, token arrays, ``echo``, ``suffix``,
-    ``logprobs`` and ``best_of`` are refused by name, not ignored)."""
+    One prompt string per request (arrays of prompts, token arrays, ``echo``, ``suffix`` and
+    ``best_of`` are refused by name, not ignored); ``logprobs`` 0-5 asks for each token's
+    log-probability and that many alternatives."""
     data = parse_object(raw)
     model = data.get("model")
     if not isinstance(model, str) or not model or len(model) > 256:
@@ -42,9 +44,14 @@ def parse_completion(raw: bytes) -> CompletionRequest:
         raise bad_request("`prompt` must be a string (one prompt per request).", "prompt")
     if len(prompt) > MAX_INPUT_CHARS:
         raise bad_request(f"`prompt` has more than {MAX_INPUT_CHARS} characters.", "prompt")
-    for name in ("echo", "suffix", "logprobs", "best_of", "logit_bias"):
+    for name in ("echo", "suffix", "best_of", "logit_bias"):
         if data.get(name) not in (None, False):
             raise bad_request(f"`{name}` is not supported.", name)
+    logprobs = data.get("logprobs")
+    if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int)
+                                 or not 0 <= logprobs <= MAX_LEGACY_LOGPROBS):
+        raise bad_request(f"`logprobs` must be an integer in [0, {MAX_LEGACY_LOGPROBS}].",
+                          "logprobs")
     stream = data.get("stream", False)
     if stream is None:
         stream = False

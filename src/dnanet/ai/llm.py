@@ -15,9 +15,11 @@ text or at ``\\nUser:`` (:data:`CHAT_STOP`, added to the request's own ``stop`` 
 the one space it starts its turn with is not part of the answer. Requests honour
 ``max_tokens`` (default 256, and at most what the 2048-token context has left),
 ``temperature`` (0: greedy, the model's top token each step; above 0: sampling at that
-temperature with ``top_p``), ``stop`` (up to 4 strings) and ``seed`` (a sampled answer is
-reproducible with the same seed on the same machine). ``usage`` counts tokens as the model
-sees them.
+temperature with ``top_p``), ``stop`` (up to 4 strings), ``seed`` (a sampled answer is
+reproducible with the same seed on the same machine) and ``logprobs`` (chat: ``logprobs``
+and ``top_logprobs`` 0-20; completions: ``logprobs`` 0-5; each answer token's
+log-probability and its likeliest alternatives, in OpenAI's formats; a stream carries them in
+its last chunk). ``usage`` counts tokens as the model sees them.
 
 Greedy answers are what mixers verify token by token (:mod:`dnanet.ai.llm_verify`): the
 prompt format, tokenization and stop rules here are part of that check.
@@ -38,7 +40,14 @@ from typing import Any
 import numpy as np
 
 from dnanet.ai.backends import BackendError
-from dnanet.ai.llm_engine import LLM_MODEL, LlamaEngine, ensure_gemma_model, shared_engine
+from dnanet.ai.llm_engine import (
+    LLM_MODEL,
+    LlamaEngine,
+    compute_logsumexp,
+    ensure_gemma_model,
+    shared_engine,
+)
+from dnanet.ai.logprobs import TokenLogprob, format_chat_logprobs, format_completion_logprobs
 from dnanet.service.loop import in_daemon_thread
 
 CHAT_STOP = "\nUser:"
@@ -123,6 +132,9 @@ class Generation:
     completion_tokens: int
     prefill_s: float
     decode_s: float
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """Each answer token's log-probability (when asked for): the tokens that begin inside
+    the answer's text."""
 
 
 def sample_token(logits: np.ndarray, temperature: float, top_p: float,
@@ -145,9 +157,12 @@ def sample_token(logits: np.ndarray, temperature: float, top_p: float,
 def generate(engine: LlamaEngine, prompt_tokens: Sequence[int], *, max_tokens: int,
              temperature: float = 0.0, top_p: float = 1.0, stops: Sequence[str] = (),
              seed: int | None = None, on_text: Callable[[str], None] | None = None,
-             cancelled: threading.Event | None = None) -> Generation:
+             cancelled: threading.Event | None = None,
+             logprobs: int | None = None) -> Generation:
     """Generate after ``prompt_tokens`` (the caller holds ``engine.lock``). ``on_text`` gets
-    the answer in pieces as it grows, never a piece that a stop string could still cut."""
+    the answer in pieces as it grows, never a piece that a stop string could still cut.
+    ``logprobs`` (None: not asked): each token's log-probability, with that many of the
+    likeliest alternatives."""
     if len(prompt_tokens) >= engine.n_ctx:
         raise BackendError(f"the prompt has {len(prompt_tokens)} tokens; the context holds "
                            f"{engine.n_ctx}", status=400, field="messages")
@@ -163,6 +178,7 @@ def generate(engine: LlamaEngine, prompt_tokens: Sequence[int], *, max_tokens: i
     count = 0
     finish = "length"
     longest_stop = max((len(s) for s in stops), default=0)
+    entries: list[TokenLogprob] = []
     while count < max_tokens:
         if cancelled is not None and cancelled.is_set():
             break
@@ -171,6 +187,8 @@ def generate(engine: LlamaEngine, prompt_tokens: Sequence[int], *, max_tokens: i
             finish = "stop"
             break
         count += 1
+        if logprobs is not None:
+            entries.append(_token_logprob(engine, logits, token, logprobs))
         data += engine.piece(token)
         text = decodable(data)
         hit = min((i for i in (text.find(s, max(0, sent - longest_stop)) for s in stops)
@@ -188,9 +206,27 @@ def generate(engine: LlamaEngine, prompt_tokens: Sequence[int], *, max_tokens: i
     # At max_tokens, a character the last token left unfinished is dropped (``decodable``).
     if on_text is not None and len(text) > sent:
         on_text(text[sent:])
+    kept, at, answer_bytes = [], 0, len(text.encode())
+    for entry in entries:  # the tokens that begin inside the answer (a stop string is cut)
+        if at >= answer_bytes:
+            break
+        kept.append(entry)
+        at += len(entry.token)
     return Generation(text=text, finish_reason=finish, prompt_tokens=len(prompt_tokens),
                       completion_tokens=count, prefill_s=prefilled - started,
-                      decode_s=time.perf_counter() - prefilled)
+                      decode_s=time.perf_counter() - prefilled, logprobs=tuple(kept))
+
+
+def _token_logprob(engine: LlamaEngine, logits: np.ndarray, token: int,
+                   top: int) -> TokenLogprob:
+    """``token``'s log-probability after ``logits``, with the ``top`` likeliest tokens'."""
+    norm = compute_logsumexp(logits)
+    best: tuple[tuple[bytes, float], ...] = ()
+    if top > 0:
+        ids = np.argpartition(logits, -top)[-top:]
+        ids = ids[np.argsort(logits[ids])[::-1]]
+        best = tuple((engine.piece(int(i)), float(logits[i]) - norm) for i in ids)
+    return TokenLogprob(engine.piece(token), float(logits[token]) - norm, best)
 
 
 @dataclass(frozen=True)
@@ -203,6 +239,8 @@ class _Request:
     stops: list[str]
     seed: int | None
     include_usage: bool
+    logprobs: int | None = None
+    """Alternatives per token when log-probabilities are asked for (None: not asked)."""
 
 
 def _request(body: dict[str, Any], *, chat: bool) -> _Request:
@@ -217,7 +255,27 @@ def _request(body: dict[str, Any], *, chat: bool) -> _Request:
         top_p=float(body["top_p"]) if body.get("top_p") is not None else 1.0,
         stops=compute_stops(body.get("stop"), chat=chat),
         seed=body.get("seed") if isinstance(body.get("seed"), int) else None,
-        include_usage=bool(isinstance(options, dict) and options.get("include_usage")))
+        include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
+        logprobs=_asked_logprobs(body, chat=chat))
+
+
+def _asked_logprobs(body: dict[str, Any], *, chat: bool) -> int | None:
+    """Alternatives per token a request asks for (chat: ``logprobs`` true and
+    ``top_logprobs``; completions: ``logprobs`` N), None if it asks for no logprobs."""
+    if chat:
+        return int(body.get("top_logprobs") or 0) if body.get("logprobs") is True else None
+    value = body.get("logprobs")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _completion_logprobs(req: _Request, gen: Generation) -> dict[str, Any] | None:
+    if req.logprobs is None:
+        return None
+    return format_completion_logprobs(gen.logprobs, top=req.logprobs)
+
+
+def _chat_logprobs(req: _Request, gen: Generation) -> dict[str, Any] | None:
+    return None if req.logprobs is None else format_chat_logprobs(gen.logprobs)
 
 
 def _usage(gen: Generation) -> dict[str, int]:
@@ -261,7 +319,8 @@ class LlmBackend:
             tokens = engine.prompt_tokens(req.prompt)
             return generate(engine, tokens, max_tokens=req.max_tokens,
                             temperature=req.temperature, top_p=req.top_p, stops=req.stops,
-                            seed=req.seed, on_text=on_text, cancelled=cancelled)
+                            seed=req.seed, on_text=on_text, cancelled=cancelled,
+                            logprobs=req.logprobs)
 
     async def _generate(self, req: _Request) -> Generation:
         try:
@@ -304,10 +363,12 @@ class LlmBackend:
 
     # -- /v1/completions ---------------------------------------------------------------------
     async def completions(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
-        gen = await self._generate(_request(body, chat=False))
+        req = _request(body, chat=False)
+        gen = await self._generate(req)
         return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion",
                 "created": int(time.time()), "model": model,
-                "choices": [{"index": 0, "text": gen.text, "logprobs": None,
+                "choices": [{"index": 0, "text": gen.text,
+                             "logprobs": _completion_logprobs(req, gen),
                              "finish_reason": gen.finish_reason}],
                 "usage": _usage(gen)}
 
@@ -320,7 +381,9 @@ class LlmBackend:
                 yield _json({**head, "choices": [{"index": 0, "text": item, "logprobs": None,
                                                   "finish_reason": None}]})
                 continue
-            yield _json({**head, "choices": [{"index": 0, "text": "", "logprobs": None,
+            # A stream's logprobs come with its last chunk, for every token of the answer.
+            yield _json({**head, "choices": [{"index": 0, "text": "",
+                                              "logprobs": _completion_logprobs(req, item),
                                               "finish_reason": item.finish_reason}]})
             if req.include_usage:
                 yield _json({**head, "choices": [], "usage": _usage(item)})
@@ -328,12 +391,14 @@ class LlmBackend:
 
     # -- /v1/chat/completions ----------------------------------------------------------------
     async def chat(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
-        gen = await self._generate(_request(body, chat=True))
+        req = _request(body, chat=True)
+        gen = await self._generate(req)
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
                 "created": int(time.time()), "model": model,
                 "choices": [{"index": 0, "finish_reason": gen.finish_reason,
                              "message": {"role": "assistant",
-                                         "content": compute_chat_content(gen.text)}}],
+                                         "content": compute_chat_content(gen.text)},
+                             "logprobs": _chat_logprobs(req, gen)}],
                 "usage": _usage(gen)}
 
     async def chat_stream(self, model: str, body: dict[str, Any]) -> AsyncIterator[bytes]:
@@ -341,8 +406,10 @@ class LlmBackend:
         head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": model}
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        def chunk(delta: dict[str, Any], finish: str | None = None,
+                  logprobs: dict[str, Any] | None = None) -> bytes:
             return _json({**head, "choices": [{"index": 0, "delta": delta,
+                                               "logprobs": logprobs,
                                                "finish_reason": finish}]})
 
         yield chunk({"role": "assistant", "content": ""})
@@ -354,7 +421,8 @@ class LlmBackend:
                 if item:
                     yield chunk({"content": item})
                 continue
-            yield chunk({}, item.finish_reason)
+            # A stream's logprobs come with its last chunk, for every token of the answer.
+            yield chunk({}, item.finish_reason, _chat_logprobs(req, item))
             if req.include_usage:
                 yield _json({**head, "choices": [], "usage": _usage(item)})
         yield b"[DONE]"

@@ -169,6 +169,13 @@ def requantize_model(source: Path, quant: str, cache_dir: Path | None = None) ->
     return target
 
 
+def compute_logsumexp(logits: np.ndarray) -> float:
+    """log(sum(exp(logits))), computed stably (in float64): the normaliser of a row's
+    log-probabilities. Nodes and mixers compute it alike (``dnanet.ai.logprobs``)."""
+    top = float(logits.max())
+    return top + float(np.log(np.exp(logits.astype(np.float64) - top).sum()))
+
+
 @dataclass(frozen=True)
 class Scored:
     """One output row of a pass: the model's top token there and two logits."""
@@ -181,6 +188,9 @@ class Scored:
     """The highest logit of an end-of-generation token."""
     row: np.ndarray | None = None
     """All logits of the row (only for the last row of a pass, when asked for)."""
+    logsumexp: float = float("nan")
+    """log(sum(exp(logits))) of the row, when asked for: a token's log-probability is its
+    logit minus this."""
 
     def logit(self, token: int) -> float:
         """The logit of ``token`` (needs ``row``, or ``token`` the target)."""
@@ -291,11 +301,13 @@ class LlamaEngine:
         return self._row(len(chunk) - 1).copy()
 
     def score(self, tokens: Sequence[int], targets: Sequence[int | None],
-              first_output: int = 0, *, keep_last: bool = False) -> list[Scored]:
+              first_output: int = 0, *, keep_last: bool = False,
+              with_logsumexp: bool = False) -> list[Scored]:
         """Run ``tokens`` after what the context holds, in batches of ``n_batch``, and read the
         output rows of positions ``first_output`` on: row ``k`` is the model's prediction
         after ``tokens[first_output + k]``, with the logit of ``targets[k]`` (None: none);
-        ``keep_last`` keeps all logits of the last row."""
+        ``keep_last`` keeps all logits of the last row, ``with_logsumexp`` adds each row's
+        log-sum-exp (for log-probabilities)."""
         if self.n_past + len(tokens) > self.n_ctx:
             raise ValueError(f"{self.n_past + len(tokens)} tokens exceed the context of "
                              f"{self.n_ctx}")
@@ -316,7 +328,8 @@ class LlamaEngine:
                     top=top, top_logit=float(row[top]),
                     target_logit=float(row[target]) if target is not None else float("-inf"),
                     eog_logit=float(row[self.eog].max()) if self.eog.size else float("-inf"),
-                    row=row.copy() if keep_last and start + i == len(tokens) - 1 else None))
+                    row=row.copy() if keep_last and start + i == len(tokens) - 1 else None,
+                    logsumexp=compute_logsumexp(row) if with_logsumexp else float("nan")))
         return out
 
     def close(self) -> None:
@@ -349,6 +362,7 @@ def shared_engine(path: Path, *, n_threads: int | None = None, role: str = "serv
 
 __all__ = [
     "GEMMA_FILE", "GEMMA_SHA256", "INSTALL_HINT", "LLM_MODEL", "QUANT_TYPES", "LlamaEngine",
-    "Scored", "default_threads", "ensure_gemma_model", "import_llama_cpp", "model_cache_dir",
+    "Scored", "compute_logsumexp", "default_threads", "ensure_gemma_model", "import_llama_cpp",
+    "model_cache_dir",
     "requantize_model", "shared_engine",
 ]

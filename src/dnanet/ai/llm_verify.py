@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dnanet.ai.llm_engine import LlamaEngine, Scored
+from dnanet.ai.logprobs import LOGPROB_TOLERANCE, check_logprobs
 
 LOGIT_MARGIN = 0.2
 """How far (in logits, i.e. natural-log probability ratio) below the reference's top token a
@@ -79,6 +80,9 @@ class Verdict:
     """Answer tokens re-read one at a time (0 when every token was the batched top)."""
     cpu_s: float
     """CPU time of this process during the check."""
+    logprob_divergence: float | None = None
+    """With reported logprobs: their mean absolute difference from the reference's (nats a
+    token, ``dnanet.ai.logprobs``)."""
 
     @property
     def ok(self) -> bool:
@@ -116,8 +120,13 @@ class _Walk:
     """The teacher-forced pass over one answer, position by position."""
 
     def __init__(self, engine: LlamaEngine, prompt: Sequence[int], margin: float,
-                 replay: _Replay | None = None, reread_above: float = REREAD_ABOVE) -> None:
+                 replay: _Replay | None = None, reread_above: float = REREAD_ABOVE,
+                 logprobs: bool = False) -> None:
         self.engine = engine
+        self.with_logprobs = logprobs
+        self.logprobs: list[tuple[bytes, float]] = []
+        """With ``logprobs``: each path token's bytes and log-probability under the
+        reference (as the batched pass reads it)."""
         self.margin = margin
         self.replay = replay
         self.reread_above = reread_above
@@ -137,20 +146,39 @@ class _Walk:
     def _run(self, pending: list[int]) -> list[Scored]:
         """Predictions for each of ``pending`` and, last, for what follows them."""
         self.passes += 1
+        lse = self.with_logprobs
         if self.unfed:
             tokens = [*self.unfed, *pending]
             rows = self.engine.score(tokens, [*pending, None], len(self.unfed) - 1,
-                                     keep_last=True)
+                                     keep_last=True, with_logsumexp=lse)
             self.unfed = []
         else:
             assert self.end is not None and self.end.row is not None
             head = self.end
             first = [] if not pending else [Scored(head.top, head.top_logit,
-                                                   head.logit(pending[0]), head.eog_logit)]
-            rows = first + self.engine.score(pending, [*pending[1:], None], keep_last=True) \
+                                                   head.logit(pending[0]), head.eog_logit,
+                                                   logsumexp=head.logsumexp)]
+            rows = first + self.engine.score(pending, [*pending[1:], None], keep_last=True,
+                                             with_logsumexp=lse) \
                 if pending else [head]
         self.end = rows[-1]
         return rows
+
+    def _take(self, token: int, piece: bytes, logit: float, pred: Scored) -> None:
+        """Add ``token`` to the path (with its log-probability when asked for)."""
+        self.path.append(token)
+        if self.with_logprobs:
+            self.logprobs.append((piece, logit - pred.logsumexp))
+
+    def answer_logprobs(self, answer_bytes: int) -> list[tuple[bytes, float]]:
+        """The path's tokens that begin inside the answer (not a stop string after it)."""
+        out, at = [], 0
+        for piece, logprob in self.logprobs:
+            if at >= answer_bytes:
+                break
+            out.append((piece, logprob))
+            at += len(piece)
+        return out
 
     def judge(self, gap: float, token: int | None) -> tuple[bool, float, str]:
         """Whether a token (None: the end of text) ``gap`` logits below the batched top
@@ -184,12 +212,12 @@ class _Walk:
                         and top_piece.startswith(rest) and _begins_a_tail(
                             top_piece[len(rest):], tails):
                     # The model's top token holds the rest and the start of a stop string.
-                    self.path.append(pred.top)
+                    self._take(pred.top, top_piece, pred.top_logit, pred)
                     self.overshot = top_piece[len(rest):]
                     return None
                 ok, gap, how = self.judge(pred.top_logit - pred.target_logit, token)
                 if ok:
-                    self.path.append(token)
+                    self._take(token, piece, pred.target_logit, pred)
                     self.max_gap = max(self.max_gap, gap)
                     rest = rest[len(piece):]
                     continue
@@ -198,7 +226,7 @@ class _Walk:
                     # The node split its text otherwise: follow the reference's top token
                     # and read the rest again from there.
                     self.engine.rewind(self.n_prompt + len(self.path))
-                    self.path.append(pred.top)
+                    self._take(pred.top, top_piece, pred.top_logit, pred)
                     self.unfed = [pred.top]
                     rest = rest[len(top_piece):]
                     pending = self.engine.tokenize(rest)
@@ -216,12 +244,16 @@ class _Walk:
 def verify_greedy_answer(engine: LlamaEngine, prompt: str, text: str, *, finish_reason: str,
                          max_tokens: int, stops: Sequence[str], margin: float = LOGIT_MARGIN,
                          replay: LlamaEngine | None = None,
-                         reread_above: float = REREAD_ABOVE) -> Verdict:
+                         reread_above: float = REREAD_ABOVE,
+                         logprobs: Sequence[tuple[bytes, float]] | None = None,
+                         logprob_tolerance: float = LOGPROB_TOLERANCE) -> Verdict:
     """Check a node's greedy answer ``text`` to ``prompt``; the rule of the module docstring.
     ``replay`` is a second context over the same model for the token-by-token re-reads
     (None: the batched pass alone, with ``margin`` for its gaps); a batched gap up to
-    ``reread_above`` passes without one (0: re-read every disagreement). The caller holds
-    both engines' locks."""
+    ``reread_above`` passes without one (0: re-read every disagreement). ``logprobs``: the
+    (token bytes, log-probability) pairs the node reported for the answer, when it was asked
+    for them; an answer that passes must then also pass ``dnanet.ai.logprobs``'s rule against
+    the reference's. The caller holds both engines' locks."""
     started = time.process_time()
     prompt_tokens = engine.prompt_tokens(prompt)
     if len(prompt_tokens) + max_tokens + LENGTH_SLACK + 8 > engine.n_ctx:
@@ -229,14 +261,20 @@ def verify_greedy_answer(engine: LlamaEngine, prompt: str, text: str, *, finish_
                          f"do not fit the reference's context of {engine.n_ctx}")
     replayer = _Replay(replay, prompt_tokens) if replay is not None else None
     def new_walk() -> _Walk:
-        return _Walk(engine, prompt_tokens, margin, replayer, reread_above)
+        return _Walk(engine, prompt_tokens, margin, replayer, reread_above,
+                     logprobs=logprobs is not None)
 
     walk = new_walk()
 
     def verdict(reason: str | None) -> Verdict:
+        divergence = None
+        if reason is None and logprobs is not None:
+            reference = walk.answer_logprobs(len(text.encode()))
+            reason, divergence = check_logprobs(logprobs, reference,
+                                                tolerance=logprob_tolerance)
         return Verdict(reason=reason, tokens=len(walk.path), max_gap=walk.max_gap,
                        passes=walk.passes, replayed=replayer.steps if replayer else 0,
-                       cpu_s=time.process_time() - started)
+                       cpu_s=time.process_time() - started, logprob_divergence=divergence)
 
     if finish_reason not in ("stop", "length"):
         return verdict(f"finish_reason {finish_reason!r} is neither stop nor length")
@@ -280,6 +318,7 @@ def verify_greedy_answer(engine: LlamaEngine, prompt: str, text: str, *, finish_
                 return verdict(None)
             engine.rewind(n_past)
             del walk.path[n_path:]
+            del walk.logprobs[n_path:]
             walk.end, walk.unfed = end, []
         if walk.judge(gap, None)[0]:  # an end of text that a near-tie hid
             return verdict(None)

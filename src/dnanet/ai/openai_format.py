@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from dnanet.ai.logprobs import MAX_TOP_LOGPROBS
 from dnanet.errors import CodecError
 from dnanet.protocol.codec import load_json
 from dnanet.service.http import read_body
@@ -196,7 +197,8 @@ class ChatRequest:
 _NUMBER_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0),
                   "presence_penalty": (-2.0, 2.0), "frequency_penalty": (-2.0, 2.0)}
 _FORWARDED = ("messages", "temperature", "top_p", "max_tokens", "max_completion_tokens",
-              "stop", "seed", "presence_penalty", "frequency_penalty", "n", "stream_options")
+              "stop", "seed", "presence_penalty", "frequency_penalty", "n", "stream_options",
+              "logprobs", "top_logprobs")
 
 
 def parse_chat(raw: bytes) -> ChatRequest:
@@ -245,6 +247,15 @@ def parse_chat(raw: bytes) -> ChatRequest:
             k == "include_usage" and isinstance(v, bool) for k, v in options.items())):
         raise bad_request("`stream_options` may only hold `include_usage` (a boolean).",
                           "stream_options")
+    logprobs, top = data.get("logprobs"), data.get("top_logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise bad_request("`logprobs` must be a boolean.", "logprobs")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int)
+                            or not 0 <= top <= MAX_TOP_LOGPROBS):
+        raise bad_request(f"`top_logprobs` must be an integer in [0, {MAX_TOP_LOGPROBS}].",
+                          "top_logprobs")
+    if top is not None and not logprobs:
+        raise bad_request("`top_logprobs` needs `logprobs` true.", "top_logprobs")
     body = {k: data[k] for k in _FORWARDED if data.get(k) is not None}
     body["model"] = model
     body["stream"] = stream

