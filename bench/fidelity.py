@@ -23,7 +23,9 @@ After ``--epochs`` settled epochs it sends ``--large-requests`` embedding reques
   of the unshaped nodes (target <= 0.15, or the host's own spread, ``compute_spread_unshaped``,
   where that is larger), with ``compute_challenge_iqr_unshaped`` beside it: how far one
   challenge's GFLOP/s scatters here (interquartile range over median of the unshaped nodes'
-  challenges; every node's product competes for the same cores);
+  challenges; every node's product competes for the same cores), and, as a diagnostic,
+  ``compute_error_max_fastest_quartile``: the same error on each node's fastest quartile of
+  challenges (contention only ever slows a product);
 * ``spearman_reward``: reward rank vs the rank of docs/scoring.md's formula on the true values
   (target >= 0.95), and the same within the bandwidth, compute and latency groups (each with
   the unshaped nodes; target >= 0.9);
@@ -265,6 +267,17 @@ def figures(devnet: Devnet, measured: dict[str, dict[str, Any]], large: dict[str
         rel(named[s.name]["flops"], g0) for s in LATENCY)
     out["compute_spread_unshaped"] = None if g0 is None or len(flops_unshaped) < 2 else max(
         rel(f, g0) for f in flops_unshaped)
+    # Diagnostic, not a target: the same error on each node's fastest quartile of challenges
+    # (its 75th percentile of GFLOP/s). Contention on this one host only ever slows a
+    # product, so the fast side is where a node's own speed shows (as the fastest echo is
+    # its round trip); the medians above carry the host's contention tail.
+    fast = {n["name"]: _upper_quartile(n.get("flops_samples", [])) for n in nodes}
+    fast_unshaped = [fast[s.name] for s in UNSHAPED if fast[s.name] is not None]
+    f0 = statistics.median(fast_unshaped) if fast_unshaped else None
+    out["compute_error_max_fastest_quartile"] = None if f0 is None else max(
+        rel(fast[s.name], f0) for s in LATENCY)
+    out["compute_spread_unshaped_fastest_quartile"] = None if f0 is None or len(
+        fast_unshaped) < 2 else max(rel(f, f0) for f in fast_unshaped)
     # How far one challenge's GFLOP/s scatters on this host (every node's product competes
     # for the same cores): the interquartile range of the unshaped nodes' challenges over
     # their median. Medians of ~15 such samples move by a good part of it from run to run.
@@ -323,6 +336,11 @@ def figures(devnet: Devnet, measured: dict[str, dict[str, Any]], large: dict[str
                  "down_mbs": _mb(n["true_down"]), "up_mbs": _mb(n["true_up"])},
         "true_score": n["true_score"]} for n in nodes]
     return out
+
+
+def _upper_quartile(values: list[float]) -> float | None:
+    """The 75th percentile of ``values`` (None with fewer than four)."""
+    return statistics.quantiles(values, n=4)[2] if len(values) >= 4 else None
 
 
 def _ms(v: float | None) -> float | None:
