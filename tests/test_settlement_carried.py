@@ -29,6 +29,7 @@ from dnanet.protocol.messages import (
 )
 from dnanet.service.clock import ManualClock
 from dnanet.service.network import SettledEpoch
+from dnanet.validator.history import ValidatorHistory
 from dnanet.validator.settle import SettlementLoop
 from dnanet.validator.store import ValidatorStore
 from validator_helpers import (
@@ -220,7 +221,18 @@ def test_the_validator_carries_strikes_and_totals_as_the_protocol_does(
     try:
         store.save_certificates([c for e in range(EPOCHS) for c in corpus.certificates[e]])
         loop = SettlementLoop(store, gw, LocalSigner(gw, store.certificates))
+        history = ValidatorHistory(store, gw.preset)
         for rollup in rollups:
+            if rollup.epoch == 3:
+                # Before epoch 3's rollup, its provisional scores already pay the node
+                # punished at epoch 2 nothing, as the rollup will.
+                punished = rollups[2].punishments[0].node
+                assert store.sentenced(3) == (punished,)
+                final, figures, _ = history.epoch_figures(3, 100)
+                assert not final
+                shown = {f.node: f.score for f in figures}
+                assert shown[punished] == 0 == rollup.epoch_scores[punished]
+                assert shown == rollup.epoch_scores
             loop._publish_one(rollup.epoch)
             assert store.settlement(rollup.epoch) == rollup.settlement
             assert tuple(p.punishment for p in store.punishments(rollup.epoch)) == \

@@ -20,7 +20,11 @@ import pytest
 from dashboard_helpers import DashboardState, make_corpus_for, with_known_state
 from dnanet.params import TEST, format_dna_short, format_score
 from dnanet.protocol.messages import Outcome
-from dnanet.protocol.scoring import compute_node_epoch_scores, compute_report_score
+from dnanet.protocol.scoring import (
+    compute_epoch_scores,
+    compute_node_epoch_scores,
+    compute_report_score,
+)
 from dnanet.validator import dashboard
 from dnanet.validator.daemon import ValidatorDaemon
 from dnanet.validator.history import (
@@ -265,6 +269,12 @@ def test_a_nodes_figures_follow_the_scoring_rule(corpus: Corpus) -> None:
         assert figures.rtt_us == compute_median([r.rtt_us for r, _ in ok])
         assert figures.flops_per_s == compute_median([s.flops_per_s for _, s in ok])
         assert (figures.reward, figures.cumulative, figures.final) == (None, None, False)
+        # Sentenced for the epoch (punished the one before), it shows the 0 it will be paid,
+        # as the rollup pays it; its measurements stay what they were.
+        sentenced = compute_node_epoch_figures(node, 0, mine, None, TEST,
+                                               challengers=challengers, sentenced=True)
+        assert sentenced.score == 0 == compute_epoch_scores({node: entry}, TEST, [node])[node]
+        assert (sentenced.compute, sentenced.rtt_us) == (figures.compute, figures.rtt_us)
         # A failed challenge scores zero on every part, so it pulls every average down.
         if entry.failures == entry.challenges:
             assert (figures.latency, figures.compute, figures.bandwidth) == (0, 0, 0)

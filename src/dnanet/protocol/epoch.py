@@ -267,8 +267,7 @@ def process_epoch(
     selected = select_epoch_reports(epoch, reports)
     node_scores = compute_node_epoch_scores(selected)
     # A sentenced node earns nothing until its jail lands (and it is unjailed).
-    epoch_scores = {node: 0 if node in state.sentenced else score
-                    for node, score in compute_epoch_scores(node_scores, preset).items()}
+    epoch_scores = compute_epoch_scores(node_scores, preset, state.sentenced)
     rewards = compute_epoch_rewards(epoch_scores, preset.epoch_emission(epoch))
     cumulative = compute_cumulative(state.cumulative, rewards)
     entries = [(addr, amount) for addr, amount in sorted(cumulative.items()) if amount > 0]

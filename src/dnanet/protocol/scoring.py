@@ -312,10 +312,13 @@ def set_tolerated(scores: dict[str, NodeEpochScore],
 
 
 def compute_epoch_scores(
-    node_scores: dict[str, NodeEpochScore], preset: Preset
+    node_scores: dict[str, NodeEpochScore], preset: Preset, sentenced: Iterable[str] = ()
 ) -> dict[str, int]:
-    """Reward-bearing epoch score per node."""
-    return {node: entry.epoch_score(preset) for node, entry in node_scores.items()}
+    """Reward-bearing epoch score per node: 0 for a node ``sentenced`` (punished the epoch
+    before: it earns nothing until its jail lands)."""
+    done = set(sentenced)
+    return {node: 0 if node in done else entry.epoch_score(preset)
+            for node, entry in node_scores.items()}
 
 
 __all__ = [

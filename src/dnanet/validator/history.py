@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from dnanet.params import Preset
 from dnanet.protocol.messages import Outcome, Punishment, ScoreReport
 from dnanet.protocol.scoring import (
+    compute_epoch_scores,
     compute_node_epoch_scores,
     compute_report_score,
 )
@@ -64,10 +65,11 @@ class NodeEpochFigures:
 
 def compute_node_epoch_figures(node: str, epoch: int, reports: Sequence[ScoreReport],
                                row: NodeEpochRow | None, preset: Preset, *,
-                               challengers: int) -> NodeEpochFigures:
+                               challengers: int, sentenced: bool = False) -> NodeEpochFigures:
     """``node``'s figures of ``epoch`` from its reports there (the epoch has ``challengers``
     mixers with a report), and the rollup's ``row`` once published (its score, reward, totals,
-    strike and fraud are then the rollup's)."""
+    strike and fraud are then the rollup's). Before that, a node ``sentenced`` for the epoch
+    (punished the epoch before) shows the score it will be paid: 0."""
     scores = [compute_report_score(r, preset) for r in reports]
     ok = [s for r, s in zip(reports, scores, strict=True) if r.outcome == Outcome.OK]
     ok_rtt = [r.rtt_us for r in reports if r.outcome == Outcome.OK]
@@ -79,7 +81,8 @@ def compute_node_epoch_figures(node: str, epoch: int, reports: Sequence[ScoreRep
     else:
         challenges = entry.challenges if entry else 0
         failures = entry.failures if entry else 0
-        score = entry.epoch_score(preset) if entry else 0
+        score = compute_epoch_scores({node: entry}, preset,
+                                     (node,) if sentenced else ())[node] if entry else 0
         strike = bool(entry and entry.is_striking(preset))
         fraud = bool(entry and entry.fraud)
     return NodeEpochFigures(
@@ -192,8 +195,11 @@ class ValidatorHistory:
         rows = {r.epoch: r for r in self.store.node_epochs(node) if r.epoch >= first}
         challengers = self.store.challengers_by_epoch(first)
         return [compute_node_epoch_figures(node, e, reports.get(e, []), rows.get(e), self.preset,
-                                           challengers=challengers.get(e, 0))
+                                           challengers=challengers.get(e, 0),
+                                           sentenced=node in self.store.sentenced(e))
                 for e in sorted(set(reports) | set(rows))]
+
+
 
     def failures(self, node: str, limit: int = 50) -> list[FailedChallenge]:
         """The node's latest failed challenges, newest first, with the mixers' reasons."""
@@ -226,8 +232,8 @@ class ValidatorHistory:
             rows = {r.node: r for r in self.store.epoch_node_rows(epoch)}
             scores = {node: r.score for node, r in rows.items()}
         else:
-            scores = {node: entry.epoch_score(self.preset)
-                      for node, entry in self.store.epoch_node_scores(epoch).items()}
+            scores = compute_epoch_scores(self.store.epoch_node_scores(epoch), self.preset,
+                                          self.store.sentenced(epoch))
         listed = sorted(scores, key=lambda n: (-scores[n], n))[:limit]
         reports: dict[str, list[ScoreReport]] = {}
         for start in range(0, len(listed), _IN_CHUNK):
@@ -238,8 +244,10 @@ class ValidatorHistory:
                 report = ScoreReport.from_json(bytes(raw))
                 reports.setdefault(report.node, []).append(report)
         challengers = self.store.epoch_challengers(epoch)
+        sentenced = self.store.sentenced(epoch)
         return final, [compute_node_epoch_figures(n, epoch, reports.get(n, []), rows.get(n),
-                                                  self.preset, challengers=challengers)
+                                                  self.preset, challengers=challengers,
+                                                  sentenced=n in sentenced)
                        for n in listed], len(scores)
 
 

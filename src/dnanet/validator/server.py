@@ -44,7 +44,11 @@ from dnanet.protocol.messages import ZERO32, Outcome, QuorumCertificate
 from dnanet.protocol.quorum import compute_quorum_threshold
 from dnanet.protocol.rollup import RewardTree
 from dnanet.protocol.schedule import compute_epoch
-from dnanet.protocol.scoring import compute_node_epoch_scores, compute_report_score
+from dnanet.protocol.scoring import (
+    compute_epoch_scores,
+    compute_node_epoch_scores,
+    compute_report_score,
+)
 from dnanet.service.http import add_direct_route, error_body, message_schema
 from dnanet.service.network import ChainGateway
 from dnanet.validator.intake import CertificateIntake
@@ -294,6 +298,7 @@ class ValidatorApi:
             })
         node_score = compute_node_epoch_scores(
             reports, challengers=self.store.epoch_challengers(epoch)).get(address)
+        sentenced = self.store.sentenced(epoch)
         scoring = self.preset.scoring
         # The node's leaf in this epoch's reward tree, once the rollup has computed it.
         claim = (self.tree_claim(address, epoch) if published
@@ -308,7 +313,9 @@ class ValidatorApi:
             "fraud": bool(node_score and node_score.fraud),
             "canaries": bool(node_score and node_score.is_canary_cheat()),
             "epoch_score": row.score if row else (
-                node_score.epoch_score(self.preset) if node_score else 0),
+                compute_epoch_scores({address: node_score}, self.preset,
+                                     sentenced)[address] if node_score else 0),
+            "sentenced": address in sentenced,
             "reward": row.reward if row else 0,
             "cumulative": row.cumulative if row else self.store.cumulative_at(address, epoch),
             "weights_bps": {"compute": scoring.weight_compute_bps,

@@ -386,6 +386,12 @@ class ValidatorStore(Store):
             return EpochState() if epoch == 0 else None
         return EpochState.from_wire(parse_json(bytes(row[0]), max_bytes=1 << 30))
 
+    def sentenced(self, epoch: int) -> tuple[str, ...]:
+        """The nodes sentenced for ``epoch`` (punished the epoch before: they earn nothing
+        there), as far as the state carried into it is known here (else none)."""
+        state = self.carried_state(epoch)
+        return state.sentenced if state is not None else ()
+
     def latest_carried_state(self, before: int) -> EpochState:
         """The newest stored state carried into an epoch ``<= before`` (genesis if none)."""
         row = self.one("SELECT state_json FROM epoch_states WHERE epoch<=? ORDER BY epoch DESC"
