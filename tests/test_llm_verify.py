@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dnanet.ai.llm import compute_chat_content, generate
+from dnanet.ai.llm import compute_chat_content, compute_chat_prompt, compute_stops, generate
 from dnanet.ai.llm_engine import LLM_MODEL, LlamaEngine, ensure_gemma_model, requantize_model
 from dnanet.ai.logprobs import LOGPROB_TOLERANCE
 from dnanet.gateway.llm_canary import (
@@ -88,6 +88,28 @@ def test_a_stop_string_answer_passes_and_a_false_stop_does_not(
     verdict = checker.verify(LlmCanary(canary.model, canary.path, canary.body, canary.prompt,
                                        canary.chat, canary.stream, 48, canary.stops), got)
     assert not verdict.ok and "goes on" in (verdict.reason or "")
+
+
+def test_an_answer_whose_last_token_held_the_start_of_the_stop_passes(
+        engines: tuple[LlamaEngine, LlamaEngine, LlmCanaries]) -> None:
+    """An honest node (2 threads, bench/llm.py's canary 144 of seed 17) answered
+    " I don't know." then the token "\n\n" and "User:": its answer ends in "\n", the first half
+    of that token. The batched pass's top after "." is "\n" (a near-tie with "\n\n"), so the
+    answer's own split ends in "\n" and the stop string after it is another "\n": read as the
+    answer with its stop string after it, it passes (it was refused: 1 of 200)."""
+    _node, _reference, checker = engines
+    messages = [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "Why does a signal need a desert?"}]
+    canary = LlmCanary(LLM_MODEL, "/v1/chat/completions",
+                       {"model": LLM_MODEL, "messages": messages, "temperature": 0,
+                        "max_tokens": 32, "stream": False},
+                       compute_chat_prompt(messages), True, False, 32,
+                       compute_stops(None, chat=True))
+    verdict = checker.verify(canary, NodeAnswer("I don't know.\n", "stop", 0.0, None, 0.0))
+    assert verdict.ok, verdict.reason
+    # A stop the model would not make there is still refused.
+    cut = checker.verify(canary, NodeAnswer("I don't", "stop", 0.0, None, 0.0))
+    assert not cut.ok and "goes on" in (cut.reason or "")
 
 
 def test_truncated_and_altered_answers_are_refused(

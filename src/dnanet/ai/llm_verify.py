@@ -211,8 +211,12 @@ class _Walk:
                 if overshoot and rest and pred.top != token and len(top_piece) > len(rest) \
                         and top_piece.startswith(rest) and _begins_a_tail(
                             top_piece[len(rest):], tails):
-                    # The model's top token holds the rest and the start of a stop string.
+                    # The model's top token holds the rest and the start of a stop string
+                    # ("\n\n" for an answer ending in "\n" before "\nUser:"): the path goes on
+                    # from that token, not from the text's own split of the rest.
+                    self.engine.rewind(self.n_prompt + len(self.path))
                     self._take(pred.top, top_piece, pred.top_logit, pred)
+                    self.unfed = [pred.top]
                     self.overshot = top_piece[len(rest):]
                     return None
                 ok, gap, how = self.judge(pred.top_logit - pred.target_logit, token)
@@ -322,16 +326,17 @@ def verify_greedy_answer(engine: LlamaEngine, prompt: str, text: str, *, finish_
             walk.end, walk.unfed = end, []
         if walk.judge(gap, None)[0]:  # an end of text that a near-tie hid
             return verdict(None)
+    # The answer's last tokens may have been split around a stop string (the node's last
+    # token held the answer's end and the stop's start, "\n\n" before "\nUser:", where the
+    # batched pass's top was "\n", a near-tie): read the answer with each stop string after it.
+    for stop in stops:
+        trial = new_walk()
+        if trial.follow((text + stop).encode(), overshoot=True) is None:
+            trial.passes += walk.passes
+            walk = trial
+            return verdict(None)
+        walk.passes += trial.passes
     if reason is not None:
-        # The answer's last tokens may have been split around a stop string: read the answer
-        # with each stop string after it.
-        for stop in stops:
-            trial = new_walk()
-            if trial.follow((text + stop).encode(), overshoot=True) is None:
-                trial.passes += walk.passes
-                walk = trial
-                return verdict(None)
-            walk.passes += trial.passes
         return verdict(reason)
     return verdict(f"finish_reason stop after {len(walk.path)} tokens, but the reference "
                    f"goes on (end of text {gap:.2f} logits below its top"
