@@ -33,6 +33,7 @@ from dnanet.keyfiles import read_keystore_address
 from dnanet.node_cli import add_chain_args, add_node_life_commands
 from dnanet.service.logs import configure_logging
 from dnanet.service.loop import run as run_loop
+from dnanet.service.loop import shorten_switch_interval
 
 log = logging.getLogger("dnanet.cli")
 
@@ -112,6 +113,7 @@ def prepare_node_process(args: argparse.Namespace) -> None:
 
     resolve_device(args.device)
     check_registration(args)
+    shorten_switch_interval()
     if args.compute_threads is not None:
         limit_compute_threads(args.compute_threads)
 
@@ -136,7 +138,8 @@ def _node_run(args: argparse.Namespace) -> int:
         identity, gateway, Path(args.data_dir), host=args.host,
         port=args.port, public_url=args.public_url,
         stake=args.stake,
-        profile=profile, device=args.device, backends=backends)
+        profile=profile, device=args.device, backends=backends,
+        compute_process=not args.compute_in_thread, compute_threads=args.compute_threads)
     _serve_until_signal(daemon)
     return 0
 
@@ -157,6 +160,7 @@ def _mixer_run(args: argparse.Namespace) -> int:
                               "--gateway-key-file FILE (or --no-gateway)")
         gateway_config = GatewayConfig(api_keys=keys, canary_rate=args.canary_rate,
                                        canary_interval_s=args.canary_interval)
+    shorten_switch_interval()
     identity = load_identity(Path(args.keystore))
     gateway = open_gateway(args.rpc, Path(args.deployment), identity)
     if gateway_config is not None:  # nodes serve a mixer's gateway only with its credential
@@ -201,6 +205,10 @@ def add_role_commands(sub: Any) -> None:
     run.add_argument("--compute-threads", type=positive_int, metavar="N",
                      help="CPU threads for challenge products (default: every core; a devnet "
                      "gives each node its share of the host's cores)")
+    run.add_argument("--compute-in-thread", action="store_true",
+                     help="compute challenge products in a thread of the node's own process, "
+                     "not a child process of their own (less memory; a timed product then "
+                     "waits on the node's other work for Python's lock)")
     run.add_argument("--compute-slowdown", type=slowdown, default=1.0, metavar="FACTOR",
                      help="compute takes FACTOR times as long (devnets' shaped nodes; default 1)")
     run.add_argument("--backend", action="append", choices=["minilm", "llm", "trivial", "none"],

@@ -33,6 +33,7 @@ from dnanet.crypto.keys import Identity
 from dnanet.errors import ConfigError
 from dnanet.node.access import AiAccess, api_key_from_environment
 from dnanet.node.ai_api import mount_ai_api
+from dnanet.node.compute_process import ComputeProcess, HeldAnswer
 from dnanet.node.hardware import Hardware, declared_class, probe_hardware
 from dnanet.node.prover import ChainView, ChallengeProver
 from dnanet.node.server import NODE_SCHEMA, StoreSeen, build_node_app
@@ -107,6 +108,8 @@ class NodeDaemon:
         device: str = "auto",
         backends: BackendSet | None = None,
         api_key: str | None = None,
+        compute_process: bool = False,
+        compute_threads: int | None = None,
     ) -> None:
         # First, before any file or port is opened: a bad --device fails here.
         self.device = resolve_device(device)
@@ -129,6 +132,12 @@ class NodeDaemon:
         """The chain's head block as the node last read it."""
         self._cheated = False
         self._cheat_lock = threading.Lock()
+        self._compute_in_process = compute_process
+        self._compute_threads = compute_threads
+        self.compute_process: ComputeProcess | None = None
+        """Where products are computed when ``compute_process`` (``node run``): a child
+        process, so the event loop's work does not stretch a timed product (see
+        ``dnanet.node.compute_process``); None: a thread of this process."""
         preset = gateway.preset
         self.store = Store(data_dir / "node.db", NODE_SCHEMA)
         self.prover = ChallengeProver(
@@ -155,14 +164,20 @@ class NodeDaemon:
     def url(self) -> str:
         return self._public_url or self.server.url
 
-    def _compute(self, seed: bytes, size: ComputeSize) -> ComputeAnswer:
+    def _compute(self, seed: bytes, size: ComputeSize) -> ComputeAnswer | HeldAnswer:
         t0 = time.perf_counter()
-        answer = compute_product(seed, size, self.device)
+        wrong = self._cheats_now()
+        if wrong:
+            log.warning("node %s: devnet profile: signing a wrong product", self.address[:10])
+        answer: ComputeAnswer | HeldAnswer
+        if self.compute_process is not None:
+            answer = self.compute_process.compute(seed, size, wrong=wrong)
+        else:
+            answer = compute_product(seed, size, self.device)
+            if wrong:
+                answer = commit_product(size, answer.product + 1)
         if self.profile.compute_slowdown > 1:
             time.sleep((time.perf_counter() - t0) * (self.profile.compute_slowdown - 1))
-        if self._cheats_now():
-            log.warning("node %s: devnet profile: signing a wrong product", self.address[:10])
-            return commit_product(size, answer.product + 1)
         return answer
 
     def _cheats_now(self) -> bool:
@@ -234,6 +249,10 @@ class NodeDaemon:
         # A missing model backend fails here, before the node registers or serves.
         await self.backends.load()
         await self.server.start()
+        if self._compute_in_process and self.compute_process is None:
+            # After the bind: the port a devnet picked stays free for the shortest time.
+            self.compute_process = ComputeProcess(self.device, self._compute_threads)
+            await asyncio.to_thread(self.compute_process.wait_ready)
         if register:
             await self.ensure_registered()
         await self.refresh_mixers()
@@ -261,6 +280,9 @@ class NodeDaemon:
                 await self._task
         await self.server.stop()
         await self.backends.close()
+        if self.compute_process is not None:
+            await asyncio.to_thread(self.compute_process.close)
+            self.compute_process = None
         self.app.state.flush_progress()
         self.store.close()
 

@@ -26,6 +26,7 @@ from typing import Protocol
 from dnanet.crypto.eip712 import Domain, recover_typed
 from dnanet.crypto.keys import Identity
 from dnanet.errors import ChallengeError, ScheduleError, SignatureError
+from dnanet.node.compute_process import HeldAnswer
 from dnanet.params import Preset
 from dnanet.protocol.challenge_params import (
     compute_challenge_window,
@@ -55,7 +56,7 @@ open one, and each holds a product in memory)."""
 STAGES = ("start", "echo", "download", "upload", "compute", "finish", "open")
 """A session's steps in order; a session's ``stage`` is the last one it completed."""
 
-ComputeFn = Callable[[bytes, ComputeSize], ComputeAnswer]
+ComputeFn = Callable[[bytes, ComputeSize], ComputeAnswer | HeldAnswer]
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ class ProverSession:
         self.download = PayloadDigest()
         self.download_digest: bytes | None = None
         self.upload_digest: bytes | None = None
-        self.answer: ComputeAnswer | None = None
+        self.answer: ComputeAnswer | HeldAnswer | None = None
         self.response: SignedChallengeResponse | None = None
         self.closed = False
 
@@ -268,7 +269,8 @@ class ProverSession:
         if len(indices) != self.challenge.compute_checks:
             raise ChallengeError(f"asked {len(indices)} rows, the challenge checks "
                                  f"{self.challenge.compute_checks}", field="indices")
-        openings = open_rows(self.answer, indices)
+        openings = (self.answer.open_rows(indices) if isinstance(self.answer, HeldAnswer)
+                    else open_rows(self.answer, indices))
         self.stage = "open"
         self.close()
         return openings
@@ -277,6 +279,8 @@ class ProverSession:
         """End the session (idempotent): its slot and its product are released."""
         if not self.closed:
             self.closed = True
+            if isinstance(self.answer, HeldAnswer):
+                self.answer.release()
             self.answer = None
             self._prover._release(self.challenge.challenge_id)
 
