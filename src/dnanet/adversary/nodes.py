@@ -39,6 +39,7 @@ from dnanet.ai.backends import (
 from dnanet.crypto.keys import Identity
 from dnanet.gateway.canary import _TEMPLATES, _WORDS
 from dnanet.node.api import ECHO
+from dnanet.node.compute_process import HeldAnswer
 from dnanet.node.daemon import NodeDaemon, NodeProfile
 from dnanet.node.hardware import CLASS_GPU
 from dnanet.node.session_server import Channel
@@ -89,11 +90,13 @@ class ReplayerNode(NodeDaemon):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._kept: dict[ComputeSize, ComputeAnswer] = {}
+        # Products computed in place (an adversary's daemon has no compute process): a held
+        # one would be released when its first session ends.
+        self._kept: dict[ComputeSize, ComputeAnswer | HeldAnswer] = {}
         self._kept_lock = threading.Lock()
         self.replayed = 0
 
-    def _compute(self, seed: bytes, size: ComputeSize) -> ComputeAnswer:
+    def _compute(self, seed: bytes, size: ComputeSize) -> ComputeAnswer | HeldAnswer:
         with self._kept_lock:
             kept = self._kept.get(size)
             if kept is not None:
@@ -125,7 +128,7 @@ class RelayHost(NodeDaemon):
         super().__init__(*args, **kwargs)
         self.machine_lock = threading.Lock()
 
-    def _compute(self, seed: bytes, size: ComputeSize) -> ComputeAnswer:
+    def _compute(self, seed: bytes, size: ComputeSize) -> ComputeAnswer | HeldAnswer:
         with self.machine_lock:
             return super()._compute(seed, size)
 
@@ -161,7 +164,7 @@ class RelayFront(NodeDaemon):
         kwargs["backends"] = SharedBackends(machine.backends)
         super().__init__(identity, gateway, data_dir, **kwargs)
 
-    def _compute(self, seed: bytes, size: ComputeSize) -> ComputeAnswer:
+    def _compute(self, seed: bytes, size: ComputeSize) -> ComputeAnswer | HeldAnswer:
         return self.machine._compute(seed, size)
 
 
