@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,12 +26,6 @@ from dnanet.service.http import Server, create_app
 from dnanet.service.network import NodeRecord
 
 API_KEY = "dn-test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def gateway_config(**changes: Any) -> GatewayConfig:

@@ -24,9 +24,10 @@ from dnanet.ai.backends import (
 )
 from dnanet.errors import ConfigError
 from dnanet.gateway.scheduler import NodeStats
+from dnanet.ports import free_port
 from dnanet.protocol.codec import MAX_MESSAGE_BYTES
 from dnanet.service.http import Server, create_app
-from gateway_helpers import API_KEY, free_port, gateway_config, network, record
+from gateway_helpers import API_KEY, gateway_config, network, record
 
 T = TypeVar("T")
 

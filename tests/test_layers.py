@@ -14,7 +14,7 @@ import pytest
 import dnanet
 
 FLOORS: list[set[str]] = [
-    {"errors", "params", "cliargs"},
+    {"errors", "params", "cliargs", "ports"},
     {"crypto", "keyfiles"},
     {"protocol"},
     {"chain"},

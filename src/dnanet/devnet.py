@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -52,6 +51,7 @@ from dnanet.node.hardware import (
     probe_hardware,
 )
 from dnanet.params import PRESETS, Preset, format_dna_short, format_score, get_preset
+from dnanet.ports import free_port
 from dnanet.protocol.rollup import verify_proof
 from dnanet.protocol.schedule import compute_epoch_end_block, compute_settlement_block
 from dnanet.service.gateway import ClientGateway
@@ -87,12 +87,6 @@ def role_log_path(data_dir: Path) -> Path:
 
 
 DEFAULT_NODES = 8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def node_profiles(count: int) -> list[str]:

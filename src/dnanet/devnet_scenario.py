@@ -48,13 +48,13 @@ from dnanet.devnet import (
     ProcessDevnet,
     _NodeHandle,
     format_table,
-    free_port,
 )
 from dnanet.errors import DnanetError
 from dnanet.gateway.app import GatewayConfig
 from dnanet.keyfiles import derive_vrf_public_key
 from dnanet.node.hardware import devnet_compute_threads
 from dnanet.params import Preset, format_dna, format_dna_short
+from dnanet.ports import free_port
 from dnanet.protocol.epoch import punishment_cause
 from dnanet.scenarios import (
     MARKS,

@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 from types import TracebackType
 
 from dnanet.errors import ChainError, ConfigError
+from dnanet.ports import free_port
 
 ANVIL_PACKAGE = "@foundry-rs/anvil"
 DEFAULT_CHAIN_ID = 31337
@@ -71,13 +71,6 @@ def find_anvil(npm_dir: str | os.PathLike[str]) -> Path:
         f"{ANVIL_PACKAGE} is installed in {npm_dir} but ships no binary for this platform "
         f"({sys.platform}/{platform.machine()}; expected the optional package {package})"
     )
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rpc_chain_id(url: str, timeout_s: float = 2.0) -> int:
