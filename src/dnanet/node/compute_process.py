@@ -5,9 +5,8 @@ a thread of the node's own process, the product shares one interpreter lock with
 loop that serves the node's other sessions and users' requests: every time the product's code
 gives the lock up (each BLAS call, each row's hash) it waits for it again behind whatever the
 loop is running, up to the interpreter's switch interval (5 ms) each time. Beside one busy
-Python thread a local-preset product took 0.9-1.2 s instead of 27 ms (bench figures in
-docs/shaping.md), and in a devnet the same challenge's GFLOP/s scattered 0.5-0.8 (IQR over
-median) with the node's own log showing 31-106 ms for a 27 ms product.
+Python thread a local-preset product took 0.9-1.2 s instead of 27 ms (``bench/compute_process.py``;
+figures in docs/shaping.md): a node busy with users' requests read as a slow one.
 
 Here the product runs in a child process (``multiprocessing`` spawn: no lock, no state shared
 with the node) that keeps each answer until its session ends: only the 32-byte root comes back
