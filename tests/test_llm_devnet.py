@@ -55,9 +55,13 @@ def test_llm_devnet_serves_openai_clients_and_catches_a_swapped_model(tmp_path: 
         assert devnet.clock is not None
         await devnet.clock.stop()
         # A node answers mixers only once it has read the chain's head (401 "retry" before):
-        # on a loaded host the swapper, started after its re-quantized model, can be late.
+        # on a loaded host the swapper, started after its re-quantized model, can be late,
+        # and a head read during setup is not the head at genesis (CI: "credential is for
+        # block 409, the node's head is 27").
+        head = await asyncio.to_thread(devnet.head)
         for _ in range(1200):
-            if all(daemon.head is not None for daemon in devnet.node_daemons):
+            if all(daemon.head is not None and daemon.head >= head
+                   for daemon in devnet.node_daemons):
                 break
             await asyncio.sleep(0.05)
         for index, mixer in enumerate(devnet.mixer_daemons):
