@@ -152,6 +152,13 @@ class ScenarioMixin:
         self.down: set[str] = set()
         """Nodes whose daemon was stopped (failed or left)."""
         self.validator_lock = asyncio.Lock()
+        self.accounts_lock = asyncio.Lock()
+        """Held while the devnet sends from an account another of its senders may use: its
+        claims for every node, a joiner's ETH (the deployer's) and stake (a genesis node's), a
+        new mixer's entry (the deployer's), a node's unbond or withdraw. Two senders
+        from one account at once take the same nonce, and one of them fails (the soak's
+        withdraw of node 3 did, beside that epoch's claims: "nonce 6 ... was used by another
+        transaction")."""
         self._player: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         """Events being fired and bursts under way."""
@@ -200,7 +207,8 @@ class ScenarioMixin:
             while epochs is None or epoch < epochs:
                 await self.wait_settled(epoch)
                 async with self.validator_lock:
-                    await self.claim_all()
+                    async with self.accounts_lock:
+                        await self.claim_all()
                     summary = await self.summarize(epoch)
                 self.summaries.append(summary)
                 self.print_table(summary)
@@ -279,7 +287,8 @@ class ScenarioMixin:
     async def buy_stake(self, identity: Identity) -> str:
         """ETH for gas, and the minimum stake in DNA from the genesis node holding the most
         (a joiner buys its stake; nobody mints it): returns the seller's address."""
-        await self.fund_eth(identity.address)
+        async with self.accounts_lock:
+            await self.fund_eth(identity.address)
         client = self.gateway(None).client
         holders = [n for n in self.node_ids[:self.scenario.nodes] if n.address not in self.down]
 
@@ -288,16 +297,20 @@ class ScenarioMixin:
 
         seller = await asyncio.to_thread(richest)
         seller_client = self.gateway(seller).client
-        await asyncio.to_thread(seller_client.transfer, identity.address, self.preset.min_stake)
+        async with self.accounts_lock:
+            await asyncio.to_thread(seller_client.transfer, identity.address,
+                                    self.preset.min_stake)
         return seller.address
 
     async def do_unbond(self, event: Event, epoch: int) -> str:
         assert event.target is not None
-        return await self.node_command("unbond", self.scenario_node(event.target))
+        async with self.accounts_lock:
+            return await self.node_command("unbond", self.scenario_node(event.target))
 
     async def do_withdraw(self, event: Event, epoch: int) -> str:
         assert event.target is not None
-        return await self.node_command("withdraw", self.scenario_node(event.target))
+        async with self.accounts_lock:
+            return await self.node_command("withdraw", self.scenario_node(event.target))
 
     async def do_leave(self, event: Event, epoch: int) -> str:
         assert event.target is not None
@@ -333,8 +346,9 @@ class ScenarioMixin:
         identity = self.scenario_mixer(event.target)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        await self.fund_eth(identity.address)
-        effective = await self.add_to_mixer_set(identity, url)
+        async with self.accounts_lock:  # the deployer's account, which also funds joiners
+            await self.fund_eth(identity.address)
+            effective = await self.add_to_mixer_set(identity, url)
         await self.start_added_mixer(identity, port)
         self.mixer_ids.append(identity)
         self.mixer_urls.append(url)
