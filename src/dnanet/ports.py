@@ -5,7 +5,7 @@ role binds them.
 takes its local port from that range, so a port picked there by binding port 0 (the kernel's
 choice, from the same range) can be taken by a connection another role opens before the role
 it was picked for binds it: a fidelity devnet lost a node that way ("port ... is in use by
-another process") in 2 of 8 runs with twelve nodes reading the chain while they started. Below
+another process") in 2 of 11 runs with twelve nodes reading the chain while they started. Below
 the range only a listener can take it, and none is given the same port twice.
 """
 
