@@ -52,7 +52,7 @@ from dnanet.ai.llm_engine import (
     ensure_gemma_model,
     requantize_model,
 )
-from dnanet.ai.logprobs import LOGPROB_TOLERANCE
+from dnanet.ai.logprobs import LOGPROB_TOLERANCE, select_answer_tokens
 from dnanet.gateway.llm_canary import LlmCanaries, LlmCanary, NodeAnswer, make_llm_canary
 
 KEY = "dn-bench"
@@ -88,12 +88,7 @@ def truncated(engine: LlamaEngine, canary: LlmCanary, honest: NodeAnswer,
     cut = compute_chat_content(cut) if canary.chat else cut
     logprobs = None
     if honest.logprobs is not None:  # its own tokens' logprobs, as far as it answered
-        logprobs, at = [], 0
-        for token, logprob in honest.logprobs:
-            if at >= kept:
-                break
-            logprobs.append((token, logprob))
-            at += len(token)
+        logprobs = select_answer_tokens(honest.logprobs, kept, lambda pair: pair[0])
     return NodeAnswer(cut, claim, honest.sent_at, None, honest.last_at, logprobs)
 
 

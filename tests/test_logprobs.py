@@ -15,6 +15,7 @@ from dnanet.ai.logprobs import (
     format_chat_logprobs,
     format_completion_logprobs,
     parse_reported_logprobs,
+    select_answer_tokens,
 )
 
 ENTRIES = [TokenLogprob(b" The", -0.25, ((b" The", -0.25), (b" A", -1.75))),
@@ -92,3 +93,15 @@ def test_a_uniform_shift_is_the_divergence(tokens: list[tuple[bytes, float]],
     assert aligned == len(tokens)
     assert divergence == pytest.approx(shift, abs=1e-9)
     assert (check_logprobs(shifted, tokens)[0] is None) == (divergence <= LOGPROB_TOLERANCE)
+
+
+def test_the_answers_tokens_are_those_that_begin_inside_it() -> None:
+    pairs = [(b"I don't", -0.1), (b" know", -0.2), (b".\n\n", -0.3), (b"User", -0.4), (b":", -0.5)]
+    def token(pair: tuple[bytes, float]) -> bytes:
+        return pair[0]
+    # The answer "I don't know.\n": the last token holds its end and the stop's start.
+    assert select_answer_tokens(pairs, len(b"I don't know.\n"), token) == pairs[:3]
+    assert select_answer_tokens(pairs, len(b"I don't know"), token) == pairs[:2]
+    assert select_answer_tokens(pairs, 0, token) == []
+    assert select_answer_tokens(pairs, 1000, token) == pairs
+    assert select_answer_tokens(ENTRIES, 1, lambda entry: entry.token) == ENTRIES[:1]

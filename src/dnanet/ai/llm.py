@@ -47,7 +47,12 @@ from dnanet.ai.llm_engine import (
     ensure_gemma_model,
     shared_engine,
 )
-from dnanet.ai.logprobs import TokenLogprob, format_chat_logprobs, format_completion_logprobs
+from dnanet.ai.logprobs import (
+    TokenLogprob,
+    format_chat_logprobs,
+    format_completion_logprobs,
+    select_answer_tokens,
+)
 from dnanet.service.loop import in_daemon_thread
 
 CHAT_STOP = "\nUser:"
@@ -206,12 +211,7 @@ def generate(engine: LlamaEngine, prompt_tokens: Sequence[int], *, max_tokens: i
     # At max_tokens, a character the last token left unfinished is dropped (``decodable``).
     if on_text is not None and len(text) > sent:
         on_text(text[sent:])
-    kept, at, answer_bytes = [], 0, len(text.encode())
-    for entry in entries:  # the tokens that begin inside the answer (a stop string is cut)
-        if at >= answer_bytes:
-            break
-        kept.append(entry)
-        at += len(entry.token)
+    kept = select_answer_tokens(entries, len(text.encode()), lambda entry: entry.token)
     return Generation(text=text, finish_reason=finish, prompt_tokens=len(prompt_tokens),
                       completion_tokens=count, prefill_s=prefilled - started,
                       decode_s=time.perf_counter() - prefilled, logprobs=tuple(kept))

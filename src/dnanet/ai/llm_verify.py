@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dnanet.ai.llm_engine import LlamaEngine, Scored
-from dnanet.ai.logprobs import LOGPROB_TOLERANCE, check_logprobs
+from dnanet.ai.logprobs import LOGPROB_TOLERANCE, check_logprobs, select_answer_tokens
 
 LOGIT_MARGIN = 0.2
 """How far (in logits, i.e. natural-log probability ratio) below the reference's top token a
@@ -172,13 +172,7 @@ class _Walk:
 
     def answer_logprobs(self, answer_bytes: int) -> list[tuple[bytes, float]]:
         """The path's tokens that begin inside the answer (not a stop string after it)."""
-        out, at = [], 0
-        for piece, logprob in self.logprobs:
-            if at >= answer_bytes:
-                break
-            out.append((piece, logprob))
-            at += len(piece)
-        return out
+        return select_answer_tokens(self.logprobs, answer_bytes, lambda pair: pair[0])
 
     def judge(self, gap: float, token: int | None) -> tuple[bool, float, str]:
         """Whether a token (None: the end of text) ``gap`` logits below the batched top

@@ -21,9 +21,11 @@ taken over the tokens both split alike.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 LOGPROB_TOLERANCE = 0.1
 """The most a node's reported log-probabilities may differ from the reference's, in nats a
@@ -43,6 +45,21 @@ class TokenLogprob:
     token: bytes
     logprob: float
     top: tuple[tuple[bytes, float], ...] = ()
+
+
+def select_answer_tokens(tokens: Sequence[T], answer_bytes: int,
+                         token_bytes: Callable[[T], bytes]) -> list[T]:
+    """The leading ``tokens`` that begin inside the first ``answer_bytes`` bytes of the text
+    they spell (``token_bytes`` gives each one's bytes): a stop string after the answer is
+    cut, a last token that holds the answer's end and the stop string's start is kept."""
+    out: list[T] = []
+    at = 0
+    for token in tokens:
+        if at >= answer_bytes:
+            break
+        out.append(token)
+        at += len(token_bytes(token))
+    return out
 
 
 def _text(token: bytes) -> str:
@@ -150,5 +167,5 @@ def check_logprobs(reported: Sequence[tuple[bytes, float]],
 __all__ = [
     "LOGPROB_TOLERANCE", "MAX_LEGACY_LOGPROBS", "MAX_TOP_LOGPROBS", "MIN_ALIGNED_SHARE",
     "TokenLogprob", "check_logprobs", "compute_logprob_divergence", "format_chat_logprobs",
-    "format_completion_logprobs", "parse_reported_logprobs",
+    "format_completion_logprobs", "parse_reported_logprobs", "select_answer_tokens",
 ]
