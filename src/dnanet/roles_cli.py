@@ -106,8 +106,9 @@ def _serve_until_signal(daemon: Any) -> None:
 
 def prepare_node_process(args: argparse.Namespace) -> None:
     """What every ``node run`` process does before its password prompt: check the device
-    ("cuda" without a CUDA device fails here) and the registration flags, and limit the
-    product's CPU threads (``--compute-threads``)."""
+    ("cuda" without a CUDA device fails here) and the registration flags, hand Python's lock
+    over sooner (``shorten_switch_interval``), and limit the product's CPU threads
+    (``--compute-threads``)."""
     from dnanet.node.daemon import resolve_device
     from dnanet.node.hardware import limit_compute_threads
 

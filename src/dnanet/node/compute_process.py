@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import multiprocessing
 import threading
 from dataclasses import dataclass
@@ -29,8 +28,6 @@ from typing import Any
 
 from dnanet.errors import ChallengeError
 from dnanet.protocol.challenges.compute import ComputeSize, RowOpening
-
-log = logging.getLogger(__name__)
 
 WARM_UP_SIZE = ComputeSize(n=64, rows=64, checks=1)
 """A product run once at start-up, so the first challenge does not time BLAS's start."""
@@ -82,7 +79,6 @@ class HeldAnswer:
     request until ``release``."""
 
     root: bytes
-    size: ComputeSize
     key: int
     process: ComputeProcess
 
@@ -138,7 +134,7 @@ class ComputeProcess:
         """The product of ``seed``, held in the child; ``wrong`` commits to a wrong one."""
         key = next(self._keys)
         root = self.call("compute", key, (seed, size, wrong))
-        return HeldAnswer(root=root, size=size, key=key, process=self)
+        return HeldAnswer(root=root, key=key, process=self)
 
     def release(self, key: int) -> None:
         with self._lock:
