@@ -26,6 +26,7 @@ from dnanet.node.api import (
     DOWNLOAD,
     ECHO,
     ERROR,
+    FINISH,
     MAX_FRAME_BYTES,
     START,
     UPLOAD,
@@ -35,6 +36,7 @@ from dnanet.node.prover import ChallengeProver
 from dnanet.node.server import NODE_SCHEMA, StoreSeen, build_node_app
 from dnanet.params import MAINNET, TEST, Preset
 from dnanet.protocol.challenge_params import compute_challenge, compute_kind_seeds
+from dnanet.protocol.challenges import derive_attempt_seeds
 from dnanet.protocol.challenges.bandwidth import download_payload, payload_digest
 from dnanet.protocol.challenges.latency import echo_nonces
 from dnanet.protocol.messages import Outcome, ScoreReport, SignedChallenge
@@ -250,22 +252,26 @@ def test_a_step_repeated_on_a_session_is_refused(tmp_path: Path, again: bytes) -
             assert (await socket.recv(decode=False))[:1] == DOWNLOAD
             await socket.send(UPLOAD + seeds.upload_seed)
             uploaded = await socket.recv(decode=False)
-            if again == COMPUTE:
-                await socket.send(COMPUTE + seeds.compute_seed)
-                assert len(await socket.recv(decode=False)) == 33
-            await socket.send(again + (seeds.compute_seed if again == COMPUTE
+            attempt_seeds = derive_attempt_seeds(seeds.compute_seed, challenge.compute_attempts)
+            if again == COMPUTE:  # every attempt, then one more
+                for seed in attempt_seeds:
+                    await socket.send(COMPUTE + seed)
+                    assert len(await socket.recv(decode=False)) == 33
+            await socket.send(again + (attempt_seeds[-1] if again == COMPUTE
                                        else seeds.upload_seed))
             return len(uploaded) - 1, await refusal(socket)
 
     uploaded, error = asyncio.run(run())
     assert uploaded == TEST.hardware_classes[0].upload_bytes
-    assert error["field"] == "step" and "out of order" in error["message"]
+    assert error["field"] == "step"
+    assert ("out of order" if again == UPLOAD else "more compute attempts") in error["message"]
 
 
 def test_the_node_sees_no_compute_seed_before_the_compute_step(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every byte the node receives before the compute frame, in a whole honest session: the
-    compute seed is not among them (the signed challenge holds only its commitment)."""
+    """Every byte the node receives before each compute frame, in a whole honest session: that
+    attempt's seed is not among them (the signed challenge holds only the first's commitment,
+    and each attempt's seed is the hash of the next)."""
     received: list[bytes] = []
 
     class Recording(session_server._AsgiChannel):
@@ -282,10 +288,14 @@ def test_the_node_sees_no_compute_seed_before_the_compute_step(
 
     assert asyncio.run(run()).outcome == Outcome.OK
     seeds = compute_kind_seeds(prove_round(MIXER, 0)[1], NODE.address)
-    compute_at = next(i for i, frame in enumerate(received) if frame[:1] == COMPUTE)
-    before = b"".join(received[:compute_at])
-    assert seeds.compute_seed not in before and seeds.compute_seed.hex().encode() not in before
-    assert received[compute_at] == COMPUTE + seeds.compute_seed
+    attempt_seeds = derive_attempt_seeds(seeds.compute_seed, TEST.hardware_classes[0].
+                                         compute_attempts)
+    computes = [i for i, frame in enumerate(received) if frame[:1] == COMPUTE]
+    assert len(computes) == len(attempt_seeds) == 2
+    for compute_at, seed in zip(computes, attempt_seeds, strict=True):
+        before = b"".join(received[:compute_at])
+        assert seed not in before and seed.hex().encode() not in before
+        assert received[compute_at] == COMPUTE + seed
     assert seeds.upload_seed not in b"".join(
         f for f in received if f[:1] != UPLOAD)  # revealed only in the upload frame
 
@@ -310,6 +320,7 @@ def _bad_frames() -> list[tuple[list[bytes], str, str]]:
         ([START + signed.to_json(), ECHO + bytes(15)], "nonce", "echo"),
         ([START + signed.to_json(), b"Z"], "step", "unknown"),
         ([START + signed.to_json(), COMPUTE + bytes(32)], "step", "compute"),
+        ([START + signed.to_json(), FINISH], "attempt", "finish"),
         ([START + signed.to_json(), DOWNLOAD + bytes(MAX_FRAME_BYTES)], "frame", "download"),
     ]
 
@@ -317,7 +328,8 @@ def _bad_frames() -> list[tuple[list[bytes], str, str]]:
 @pytest.mark.parametrize(("frames", "field", "step"), _bad_frames(),
                          ids=["echo-first", "empty", "not-json", "not-object", "bad-field",
                               "stranger", "other-node", "bad-signature", "short-nonce",
-                              "unknown-step", "compute-first", "oversized"])
+                              "unknown-step", "compute-first", "finish-naming-no-attempt",
+                              "oversized"])
 def test_bad_input_is_an_error_frame_naming_the_field(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, frames: list[bytes], field: str,
         step: str) -> None:

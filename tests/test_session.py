@@ -31,18 +31,29 @@ from dnanet.node.prover import (
 )
 from dnanet.params import TEST, ChallengeSizes
 from dnanet.protocol.challenge_params import compute_challenge, compute_kind_seeds
-from dnanet.protocol.challenges import compute_seed_hash
+from dnanet.protocol.challenges import (
+    compute_seed_hash,
+    derive_attempt_seeds,
+    previous_attempt_seed,
+)
 from dnanet.protocol.challenges.bandwidth import iter_download_payload
 from dnanet.protocol.challenges.compute import (
     ComputeAnswer,
     ComputeSize,
     RowOpening,
+    commit_product,
     compute_product,
     derive_check_indices,
+    open_rows,
     verify_openings,
 )
 from dnanet.protocol.challenges.latency import echo_nonces
-from dnanet.protocol.evidence import decode_fraud_evidence, verify_fraud_evidence
+from dnanet.protocol.evidence import (
+    decode_fraud_evidence,
+    encode_fraud_evidence,
+    is_row_correct,
+    verify_fraud_evidence,
+)
 from dnanet.protocol.messages import (
     MAX_REASON_BYTES,
     ZERO32,
@@ -129,24 +140,29 @@ def test_honest_report_passes_validation() -> None:
 MIB = 1 << 20
 TIMED = replace(TEST, hardware_classes=(ChallengeSizes(
     compute_n=32, compute_rows=64, compute_checks=8, download_bytes=MIB, upload_bytes=MIB,
-    latency_echoes=16),) * 2)
-"""TEST with transfers of 1 MiB, so that a transfer is several frames."""
+    latency_echoes=16, compute_attempts=3),) * 2)
+"""TEST with transfers of 1 MiB, so that a transfer is several frames, and three compute
+attempts."""
 
 
 class FakeLink(LocalTransport):
     """An honest node behind a link of known round trip and rates, timed on the link's own
     clock (``clock``): each call advances it by what it takes on such a link. Some echoes
     queue behind other traffic (``jitter_ns``); the node takes ``generate_ns`` to make the
-    upload payload and ``compute_ns`` for the product."""
+    upload payload and ``compute_ns`` for the product, more in an attempt that shares its host
+    with other work (``contended_ns``, by attempt)."""
 
     def __init__(self, prover: ChallengeProver, *, rtt_ns: int, down_bps: int, up_bps: int,
                  compute_ns: int, jitter_ns: int = 0, generate_ns: int = 5_000_000,
-                 echo_extra_ns: int = 0, busy_ns: int = 0) -> None:
+                 echo_extra_ns: int = 0, busy_ns: int = 0,
+                 contended_ns: tuple[int, ...] = ()) -> None:
         super().__init__(prover)
         self.now = 1_000_000_000
         self.rtt_ns, self.down_bps, self.up_bps = rtt_ns, down_bps, up_bps
         self.compute_ns, self.jitter_ns, self.generate_ns = compute_ns, jitter_ns, generate_ns
         self.echo_extra_ns = echo_extra_ns
+        self.contended_ns = contended_ns
+        self.attempts = 0
         self.busy_ns = busy_ns
         """The mixer is busy this long when the upload's first frame arrives: it reads that
         frame, and those that arrived meanwhile, only then."""
@@ -180,9 +196,12 @@ class FakeLink(LocalTransport):
             self.now = max(arrived, read_from)
             yield frame
 
-    async def compute(self, challenge_id: bytes, compute_seed: bytes) -> bytes:
-        self.now += self.rtt_ns + self.compute_ns
-        return await super().compute(challenge_id, compute_seed)
+    async def compute(self, challenge_id: bytes, attempt_seed: bytes) -> bytes:
+        contended = self.contended_ns[self.attempts] if self.attempts < len(
+            self.contended_ns) else 0
+        self.attempts += 1
+        self.now += self.rtt_ns + self.compute_ns + contended
+        return await super().compute(challenge_id, attempt_seed)
 
 
 def timed_session(link: FakeLink) -> ScoreReport:
@@ -214,6 +233,79 @@ def test_each_figure_measures_one_thing_on_a_known_link(
         TIMED.hardware_classes[0], outcome=Outcome.OK, rtt_us=report.rtt_us,
         compute_us=report.compute_us, download_us=report.download_us,
         upload_us=report.upload_us, params=TIMED.scoring).total
+
+
+@pytest.mark.parametrize("contended_ns", [(0, 0, 0), (90_000_000, 0, 40_000_000),
+                                          (70_000_000, 30_000_000, 0)],
+                         ids=["quiet", "slow-first", "slow-then-slower"])
+def test_the_fastest_compute_attempt_counts(contended_ns: tuple[int, ...]) -> None:
+    # Whatever else shares the node's host slows some attempts; the fastest shows the machine,
+    # and the node signs (and opens) that attempt's product.
+    link = FakeLink(make_prover(NODE, MIXERS), rtt_ns=20_000_000, down_bps=10**8,
+                    up_bps=10**8, compute_ns=50_000_000, contended_ns=contended_ns)
+    report = timed_session(link)
+    assert report.outcome == Outcome.OK, report.reason
+    assert link.attempts == 3
+    assert abs(report.compute_us * 1000 - 50_000_000) <= 50_000_000 // 10
+    seeds = compute_kind_seeds(prove_round(MIXER, 0)[1], NODE.address)
+    counted = contended_ns.index(min(contended_ns))
+    size = TIMED.hardware_classes[0]
+    product = compute_product(derive_attempt_seeds(seeds.compute_seed, 3)[counted], ComputeSize(
+        n=size.compute_n, rows=size.compute_rows, checks=size.compute_checks), "cpu")
+    assert report.compute_root == product.root
+
+
+class AnswersAnEarlierAttempt(FakeLink):
+    """Computes the first attempt honestly and answers every later one with its product at
+    once (the seeds are new each attempt; the product is not)."""
+
+    root: bytes | None = None
+
+    async def compute(self, challenge_id: bytes, attempt_seed: bytes) -> bytes:
+        if self.root is None:
+            self.root = await super().compute(challenge_id, attempt_seed)
+            return self.root
+        self.now += self.rtt_ns
+        session = self._session(challenge_id)
+        session.attempts.append(session.attempts[0])  # the node's own state, forged
+        session.attempt_seeds.append(attempt_seed)
+        return self.root
+
+
+def test_an_earlier_attempts_product_answered_again_fails_but_is_no_fraud() -> None:
+    # The replayed attempt is the fastest, so it counts and its rows are checked against its
+    # own seed: they are the first attempt's, so the challenge fails; but each row is right
+    # for an attempt of this challenge, so it is no evidence of fraud (a mixer could otherwise
+    # pass one attempt's honest rows off as another's wrong ones).
+    link = AnswersAnEarlierAttempt(make_prover(NODE, MIXERS), rtt_ns=1_000_000,
+                                   down_bps=10**8, up_bps=10**8, compute_ns=50_000_000)
+    report = timed_session(link)
+    assert_failed(report, Outcome.BAD_RESPONSE, "openings")
+    assert report.evidence == b""
+
+
+def test_fraud_evidence_must_be_wrong_for_every_attempt() -> None:
+    # The node's honest row of attempt 0, presented as attempt 1's: no fraud shown.
+    beta = prove_round(MIXER, 0)[1]
+    challenge = compute_challenge(beta=beta, epoch=0, round_=0, mixer=MIXER.address,
+                                  node=NODE.address, hardware_class=0, preset=TIMED)
+    compute_seed = compute_kind_seeds(beta, NODE.address).compute_seed
+    first, second, third = derive_attempt_seeds(compute_seed, 3)
+    size = ComputeSize(n=challenge.compute_n, rows=challenge.compute_rows,
+                       checks=challenge.compute_checks)
+    honest = compute_product(first, size, "cpu")
+    opening = open_rows(honest, [5])[0]
+    report = replace(session(LocalTransport(_prover())), compute_root=honest.root,
+                     evidence=encode_fraud_evidence(opening))
+    with pytest.raises(ChallengeError, match="correct for an attempt"):
+        verify_fraud_evidence(report, challenge, compute_seed)
+    # A row right for none of them is.
+    wrong = commit_product(size, honest.product + 1)
+    report = replace(report, compute_root=wrong.root,
+                     evidence=encode_fraud_evidence(open_rows(wrong, [5])[0]))
+    verify_fraud_evidence(report, challenge, compute_seed)
+    assert not any(is_row_correct(seed, size, open_rows(wrong, [5])[0])
+                   for seed in (first, second, third))
 
 
 def test_a_mixer_busy_as_the_upload_begins_still_measures_its_rate() -> None:
@@ -336,7 +428,10 @@ def test_spot_checks_catch_exactly_the_sessions_that_open_a_wrong_row() -> None:
         report = run_session(LocalTransport(make_prover(node, MIXERS, compute=cheat)),
                              MIXER, round_, node.address)
         seeds = compute_kind_seeds(prove_round(MIXER, round_)[1], node.address)
-        root = cheat(seeds.compute_seed, size).root
+        roots = [cheat(seed, size).root
+                 for seed in derive_attempt_seeds(seeds.compute_seed, SIZES.compute_attempts)]
+        root = report.compute_root  # the counted attempt's: one of the node's
+        assert root in roots
         caught = bool(wrong & set(derive_check_indices(seeds.check_seed, root, size)))
         assert report.outcome == (Outcome.WRONG_ANSWER if caught else Outcome.OK), report.reason
         outcomes.append(report.outcome)
@@ -382,8 +477,8 @@ class ResigningTransport(LocalTransport):
         self.signer = signer
         self.changes: dict[str, Any] = changes
 
-    async def finish(self, challenge_id: bytes) -> SignedChallengeResponse:
-        signed = await super().finish(challenge_id)
+    async def finish(self, challenge_id: bytes, attempt: int) -> SignedChallengeResponse:
+        signed = await super().finish(challenge_id, attempt)
         response: ChallengeResponse = replace(signed.response, **self.changes)
         return SignedChallengeResponse(
             response=response, signature=self.signer.sign_typed(DOMAIN, response.hash_struct())
@@ -391,8 +486,8 @@ class ResigningTransport(LocalTransport):
 
 
 class BrokenSignature(LocalTransport):
-    async def finish(self, challenge_id: bytes) -> SignedChallengeResponse:
-        signed = await super().finish(challenge_id)
+    async def finish(self, challenge_id: bytes, attempt: int) -> SignedChallengeResponse:
+        signed = await super().finish(challenge_id, attempt)
         return replace(signed, signature=signed.signature[:64] + b"\x00")
 
 
@@ -500,13 +595,17 @@ def test_prover_runs_a_full_session_whose_openings_verify() -> None:
         digest = session.download_chunk(chunk)
     assert digest is not None
     session.upload(seeds.upload_seed)
-    root = session.compute(seeds.compute_seed)
-    response = session.finish()
+    attempt_seeds = derive_attempt_seeds(seeds.compute_seed, challenge.compute_attempts)
+    assert len(attempt_seeds) == challenge.compute_attempts == 2
+    roots = [session.compute(seed) for seed in attempt_seeds]
+    assert roots[0] != roots[1]  # each attempt is a product of its own
+    response = session.finish(1)
+    root = roots[1]
     assert response.response.compute_root == root
     size = ComputeSize(n=challenge.compute_n, rows=challenge.compute_rows,
                        checks=challenge.compute_checks)
     indices = derive_check_indices(seeds.check_seed, root, size)
-    verify_openings(seeds.compute_seed, seeds.check_seed, size, root, session.open_rows(indices))
+    verify_openings(attempt_seeds[1], seeds.check_seed, size, root, session.open_rows(indices))
     # Opening ends the session.
     with pytest.raises(ChallengeError) as exc:
         session.open_rows(indices)
@@ -523,7 +622,8 @@ def test_the_signed_challenge_holds_no_seed_only_commitments() -> None:
                    seeds.latency_seed, seeds.check_seed):
         assert secret.hex() not in wire.decode()
     assert not hasattr(challenge, "compute_seed") and not hasattr(challenge, "upload_seed")
-    assert challenge.compute_seed_hash == compute_seed_hash(seeds.compute_seed)
+    first_attempt = derive_attempt_seeds(seeds.compute_seed, challenge.compute_attempts)[0]
+    assert challenge.compute_seed_hash == compute_seed_hash(first_attempt)
     assert challenge.upload_seed_hash == compute_seed_hash(seeds.upload_seed)
 
 
@@ -633,46 +733,87 @@ def _started() -> ProverSession:
     return _prover().start(signed(challenge_for()))
 
 
+def _attempt_seeds() -> list[bytes]:
+    return derive_attempt_seeds(_seeds().compute_seed, SIZES.compute_attempts)
+
+
+def _computed(session: ProverSession) -> ProverSession:
+    for seed in _attempt_seeds():
+        session.compute(seed)
+    return session
+
+
 def test_each_step_runs_once_and_in_order() -> None:
     seeds = _seeds()
+    first, second = _attempt_seeds()
     session = _downloaded(_started())
     with pytest.raises(ChallengeError, match="out of order"):  # compute before upload
-        session.compute(seeds.compute_seed)
+        session.compute(first)
     session.upload(seeds.upload_seed)
     with pytest.raises(ChallengeError, match="out of order") as exc:  # a second upload
         session.upload(seeds.upload_seed)
     assert exc.value.field == "step"
-    session.compute(seeds.compute_seed)
-    for again in (lambda: session.compute(seeds.compute_seed),
+    session.compute(first)
+    with pytest.raises(ChallengeError, match="finish after 1 compute attempts of 2") as exc:
+        session.finish(0)
+    assert exc.value.field == "step"
+    session.compute(second)
+    for again in (lambda: session.compute(second),
                   lambda: session.upload(seeds.upload_seed),
                   lambda: session.download_chunk(b"\0"),
                   lambda: session.echo(b"\0" * 16)):
-        with pytest.raises(ChallengeError, match="out of order"):
+        with pytest.raises(ChallengeError, match=r"out of order|more compute attempts"):
             again()
-    session.finish()
+    for attempt in (-1, 2):
+        with pytest.raises(ChallengeError, match="outside") as exc:
+            session.finish(attempt)
+        assert exc.value.field == "attempt"
+    session.finish(0)
     with pytest.raises(ChallengeError, match="out of order"):
-        session.finish()
+        session.finish(0)
 
 
 def test_a_seed_must_be_the_one_committed_to() -> None:
     seeds = _seeds()
+    first, second = _attempt_seeds()
     session = _downloaded(_started())
     with pytest.raises(ChallengeError, match="commits to") as exc:
         session.upload(seeds.compute_seed)
     assert exc.value.field == "uploadSeed"
     session.upload(seeds.upload_seed)
-    for wrong in (seeds.upload_seed, b"\1" * 32, b"\1" * 31):
+    # The first attempt's seed is the one committed to: not the chain's end, not another.
+    for wrong in (second, seeds.upload_seed, b"\1" * 32, b"\1" * 31):
         with pytest.raises(ChallengeError) as exc:
             session.compute(wrong)
         assert exc.value.field == "computeSeed"
-    session.compute(seeds.compute_seed)
+    session.compute(first)
+    # A later attempt's seed must hash to the one before: the first again, or any other, is
+    # refused, and a refusal leaves the session where it was.
+    for wrong in (first, b"\2" * 32):
+        with pytest.raises(ChallengeError, match="attempt chain") as exc:
+            session.compute(wrong)
+        assert exc.value.field == "computeSeed"
+    session.compute(second)
+    assert session.stage == "compute" and len(session.attempts) == 2
+
+
+def test_no_attempt_seed_gives_a_later_one() -> None:
+    # The chain is revealed from its hashed end: each seed is the hash of the next, so the
+    # node holding attempt a's seed cannot compute attempt a+1's (a SHA-256 preimage).
+    seeds = derive_attempt_seeds(b"\7" * 32, 4)
+    assert seeds[-1] == b"\7" * 32 and len(set(seeds)) == 4
+    for earlier, later in itertools.pairwise(seeds):
+        assert previous_attempt_seed(later) == earlier
+    assert derive_attempt_seeds(b"\7" * 32, 1) == [b"\7" * 32]
+    with pytest.raises(ChallengeError):
+        derive_attempt_seeds(b"\7" * 32, 0)
 
 
 def test_prover_refuses_open_before_finish() -> None:
     seeds = _seeds()
     session = _downloaded(_started())
     session.upload(seeds.upload_seed)
-    session.compute(seeds.compute_seed)
+    _computed(session)
     with pytest.raises(ChallengeError, match="out of order"):
         session.open_rows(list(range(session.challenge.compute_checks)))
 
@@ -681,8 +822,8 @@ def _finished() -> ProverSession:
     seeds = _seeds()
     session = _downloaded(_started())
     session.upload(seeds.upload_seed)
-    session.compute(seeds.compute_seed)
-    session.finish()
+    _computed(session)
+    session.finish(0)
     return session
 
 

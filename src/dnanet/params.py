@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from dnanet.errors import ConfigError
 
 WEI_PER_DNA = 10**18
+MAX_COMPUTE_ATTEMPTS = 8
+"""The most timed attempts one compute step may ask for (a node holds each until it signs)."""
 SCORE_ONE = 1_000_000
 """Fixed-point one for scores: a sub-score or a challenge score lies in [0, SCORE_ONE]."""
 BPS_ONE = 10_000
@@ -35,6 +37,9 @@ class ChallengeSizes:
     upload_bytes: int
     latency_echoes: int
     """Echoes timed for the latency figure (their minimum counts): 16 or more."""
+    compute_attempts: int = 1
+    """Timed products in one compute step, each of a seed of its own revealed at its start;
+    the fastest counts and its rows are checked (as the fastest echo counts for latency)."""
 
     def __post_init__(self) -> None:
         if self.compute_n < 2 or self.compute_n % 2 or not 1 <= self.compute_checks \
@@ -43,6 +48,9 @@ class ChallengeSizes:
                               f"{self.compute_rows}, checks={self.compute_checks}")
         if min(self.download_bytes, self.upload_bytes, self.latency_echoes) < 1:
             raise ConfigError("transfer sizes and the echo count must be positive")
+        if not 1 <= self.compute_attempts <= MAX_COMPUTE_ATTEMPTS:
+            raise ConfigError(f"compute_attempts must be in [1, {MAX_COMPUTE_ATTEMPTS}], got "
+                              f"{self.compute_attempts}")
 
 
 @dataclass(frozen=True)
@@ -188,20 +196,24 @@ def hardware_class_name(hardware_class: int) -> str:
 _CPU = ChallengeSizes(
     compute_n=2048, compute_rows=8192, compute_checks=32,
     download_bytes=8 * 1024 * 1024, upload_bytes=8 * 1024 * 1024, latency_echoes=16,
+    compute_attempts=3,
 )
 _GPU = ChallengeSizes(
     compute_n=4096, compute_rows=32768, compute_checks=32,
     download_bytes=32 * 1024 * 1024, upload_bytes=32 * 1024 * 1024, latency_echoes=16,
+    compute_attempts=3,
 )
 # Local: 2.1 GFLOP (about 60 ms of float32 matmul on one core of this project's 2-vCPU build
 # host, bench/compute.py), and 2 MiB each way: ~100 ms at 20 MB/s, ~1 s at 2 MB/s.
 _LOCAL_CPU = ChallengeSizes(
     compute_n=1024, compute_rows=1024, compute_checks=16,
     download_bytes=2 * 1024 * 1024, upload_bytes=2 * 1024 * 1024, latency_echoes=16,
+    compute_attempts=3,
 )
 _TINY = ChallengeSizes(
     compute_n=32, compute_rows=64, compute_checks=8,
     download_bytes=4096, upload_bytes=4096, latency_echoes=16,
+    compute_attempts=2,
 )
 
 MAINNET = Preset(

@@ -5,7 +5,7 @@ what each cheat earns (``dnanet.adversary.roles.DETECTION`` says what catches it
 
 =============  ====================================================================
 ``lazy``       computes a fraction of the product's rows, commits zeros for the rest
-``replayer``   computes its first product, then commits that one for every later seed
+``replayer``   computes its first challenge's products, commits them for every later seed
 ``gpu-liar``   declares the GPU class on chain while it computes on the CPU
 ``relay``      two identities fronting one machine: one compute, one model backend
 ``swapper``    serves a cheaper embedding model under the real model's name
@@ -83,8 +83,9 @@ class LazyNode(NodeDaemon):
 
 
 class ReplayerNode(NodeDaemon):
-    """Answers every compute step with the product it computed for its first challenge of
-    that size (the transfers and echoes it cannot replay: their bytes are new each time)."""
+    """Answers every compute attempt with a product it computed for its first challenge of
+    that size (one per attempt, in turn: the transfers and echoes it cannot replay, their bytes
+    are new each time)."""
 
     role: ClassVar[str] = "replayer"
 
@@ -92,19 +93,27 @@ class ReplayerNode(NodeDaemon):
         super().__init__(*args, **kwargs)
         # Products computed in place (an adversary's daemon has no compute process): a held
         # one would be released when its first session ends.
-        self._kept: dict[ComputeSize, ComputeAnswer | HeldAnswer] = {}
+        self._kept: dict[ComputeSize, list[ComputeAnswer | HeldAnswer]] = {}
+        self._turn: dict[ComputeSize, int] = {}
         self._kept_lock = threading.Lock()
         self.replayed = 0
 
+    def _attempts(self, size: ComputeSize) -> int:
+        sizes = self.gateway.preset.hardware_classes
+        return next((s.compute_attempts for s in sizes
+                     if (s.compute_n, s.compute_rows) == (size.n, size.rows)), 1)
+
     def _compute(self, seed: bytes, size: ComputeSize) -> ComputeAnswer | HeldAnswer:
         with self._kept_lock:
-            kept = self._kept.get(size)
-            if kept is not None:
+            kept = self._kept.setdefault(size, [])
+            if len(kept) >= self._attempts(size):  # its first challenge is done: replay
+                turn = self._turn.get(size, 0)
+                self._turn[size] = turn + 1
                 self.replayed += 1
-                return kept
+                return kept[turn % len(kept)]
         answer = super()._compute(seed, size)
         with self._kept_lock:
-            self._kept.setdefault(size, answer)
+            kept.append(answer)
         return answer
 
 

@@ -209,14 +209,14 @@ class HttpNodeTransport:
             received += len(frame)
             yield frame
 
-    async def compute(self, challenge_id: bytes, compute_seed: bytes) -> bytes:
+    async def compute(self, challenge_id: bytes, attempt_seed: bytes) -> bytes:
         session = self._session(challenge_id)
-        await self._send(session, COMPUTE + compute_seed)
+        await self._send(session, COMPUTE + attempt_seed)
         return _digest(await self._answer(session, COMPUTE))
 
-    async def finish(self, challenge_id: bytes) -> SignedChallengeResponse:
+    async def finish(self, challenge_id: bytes, attempt: int) -> SignedChallengeResponse:
         session = self._session(challenge_id)
-        await self._send(session, FINISH)
+        await self._send(session, FINISH + bytes([attempt]))
         return SignedChallengeResponse.from_json(await self._answer(session, FINISH))
 
     async def open_rows(self, challenge_id: bytes, indices: list[int]) -> list[RowOpening]:

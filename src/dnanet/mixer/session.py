@@ -4,7 +4,10 @@ The transport (in-process for tests and demos, a WebSocket for the daemons) is i
 module decides the outcome and builds the ScoreReport. Timing is the mixer's own clock, and
 each figure measures one thing (``dnanet.protocol.challenges.timing``): latency is the minimum
 of the echoes' round trips; the download and the compute step have that round trip removed; the
-upload is timed where the mixer receives it, from its first frame to its last. Everything the
+upload is timed where the mixer receives it, from its first frame to its last. The compute step
+is several timed attempts, each of a seed revealed at its start, and the fastest counts (as the
+fastest echo does): whatever else the node's host ran during one attempt only slows that one.
+The node signs the counted attempt's root, and that attempt's rows are checked. Everything the
 mixer computes (payloads, their digests, the row checks) is done in a worker thread, before a
 clock starts or after it stopped, so that the loop timing this session and others only times.
 The node can only make itself look slower, except by adding to its echoes' round trip, which
@@ -27,7 +30,7 @@ from dnanet.errors import DnanetError, NodeUnreachable, SignatureError
 from dnanet.node.api import FRAME_BYTES
 from dnanet.params import Preset
 from dnanet.protocol.challenge_params import compute_challenge, compute_kind_seeds
-from dnanet.protocol.challenges import KindSeeds
+from dnanet.protocol.challenges import KindSeeds, derive_attempt_seeds
 from dnanet.protocol.challenges.bandwidth import (
     iter_download_payload,
     payload_digest,
@@ -47,7 +50,7 @@ from dnanet.protocol.challenges.timing import (
     compute_step_us,
     compute_upload_us,
 )
-from dnanet.protocol.evidence import encode_fraud_evidence, is_row_correct
+from dnanet.protocol.evidence import encode_fraud_evidence, is_row_of_any_attempt
 from dnanet.protocol.messages import (
     Challenge,
     Outcome,
@@ -75,8 +78,12 @@ class NodeTransport(Protocol):
     def upload(self, challenge_id: bytes, upload_seed: bytes) -> AsyncIterator[bytes]:
         """The upload payload's frames, each as soon as it has arrived."""
         ...
-    async def compute(self, challenge_id: bytes, compute_seed: bytes) -> bytes: ...
-    async def finish(self, challenge_id: bytes) -> SignedChallengeResponse: ...
+    async def compute(self, challenge_id: bytes, attempt_seed: bytes) -> bytes:
+        """One attempt of the compute step: the root of the product of ``attempt_seed``."""
+        ...
+    async def finish(self, challenge_id: bytes, attempt: int) -> SignedChallengeResponse:
+        """The node's signed response, with the root of the counted ``attempt``."""
+        ...
     async def open_rows(self, challenge_id: bytes, indices: list[int]) -> list[RowOpening]: ...
     async def close(self, challenge_id: bytes) -> None: ...
 
@@ -221,15 +228,23 @@ async def _drive(
     uploaded, upload_us = await _receive_upload(transport, challenge, seeds.upload_seed,
                                                 rtt_ns, clock)
 
-    # Compute: the seed is revealed now, so the node cannot start before this step; its
-    # commitment to the product ends it. The round trip is removed. Where nodes share one
-    # host (a devnet), the host's mixers take turns at this step (``compute_gate``).
-    async with compute_gate() if compute_gate is not None else contextlib.nullcontext():
-        t0 = clock()
-        root: bytes = await _call("compute", transport.compute(cid, seeds.compute_seed))
-        compute_us = compute_step_us(clock() - t0, rtt_ns)
+    # Compute: each attempt's seed is revealed at its start, so the node cannot start before
+    # it; its commitment to the product ends it. The round trip is removed and the fastest
+    # attempt counts. Where nodes share one host (a devnet), the host's mixers take turns at
+    # each attempt (``compute_gate``).
+    attempt_seeds = derive_attempt_seeds(seeds.compute_seed, challenge.compute_attempts)
+    roots: list[bytes] = []
+    attempt_ns: list[int] = []
+    for attempt_seed in attempt_seeds:
+        async with compute_gate() if compute_gate is not None else contextlib.nullcontext():
+            t0 = clock()
+            roots.append(await _call("compute", transport.compute(cid, attempt_seed)))
+            attempt_ns.append(clock() - t0)
+    counted = attempt_ns.index(min(attempt_ns))
+    root = roots[counted]
+    compute_us = compute_step_us(attempt_ns[counted], rtt_ns)
 
-    signed: SignedChallengeResponse = await _call("finish", transport.finish(cid))
+    signed: SignedChallengeResponse = await _call("finish", transport.finish(cid, counted))
     _verify_response(signed, challenge, domain, nonces, prepared.download_digest, root,
                      down_digest)
     if not await asyncio.to_thread(_is_payload, uploaded, prepared.upload):
@@ -242,7 +257,8 @@ async def _drive(
     indices = derive_check_indices(seeds.check_seed, root, size)
     openings: list[RowOpening] = await _call("open", transport.open_rows(cid, indices))
     evidence = await asyncio.to_thread(_check_openings, challenge, seeds.compute_seed,
-                                       seeds.check_seed, size, root, openings)
+                                       attempt_seeds[counted], seeds.check_seed, size, root,
+                                       openings)
     return signed, (compute_rtt_us(samples), compute_us, download_us, upload_us), evidence
 
 
@@ -304,17 +320,20 @@ def _verify_response(
 def _check_openings(
     challenge: Challenge,
     compute_seed: bytes,
+    attempt_seed: bytes,
     check_seed: bytes,
     size: ComputeSize,
     root: bytes,
     openings: list[RowOpening],
 ) -> bytes:
-    """Empty bytes if the openings verify; fraud evidence if a committed row is wrong."""
+    """Empty bytes if the counted attempt's openings verify against its seed; fraud evidence
+    if a committed row is wrong for every attempt's seed (``dnanet.protocol.evidence``)."""
     try:
-        verify_openings(compute_seed, check_seed, size, root, openings)
+        verify_openings(attempt_seed, check_seed, size, root, openings)
         return b""
     except DnanetError as exc:
-        # A wrong row under the signed root is fraud; anything else is a bad response.
+        # A row under the signed root that no attempt's seed gives is fraud; anything else
+        # (one attempt's rows answered for another's) is a bad response.
         for opening in openings:
             if not isinstance(opening.row, bytes) or len(opening.row) != 4 * size.n:
                 continue
@@ -324,7 +343,7 @@ def _check_openings(
                     leaf, opening.index, size.rows, opening.proof) == root
             except DnanetError:
                 continue
-            if under_root and not is_row_correct(compute_seed, size, opening):
+            if under_root and not is_row_of_any_attempt(compute_seed, challenge, opening):
                 return encode_fraud_evidence(opening)
         raise _Failed(Outcome.BAD_RESPONSE, f"openings: {exc}") from None
 

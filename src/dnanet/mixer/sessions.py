@@ -83,13 +83,13 @@ class TimingLoop:
 
 
 class HostStepLock:
-    """One timed compute step at a time among every mixer of one host (a devnet's).
+    """One timed compute attempt at a time among every mixer of one host (a devnet's).
 
     On a real network each node is its own machine. A devnet runs all its nodes on one host,
     where a node whose product is timed while another node computes is measured slower than
     it is (on 2 cores a product's GFLOP/s scattered 0.6 of its median from one challenge to
-    the next even with each node on one thread). The host's mixers take turns at the compute
-    step through an advisory lock on one file (``flock``, so it holds across processes and
+    the next even with each node on one thread). The host's mixers take turns at each attempt
+    of the compute step through an advisory lock on one file (``flock``, so it holds across processes and
     between the mixers of one process); the clock starts once the lock is held, so waiting
     for it is never timed, and every other step runs as before. Not for a real mixer: there it
     would only delay challenges."""
@@ -116,7 +116,7 @@ class HostStepLock:
 
 class SessionRunner:
     """Runs challenge sessions on a ``TimingLoop`` with at most ``concurrency`` at once;
-    ``compute_gate`` is held around each session's timed compute step."""
+    ``compute_gate`` is held around each timed attempt of a session's compute step."""
 
     def __init__(self, identity: Identity, domain: Domain, preset: Preset, *,
                  concurrency: int, transport: TransportFactory | None = None,

@@ -6,8 +6,8 @@ port) carrying binary frames, each a one-byte step tag and its body.
     E  nonce (16 bytes)          x k             E  the same nonce
     D  download payload, in frames               D  digest of the payload (32), after its last byte
     U  upload seed (32)                          U  upload payload, in frames
-    C  compute seed (32)                         C  root of the committed product (32)
-    F  (finish)                                  F  SignedChallengeResponse (JSON)
+    C  attempt seed (32)         x attempts      C  root of the attempt's product (32)
+    F  attempt counted (1)                       F  SignedChallengeResponse (JSON)
     O  OpenRequest (JSON)                        O  OpeningsMessage (JSON); the session ends
                                                  X  error (JSON, as the HTTP APIs' errors); the
                                                     node closes the connection

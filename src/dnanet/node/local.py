@@ -61,13 +61,13 @@ class LocalTransport:
         for start in range(0, len(data), FRAME_BYTES):
             yield data[start:start + FRAME_BYTES]
 
-    async def compute(self, challenge_id: bytes, compute_seed: bytes) -> bytes:
+    async def compute(self, challenge_id: bytes, attempt_seed: bytes) -> bytes:
         await self._enter()
-        return await asyncio.to_thread(self._session(challenge_id).compute, compute_seed)
+        return await asyncio.to_thread(self._session(challenge_id).compute, attempt_seed)
 
-    async def finish(self, challenge_id: bytes) -> SignedChallengeResponse:
+    async def finish(self, challenge_id: bytes, attempt: int) -> SignedChallengeResponse:
         await self._enter()
-        return self._session(challenge_id).finish()
+        return self._session(challenge_id).finish(attempt)
 
     async def open_rows(self, challenge_id: bytes, indices: list[int]) -> list[RowOpening]:
         await self._enter()

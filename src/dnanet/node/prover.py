@@ -8,12 +8,14 @@ drives the session, and the transport hands it to the one connection that presen
 challenge (``dnanet.node.session_server``), so nobody else can address it. Its steps run once
 each, in this order:
 
-    echo x k -> download -> upload (seed revealed) -> compute (seed revealed)
-    -> finish (sign the ChallengeResponse over every digest) -> open (reveal the rows asked)
+    echo x k -> download -> upload (seed revealed) -> compute (seed revealed) x attempts
+    -> finish (sign the ChallengeResponse over every digest, with the root of the attempt the
+       mixer counts) -> open (reveal that attempt's rows asked)
 
-Each revealed seed is checked against the commitment in the signed challenge before any work.
-The node signs before it learns which rows will be checked, so a wrong committed row is signed
-evidence of fraud.
+Each revealed seed is checked against the commitment in the signed challenge before any work
+(a later attempt's seed against the one before it: ``verify_attempt_seed``). The node signs
+before it learns which rows will be checked, so a wrong committed row is signed evidence of
+fraud.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from dnanet.protocol.challenge_params import (
     compute_challenge_window,
     verify_challenge_timeliness,
 )
-from dnanet.protocol.challenges import verify_seed_reveal
+from dnanet.protocol.challenges import verify_attempt_seed, verify_seed_reveal
 from dnanet.protocol.challenges.bandwidth import PayloadDigest, upload_payload
 from dnanet.protocol.challenges.compute import (
     ComputeAnswer,
@@ -182,7 +184,11 @@ class ProverSession:
         self.download = PayloadDigest()
         self.download_digest: bytes | None = None
         self.upload_digest: bytes | None = None
+        self.attempts: list[ComputeAnswer | HeldAnswer] = []
+        """The compute step's attempts so far, in order."""
+        self.attempt_seeds: list[bytes] = []
         self.answer: ComputeAnswer | HeldAnswer | None = None
+        """The attempt the mixer counts, from ``finish`` on."""
         self.response: SignedChallengeResponse | None = None
         self.closed = False
 
@@ -232,23 +238,40 @@ class ProverSession:
         self.stage = "upload"
         return data
 
-    def compute(self, compute_seed: bytes) -> bytes:
-        """Compute and commit to the product of the revealed compute seed; returns the root."""
-        self._step("compute", ("upload",))
+    def compute(self, attempt_seed: bytes) -> bytes:
+        """Compute and commit to the product of the next attempt's revealed seed; returns
+        its root."""
+        self._step("compute", ("upload", "compute"))
         c = self.challenge
-        verify_seed_reveal(compute_seed, c.compute_seed_hash, "computeSeed")
+        if len(self.attempts) >= c.compute_attempts:
+            raise ChallengeError(f"more compute attempts than the challenge's "
+                                 f"{c.compute_attempts}", field="step")
+        verify_attempt_seed(attempt_seed, self.attempt_seeds[-1] if self.attempt_seeds
+                            else None, c.compute_seed_hash)
         self.stage = "computing"  # no other step while it runs, nor after it failed
         size = ComputeSize(n=c.compute_n, rows=c.compute_rows, checks=c.compute_checks)
-        self.answer = self._prover._compute(compute_seed, size)
+        self.attempts.append(self._prover._compute(attempt_seed, size))
+        self.attempt_seeds.append(attempt_seed)
         self.stage = "compute"
-        return self.answer.root
+        return self.attempts[-1].root
 
-    def finish(self) -> SignedChallengeResponse:
-        """Sign the ChallengeResponse over every digest of the session."""
+    def finish(self, attempt: int) -> SignedChallengeResponse:
+        """Sign the ChallengeResponse over every digest of the session, with the root of
+        ``attempt`` (the one the mixer counts); the other attempts' products are released."""
         self._step("finish", ("compute",))
         c = self.challenge
-        assert self.answer is not None and self.download_digest is not None
-        assert self.upload_digest is not None
+        if len(self.attempts) != c.compute_attempts:
+            raise ChallengeError(f"finish after {len(self.attempts)} compute attempts of "
+                                 f"{c.compute_attempts}", field="step")
+        if not 0 <= attempt < c.compute_attempts:
+            raise ChallengeError(f"attempt {attempt} is outside [0, {c.compute_attempts})",
+                                 field="attempt")
+        assert self.download_digest is not None and self.upload_digest is not None
+        self.answer = self.attempts[attempt]
+        for other in self.attempts:
+            if other is not self.answer and isinstance(other, HeldAnswer):
+                other.release()
+        self.attempts = [self.answer]
         response = ChallengeResponse(
             epoch=c.epoch, round=c.round, mixer=c.mixer, node=c.node,
             challenge_digest=c.hash_struct(), echo_digest=echo_digest(self.nonces),
@@ -276,11 +299,13 @@ class ProverSession:
         return openings
 
     def close(self) -> None:
-        """End the session (idempotent): its slot and its product are released."""
+        """End the session (idempotent): its slot and its products are released."""
         if not self.closed:
             self.closed = True
-            if isinstance(self.answer, HeldAnswer):
-                self.answer.release()
+            for attempt in self.attempts:
+                if isinstance(attempt, HeldAnswer):
+                    attempt.release()
+            self.attempts = []
             self.answer = None
             self._prover._release(self.challenge.challenge_id)
 

@@ -2,11 +2,13 @@
 
 ``challenge_seed = sha256("dnanet/challenge" || beta || node)`` and every secret of the session
 (compute seed, upload seed, download payload seed, latency nonces) is derived from it by
-:func:`dnanet.protocol.challenges.derive_kind_seeds`. ``challenge_id = sha256("dnanet/session-id"
-|| challenge_seed)`` names the session without revealing the seed; the compute and upload seeds
-appear only as commitments (``compute_seed_hash``), revealed at their steps. Sizes come from the
-preset's entry for the node's declared hardware class. Anyone holding the VRF proof can rebuild
-the Challenge and compare its struct hash with the report's ``challengeDigest``.
+:func:`dnanet.protocol.challenges.derive_kind_seeds`, and the compute step's attempt seeds from
+the compute seed (:func:`~dnanet.protocol.challenges.derive_attempt_seeds`). ``challenge_id =
+sha256("dnanet/session-id" || challenge_seed)`` names the session without revealing the seed;
+the compute and upload seeds appear only as commitments (``compute_seed_hash`` commits to the
+first attempt's seed), revealed at their steps. Sizes come from the preset's entry for the
+node's declared hardware class. Anyone holding the VRF proof can rebuild the Challenge and
+compare its struct hash with the report's ``challengeDigest``.
 
 A node takes a challenge only in its round (``verify_challenge_timeliness``): not before the
 oldest round whose epoch still takes reports (the co-signers' own rule, so a mixer may
@@ -20,7 +22,12 @@ from dnanet.crypto.eip712 import address_to_bytes
 from dnanet.crypto.hashing import sha256
 from dnanet.errors import ChallengeError, ScheduleError
 from dnanet.params import Preset
-from dnanet.protocol.challenges import KindSeeds, compute_seed_hash, derive_kind_seeds
+from dnanet.protocol.challenges import (
+    KindSeeds,
+    compute_seed_hash,
+    derive_attempt_seeds,
+    derive_kind_seeds,
+)
 from dnanet.protocol.messages import Challenge
 from dnanet.protocol.schedule import RoundId, compute_oldest_open_round, compute_round
 
@@ -56,10 +63,12 @@ def compute_challenge(
         node=node.lower(),
         challenge_id=sha256(b"dnanet/session-id" + challenge_seed),
         hardware_class=hardware_class,
-        compute_seed_hash=compute_seed_hash(seeds.compute_seed),
+        compute_seed_hash=compute_seed_hash(
+            derive_attempt_seeds(seeds.compute_seed, sizes.compute_attempts)[0]),
         compute_n=sizes.compute_n,
         compute_rows=sizes.compute_rows,
         compute_checks=sizes.compute_checks,
+        compute_attempts=sizes.compute_attempts,
         upload_seed_hash=compute_seed_hash(seeds.upload_seed),
         upload_bytes=sizes.upload_bytes,
         download_bytes=sizes.download_bytes,

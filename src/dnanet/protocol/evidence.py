@@ -3,7 +3,10 @@
 A report with outcome WRONG_ANSWER carries, in ``evidence``, one opening of the node's signed
 ``computeRoot``: ``u32 index || row (n int32 little-endian) || proof hashes (32 bytes each)``.
 Anyone can check it: the proof leads to the root the node signed, and the row differs from
-``A[index]·B``. A node cannot deny a row it committed to, so this is proof of fraud.
+``A[index]·B`` of every attempt seed of the challenge's compute step (the node signs the root
+of the attempt the mixer counts; a row that is right for any attempt's seed shows no fraud, so
+a mixer cannot pass one attempt's honest row off as another's wrong one). A node cannot deny a
+row it committed to, so this is proof of fraud.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from dnanet.errors import ChallengeError
+from dnanet.protocol.challenges import derive_attempt_seeds
 from dnanet.protocol.challenges.compute import (
     INT32_LE,
     ComputeSize,
@@ -59,8 +63,18 @@ def is_row_correct(compute_seed: bytes, size: ComputeSize, opening: RowOpening) 
     return bool(np.array_equal(expected[0], got))
 
 
+def is_row_of_any_attempt(compute_seed: bytes, challenge: Challenge,
+                          opening: RowOpening) -> bool:
+    """Whether an opened row is right for the seed of any attempt of the challenge's compute
+    step (the module docstring: only a row right for none is fraud)."""
+    size = compute_size_of(challenge)
+    return any(is_row_correct(seed, size, opening)
+               for seed in derive_attempt_seeds(compute_seed, challenge.compute_attempts))
+
+
 def verify_fraud_evidence(report: ScoreReport, challenge: Challenge, compute_seed: bytes) -> None:
-    """Raise ChallengeError unless ``report.evidence`` proves the node signed a wrong row."""
+    """Raise ChallengeError unless ``report.evidence`` proves the node signed a wrong row
+    (``compute_seed`` is the challenge's, whose chain gives every attempt's seed)."""
     size = compute_size_of(challenge)
     opening = decode_fraud_evidence(report.evidence, size)
     # Verify the row is one the node committed to under the root it signed.
@@ -68,9 +82,10 @@ def verify_fraud_evidence(report: ScoreReport, challenge: Challenge, compute_see
     root = compute_root_from_proof(leaf, opening.index, size.rows, opening.proof, "evidence")
     if root != report.compute_root:
         raise ChallengeError("the opened row is not under the signed computeRoot", field="evidence")
-    # Verify the row is actually wrong: a correct row is no evidence of fraud.
-    if is_row_correct(compute_seed, size, opening):
-        raise ChallengeError("the opened row is correct: no fraud shown", field="evidence")
+    # Verify the row is actually wrong: a row right for any attempt is no evidence of fraud.
+    if is_row_of_any_attempt(compute_seed, challenge, opening):
+        raise ChallengeError("the opened row is correct for an attempt's seed: no fraud shown",
+                             field="evidence")
 
 
 __all__ = [
@@ -78,5 +93,6 @@ __all__ = [
     "decode_fraud_evidence",
     "encode_fraud_evidence",
     "is_row_correct",
+    "is_row_of_any_attempt",
     "verify_fraud_evidence",
 ]

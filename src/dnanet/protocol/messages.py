@@ -87,8 +87,9 @@ class Challenge(Message):
     :func:`dnanet.protocol.challenge_params.compute_challenge`) and signed by the mixer.
 
     It carries no secret: the compute and upload seeds appear only as commitments
-    (``SHA-256(b"dnanet/seed-hash" || seed)``), and the mixer reveals each seed at the step
-    that uses it, where the node checks it against its commitment. The download payload and
+    (``SHA-256(b"dnanet/seed-hash" || seed)``; for the compute step, of its first attempt's
+    seed), and the mixer reveals each seed at the step that uses it, where the node checks it
+    against its commitment. The download payload and
     the latency nonces reach the node only on the wire, at their steps.
     """
 
@@ -103,6 +104,7 @@ class Challenge(Message):
     compute_n: int = wire(U32)
     compute_rows: int = wire(U32)
     compute_checks: int = wire(U16)
+    compute_attempts: int = wire(U8)
     upload_seed_hash: bytes = wire(B32)
     upload_bytes: int = wire(U32)
     download_bytes: int = wire(U32)

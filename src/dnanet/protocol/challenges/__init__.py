@@ -9,8 +9,18 @@ through domain-separated SHA-256 (integers unsigned big-endian)::
     latency_seed  = SHA-256(b"dnanet/latency"    || challenge_seed)   kept by the mixer
     check_seed    = SHA-256(b"dnanet/spot-check" || challenge_seed)   kept by the mixer
 
+The compute step is ``computeAttempts`` (k) timed products, each of a seed of its own: a hash
+chain that ends in ``compute_seed`` and is revealed from its other end::
+
+    attempt_seed[k-1] = compute_seed
+    attempt_seed[a]   = SHA-256(b"dnanet/attempt-seed" || attempt_seed[a+1])   for a < k-1
+
+Attempt ``a`` reveals ``attempt_seed[a]``: the node checks the first against the commitment and
+each later one against the one before (its hash), and cannot compute a seed before it is
+revealed (that would invert SHA-256). With k = 1 the only attempt's seed is ``compute_seed``.
+
 Secret until used: the signed Challenge carries only the commitments
-``SHA-256(b"dnanet/seed-hash" || seed)`` of the compute and upload seeds; the mixer reveals each
+``SHA-256(b"dnanet/seed-hash" || seed)`` of the first attempt seed and the upload seed; the mixer reveals each
 seed at the step that uses it (the timed compute step, the upload step), and the node checks it
 against the commitment before working (so a mixer cannot make a node sign work for a seed other
 than the one the VRF output dictates). The download payload and the latency nonces reach the node
@@ -71,6 +81,7 @@ LABEL_DOWNLOAD_SEED: Final = b"dnanet/download"
 LABEL_LATENCY_SEED: Final = b"dnanet/latency"
 LABEL_CHECK_SEED: Final = b"dnanet/spot-check"
 LABEL_SEED_HASH: Final = b"dnanet/seed-hash"
+LABEL_ATTEMPT_SEED: Final = b"dnanet/attempt-seed"
 CHALLENGE_SEED_BYTES: Final = 32
 
 
@@ -110,6 +121,38 @@ def compute_seed_hash(seed: bytes) -> bytes:
     return hashlib.sha256(LABEL_SEED_HASH + seed).digest()
 
 
+def derive_attempt_seeds(compute_seed: bytes, attempts: int) -> list[bytes]:
+    """The seeds of the compute step's ``attempts`` timed attempts, in the order they are
+    revealed (the hash chain of the module docstring, ending in ``compute_seed``)."""
+    if not isinstance(compute_seed, bytes) or len(compute_seed) != CHALLENGE_SEED_BYTES:
+        raise ChallengeError(f"must be {CHALLENGE_SEED_BYTES} bytes", field="compute_seed")
+    if attempts < 1:
+        raise ChallengeError(f"at least one attempt, got {attempts}", field="computeAttempts")
+    seeds = [compute_seed]
+    while len(seeds) < attempts:
+        seeds.append(previous_attempt_seed(seeds[-1]))
+    return seeds[::-1]
+
+
+def previous_attempt_seed(seed: bytes) -> bytes:
+    """The seed revealed one attempt before ``seed`` (its link in the chain)."""
+    return hashlib.sha256(LABEL_ATTEMPT_SEED + seed).digest()
+
+
+def verify_attempt_seed(seed: bytes, previous: bytes | None, seed_hash: bytes) -> None:
+    """Raise ChallengeError (naming ``computeSeed``) unless ``seed`` is the next attempt's:
+    the first (``previous`` None) is the one ``seed_hash`` commits to, a later one hashes to
+    the seed revealed before it."""
+    if previous is None:
+        verify_seed_reveal(seed, seed_hash, "computeSeed")
+        return
+    if not isinstance(seed, bytes) or len(seed) != CHALLENGE_SEED_BYTES:
+        raise ChallengeError(f"must be {CHALLENGE_SEED_BYTES} bytes", field="computeSeed")
+    if previous_attempt_seed(seed) != previous:
+        raise ChallengeError("is not the next seed of the challenge's attempt chain (its hash "
+                             "is not the seed revealed before it)", field="computeSeed")
+
+
 def verify_seed_reveal(seed: bytes, seed_hash: bytes, field: str) -> None:
     """Raise ChallengeError (naming ``field``) unless ``seed`` is the one ``seed_hash`` commits
     to."""
@@ -123,6 +166,7 @@ __all__ = [
     "BANDWIDTH_SIZES",
     "CHALLENGE_SEED_BYTES",
     "COMPUTE_SIZES",
+    "LABEL_ATTEMPT_SEED",
     "LABEL_SEED_HASH",
     "LATENCY_ECHOES",
     "BandwidthSize",
@@ -134,6 +178,7 @@ __all__ = [
     "commit_product",
     "compute_product",
     "compute_seed_hash",
+    "derive_attempt_seeds",
     "derive_check_indices",
     "derive_kind_seeds",
     "detection_probability",
@@ -145,10 +190,12 @@ __all__ = [
     "median_rtt_us",
     "open_rows",
     "payload_digest",
+    "previous_attempt_seed",
     "resolve_compute_device",
     "throughput_bps",
     "upload_payload",
     "verified_flops",
+    "verify_attempt_seed",
     "verify_download_digest",
     "verify_echoes",
     "verify_openings",
