@@ -30,20 +30,41 @@ def test_holders_on_one_file_never_overlap_and_a_cancelled_waiter_leaves_it_free
 
     async def main() -> None:
         # Separate instances, as separate mixers (or processes) have.
-        await asyncio.gather(*(hold(HostStepLock(path), i) for i in range(6)))
-        first = HostStepLock(path).hold()
+        await asyncio.gather(*(hold(HostStepLock(path, 1), i) for i in range(6)))
+        first = HostStepLock(path, 1).hold()
         await first.__aenter__()
-        waiter = asyncio.create_task(hold(HostStepLock(path), 9))
+        waiter = asyncio.create_task(hold(HostStepLock(path, 1), 9))
         await asyncio.sleep(0.02)
         assert not waiter.done()  # waits while the lock is held
         waiter.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await waiter
         await first.__aexit__(None, None, None)
-        await asyncio.wait_for(hold(HostStepLock(path), 10), timeout=1)
+        await asyncio.wait_for(hold(HostStepLock(path, 1), 10), timeout=1)
 
     asyncio.run(main())
     assert overlaps == []
+
+
+def test_a_lock_of_two_slots_lets_two_holders_in_and_never_three(tmp_path: Path) -> None:
+    path = tmp_path / "timing.lock"
+    inside: list[int] = []
+    most = 0
+
+    async def hold(who: int) -> None:
+        nonlocal most
+        async with HostStepLock(path, 2).hold():
+            inside.append(who)
+            most = max(most, len(inside))
+            await asyncio.sleep(0.01)
+            inside.remove(who)
+
+    async def main() -> None:
+        await asyncio.gather(*(hold(i) for i in range(8)))
+
+    asyncio.run(main())
+    assert most == 2
+    assert HostStepLock(path).slots >= 1  # by default one slot per core
 
 
 def test_the_wait_for_the_hosts_turn_is_not_timed() -> None:

@@ -83,35 +83,48 @@ class TimingLoop:
 
 
 class HostStepLock:
-    """One timed compute attempt at a time among every mixer of one host (a devnet's).
+    """At most ``slots`` timed compute attempts at once among every mixer of one host (a
+    devnet's): by default one per core, as each devnet node computes on its share of them.
 
     On a real network each node is its own machine. A devnet runs all its nodes on one host,
-    where a node whose product is timed while another node computes is measured slower than
-    it is (on 2 cores a product's GFLOP/s scattered 0.6 of its median from one challenge to
-    the next even with each node on one thread). The host's mixers take turns at each attempt
-    of the compute step through an advisory lock on one file (``flock``, so it holds across processes and
-    between the mixers of one process); the clock starts once the lock is held, so waiting
-    for it is never timed, and every other step runs as before. Not for a real mixer: there it
-    would only delay challenges."""
+    where a node whose product is timed while more products than cores run is measured slower
+    than it is (on 2 cores a product's GFLOP/s scattered 0.6 of its median from one challenge
+    to the next even with each node on one thread). The host's mixers take turns at each
+    attempt of the compute step through advisory locks on one file per slot (``flock``, so
+    they hold across processes and between the mixers of one process); the clock starts once
+    a slot is held, so waiting for it is never timed, and every other step runs as before. Not
+    for a real mixer: there it would only delay challenges."""
 
     POLL_S = 0.001
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, slots: int | None = None) -> None:
         self.path = Path(path)
+        self.slots = max(1, slots if slots is not None else os.cpu_count() or 1)
+
+    def slot_path(self, slot: int) -> Path:
+        """The lock file of ``slot`` (the first is ``path`` itself)."""
+        return self.path if slot == 0 else self.path.with_name(f"{self.path.name}.{slot}")
 
     @contextlib.asynccontextmanager
     async def hold(self) -> AsyncIterator[None]:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fds = [os.open(self.slot_path(i), os.O_RDWR | os.O_CREAT, 0o600)
+               for i in range(self.slots)]
         try:
-            while True:  # polled: a session cancelled while waiting leaves nothing behind
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    await asyncio.sleep(self.POLL_S)
+            while not any(_try_flock(fd) for fd in fds):
+                # Polled: a session cancelled while waiting leaves nothing behind.
+                await asyncio.sleep(self.POLL_S)
             yield
         finally:
-            os.close(fd)  # releases the lock
+            for fd in fds:
+                os.close(fd)  # releases the slot held
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 class SessionRunner:
