@@ -184,7 +184,9 @@ def test_stats_from_reports() -> None:
 
 def test_bandwidth_steers_large_payloads_only_after_enough_reports() -> None:
     """A node measured fast once is not trusted with large payloads: until
-    ``min_bandwidth_reports`` reports measured it, it takes the median of the trusted ones."""
+    ``min_bandwidth_reports`` reports measured it, it takes the median of the trusted ones,
+    or its own figure where that is lower (a node measured slow twice is not routed as an
+    average one)."""
     policy = SchedulingPolicy(min_bandwidth_reports=3)
     scheduler = Scheduler(policy, rng=random.Random(5))
     scheduler.update([
@@ -204,6 +206,11 @@ def test_bandwidth_steers_large_payloads_only_after_enough_reports() -> None:
     scheduler.nodes["0x3"].stats = NodeStats(score=100, bandwidth_bps=1e9, bandwidth_reports=3)
     shares = scheduler.shares(MODEL, payload_bytes=LARGE, interactive=False)
     weights["0x3"] = factor(1e9)
+    assert shares["0x3"] == pytest.approx(weights["0x3"] / sum(weights.values()))
+    # Measured slow, not yet trusted: its own 2 MB/s, not the median's 15.
+    scheduler.nodes["0x3"].stats = NodeStats(score=100, bandwidth_bps=2e6, bandwidth_reports=2)
+    shares = scheduler.shares(MODEL, payload_bytes=LARGE, interactive=False)
+    weights["0x3"] = factor(2e6)
     assert shares["0x3"] == pytest.approx(weights["0x3"] / sum(weights.values()))
 
 

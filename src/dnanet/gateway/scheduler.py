@@ -14,7 +14,9 @@ where ``t0`` is ``request_overhead_s``: the bandwidth factor is the share of a r
 expected time that is not spent moving its body, so bandwidth counts the more the larger the
 payload (for payloads that take long to move, weights go as the bandwidth). A node without a
 measurement takes the median of the others', and a bandwidth counts only once
-``min_bandwidth_reports`` reports measured it. Bandwidth is the slower direction's throughput
+``min_bandwidth_reports`` reports measured it (before, the node takes the lesser of that
+median and its own figure: one lucky transfer cannot lift it, an unlucky one is corrected by
+the next). Bandwidth is the slower direction's throughput
 as ``dnanet.protocol.scoring`` computes it for the score, so routing and rewards read the same
 figures.
 
@@ -129,8 +131,8 @@ class SchedulingPolicy:
     that takes as long as this to move halves a node's weight."""
     min_bandwidth_reports: int = 3
     """A node's measured bandwidth steers large payloads only once this many reports measured
-    it (one lucky or unlucky transfer is not a node's bandwidth); before, it takes the
-    median of the trusted ones, like a node not measured at all."""
+    it (one lucky transfer is not a node's bandwidth); before, it takes the median of the
+    trusted ones, like a node not measured at all, or its own figure where that is lower."""
 
 
 def stats_from_reports(reports: Iterable[ScoreReport], preset: Preset, *,
@@ -237,7 +239,8 @@ class Scheduler:
         if payload_bytes > self.policy.large_payload_bytes:
             trusted = [self._trusted_bandwidth(n) for n in nodes]
             default_bw = _median([b for b in trusted if b is not None], 1.0)
-            values = [default_bw if b is None else b for b in trusted]
+            values = [b if b is not None else min(default_bw, n.stats.bandwidth_bps or default_bw)
+                      for b, n in zip(trusted, nodes, strict=True)]
             t0 = self.policy.request_overhead_s
             out = [w * t0 / (t0 + payload_bytes / v) for w, v in zip(out, values, strict=True)]
         if interactive:
