@@ -27,7 +27,7 @@ from dnanet.protocol.messages import Outcome, SettlementRequest, compute_failed_
 from dnanet.protocol.plausibility import PlausibilityPolicy
 from dnanet.protocol.schedule import RoundId
 from dnanet.protocol.validation import BatchRejected
-from test_byzantine import arm, best_known, honest_history, timed_like
+from test_byzantine import TEST_INFLATION, arm, best_known, honest_history, timed_like
 from test_mixer import (
     MixerNet,
     local_nodes,  # noqa: F401 - a fixture
@@ -46,7 +46,7 @@ def byzantine(net: MixerNet, root: Path, friends: frozenset[str]) -> ByzantineMi
     """The originator's identity and chain, faulty in every way (not serving HTTP)."""
     return ByzantineMixer(net.gw.mixers[net.origin], net.gw, root / "byzantine",
                           validator_url="http://127.0.0.1:9", behaviours=MIXER_BEHAVIOURS,
-                          friends=friends, node_transport=net.transport)
+                          friends=friends, factor=TEST_INFLATION, node_transport=net.transport)
 
 
 def test_every_behaviour_names_a_byzantine_part() -> None:
