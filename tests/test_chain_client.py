@@ -459,6 +459,37 @@ def test_lost_send_answer_is_resent_without_a_second_claim(chain: EmbeddedChain,
     assert net.client().balance_of(n0.address) == 100 * WEI_PER_DNA + tree.amount(n0.address)
 
 
+def test_a_lost_send_answer_and_failing_receipt_lookups_send_it_once(
+        chain: EmbeddedChain, net: Net) -> None:
+    """The chain took our transfer but the answer was lost, the resend is refused as "nonce
+    too low", and the node fails the receipt lookups for a while: the sender waits for its own
+    receipt instead of taking a new nonce and transferring twice."""
+    n0, n1 = net.nodes[0], net.nodes[1]
+    sends: list[Any] = []
+    lookups_failed = [0]
+
+    def lose_answer_then_fail_lookups(method: str, params: Any,
+                                      forward: Callable[[], Any]) -> Any:
+        if method == "eth_sendRawTransaction":
+            sends.append(params[0])
+            if len(sends) == 1:
+                forward()  # the chain takes the transaction ...
+                raise ConnectionError("connection reset by peer")  # ... the answer is lost
+            return rpc_error("nonce too low")
+        if method == "eth_getTransactionReceipt" and lookups_failed[0] < 3:
+            lookups_failed[0] += 1
+            raise ConnectionError("read timed out")
+        return forward()
+
+    chain.intercept = lose_answer_then_fail_lookups
+    before, balance = nonce(net, n0), net.client().balance_of(n1.address)
+    receipt = net.client(n0).transfer(n1.address, 5)
+    chain.intercept = None
+    assert receipt is not None and len(sends) == 2 and lookups_failed[0] == 3
+    assert nonce(net, n0) == before + 1  # one transfer, not two
+    assert net.client().balance_of(n1.address) == balance + 5
+
+
 def test_underpriced_send_bumps_the_fee_on_the_same_nonce(chain: EmbeddedChain,
                                                           net: Net) -> None:
     seen: list[Any] = []
@@ -531,6 +562,27 @@ def test_claim_made_elsewhere_while_ours_clashed_is_not_repeated(chain: Embedded
     chain.intercept = None
     assert nonce(net, n0) == before + 1  # only the other process's claim
     assert net.client().claimed(n0.address) == owed
+
+
+def test_a_receipt_lookup_that_fails_is_not_taken_for_another_senders_nonce(
+        chain: EmbeddedChain, net: Net) -> None:
+    """Our transaction is mined (the nonce moves on) while the node fails every receipt
+    lookup for a while (a loaded host): that is no evidence another process took the nonce;
+    the sender keeps polling and returns its own receipt."""
+    failures = [0]
+
+    def receipts_fail_for_a_while(method: str, params: Any, forward: Callable[[], Any]) -> Any:
+        if method == "eth_getTransactionReceipt" and failures[0] < 4:
+            failures[0] += 1
+            raise ConnectionError("read timed out")
+        return forward()
+
+    chain.intercept = receipts_fail_for_a_while
+    before = nonce(net, net.nodes[0])
+    receipt = net.client(net.nodes[0]).transfer(net.nodes[1].address, 1)
+    chain.intercept = None
+    assert receipt is not None and failures[0] == 4
+    assert nonce(net, net.nodes[0]) == before + 1
 
 
 def test_endless_nonce_clashes_raise_nonce_conflict(chain: EmbeddedChain, net: Net) -> None:

@@ -39,6 +39,8 @@ from dnanet.crypto.keys import Identity
 from dnanet.errors import ConfigError
 
 T = TypeVar("T")
+_UNKNOWN: Any = object()
+"""A receipt lookup the node could not answer (``TransactionSender._get_receipt``)."""
 DEFAULT_PRIORITY_FEE = 10**9  # 1 gwei, when the node cannot suggest one
 
 
@@ -245,6 +247,8 @@ class TransactionSender:
                 nonce = self._nonce()
             elif fault is Fault.NONCE_LOW:
                 mined = self._find_receipt(sent)
+                if mined is _UNKNOWN:  # one of ours may have taken the nonce: wait and see
+                    return self._wait(sent, nonce, action, already_done)
                 if mined is not None:
                     return self._finish(mined, action)
                 if already_done is not None and already_done():
@@ -253,7 +257,7 @@ class TransactionSender:
             if attempt + 1 < self.policy.attempts:
                 self._sleep(self.policy.delay(attempt))
         mined = self._find_receipt(sent)
-        if mined is not None:  # an answer was lost, but the transaction made it
+        if mined is not None and mined is not _UNKNOWN:  # an answer was lost, but it made it
             return self._finish(mined, action)
         raise self._give_up(action, last_fault, last_detail, sent)
 
@@ -283,6 +287,7 @@ class TransactionSender:
     # ------------------------------------------------------------------ receipts
 
     def _get_receipt(self, tx_hash: str) -> Any | None:
+        """The receipt, None if the node has none, or ``_UNKNOWN`` if it could not answer."""
         from web3.exceptions import TransactionNotFound
 
         try:
@@ -292,18 +297,23 @@ class TransactionSender:
         except Exception as exc:
             fault, _ = classify(exc)
             if fault is Fault.UNAVAILABLE:
-                return None  # keep polling until the timeout
+                return _UNKNOWN  # keep polling until the timeout
             # eth-tester raises its own "unknown transaction" error
             if "not found" in str(exc).lower() or "unknown" in str(exc).lower():
                 return None
             raise
 
     def _find_receipt(self, hashes: list[str]) -> Any | None:
+        """The first of ``hashes`` with a receipt; None if none has one, or ``_UNKNOWN`` if
+        none has one as far as the node answered and some lookup failed."""
+        unknown = False
         for tx_hash in hashes:
             receipt = self._get_receipt(tx_hash)
-            if receipt is not None:
+            if receipt is _UNKNOWN:
+                unknown = True
+            elif receipt is not None:
                 return receipt
-        return None
+        return _UNKNOWN if unknown else None
 
     def _wait(
         self,
@@ -315,7 +325,7 @@ class TransactionSender:
         deadline = self._clock() + self.policy.receipt_timeout_s
         while True:
             receipt = self._find_receipt(hashes)
-            if receipt is not None:
+            if receipt is not None and receipt is not _UNKNOWN:
                 return self._finish(receipt, action)
             if self._nonce_spent_by_other(nonce, hashes):
                 if already_done is not None and already_done():
@@ -337,7 +347,9 @@ class TransactionSender:
             mined = int(self.w3.eth.get_transaction_count(self.address, "latest"))
         except Exception:
             return False
-        # our nonce is consumed; give our own receipt a last chance to show up first
+        # Our nonce is consumed; give our own receipt a last chance to show up first. Only a
+        # definite "no receipt" for every one of our hashes means another sender took it: a
+        # lookup that failed (a loaded node timing out) proves nothing.
         return mined > nonce and self._find_receipt(hashes) is None
 
     def _finish(self, receipt: Any, action: str) -> TxReceipt:
