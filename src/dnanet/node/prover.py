@@ -61,6 +61,37 @@ STAGES = ("start", "echo", "download", "upload", "compute", "finish", "open")
 ComputeFn = Callable[[bytes, ComputeSize], ComputeAnswer | HeldAnswer]
 
 
+class HeldProduct(Protocol):
+    """A committed product as a session holds it: its root, its rows on request, and its
+    memory given back at the end (in the compute process, or in place)."""
+
+    @property
+    def root(self) -> bytes: ...
+    def open_rows(self, indices: list[int]) -> list[RowOpening]: ...
+    def release(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class InPlaceProduct:
+    """A product computed in this process (tests, adversaries, ``--compute-in-thread``)."""
+
+    answer: ComputeAnswer
+
+    @property
+    def root(self) -> bytes:
+        return self.answer.root
+
+    def open_rows(self, indices: list[int]) -> list[RowOpening]:
+        return open_rows(self.answer, indices)
+
+    def release(self) -> None:
+        """Nothing to give back: the answer goes with the session."""
+
+
+def hold_product(answer: ComputeAnswer | HeldAnswer) -> HeldProduct:
+    return answer if isinstance(answer, HeldAnswer) else InPlaceProduct(answer)
+
+
 @dataclass(frozen=True)
 class ChainView:
     """What the node knows of the chain's clock: the head block as it last read it (None
@@ -184,10 +215,10 @@ class ProverSession:
         self.download = PayloadDigest()
         self.download_digest: bytes | None = None
         self.upload_digest: bytes | None = None
-        self.attempts: list[ComputeAnswer | HeldAnswer] = []
+        self.attempts: list[HeldProduct] = []
         """The compute step's attempts so far, in order."""
         self.attempt_seeds: list[bytes] = []
-        self.answer: ComputeAnswer | HeldAnswer | None = None
+        self.answer: HeldProduct | None = None
         """The attempt the mixer counts, from ``finish`` on."""
         self.response: SignedChallengeResponse | None = None
         self.closed = False
@@ -250,7 +281,7 @@ class ProverSession:
                             else None, c.compute_seed_hash)
         self.stage = "computing"  # no other step while it runs, nor after it failed
         size = ComputeSize(n=c.compute_n, rows=c.compute_rows, checks=c.compute_checks)
-        self.attempts.append(self._prover._compute(attempt_seed, size))
+        self.attempts.append(hold_product(self._prover._compute(attempt_seed, size)))
         self.attempt_seeds.append(attempt_seed)
         self.stage = "compute"
         return self.attempts[-1].root
@@ -269,7 +300,7 @@ class ProverSession:
         assert self.download_digest is not None and self.upload_digest is not None
         self.answer = self.attempts[attempt]
         for other in self.attempts:
-            if other is not self.answer and isinstance(other, HeldAnswer):
+            if other is not self.answer:
                 other.release()
         self.attempts = [self.answer]
         response = ChallengeResponse(
@@ -292,8 +323,7 @@ class ProverSession:
         if len(indices) != self.challenge.compute_checks:
             raise ChallengeError(f"asked {len(indices)} rows, the challenge checks "
                                  f"{self.challenge.compute_checks}", field="indices")
-        openings = (self.answer.open_rows(indices) if isinstance(self.answer, HeldAnswer)
-                    else open_rows(self.answer, indices))
+        openings = self.answer.open_rows(indices)
         self.stage = "open"
         self.close()
         return openings
@@ -303,8 +333,7 @@ class ProverSession:
         if not self.closed:
             self.closed = True
             for attempt in self.attempts:
-                if isinstance(attempt, HeldAnswer):
-                    attempt.release()
+                attempt.release()
             self.attempts = []
             self.answer = None
             self._prover._release(self.challenge.challenge_id)
