@@ -40,9 +40,10 @@ on stderr (with the devnet's own tables). The last line on stdout (``--json``) i
   and recomputing the first and the last settled epoch (their ``/v1/status``
   ``settlements[].verify_ms``, summed over the mixers that signed both);
   ``settle_cpu_last_over_first`` their ratio (target <= 1.5), and the same per report.
-- ``rss_growth_mb``: per daemon, resident memory (VmRSS; the Validator's processes summed)
-  after the last epoch minus after the first it served (a restarted daemon counts from its
-  restart).
+- ``rss_growth_mb``: per daemon, resident memory (VmRSS of it and its children: a node's
+  compute process, the Validator's processes) after the last epoch minus after the first it
+  served (a restarted daemon counts from its restart); ``rss_mb``, per daemon, each epoch's
+  figure from there on (where a growth came from: the first epochs, or every epoch).
 - ``events_failed``: scripted events that did not work (each with why).
 - ``anvil_state_gb``: what anvil wrote to keep every block's state of the run (audits from
   genesis and the added mixer's catch-up read the registry at old blocks); it grows with the
@@ -284,16 +285,21 @@ def compute_cpu_figures(verify_ms: dict[str, dict[int, tuple[int, int]]],
     return out
 
 
-def compute_rss_growth(records: list[EpochRecord]) -> dict[str, float]:
-    """Per daemon: MB after the last epoch minus after the first its current process ran."""
-    out: dict[str, float] = {}
+def compute_rss_series(records: list[EpochRecord]) -> dict[str, list[float]]:
+    """Per daemon: MB after each epoch its current process ran."""
+    out: dict[str, list[float]] = {}
     names = {n for r in records for n in r.rss_kb}
     for name in sorted(names):
         samples = [r.rss_kb[name] for r in records if name in r.rss_kb]
         pid = samples[-1][0]
-        mine = [kb for p, kb in samples if p == pid]
-        out[name] = round((mine[-1] - mine[0]) / 1024, 1)
+        out[name] = [round(kb / 1024, 1) for p, kb in samples if p == pid]
     return out
+
+
+def compute_rss_growth(records: list[EpochRecord]) -> dict[str, float]:
+    """Per daemon: MB after the last epoch minus after the first its current process ran."""
+    return {name: round(series[-1] - series[0], 1)
+            for name, series in compute_rss_series(records).items()}
 
 
 async def soak(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
@@ -341,6 +347,7 @@ async def soak(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         **(compute_cpu_figures(devnet.verify_ms, records[0].epoch, records[-1].epoch)
            if records else {}),
         "rss_growth_mb": compute_rss_growth(records),
+        "rss_mb": compute_rss_series(records),
         "anvil_state_gb": round(anvil_state_bytes / 1e9, 2),
         "events_failed": [f"epoch {f.epoch}: {f.event.describe()}: {f.detail}"
                           for f in devnet.fired if not f.ok],

@@ -30,7 +30,11 @@ from dnanet.node.prover import (
     ProverSession,
 )
 from dnanet.params import TEST, ChallengeSizes
-from dnanet.protocol.challenge_params import compute_challenge, compute_kind_seeds
+from dnanet.protocol.challenge_params import (
+    SIZE_FIELDS,
+    compute_challenge,
+    compute_kind_seeds,
+)
 from dnanet.protocol.challenges import (
     compute_seed_hash,
     derive_attempt_seeds,
@@ -698,6 +702,25 @@ def test_prover_takes_challenges_only_in_their_round() -> None:
         with pytest.raises(ScheduleError) as exc:
             prover.start(_challenge_at(epoch, round_))
         assert exc.value.field == "round"
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("compute_attempts", 255), ("compute_n", 4096), ("compute_rows", 1 << 20),
+    ("compute_checks", 1), ("upload_bytes", 1 << 30), ("download_bytes", 1),
+    ("latency_echoes", 1000), ("hardware_class", 7)])
+def test_prover_refuses_a_challenge_asking_other_work_than_the_presets(
+        field: str, value: int) -> None:
+    # Signed by a current mixer, in its round, but asking more (or other) work than the
+    # preset's for the class: refused before any work, naming the field.
+    head = 2 * TEST.epoch_blocks
+    honest = _challenge_at(2, 0).challenge
+    asking = signed(replace(honest, **{field: value}))
+    with pytest.raises(ChallengeError) as exc:
+        _at(head).start(asking)
+    wire_name = {"hardware_class": "hardwareClass"}.get(field) or next(
+        name for attr, name in SIZE_FIELDS if attr == field)
+    assert exc.value.field == wire_name
+    _at(head).start(signed(honest)).close()  # the preset's own sizes are taken
 
 
 def test_prover_takes_a_late_challenge_while_its_epoch_takes_reports() -> None:

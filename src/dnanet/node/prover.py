@@ -1,7 +1,8 @@
 """The node's side of a challenge session, independent of the transport that carries it.
 
 ``ChallengeProver.start`` takes a signed challenge only if it is for this node, signed by the
-current mixer it names, for a round still open (``verify_challenge_timeliness``, against the
+current mixer it names, asking the preset's work for its class (``verify_challenge_sizes``),
+for a round still open (``verify_challenge_timeliness``, against the
 head block the node last read from the chain) and never taken up before (``SeenChallenges``: the
 daemon's survives a restart). It returns the session's ``ProverSession``; whoever holds that object
 drives the session, and the transport hands it to the one connection that presented the
@@ -32,6 +33,7 @@ from dnanet.node.compute_process import HeldAnswer
 from dnanet.params import Preset
 from dnanet.protocol.challenge_params import (
     compute_challenge_window,
+    verify_challenge_sizes,
     verify_challenge_timeliness,
 )
 from dnanet.protocol.challenges import verify_attempt_seed, verify_seed_reveal
@@ -177,9 +179,11 @@ class ChallengeProver:
             raise SignatureError(exc.detail, field="signature") from None
         if signer != challenge.mixer:
             raise SignatureError(f"challenge signed by {signer}, not its mixer", field="signature")
-        # Verify the round is still open, and take up the challenge at most once.
+        # Verify the work asked is the preset's, the round is still open, and take up the
+        # challenge at most once.
         oldest_epoch = 0
         if self.chain is not None:
+            verify_challenge_sizes(challenge, self.chain.preset)
             head = self.chain.head()
             if head is None:
                 raise ScheduleError("the node has not read the chain's head yet", field="round")

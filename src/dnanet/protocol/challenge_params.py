@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dnanet.crypto.eip712 import address_to_bytes
 from dnanet.crypto.hashing import sha256
-from dnanet.errors import ChallengeError, ScheduleError
+from dnanet.errors import ChallengeError, ConfigError, ScheduleError
 from dnanet.params import Preset
 from dnanet.protocol.challenges import (
     KindSeeds,
@@ -76,6 +76,29 @@ def compute_challenge(
     )
 
 
+SIZE_FIELDS = (("compute_n", "computeN"), ("compute_rows", "computeRows"),
+               ("compute_checks", "computeChecks"), ("compute_attempts", "computeAttempts"),
+               ("upload_bytes", "uploadBytes"), ("download_bytes", "downloadBytes"),
+               ("latency_echoes", "latencyEchoes"))
+"""The sizes a Challenge carries: attribute of ``ChallengeSizes`` and ``Challenge``, wire name."""
+
+
+def verify_challenge_sizes(challenge: Challenge, preset: Preset) -> None:
+    """Raise ChallengeError (naming the field) unless ``challenge`` asks exactly the work the
+    preset sets for its hardware class: a node checks it before any work, so a mixer cannot
+    make it compute or send more than the protocol asks (co-signers would refuse the report,
+    but only after the node had done the work)."""
+    try:
+        sizes = preset.sizes_for_class(challenge.hardware_class)
+    except ConfigError as exc:
+        raise ChallengeError(exc.detail, field="hardwareClass") from None
+    for attr, name in SIZE_FIELDS:
+        asked, expected = getattr(challenge, attr), getattr(sizes, attr)
+        if asked != expected:
+            raise ChallengeError(f"{asked} is not the preset's {expected} for hardware class "
+                                 f"{challenge.hardware_class}", field=name)
+
+
 def compute_challenge_window(head_block: int, preset: Preset,
                              genesis_block: int = 0) -> tuple[RoundId, RoundId]:
     """The first and last round a node takes challenges for when the chain's head (as it last
@@ -113,5 +136,6 @@ __all__ = [
     "compute_challenge_seed",
     "compute_challenge_window",
     "compute_kind_seeds",
+    "verify_challenge_sizes",
     "verify_challenge_timeliness",
 ]
