@@ -42,8 +42,9 @@ on stderr (with the devnet's own tables). The last line on stdout (``--json``) i
   ``settle_cpu_last_over_first`` their ratio (target <= 1.5), and the same per report.
 - ``rss_growth_mb``: per daemon, resident memory (VmRSS of it and its children: a node's
   compute process, the Validator's processes) after the last epoch minus after the first it
-  served (a restarted daemon counts from its restart); ``rss_mb``, per daemon, each epoch's
-  figure from there on (where a growth came from: the first epochs, or every epoch).
+  served whole (a daemon started or restarted during the run counts from the end of the epoch
+  after it started); ``rss_mb``, per daemon, each epoch's figure from there on (where a growth
+  came from: the first epochs, or every epoch).
 - ``events_failed``: scripted events that did not work (each with why).
 - ``anvil_state_gb``: what anvil wrote to keep every block's state of the run (audits from
   genesis and the added mixer's catch-up read the registry at old blocks); it grows with the
@@ -286,13 +287,18 @@ def compute_cpu_figures(verify_ms: dict[str, dict[int, tuple[int, int]]],
 
 
 def compute_rss_series(records: list[EpochRecord]) -> dict[str, list[float]]:
-    """Per daemon: MB after each epoch its current process ran."""
+    """Per daemon: MB after each epoch its current process served whole. A process started
+    during the run (a joiner, a restarted or added daemon) is first measured at the end of the
+    epoch it started in, possibly while still loading (a node that joined late in an epoch
+    read 98 MB, then 369 MB like every other node): that sample is left out."""
     out: dict[str, list[float]] = {}
     names = {n for r in records for n in r.rss_kb}
     for name in sorted(names):
         samples = [r.rss_kb[name] for r in records if name in r.rss_kb]
         pid = samples[-1][0]
-        out[name] = [round(kb / 1024, 1) for p, kb in samples if p == pid]
+        mine = [round(kb / 1024, 1) for p, kb in samples if p == pid]
+        started_during_run = records[0].rss_kb.get(name, (None, 0))[0] != pid
+        out[name] = mine[1:] if started_during_run and len(mine) > 1 else mine
     return out
 
 
