@@ -24,16 +24,18 @@ from dnanet.errors import ChallengeError, NodeUnreachable, ScheduleError, Signat
 from dnanet.node.local import LocalTransport
 from dnanet.node.prover import (
     MAX_OPEN_SESSIONS,
+    MAX_SESSIONS_PER_MIXER,
     ChainView,
     ChallengeProver,
     MemorySeen,
     ProverSession,
 )
-from dnanet.params import TEST, ChallengeSizes
+from dnanet.params import MAINNET, TEST, ChallengeSizes
 from dnanet.protocol.challenge_params import (
     SIZE_FIELDS,
     compute_challenge,
     compute_kind_seeds,
+    compute_max_sessions_per_mixer,
 )
 from dnanet.protocol.challenges import (
     compute_seed_hash,
@@ -73,6 +75,7 @@ from dnanet.protocol.scoring import compute_challenge_score
 from dnanet.protocol.validation import verify_score_report
 from protocol_fixtures import (
     DOMAIN,
+    Mixer,
     cheating_compute,
     find_pairs,
     make_mixers,
@@ -704,6 +707,20 @@ def test_prover_takes_challenges_only_in_their_round() -> None:
         assert exc.value.field == "round"
 
 
+def test_a_daemons_prover_holds_a_mixer_to_the_rounds_in_a_timeout() -> None:
+    # TEST: rounds of 80 ms, a 2 s timeout: 25 rounds' sessions may overlap, and two more.
+    cap = compute_max_sessions_per_mixer(TEST)
+    assert cap == 27 and compute_max_sessions_per_mixer(MAINNET) == 3
+    head = 2 * TEST.epoch_blocks
+    prover = _at(head)
+    for i in range(cap):
+        prover.start(signed(replace(_challenge_at(2, 0).challenge,
+                                    challenge_id=bytes([i]) * 32)))
+    with pytest.raises(ChallengeError, match=f"has {cap} sessions open") as exc:
+        prover.start(_challenge_at(2, 0))
+    assert exc.value.field == "mixer"
+
+
 @pytest.mark.parametrize(("field", "value"), [
     ("compute_attempts", 255), ("compute_n", 4096), ("compute_rows", 1 << 20),
     ("compute_checks", 1), ("upload_bytes", 1 << 30), ("download_bytes", 1),
@@ -891,16 +908,29 @@ def test_prover_refuses_bad_echoes_and_downloads() -> None:
 
 
 def test_prover_keeps_a_bounded_number_of_sessions() -> None:
-    prover = _prover()
-    challenges = [
-        compute_challenge(beta=hashlib.sha512(b"beta-%d" % i).digest(), epoch=0, round_=0,
-                          mixer=MIXER.address, node=NODE.address, hardware_class=0, preset=TEST)
-        for i in range(MAX_OPEN_SESSIONS + 1)
-    ]
-    sessions = [prover.start(signed(c)) for c in challenges[:-1]]
+    mixers = make_mixers(MAX_OPEN_SESSIONS // MAX_SESSIONS_PER_MIXER + 1)
+    prover = make_prover(NODE, mixers)
+
+    def challenge(mixer: Mixer, i: int) -> SignedChallenge:
+        return signed(compute_challenge(
+            beta=hashlib.sha512(f"beta-{mixer.address}-{i}".encode()).digest(), epoch=0,
+            round_=0, mixer=mixer.address, node=NODE.address, hardware_class=0, preset=TEST),
+            mixer.identity)
+
+    # One mixer holds at most its share of the node's sessions ...
+    first, *others, last = mixers
+    own = [prover.start(challenge(first, i)) for i in range(MAX_SESSIONS_PER_MIXER)]
+    with pytest.raises(ChallengeError, match="sessions open with this node") as exc:
+        prover.start(challenge(first, 99))
+    assert exc.value.field == "mixer"
+    # ... and the node as many as it runs at once, from every mixer together.
+    for mixer in others:
+        for i in range(MAX_SESSIONS_PER_MIXER):
+            prover.start(challenge(mixer, i))
+    assert prover.open_sessions == MAX_OPEN_SESSIONS
     with pytest.raises(ChallengeError, match="sessions already"):
-        prover.start(signed(challenges[-1]))
-    sessions[0].close()
-    sessions[0].close()  # idempotent: one slot back
-    prover.start(signed(challenges[-1]))
+        prover.start(challenge(last, 0))
+    own[0].close()
+    own[0].close()  # idempotent: one slot back
+    prover.start(challenge(last, 0))
     assert prover.open_sessions == MAX_OPEN_SESSIONS

@@ -33,6 +33,7 @@ from dnanet.node.compute_process import HeldAnswer
 from dnanet.params import Preset
 from dnanet.protocol.challenge_params import (
     compute_challenge_window,
+    compute_max_sessions_per_mixer,
     verify_challenge_sizes,
     verify_challenge_timeliness,
 )
@@ -55,7 +56,12 @@ from dnanet.protocol.messages import (
 
 MAX_OPEN_SESSIONS = 64
 """Sessions in flight at once; a challenge beyond them is refused (only current mixers can
-open one, and each holds a product in memory)."""
+open one, and each holds up to ``computeAttempts`` products in memory until it signs)."""
+MAX_SESSIONS_PER_MIXER = 8
+"""Sessions one mixer may have in flight at once where the prover knows no chain (in-process
+tests, the demo); a daemon's prover takes ``compute_max_sessions_per_mixer`` of its preset.
+One mixer cannot take every slot, nor hold the memory of every session's products (64 on the
+mainnet CPU class: 12 GiB)."""
 
 STAGES = ("start", "echo", "download", "upload", "compute", "finish", "open")
 """A session's steps in order; a session's ``stage`` is the last one it completed."""
@@ -158,7 +164,8 @@ class ChallengeProver:
         self._compute = compute or (lambda seed, size: compute_product(seed, size, device))
         self.chain = chain
         self.seen = seen
-        self._open: set[bytes] = set()
+        self._open: dict[bytes, str] = {}
+        """The open sessions' challenge ids, and the mixer of each."""
         self._lock = threading.Lock()
 
     @property
@@ -196,16 +203,21 @@ class ChallengeProver:
             if len(self._open) >= MAX_OPEN_SESSIONS:
                 raise ChallengeError(f"the node runs {MAX_OPEN_SESSIONS} sessions already",
                                      field="challengeId")
+            per_mixer = (compute_max_sessions_per_mixer(self.chain.preset)
+                         if self.chain is not None else MAX_SESSIONS_PER_MIXER)
+            if sum(1 for m in self._open.values() if m == challenge.mixer) >= per_mixer:
+                raise ChallengeError(f"mixer {challenge.mixer} has {per_mixer} sessions open "
+                                     "with this node already", field="mixer")
             if cid in self._open or (self.seen is not None and not self.seen.claim(
                     cid, challenge.epoch, oldest_epoch)):
                 raise ChallengeError(f"challenge 0x{cid.hex()} was taken up before: a "
                                      "challenge runs once", field="challengeId")
-            self._open.add(cid)
+            self._open[cid] = challenge.mixer
         return ProverSession(self, challenge)
 
     def _release(self, challenge_id: bytes) -> None:
         with self._lock:
-            self._open.discard(challenge_id)
+            self._open.pop(challenge_id, None)
 
 
 class ProverSession:
@@ -343,5 +355,5 @@ class ProverSession:
             self._prover._release(self.challenge.challenge_id)
 
 
-__all__ = ["MAX_OPEN_SESSIONS", "STAGES", "ChainView", "ChallengeProver", "MemorySeen",
+__all__ = ["MAX_OPEN_SESSIONS", "MAX_SESSIONS_PER_MIXER", "STAGES", "ChainView", "ChallengeProver", "MemorySeen",
            "ProverSession", "SeenChallenges"]

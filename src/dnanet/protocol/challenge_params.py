@@ -99,6 +99,16 @@ def verify_challenge_sizes(challenge: Challenge, preset: Preset) -> None:
                                  f"{challenge.hardware_class}", field=name)
 
 
+def compute_max_sessions_per_mixer(preset: Preset) -> int:
+    """How many sessions one mixer may have open with one node at once: a session may last the
+    challenge timeout, and an honest mixer starts one a round (and may catch up on a round it
+    missed), so as many as there are rounds in a timeout, and two more. Mainnet 3, local 6,
+    test 27: one mixer cannot take every slot of a node, nor hold the memory of every
+    session's products."""
+    round_ms = preset.round_blocks * preset.block_interval_ms
+    return -(-preset.challenge_timeout_ms // round_ms) + 2
+
+
 def compute_challenge_window(head_block: int, preset: Preset,
                              genesis_block: int = 0) -> tuple[RoundId, RoundId]:
     """The first and last round a node takes challenges for when the chain's head (as it last
@@ -136,6 +146,7 @@ __all__ = [
     "compute_challenge_seed",
     "compute_challenge_window",
     "compute_kind_seeds",
+    "compute_max_sessions_per_mixer",
     "verify_challenge_sizes",
     "verify_challenge_timeliness",
 ]
