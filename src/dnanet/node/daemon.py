@@ -35,7 +35,7 @@ from dnanet.node.access import AiAccess, api_key_from_environment
 from dnanet.node.ai_api import mount_ai_api
 from dnanet.node.compute_process import ComputeProcess, HeldAnswer
 from dnanet.node.hardware import Hardware, declared_class, probe_hardware
-from dnanet.node.prover import ChainView, ChallengeProver
+from dnanet.node.prover import COMPUTING_ATTEMPT, ChainView, ChallengeProver
 from dnanet.node.server import NODE_SCHEMA, StoreSeen, build_node_app
 from dnanet.params import hardware_class_name
 from dnanet.protocol.challenges.compute import (
@@ -65,10 +65,11 @@ class NodeProfile:
     offline_at_block: int | None = None
     """From this block on, the node stops answering (it drops out)."""
     cheat_at_block: int | None = None
-    """Devnets only (``node run --cheat-at-block``, hidden): the first product the node
-    computes once its head reaches this block is wrong in every entry, committed and signed
-    as if right, once: the signed fraud a mixer's spot check catches and a settlement
-    punishes (``dnanet devnet --scenario churn``)."""
+    """Devnets only (``node run --cheat-at-block``, hidden): the products of the first
+    challenge whose compute step starts once the node's head reaches this block (every
+    attempt of it, so the counted one too) are wrong in every entry, committed and signed as
+    if right, once: the signed fraud a mixer's spot check catches and a settlement punishes
+    (``dnanet devnet --scenario churn``)."""
 
     @classmethod
     def named(cls, name: str, *, offline_at_block: int | None = None) -> NodeProfile:
@@ -130,7 +131,8 @@ class NodeDaemon:
         self._mixers: dict[str, bytes] = {}
         self.head: int | None = None
         """The chain's head block as the node last read it."""
-        self._cheated = False
+        self._cheat_session: bytes | None = None
+        """The challenge whose products are the profile's wrong ones, once chosen."""
         self._cheat_lock = threading.Lock()
         self._compute_in_process = compute_process
         self._compute_threads = compute_threads
@@ -181,13 +183,18 @@ class NodeDaemon:
         return answer
 
     def _cheats_now(self) -> bool:
-        """Whether this product is the one wrong product of ``cheat_at_block`` (once)."""
+        """Whether this product is one of the wrong ones of ``cheat_at_block``: every attempt
+        of the first challenge whose compute step starts at or after that block."""
         block = self.profile.cheat_at_block
+        attempt = COMPUTING_ATTEMPT.get()
+        if block is None or attempt is None:
+            return False
+        challenge_id, index = attempt
         with self._cheat_lock:
-            if block is None or self._cheated or self.head is None or self.head < block:
-                return False
-            self._cheated = True
-            return True
+            if self._cheat_session is None and index == 0 and self.head is not None \
+                    and self.head >= block:
+                self._cheat_session = challenge_id
+            return self._cheat_session == challenge_id
 
     def _install_profile_middleware(self) -> None:
         profile = self.profile

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -67,6 +68,11 @@ STAGES = ("start", "echo", "download", "upload", "compute", "finish", "open")
 """A session's steps in order; a session's ``stage`` is the last one it completed."""
 
 ComputeFn = Callable[[bytes, ComputeSize], ComputeAnswer | HeldAnswer]
+
+COMPUTING_ATTEMPT: ContextVar[tuple[bytes, int] | None] = ContextVar("computing_attempt",
+                                                                      default=None)
+"""While a ComputeFn runs: the challenge id and the attempt index of the product it computes
+(a ComputeFn that must treat a session's attempts alike reads it: the devnet's cheat)."""
 
 
 class HeldProduct(Protocol):
@@ -297,7 +303,11 @@ class ProverSession:
                             else None, c.compute_seed_hash)
         self.stage = "computing"  # no other step while it runs, nor after it failed
         size = ComputeSize(n=c.compute_n, rows=c.compute_rows, checks=c.compute_checks)
-        self.attempts.append(hold_product(self._prover._compute(attempt_seed, size)))
+        token = COMPUTING_ATTEMPT.set((c.challenge_id, len(self.attempts)))
+        try:
+            self.attempts.append(hold_product(self._prover._compute(attempt_seed, size)))
+        finally:
+            COMPUTING_ATTEMPT.reset(token)
         self.attempt_seeds.append(attempt_seed)
         self.stage = "compute"
         return self.attempts[-1].root
@@ -355,5 +365,5 @@ class ProverSession:
             self._prover._release(self.challenge.challenge_id)
 
 
-__all__ = ["MAX_OPEN_SESSIONS", "MAX_SESSIONS_PER_MIXER", "STAGES", "ChainView", "ChallengeProver", "MemorySeen",
+__all__ = ["COMPUTING_ATTEMPT", "MAX_OPEN_SESSIONS", "MAX_SESSIONS_PER_MIXER", "STAGES", "ChainView", "ChallengeProver", "MemorySeen",
            "ProverSession", "SeenChallenges"]
