@@ -17,6 +17,7 @@ from dnanet.protocol.challenges import (
 )
 from dnanet.protocol.challenges.timing import (
     RTT_FLOOR_DIVISOR,
+    compute_counted_attempt,
     compute_receiver_us,
     compute_rtt_us,
     compute_step_us,
@@ -36,6 +37,21 @@ def test_rtt_refuses_bad_samples(samples: list[object]) -> None:
     with pytest.raises(ChallengeError) as exc:
         compute_rtt_us(samples)  # type: ignore[arg-type]
     assert exc.value.field is not None and exc.value.field.startswith("samples")
+
+
+@settings(derandomize=True)
+@given(st.lists(NS, min_size=1, max_size=8))
+def test_the_fastest_attempt_counts_and_the_first_of_equals(attempts: list[int]) -> None:
+    counted = compute_counted_attempt(attempts)
+    assert attempts[counted] == min(attempts)
+    assert all(attempts[i] > attempts[counted] for i in range(counted))
+
+
+@pytest.mark.parametrize("attempts", [[], [-1], [True], [1.5]])
+def test_counted_attempt_refuses_bad_samples(attempts: list[object]) -> None:
+    with pytest.raises(ChallengeError) as exc:
+        compute_counted_attempt(attempts)  # type: ignore[arg-type]
+    assert exc.value.field is not None and exc.value.field.startswith("attempts")
 
 
 @settings(max_examples=300, derandomize=True)

@@ -46,6 +46,7 @@ from dnanet.protocol.challenges.compute import (
 )
 from dnanet.protocol.challenges.latency import echo_digest, echo_nonces
 from dnanet.protocol.challenges.timing import (
+    compute_counted_attempt,
     compute_rtt_us,
     compute_step_us,
     compute_upload_us,
@@ -240,7 +241,7 @@ async def _drive(
             t0 = clock()
             roots.append(await _call("compute", transport.compute(cid, attempt_seed)))
             attempt_ns.append(clock() - t0)
-    counted = attempt_ns.index(min(attempt_ns))
+    counted = compute_counted_attempt(attempt_ns)
     root = roots[counted]
     compute_us = compute_step_us(attempt_ns[counted], rtt_ns)
 

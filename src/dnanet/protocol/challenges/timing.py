@@ -11,6 +11,9 @@ removes, so that a far node is not scored as a slow one (docs/scoring.md, "Measu
   echoes' round trip, and whatever it adds is removed from its steps; the floor bounds what
   that can buy (at most a factor ``RTT_FLOOR_DIVISOR`` on a step) while the added round trip
   costs it on latency;
+- the compute step: several attempts, each timed from request to answer, and the *fastest*
+  counts (``compute_counted_attempt``), as the fastest echo does: whatever else ran on the
+  node's host during an attempt only ever slowed that one;
 - the upload, where the mixer is the receiver: timed from the arrival of one of the payload's
   frames to that of its last, so neither the round trip nor the node's generation of the payload
   is in it (as M-Lab's ndt7 and iperf3 measure at the receiver). The bytes up to that frame
@@ -61,6 +64,16 @@ def compute_step_us(raw_ns: int, rtt_ns: int) -> int:
     return max(1, max(raw_ns - rtt_ns, floor) // NS_PER_US)
 
 
+def compute_counted_attempt(attempts_ns: Sequence[int]) -> int:
+    """Which of the compute step's attempts counts: the index of the fastest (the first of
+    equals)."""
+    if not attempts_ns:
+        raise ChallengeError("needs at least one attempt", field="attempts")
+    for i, sample in enumerate(attempts_ns):
+        _check_ns(sample, f"attempts[{i}]")
+    return min(range(len(attempts_ns)), key=lambda i: attempts_ns[i])
+
+
 RECEIVER_MARKS: Final = ((0, 1), (1, 4), (1, 2))
 """A receiver's spans start at the first frame, and at the frames these fractions of the way
 through the frames."""
@@ -95,6 +108,7 @@ def compute_upload_us(arrivals: Sequence[tuple[int, int]]) -> int:
 __all__ = [
     "RECEIVER_MARKS",
     "RTT_FLOOR_DIVISOR",
+    "compute_counted_attempt",
     "compute_receiver_us",
     "compute_rtt_us",
     "compute_step_us",
