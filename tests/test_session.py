@@ -36,6 +36,7 @@ from dnanet.protocol.challenge_params import (
     compute_challenge,
     compute_kind_seeds,
     compute_max_sessions_per_mixer,
+    compute_round_claim,
 )
 from dnanet.protocol.challenges import (
     compute_seed_hash,
@@ -660,6 +661,25 @@ def test_prover_refuses_a_replayed_challenge_even_after_the_session() -> None:
     with pytest.raises(ChallengeError, match="taken up before") as exc:
         prover.start(signed(challenge_for()))
     assert exc.value.field == "challengeId"
+
+
+def test_prover_takes_one_challenge_of_a_mixers_round() -> None:
+    # A current mixer signs a second challenge for a round it already challenged this node in
+    # (another id: not its VRF's): refused, even after the first session ended. Another
+    # mixer's challenge of that round, and the same mixer's of the next, are taken.
+    members = {m.address: m.vrf_public_key for m in MIXERS}
+    prover = ChallengeProver(NODE, DOMAIN, lambda: members, device="cpu", seen=MemorySeen())
+    first = challenge_for()
+    prover.start(signed(first)).close()
+    again = replace(first, challenge_id=hashlib.sha256(b"not the VRF's").digest())
+    with pytest.raises(ChallengeError, match="challenged this node in epoch 0 round 0") as exc:
+        prover.start(signed(again))
+    assert exc.value.field == "round"
+    other = MIXERS[1]
+    prover.start(signed(replace(first, mixer=other.address, challenge_id=bytes(32)),
+                        other.identity)).close()
+    prover.start(signed(challenge_for(round_=1))).close()
+    assert compute_round_claim(first) != compute_round_claim(replace(first, round=1))
 
 
 def test_without_a_memory_only_an_open_challenge_is_refused_again() -> None:

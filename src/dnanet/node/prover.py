@@ -2,9 +2,10 @@
 
 ``ChallengeProver.start`` takes a signed challenge only if it is for this node, signed by the
 current mixer it names, asking the preset's work for its class (``verify_challenge_sizes``),
-for a round still open (``verify_challenge_timeliness``, against the
-head block the node last read from the chain) and never taken up before (``SeenChallenges``: the
-daemon's survives a restart). It returns the session's ``ProverSession``; whoever holds that object
+for a round still open (``verify_challenge_timeliness``, against the head block the node last
+read from the chain), never taken up before, and the first of its mixer's round
+(``SeenChallenges``, ``compute_round_claim``: the daemon's memory survives a restart). It
+returns the session's ``ProverSession``; whoever holds that object
 drives the session, and the transport hands it to the one connection that presented the
 challenge (``dnanet.node.session_server``), so nobody else can address it. Its steps run once
 each, in this order:
@@ -35,6 +36,7 @@ from dnanet.params import Preset
 from dnanet.protocol.challenge_params import (
     compute_challenge_window,
     compute_max_sessions_per_mixer,
+    compute_round_claim,
     verify_challenge_sizes,
     verify_challenge_timeliness,
 )
@@ -117,7 +119,8 @@ class ChainView:
 
 
 class SeenChallenges(Protocol):
-    """Challenge ids taken up so far (a replay is refused)."""
+    """Challenge ids taken up so far (a replay is refused), and the (mixer, round) each was
+    for (``compute_round_claim``: a second challenge of one mixer's round is refused)."""
 
     def claim(self, challenge_id: bytes, epoch: int, oldest_epoch: int) -> bool:
         """Record ``challenge_id``; False if it was recorded before. Ids of epochs before
@@ -218,6 +221,12 @@ class ChallengeProver:
                     cid, challenge.epoch, oldest_epoch)):
                 raise ChallengeError(f"challenge 0x{cid.hex()} was taken up before: a "
                                      "challenge runs once", field="challengeId")
+            if self.seen is not None and not self.seen.claim(
+                    compute_round_claim(challenge), challenge.epoch, oldest_epoch):
+                raise ChallengeError(
+                    f"mixer {challenge.mixer} challenged this node in epoch {challenge.epoch} "
+                    f"round {challenge.round} already: its VRF output gives one challenge a "
+                    "round", field="round")
             self._open[cid] = challenge.mixer
         return ProverSession(self, challenge)
 

@@ -99,6 +99,14 @@ def verify_challenge_sizes(challenge: Challenge, preset: Preset) -> None:
                                  f"{challenge.hardware_class}", field=name)
 
 
+def compute_round_claim(challenge: Challenge) -> bytes:
+    """The key under which a node records that ``challenge``'s mixer challenged it in its round:
+    a mixer's VRF output gives one challenge of a node a round, so a second one for the same
+    (mixer, epoch, round), under any id, is not the schedule's and is refused."""
+    return sha256(b"dnanet/mixer-round" + address_to_bytes(challenge.mixer)
+                  + challenge.epoch.to_bytes(8, "big") + challenge.round.to_bytes(4, "big"))
+
+
 def compute_max_sessions_per_mixer(preset: Preset) -> int:
     """How many sessions one mixer may have open with one node at once: a session may last the
     challenge timeout, and an honest mixer starts one a round (and may catch up on a round it
@@ -147,6 +155,7 @@ __all__ = [
     "compute_challenge_window",
     "compute_kind_seeds",
     "compute_max_sessions_per_mixer",
+    "compute_round_claim",
     "verify_challenge_sizes",
     "verify_challenge_timeliness",
 ]
