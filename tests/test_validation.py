@@ -25,6 +25,7 @@ from dnanet.errors import (
 from dnanet.node.local import LocalTransport
 from dnanet.params import TEST
 from dnanet.protocol.challenge_params import compute_challenge, compute_kind_seeds
+from dnanet.protocol.challenges import derive_attempt_seeds
 from dnanet.protocol.challenges.compute import ComputeSize, open_rows
 from dnanet.protocol.evidence import (
     decode_fraud_evidence,
@@ -319,8 +320,10 @@ def _cheater_opening(index: int) -> tuple[bytes, ComputeSize]:
     """Evidence bytes opening row ``index`` of the cheater's committed product."""
     report = cheating_report()
     seed, size = challenge_of(report)
-    answer = cheating_compute(0.5)(seed, size)
-    assert answer.root == report.compute_root
+    # The node signed the root of the attempt the mixer counted (the fastest): that one's.
+    answers = [cheating_compute(0.5)(attempt_seed, size) for attempt_seed in derive_attempt_seeds(
+        seed, TEST.hardware_classes[report.hardware_class].compute_attempts)]
+    (answer,) = [a for a in answers if a.root == report.compute_root]
     return encode_fraud_evidence(open_rows(answer, [index])[0]), size
 
 
