@@ -51,7 +51,7 @@ from dnanet.protocol.challenges.timing import (
     compute_step_us,
     compute_upload_us,
 )
-from dnanet.protocol.evidence import encode_fraud_evidence, is_row_of_any_attempt
+from dnanet.protocol.evidence import encode_fraud_evidence, find_row_of_no_attempt
 from dnanet.protocol.messages import (
     Challenge,
     Outcome,
@@ -335,6 +335,7 @@ def _check_openings(
     except DnanetError as exc:
         # A row under the signed root that no attempt's seed gives is fraud; anything else
         # (one attempt's rows answered for another's) is a bad response.
+        committed = []
         for opening in openings:
             if not isinstance(opening.row, bytes) or len(opening.row) != 4 * size.n:
                 continue
@@ -344,8 +345,11 @@ def _check_openings(
                     leaf, opening.index, size.rows, opening.proof) == root
             except DnanetError:
                 continue
-            if under_root and not is_row_of_any_attempt(compute_seed, challenge, opening):
-                return encode_fraud_evidence(opening)
+            if under_root:
+                committed.append(opening)
+        fraud = find_row_of_no_attempt(compute_seed, challenge, committed)
+        if fraud is not None:
+            return encode_fraud_evidence(fraud)
         raise _Failed(Outcome.BAD_RESPONSE, f"openings: {exc}") from None
 
 

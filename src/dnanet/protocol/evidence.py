@@ -11,7 +11,10 @@ row it committed to, so this is proof of fraud.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import numpy.typing as npt
 
 from dnanet.errors import ChallengeError
 from dnanet.protocol.challenges import derive_attempt_seeds
@@ -57,19 +60,37 @@ def decode_fraud_evidence(evidence: bytes, size: ComputeSize) -> RowOpening:
 
 def is_row_correct(compute_seed: bytes, size: ComputeSize, opening: RowOpening) -> bool:
     """Whether an opened row equals ``A[index]·B`` (exact integer arithmetic)."""
+    return _is_row_product(compute_seed, size, opening, _b_int64(compute_seed, size))
+
+
+def _b_int64(compute_seed: bytes, size: ComputeSize) -> npt.NDArray[np.int64]:
+    return compute_b(compute_seed, size.n).astype(np.int64)
+
+
+def _is_row_product(compute_seed: bytes, size: ComputeSize, opening: RowOpening,
+                    b: npt.NDArray[np.int64]) -> bool:
     a = compute_a_rows(compute_seed, size.n, [opening.index]).astype(np.int64)
-    expected = a @ compute_b(compute_seed, size.n).astype(np.int64)
     got = np.frombuffer(opening.row, dtype=INT32_LE).astype(np.int64)
-    return bool(np.array_equal(expected[0], got))
+    return bool(np.array_equal((a @ b)[0], got))
 
 
-def is_row_of_any_attempt(compute_seed: bytes, challenge: Challenge,
-                          opening: RowOpening) -> bool:
-    """Whether an opened row is right for the seed of any attempt of the challenge's compute
-    step (the module docstring: only a row right for none is fraud)."""
+def find_row_of_no_attempt(compute_seed: bytes, challenge: Challenge,
+                           openings: Sequence[RowOpening]) -> RowOpening | None:
+    """The first of ``openings`` that is right for the seed of no attempt of the challenge's
+    compute step (the module docstring: only such a row is fraud), None if each is right for
+    one. Each attempt's ``B`` is made once, and only when a row needs it: a node that answers
+    one attempt with another's product has every row checked against every attempt."""
     size = compute_size_of(challenge)
-    return any(is_row_correct(seed, size, opening)
-               for seed in derive_attempt_seeds(compute_seed, challenge.compute_attempts))
+    seeds = derive_attempt_seeds(compute_seed, challenge.compute_attempts)
+    bs: dict[bytes, npt.NDArray[np.int64]] = {}
+
+    def right_for(seed: bytes, opening: RowOpening) -> bool:
+        if seed not in bs:
+            bs[seed] = _b_int64(seed, size)
+        return _is_row_product(seed, size, opening, bs[seed])
+
+    return next((opening for opening in openings
+                 if not any(right_for(seed, opening) for seed in seeds)), None)
 
 
 def verify_fraud_evidence(report: ScoreReport, challenge: Challenge, compute_seed: bytes) -> None:
@@ -83,7 +104,7 @@ def verify_fraud_evidence(report: ScoreReport, challenge: Challenge, compute_see
     if root != report.compute_root:
         raise ChallengeError("the opened row is not under the signed computeRoot", field="evidence")
     # Verify the row is actually wrong: a row right for any attempt is no evidence of fraud.
-    if is_row_of_any_attempt(compute_seed, challenge, opening):
+    if find_row_of_no_attempt(compute_seed, challenge, [opening]) is None:
         raise ChallengeError("the opened row is correct for an attempt's seed: no fraud shown",
                              field="evidence")
 
@@ -92,7 +113,7 @@ __all__ = [
     "compute_size_of",
     "decode_fraud_evidence",
     "encode_fraud_evidence",
+    "find_row_of_no_attempt",
     "is_row_correct",
-    "is_row_of_any_attempt",
     "verify_fraud_evidence",
 ]
