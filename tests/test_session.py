@@ -276,7 +276,7 @@ class AnswersAnEarlierAttempt(FakeLink):
         self.now += self.rtt_ns
         session = self._session(challenge_id)
         session.attempts.append(session.attempts[0])  # the node's own state, forged
-        session.attempt_seeds.append(attempt_seed)
+        session.last_attempt_seed = attempt_seed
         return self.root
 
 

@@ -248,7 +248,8 @@ class ProverSession:
         self.upload_digest: bytes | None = None
         self.attempts: list[HeldProduct] = []
         """The compute step's attempts so far, in order."""
-        self.attempt_seeds: list[bytes] = []
+        self.last_attempt_seed: bytes | None = None
+        """The seed revealed for the latest attempt (the next one must hash to it)."""
         self.answer: HeldProduct | None = None
         """The attempt the mixer counts, from ``finish`` on."""
         self.response: SignedChallengeResponse | None = None
@@ -308,8 +309,7 @@ class ProverSession:
         if len(self.attempts) >= c.compute_attempts:
             raise ChallengeError(f"more compute attempts than the challenge's "
                                  f"{c.compute_attempts}", field="step")
-        verify_attempt_seed(attempt_seed, self.attempt_seeds[-1] if self.attempt_seeds
-                            else None, c.compute_seed_hash)
+        verify_attempt_seed(attempt_seed, self.last_attempt_seed, c.compute_seed_hash)
         self.stage = "computing"  # no other step while it runs, nor after it failed
         size = ComputeSize(n=c.compute_n, rows=c.compute_rows, checks=c.compute_checks)
         token = COMPUTING_ATTEMPT.set((c.challenge_id, len(self.attempts)))
@@ -317,7 +317,7 @@ class ProverSession:
             self.attempts.append(hold_product(self._prover._compute(attempt_seed, size)))
         finally:
             COMPUTING_ATTEMPT.reset(token)
-        self.attempt_seeds.append(attempt_seed)
+        self.last_attempt_seed = attempt_seed
         self.stage = "compute"
         return self.attempts[-1].root
 
@@ -374,5 +374,5 @@ class ProverSession:
             self._prover._release(self.challenge.challenge_id)
 
 
-__all__ = ["COMPUTING_ATTEMPT", "MAX_OPEN_SESSIONS", "MAX_SESSIONS_PER_MIXER", "STAGES", "ChainView", "ChallengeProver", "MemorySeen",
-           "ProverSession", "SeenChallenges"]
+__all__ = ["COMPUTING_ATTEMPT", "MAX_OPEN_SESSIONS", "MAX_SESSIONS_PER_MIXER", "STAGES",
+           "ChainView", "ChallengeProver", "MemorySeen", "ProverSession", "SeenChallenges"]
