@@ -42,6 +42,7 @@ from dnanet.node.api import ECHO
 from dnanet.node.compute_process import HeldAnswer
 from dnanet.node.daemon import NodeDaemon, NodeProfile
 from dnanet.node.hardware import CLASS_GPU
+from dnanet.node.prover import COMPUTING_ATTEMPT
 from dnanet.node.session_server import Channel
 from dnanet.protocol.challenges.compute import (
     ComputeAnswer,
@@ -83,9 +84,9 @@ class LazyNode(NodeDaemon):
 
 
 class ReplayerNode(NodeDaemon):
-    """Answers every compute attempt with a product it computed for its first challenge of
-    that size (one per attempt, in turn: the transfers and echoes it cannot replay, their bytes
-    are new each time)."""
+    """Answers each compute attempt of a later challenge with the product of the same attempt
+    of its first challenge of that size (the transfers and echoes it cannot replay: their
+    bytes are new each time)."""
 
     role: ClassVar[str] = "replayer"
 
@@ -93,27 +94,24 @@ class ReplayerNode(NodeDaemon):
         super().__init__(*args, **kwargs)
         # Products computed in place (an adversary's daemon has no compute process): a held
         # one would be released when its first session ends.
+        self._first: dict[ComputeSize, bytes] = {}
+        """The challenge whose products it keeps, per size."""
         self._kept: dict[ComputeSize, list[ComputeAnswer | HeldAnswer]] = {}
-        self._turn: dict[ComputeSize, int] = {}
         self._kept_lock = threading.Lock()
         self.replayed = 0
 
-    def _attempts(self, size: ComputeSize) -> int:
-        sizes = self.gateway.preset.hardware_classes
-        return next((s.compute_attempts for s in sizes
-                     if (s.compute_n, s.compute_rows) == (size.n, size.rows)), 1)
-
     def _compute(self, seed: bytes, size: ComputeSize) -> ComputeAnswer | HeldAnswer:
+        challenge_id, attempt = COMPUTING_ATTEMPT.get() or (b"", 0)
         with self._kept_lock:
+            first = self._first.setdefault(size, challenge_id)
             kept = self._kept.setdefault(size, [])
-            if len(kept) >= self._attempts(size):  # its first challenge is done: replay
-                turn = self._turn.get(size, 0)
-                self._turn[size] = turn + 1
+            if challenge_id != first and attempt < len(kept):  # a later challenge: replay
                 self.replayed += 1
-                return kept[turn % len(kept)]
+                return kept[attempt]
         answer = super()._compute(seed, size)
-        with self._kept_lock:
-            kept.append(answer)
+        if challenge_id == first:
+            with self._kept_lock:
+                kept.append(answer)
         return answer
 
 
