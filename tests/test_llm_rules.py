@@ -23,7 +23,12 @@ from dnanet.ai.llm import (
 )
 from dnanet.ai.llm_engine import LLM_MODEL
 from dnanet.ai.llm_verify import LENGTH_SLACK, is_length_consistent, is_token_accepted
-from dnanet.ai.logprobs import TokenLogprob, format_chat_logprobs, format_completion_logprobs
+from dnanet.ai.logprobs import (
+    TokenLogprob,
+    compute_node_request,
+    format_chat_logprobs,
+    format_completion_logprobs,
+)
 from dnanet.ai.openai_format import ApiError, parse_chat
 from dnanet.gateway.llm_canary import make_llm_canary, parse_answer
 from dnanet.gateway.llm_speed import (
@@ -156,18 +161,23 @@ def test_llm_canaries_are_greedy_user_shaped_requests() -> None:
     assert len(kinds) == 4 and min(kinds.values()) > 20  # chat and completions, both streamed
     assert len({c.prompt for c in canaries}) > 150  # fresh words: no answer to cache
     for canary in canaries:
-        # What a node receives is exactly what the gateway forwards for such a user request.
+        # What a node receives is exactly what the gateway forwards for such a user request:
+        # normalized, and asking for logprobs as every request for the model does.
         raw = json.dumps(canary.body).encode()
         again = (parse_chat(raw).body if canary.chat else parse_completion(raw).body)
-        assert again == canary.body
+        assert compute_node_request(again, chat=canary.chat, model=LLM_MODEL) == \
+            (canary.body, False)
         assert canary.body["temperature"] == 0 and "seed" not in canary.body
         assert canary.body["max_tokens"] == canary.max_tokens
         assert (CHAT_STOP in canary.stops) == canary.chat
-        asks = canary.body.get("logprobs") is True if canary.chat \
-            else "logprobs" in canary.body
-        assert asks == canary.logprobs
-    # About half ask for logprobs, as a client that wants them would.
-    assert 70 < sum(c.logprobs for c in canaries) < 130
+        assert canary.logprobs
+        assert canary.body.get("logprobs") is True if canary.chat \
+            else canary.body.get("logprobs") in (0, 1, 5)
+    # About half ask for alternatives too, as a client that wants logprobs would; the
+    # others' node bodies are those of users who asked for none.
+    alternatives = sum(bool(c.body.get("top_logprobs") if c.chat else c.body["logprobs"])
+                       for c in canaries)
+    assert 45 < alternatives < 100
 
 
 def test_answers_parse_from_objects_and_streams() -> None:

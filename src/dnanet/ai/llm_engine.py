@@ -170,10 +170,11 @@ def requantize_model(source: Path, quant: str, cache_dir: Path | None = None) ->
 
 
 def compute_logsumexp(logits: np.ndarray) -> float:
-    """log(sum(exp(logits))), computed stably (in float64): the normaliser of a row's
+    """log(sum(exp(logits))), computed stably (the sum in float64): the normaliser of a row's
     log-probabilities. Nodes and mixers compute it alike (``dnanet.ai.logprobs``)."""
     top = float(logits.max())
-    return top + float(np.log(np.exp(logits.astype(np.float64) - top).sum()))
+    # exp in the row's own precision (every term <= 1), summed in float64.
+    return top + float(np.log(np.exp(logits - logits.dtype.type(top)).sum(dtype=np.float64)))
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,12 @@ taken over the tokens both split alike.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from dnanet.ai.llm_engine import LLM_MODEL
 
 T = TypeVar("T")
 
@@ -87,6 +90,57 @@ def format_completion_logprobs(entries: Sequence[TokenLogprob], *,
             "top_logprobs": [{_text(t): lp for t, lp in e.top} for e in entries] if top
             else None,
             "text_offset": offsets}
+
+
+VERIFIED_LLM_MODELS = frozenset({LLM_MODEL})
+"""Models whose answers mixers verify (they hold a reference copy): every request a gateway
+sends a node for one of them asks for logprobs (:func:`compute_node_request`)."""
+
+
+def compute_node_request(body: dict[str, Any], *, chat: bool, model: str
+                         ) -> tuple[dict[str, Any], bool]:
+    """The body a gateway sends a node for a user's request ``body`` (already normalized), and
+    whether the answer's logprobs must be taken out before the user gets it.
+
+    For a verified model every request asks the node for each answer token's log-probability
+    (chat ``logprobs: true``; completions ``logprobs: 0``), so a canary, which always does, is
+    one more such request: a node cannot serve the model only where logprobs are asked for.
+    A user who asked keeps them (with the alternatives asked for); for anyone else the gateway
+    removes them (:func:`strip_logprobs`). Other models' requests go as they came."""
+    if model not in VERIFIED_LLM_MODELS:
+        return body, False
+    if chat:
+        if body.get("logprobs") is True:
+            return body, False
+        return {**body, "logprobs": True}, True
+    if body.get("logprobs") is not None:
+        return body, False
+    return {**body, "logprobs": 0}, True
+
+
+def strip_logprobs(data: Any) -> Any:
+    """An answer (or one event of a stream) with each choice's ``logprobs`` null, as for a
+    request that asked for none; anything else as it is."""
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        return data
+    choices = [{**c, "logprobs": None} if isinstance(c, dict) and c.get("logprobs") is not None
+               else c for c in data["choices"]]
+    return {**data, "choices": choices}
+
+
+def strip_event_logprobs(line: bytes) -> bytes:
+    """One line of a node's event stream with :func:`strip_logprobs` applied to its ``data:``
+    (a line without logprobs, or not JSON, stays byte for byte as the node sent it)."""
+    if not line.startswith(b"data:") or b'"logprobs"' not in line:
+        return line
+    try:
+        data = json.loads(line[5:])
+    except ValueError:
+        return line
+    stripped = strip_logprobs(data)
+    if stripped is data:
+        return line
+    return b"data: " + json.dumps(stripped, separators=(",", ":")).encode()
 
 
 def parse_reported_logprobs(logprobs: Any, *, chat: bool) -> list[tuple[bytes, float]]:
@@ -166,6 +220,8 @@ def check_logprobs(reported: Sequence[tuple[bytes, float]],
 
 __all__ = [
     "LOGPROB_TOLERANCE", "MAX_LEGACY_LOGPROBS", "MAX_TOP_LOGPROBS", "MIN_ALIGNED_SHARE",
-    "TokenLogprob", "check_logprobs", "compute_logprob_divergence", "format_chat_logprobs",
-    "format_completion_logprobs", "parse_reported_logprobs", "select_answer_tokens",
+    "VERIFIED_LLM_MODELS", "TokenLogprob", "check_logprobs", "compute_logprob_divergence",
+    "compute_node_request", "format_chat_logprobs", "format_completion_logprobs",
+    "parse_reported_logprobs", "select_answer_tokens", "strip_event_logprobs",
+    "strip_logprobs",
 ]

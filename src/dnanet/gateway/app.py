@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from dnanet.ai.completions import COMPLETIONS_PATH, check_text_completion, parse_completion
+from dnanet.ai.logprobs import compute_node_request, strip_event_logprobs, strip_logprobs
 from dnanet.ai.openai_format import (
     MAX_AI_BODY_BYTES,
     ApiError,
@@ -452,19 +453,21 @@ class Gateway:
             try:
                 self.authorize(request)
                 req = parse_chat(await read_request(request, self.config.max_body_bytes))
-                body = json.dumps(req.body).encode()
+                node_body, strip = compute_node_request(req.body, chat=True, model=req.model)
+                body = json.dumps(node_body).encode()
                 interactive = _interactive(request, default=True)
                 long = is_long_request(req.body.get("max_completion_tokens")
                                        or req.body.get("max_tokens"), interactive=interactive)
                 if req.stream:
-                    return await self._stream(req.model, body, interactive, long=long)
+                    return await self._stream(req.model, body, interactive, long=long,
+                                              strip=strip)
                 _node, data, _content = await self._route(
                     req.model, "/v1/chat/completions", body, interactive=interactive,
                     parse=check_completion, long=long)
             except ApiError as exc:
                 return exc.response()
             self._maybe_canary(req.model)
-            return JSONResponse(data)
+            return JSONResponse(strip_logprobs(data) if strip else data)
 
         @app.post(COMPLETIONS_PATH, tags=["gateway"])
         async def completions(request: Request) -> Response:
@@ -472,24 +475,26 @@ class Gateway:
                 self.authorize(request)
                 req = parse_completion(await read_request(request,
                                                           self.config.max_body_bytes))
-                body = json.dumps(req.body).encode()
+                node_body, strip = compute_node_request(req.body, chat=False, model=req.model)
+                body = json.dumps(node_body).encode()
                 interactive = _interactive(request, default=True)
                 long = is_long_request(req.body.get("max_tokens"), interactive=interactive)
                 if req.stream:
                     return await self._stream(req.model, body, interactive, long=long,
-                                              path=COMPLETIONS_PATH)
+                                              path=COMPLETIONS_PATH, strip=strip)
                 _node, data, _text = await self._route(
                     req.model, COMPLETIONS_PATH, body, interactive=interactive,
                     parse=check_text_completion, long=long)
             except ApiError as exc:
                 return exc.response()
             self._maybe_canary(req.model)
-            return JSONResponse(data)
+            return JSONResponse(strip_logprobs(data) if strip else data)
 
     async def _stream(self, model: str, body: bytes, interactive: bool, *,
                       long: bool | None = None,
-                      path: str = "/v1/chat/completions") -> Response:
-        """Open a stream on a node (retrying others until one sends its first event)."""
+                      path: str = "/v1/chat/completions", strip: bool = False) -> Response:
+        """Open a stream on a node (retrying others until one sends its first event);
+        ``strip``: take the logprobs the gateway asked for out of its events."""
         attempts = _Attempts()
         async for lease in self._candidates(model, body, interactive, attempts, long):
             node = lease.node
@@ -502,7 +507,8 @@ class Gateway:
                     lines = _event_lines(response.content)
                     first = await anext(lines)
                     handed_over = True
-                    return _RelayResponse(self.scheduler, lease, response, first, lines)
+                    return _RelayResponse(self.scheduler, lease, response, first, lines,
+                                          strip=strip)
                 if response.status in _REQUEST_FAULTS:
                     content = await _read_answer(response, MAX_MODEL_LIST_BYTES)
                     ok = True  # the request's fault, not the node's: answer it as is
@@ -527,17 +533,19 @@ class _RelayResponse(StreamingResponse):
     the client went away, even before the stream began (not the node's fault)."""
 
     def __init__(self, scheduler: Scheduler, lease: Lease, upstream: aiohttp.ClientResponse,
-                 first: bytes, lines: AsyncIterator[bytes]) -> None:
+                 first: bytes, lines: AsyncIterator[bytes], *, strip: bool = False) -> None:
         self._scheduler = scheduler
         self._lease = lease
         self._upstream = upstream
+        self._strip = strip
         super().__init__(self._events(first, lines), media_type="text/event-stream")
 
     async def _events(self, first: bytes, lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        edit = strip_event_logprobs if self._strip else _as_sent
         try:
-            yield first + b"\n\n"
+            yield edit(first) + b"\n\n"
             async for line in lines:
-                yield line + b"\n\n"
+                yield edit(line) + b"\n\n"
         except _TRANSPORT_ERRORS:
             self._end(ok=False)
             yield _MID_STREAM_ERROR
@@ -553,6 +561,10 @@ class _RelayResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self._end(ok=True)
+
+
+def _as_sent(line: bytes) -> bytes:
+    return line
 
 
 class _Attempts:

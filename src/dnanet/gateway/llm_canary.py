@@ -4,7 +4,9 @@ A mixer that holds the model (the built-in Gemma 3 270M, :data:`LLM_MODEL`) send
 request drawn like users' requests are (chat or a plain completion, streamed or not, a
 question or a text to continue with fresh words in it, a usual ``max_tokens``), with
 ``temperature`` 0 as greedy clients send it; it goes through the same parsing, serialization,
-headers and client as a user's. The node's answer is re-scored under the mixer's own copy of
+headers and client as a user's, and like every request for the model it asks the node for
+each answer token's log-probability (:func:`dnanet.ai.logprobs.compute_node_request`). The
+node's answer is re-scored under the mixer's own copy of
 the model in one teacher-forced pass (:func:`dnanet.ai.llm_verify.verify_greedy_answer`). A
 wrong answer is a pending failure in the mixer's :class:`~dnanet.gateway.canary.CanaryBook`,
 so the node's next report from this mixer becomes CANARY_FAILED, as for embeddings. A passed
@@ -30,7 +32,7 @@ from dnanet.ai.completions import COMPLETIONS_PATH, parse_completion
 from dnanet.ai.llm import compute_chat_prompt, compute_chat_texts, compute_stops
 from dnanet.ai.llm_engine import LLM_MODEL, LlamaEngine, ensure_gemma_model, shared_engine
 from dnanet.ai.llm_verify import LOGIT_MARGIN, REREAD_ABOVE, Verdict, verify_greedy_answer
-from dnanet.ai.logprobs import parse_reported_logprobs
+from dnanet.ai.logprobs import compute_node_request, parse_reported_logprobs
 from dnanet.ai.openai_format import parse_chat
 from dnanet.errors import CodecError, ConfigError
 from dnanet.gateway.llm_speed import SpeedBook, SpeedSample
@@ -76,12 +78,14 @@ class LlmCanary:
     max_tokens: int
     stops: list[str]
     logprobs: bool = False
-    """Whether it asks for each token's log-probability (then checked too)."""
+    """Whether the node is asked for each token's log-probability (then checked too): for a
+    verified model always, as for every user's request (``compute_node_request``)."""
 
 
 LOGPROBS_SHARE = 0.5
-"""The share of LLM canaries that ask for logprobs (with 0-5 alternatives, as a client that
-wants them asks): those also catch a cheaper copy of the model whose text came out the same."""
+"""The share of LLM canaries drawn as a user's request that asks for logprobs itself (with
+0-5 alternatives, as a client that wants them asks). The node is asked for logprobs either
+way, as for every user's request to the model; those users keep the alternatives."""
 
 
 def make_llm_canary(model: str, rng: random.Random) -> LlmCanary:
@@ -102,17 +106,19 @@ def make_llm_canary(model: str, rng: random.Random) -> LlmCanary:
                "max_tokens": max_tokens, "stream": stream}
         if logprobs:
             raw.update({"logprobs": True, "top_logprobs": top} if top else {"logprobs": True})
-        chat_req = parse_chat(json.dumps(raw).encode())
-        return LlmCanary(model, "/v1/chat/completions", chat_req.body,
-                         compute_chat_prompt(messages), True, stream, max_tokens,
-                         compute_stops(None, chat=True), logprobs)
+        body, _strip = compute_node_request(parse_chat(json.dumps(raw).encode()).body,
+                                            chat=True, model=model)
+        return LlmCanary(model, "/v1/chat/completions", body, compute_chat_prompt(messages),
+                         True, stream, max_tokens, compute_stops(None, chat=True),
+                         body.get("logprobs") is True)
     raw = {"model": model, "prompt": rng.choice(_TEXTS).format(*words), "temperature": 0,
            "max_tokens": max_tokens, "stream": stream}
     if logprobs:
         raw["logprobs"] = top
     req = parse_completion(json.dumps(raw).encode())
-    return LlmCanary(model, COMPLETIONS_PATH, req.body, req.prompt, False, stream, max_tokens,
-                     compute_stops(None, chat=False), logprobs)
+    body, _strip = compute_node_request(req.body, chat=False, model=model)
+    return LlmCanary(model, COMPLETIONS_PATH, body, req.prompt, False, stream, max_tokens,
+                     compute_stops(None, chat=False), body.get("logprobs") is not None)
 
 
 @dataclass(frozen=True)
