@@ -29,6 +29,10 @@ Measures, on this machine:
   there (``stop``) or ran out of tokens (``length``); per kind, and how many swapped answers
   were byte-identical to the honest one (no check on the output can catch those, and they
   cost the user nothing);
+* ``audit_sampled``: users' answers drawn at temperature 0.7, 1.0 or 1.3 (prompts drawn
+  as canaries' are) and audited by their logprobs (``--audits`` of them, one in four on the
+  other thread count): honest ones refused, the Q3_K_M copy's caught, both sides'
+  divergence, and the audit's CPU time over the generation's;
 * ``gateway_added_latency_ms``: a streamed chat request's time to first token through a gateway
   minus straight to the node (node and gateway in their own processes, median of
   ``--latency-requests`` requests each, taking turns).
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -59,20 +64,27 @@ from dnanet.ai.llm_engine import (
     requantize_model,
 )
 from dnanet.ai.logprobs import LOGPROB_TOLERANCE, select_answer_tokens
-from dnanet.gateway.llm_canary import LlmCanaries, LlmCanary, NodeAnswer, make_llm_canary
+from dnanet.gateway.llm_canary import (
+    SAMPLED_LOGPROB_TOLERANCE,
+    LlmCanaries,
+    LlmCanary,
+    NodeAnswer,
+    make_llm_canary,
+)
 
 KEY = "dn-bench"
 
 
-def answer(engine: LlamaEngine, canary: LlmCanary
-           ) -> tuple[NodeAnswer, float, float, int]:
-    """The node's answer to ``canary`` on ``engine``: the answer, its wall time, its CPU time
-    (this process's, all threads) and its tokens."""
+def answer(engine: LlamaEngine, canary: LlmCanary, temperature: float = 0.0,
+           seed: int | None = None) -> tuple[NodeAnswer, float, float, int]:
+    """The node's answer to ``canary`` on ``engine`` (greedy, or a draw at ``temperature``):
+    the answer, its wall time, its CPU time (this process's, all threads) and its tokens."""
     top = canary.body.get("top_logprobs") if canary.chat else canary.body.get("logprobs")
     with engine.lock:
         started, cpu0 = time.perf_counter(), time.process_time()
         gen = generate(engine, engine.prompt_tokens(canary.prompt),
-                       max_tokens=canary.max_tokens, temperature=0.0, stops=canary.stops,
+                       max_tokens=canary.max_tokens, temperature=temperature,
+                       stops=canary.stops, seed=seed,
                        logprobs=(top or 0) if canary.logprobs else None)
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
     text = compute_chat_content(gen.text) if canary.chat else gen.text
@@ -238,6 +250,8 @@ def main() -> None:
     parser.add_argument("--canaries", type=int, default=200)
     parser.add_argument("--swap-canaries", type=int, default=100, help="per quantization")
     parser.add_argument("--quants", default="q3_k_m")
+    parser.add_argument("--audits", type=int, default=200,
+                        help="users' sampled answers audited, honest and per quantization")
     parser.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
                         help="also check every answer re-reading every disagreement")
     parser.add_argument("--threads", type=int, default=default_threads())
@@ -325,19 +339,45 @@ def main() -> None:
           f"answers; over all {len(all_ratios)} answers: mean "
           f"{statistics.fmean(all_ratios):.3f}, max {max(all_ratios):.3f})", flush=True)
 
+    # Audits of users' sampled answers (drawn at 0.7, 1.0 or 1.3), checked by their logprobs.
+    audits = [(dataclasses.replace(make_llm_canary(LLM_MODEL, rng), sampled=True),
+               rng.choice((0.7, 1.0, 1.3))) for _ in range(args.audits)]
+    audit_refused: list[str] = []
+    audit_divergence: list[float] = []
+    audit_ratios: list[float] = []
+    for i, (user, temperature) in enumerate(audits):
+        engine = node if i % 4 else node_other
+        got, _wall, cpu, _tokens = answer(engine, user, temperature, seed=i)
+        verdict = checker.verify(user, got)
+        if not verdict.ok:
+            audit_refused.append(f"{engine.n_threads} threads: {verdict.reason}")
+        audit_divergence.append(verdict.logprob_divergence or 0.0)
+        audit_ratios.append(verdict.cpu_s / cpu)
+    print(f"  audits of sampled answers: {len(audit_refused)} of {len(audits)} honest refused; "
+          f"divergence {_spread(audit_divergence)}; audit/generate median "
+          f"{statistics.median(audit_ratios):.3f}" if audits else "  no audits", flush=True)
+    for reason in audit_refused[:5]:
+        print(f"    refused: {reason}")
+    audit_swap_caught = 0
+    audit_swap_divergence: list[float] = []
+
     caught: dict[str, list[int]] = {}
     caught_alt: dict[str, int] = {}
     identical: dict[str, int] = {}
-    for quant in [q for q in args.quants.split(",") if q]:
+    same_caught = 0
+    quants = [q for q in args.quants.split(",") if q]
+    for quant in quants:
         swapped = LlamaEngine(requantize_model(path, quant), n_threads=args.threads)
         hits = caught[f"requant-{quant}"] = [0, 0]
         caught_alt[f"requant-{quant}"] = 0
         same = 0
         for canary, honest_answer in honest[:args.swap_canaries]:
             got, _wall, _cpu, _tokens = answer(swapped, canary)
-            same += got.text == honest_answer.text and \
-                got.finish_reason == honest_answer.finish_reason
             verdict = checker.verify(canary, got)
+            if got.text == honest_answer.text and \
+                    got.finish_reason == honest_answer.finish_reason:
+                same += 1
+                same_caught += not verdict.ok
             hits[0] += not verdict.ok
             if not verdict.ok:
                 caught_by["logprobs" if "logprobs" in (verdict.reason or "") else "tokens"] += 1
@@ -347,6 +387,11 @@ def main() -> None:
                 caught_alt[f"requant-{quant}"] += not alt.verify(canary, got).ok
             hits[1] += 1
         identical[f"requant-{quant}"] = same
+        for i, (user, temperature) in enumerate(audits):
+            got, _wall, _cpu, _tokens = answer(swapped, user, temperature, seed=i)
+            verdict = checker.verify(user, got)
+            audit_swap_caught += not verdict.ok
+            audit_swap_divergence.append(verdict.logprob_divergence or 0.0)
         swapped.close()
         print(f"  swap requant-{quant}: caught {hits[0]} of {hits[1]} ({same} answers "
               f"identical to the honest one); strict: {caught_alt[f'requant-{quant}']}",
@@ -392,7 +437,8 @@ def main() -> None:
         "honest_max_gap_logits": round(gaps[-1], 3),
         "swap_detection": round(total_caught / total, 4) if total else None,
         "swap_detection_excluding_identical_answers": round(
-            total_caught / differing, 4) if differing else None,
+            (total_caught - same_caught) / differing, 4) if differing else None,
+        "swap_identical_answers_caught": same_caught,
         "swap_canaries": total,
         "swap_detection_by_kind": {k: f"{h[0]}/{h[1]}" for k, h in caught.items()},
         "swap_identical_answers": identical,
@@ -400,6 +446,14 @@ def main() -> None:
         "logprob_tolerance": LOGPROB_TOLERANCE,
         "logprob_divergence_honest": _spread(honest_divergence),
         "logprob_divergence_requant_passing_text": _spread(swap_divergence),
+        "audit_sampled": {
+            "sampled_logprob_tolerance": SAMPLED_LOGPROB_TOLERANCE,
+            "honest_false_positive": f"{len(audit_refused)}/{len(audits)}",
+            "swap_caught": f"{audit_swap_caught}/{len(audits) * len(quants)}",
+            "divergence_honest": _spread(audit_divergence),
+            "divergence_swapped": _spread(audit_swap_divergence),
+            "audit_over_generate": round(statistics.median(audit_ratios), 3)
+            if audit_ratios else None},
         "gateway_added_latency_ms": round(added, 1),
         "first_token_ms": {"direct": round(direct, 1), "through_gateway": round(through, 1)},
     }

@@ -68,3 +68,69 @@ def test_canaries_pass_honest_nodes_and_catch_truncation() -> None:
     assert any("goes on" in p or "max_tokens" in p for p in pending), pending
     assert speed is not None and speed.samples >= 1  # a streamed canary among the four
     assert speed.ttft_s > 0 and speed.decode_tokens_per_s > 0
+
+
+async def _settle(gateway: Any) -> None:
+    """Until the audits the gateway spawned are done."""
+    while gateway._tasks:
+        await asyncio.gather(*list(gateway._tasks), return_exceptions=True)
+
+
+USER_REQUESTS = [  # (path, body): sampled and greedy, plain and streamed, both APIs
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Name a colour."}],
+                              "max_tokens": 24, "stream": True}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Why is snow cold?"}],
+                              "max_tokens": 24, "temperature": 0.8, "seed": 3}),
+    ("/v1/completions", {"prompt": "The bakery on the corner sells", "max_tokens": 24,
+                         "temperature": 0}),
+    ("/v1/completions", {"prompt": "My favourite river is", "max_tokens": 24,
+                         "stream": True, "temperature": 1.2}),
+]
+
+
+async def _ask(url: str, path: str, body: dict[str, Any]) -> list[Any]:
+    import httpx
+
+    from gateway_helpers import API_KEY
+    async with httpx.AsyncClient(timeout=120,
+                                 headers={"authorization": f"Bearer {API_KEY}"}) as http:
+        if not body.get("stream"):
+            response = await http.post(url + path, json={**body, "model": LLM_MODEL})
+            assert response.status_code == 200, response.text
+            return [response.json()]
+        async with http.stream("POST", url + path,
+                               json={**body, "model": LLM_MODEL}) as response:
+            assert response.status_code == 200
+            lines = [line async for line in response.aiter_lines()]
+    import json
+    return [json.loads(line[6:]) for line in lines
+            if line.startswith("data: ") and line != "data: [DONE]"]
+
+
+@pytest.mark.slow
+def test_users_answers_are_audited_at_any_temperature() -> None:
+    """With every answer audited, an honest node's pass (greedy ones token by token, sampled
+    ones by their logprobs), the users never see the logprobs the gateway asked for, and a
+    node serving a cheaper quantization to sampled requests, which no canary asks, is caught
+    by the audit of a user's answer."""
+    from dnanet.ai.llm_engine import ensure_gemma_model, requantize_model
+    from gateway_helpers import gateway_config
+
+    async def run(backend: LlmBackend, requests: list[tuple[str, dict[str, Any]]]
+                  ) -> tuple[int, list[str], list[list[Any]]]:
+        async with network([[backend]], config=gateway_config(llm_audit_rate=1.0)) as net:
+            gateway = net.gateway
+            answers = [await _ask(net.url, path, body) for path, body in requests]
+            await _settle(gateway)
+            return gateway.audited, gateway.canaries.pending("0x" + "0" * 39 + "1"), answers
+
+    audited, pending, answers = asyncio.run(run(LlmBackend(), USER_REQUESTS))
+    assert (audited, pending) == (len(USER_REQUESTS), [])
+    for events in answers:
+        assert all(c.get("logprobs") is None for e in events for c in e["choices"])
+    cheap = LlmBackend(path=requantize_model(ensure_gemma_model(), "q3_k_m"))
+    sampled = [r for r in USER_REQUESTS if r[1].get("temperature", 1) > 0]
+    for request in sampled:  # one gateway each: a caught node is not routed to again
+        audited, pending, _ = asyncio.run(run(cheap, [request]))
+        assert audited == 1 and len(pending) == 1, pending
+        assert "audit of a user's answer" in pending[0] and "logprobs" in pending[0], pending

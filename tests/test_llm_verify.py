@@ -13,8 +13,10 @@ import pytest
 
 from dnanet.ai.llm import compute_chat_content, compute_chat_prompt, compute_stops, generate
 from dnanet.ai.llm_engine import LLM_MODEL, LlamaEngine, ensure_gemma_model, requantize_model
+from dnanet.ai.llm_verify import verify_sampled_answer
 from dnanet.ai.logprobs import LOGPROB_TOLERANCE
 from dnanet.gateway.llm_canary import (
+    SAMPLED_LOGPROB_TOLERANCE,
     LlmCanaries,
     LlmCanary,
     NodeAnswer,
@@ -114,7 +116,7 @@ def test_an_answer_whose_last_token_held_the_start_of_the_stop_passes(
 
 def test_truncated_and_altered_answers_are_refused(
         engines: tuple[LlamaEngine, LlamaEngine, LlmCanaries]) -> None:
-    node, reference, checker = engines
+    node, _reference, checker = engines
     canary = next(c for c in canaries(10, seed=3) if not c.chat)  # runs to max_tokens
     long = LlmCanary(canary.model, canary.path, canary.body, canary.prompt, canary.chat,
                      canary.stream, 40, canary.stops)
@@ -130,7 +132,6 @@ def test_truncated_and_altered_answers_are_refused(
     assert not verdict.ok and "below the reference's top" in (verdict.reason or "")
     verdict = checker.verify(long, NodeAnswer(got.text, "content_filter", 0.0, None, 0.0))
     assert not verdict.ok and "finish_reason" in (verdict.reason or "")
-    del reference
 
 
 @pytest.mark.slow
@@ -200,3 +201,65 @@ def test_an_answer_without_the_logprobs_asked_for_is_refused(
     assert "none" in (checker.verify(canary, bare).reason or "")
     other = dataclasses.replace(got, logprobs=[(b"zz" + t, lp) for t, lp in got.logprobs or []])
     assert "line up" in (checker.verify(canary, other).reason or "")
+
+
+def sampled_answer(engine: LlamaEngine, canary: LlmCanary, seed: int
+                   ) -> tuple[str, str, list[tuple[bytes, float]]]:
+    """A draw at temperature 1 (text as generated, finish reason, reported logprobs)."""
+    with engine.lock:
+        gen = generate(engine, engine.prompt_tokens(canary.prompt), max_tokens=canary.max_tokens,
+                       temperature=1.0, stops=canary.stops, seed=seed, logprobs=0)
+    return gen.text, gen.finish_reason, [(e.token, e.logprob) for e in gen.logprobs]
+
+
+def test_a_sampled_answer_is_checked_by_its_tokens_logprobs(
+        engines: tuple[LlamaEngine, LlamaEngine, LlmCanaries]) -> None:
+    node, reference, _checker = engines
+    canary = canaries(1, seed=9)[0]
+    text, finish, logprobs = sampled_answer(node, canary, seed=1)
+    assert len(logprobs) > 4
+
+    def check(text: str, logprobs: list[tuple[bytes, float]], finish: str = finish,
+              max_tokens: int = canary.max_tokens) -> str | None:
+        with reference.lock:
+            return verify_sampled_answer(reference, canary.prompt, text, finish_reason=finish,
+                                         max_tokens=max_tokens, logprobs=logprobs,
+                                         logprob_tolerance=SAMPLED_LOGPROB_TOLERANCE).reason
+
+    assert check(text, logprobs) is None
+    # Each way a report can fail to describe the answer, named.
+    assert "spell" in (check(text + "x", logprobs) or "")
+    assert "spell" in (check(text, logprobs[:-1]) or "")
+    odd = [*logprobs[:-1], (logprobs[-1][0] + b"\xff\xfe", logprobs[-1][1])]
+    # (its bytes run on past the answer, as into a stop string, but are no token at all)
+    assert "not a token of the model" in (check(text, odd, "stop") or "")
+    assert "max_tokens" in (check(text, logprobs, max_tokens=len(logprobs) - 1) or "")
+    assert "finish_reason" in (check(text, logprobs, "content_filter") or "")
+    # Probabilities that are not the model's: each token's a little less likely.
+    shifted = [(piece, lp - 0.5) for piece, lp in logprobs]
+    assert "nats a token" in (check(text, shifted) or "")
+
+
+@pytest.mark.slow
+def test_a_requantized_model_is_caught_on_sampled_answers(
+        engines: tuple[LlamaEngine, LlamaEngine, LlmCanaries]) -> None:
+    """Honest draws pass on two thread counts; the Q3_K_M copy's draws are refused by their
+    logprobs, which no greedy canary would have asked it for."""
+    node, _reference, checker = engines
+    swapped = LlamaEngine(requantize_model(ensure_gemma_model(), "q3_k_m"), n_threads=2,
+                          n_batch=64)
+    other = LlamaEngine(ensure_gemma_model(), n_threads=2, n_batch=64)
+    try:
+        for i, canary in enumerate(canaries(6, seed=12)):
+            user = dataclasses.replace(canary, sampled=True)
+            for engine, honest in ((node, True), (other, True), (swapped, False)):
+                text, finish, logprobs = sampled_answer(engine, canary, seed=i)
+                shown = compute_chat_content(text) if canary.chat else text
+                verdict = checker.verify(user, NodeAnswer(shown, finish, 0.0, None, 0.0,
+                                                          logprobs))
+                assert verdict.ok == honest, (honest, verdict.reason)
+                if not honest:
+                    assert "another model or quantization" in (verdict.reason or "")
+    finally:
+        swapped.close()
+        other.close()

