@@ -184,5 +184,6 @@ def test_the_rule_asks_once_and_strips_only_what_it_added() -> None:
     line = b'data: {"choices":[{"delta":{},"logprobs":{"content":[]}}]}'
     assert json.loads(strip_event_logprobs(line)[6:])["choices"][0]["logprobs"] is None
     for same in (b'data: {"choices":[{"delta":{"content":"x"},"logprobs":null}]}',
-                 b"data: [DONE]", b'data: {"logprobs": broken', b": keep-alive"):
+                 b"data: [DONE]", b'data: {"logprobs": broken', b": keep-alive",
+                 b"data: " + b"[" * 100_000 + b'"logprobs"'):  # too deep to parse: as sent
         assert strip_event_logprobs(same) == same

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from dnanet.ai.llm_engine import LLM_MODEL
+from dnanet.errors import CodecError
+from dnanet.protocol.codec import load_json
 
 T = TypeVar("T")
 
@@ -134,8 +136,8 @@ def strip_event_logprobs(line: bytes) -> bytes:
     if not line.startswith(b"data:") or b'"logprobs"' not in line:
         return line
     try:
-        data = json.loads(line[5:])
-    except ValueError:
+        data = load_json(line[5:], max_bytes=None)  # a node's line: depth-checked
+    except CodecError:
         return line
     stripped = strip_logprobs(data)
     if stripped is data:

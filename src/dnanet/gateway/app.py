@@ -327,8 +327,8 @@ class Gateway:
     def _audit_draw(self, model: str, path: str, node_body: dict[str, Any]
                     ) -> LlmCanary | None:
         """Whether to audit this user's answer (drawn at ``llm_audit_rate``, for a model the
-        mixer holds, while fewer than MAX_PENDING_AUDITS wait): the request as the check
-        reads it, or None."""
+        mixer holds, while fewer than MAX_PENDING_AUDITS are being checked): the request as
+        the check reads it, or None."""
         if self.config.llm_audit_rate <= 0 or not self.llm_canaries.has(model) \
                 or self._audits >= MAX_PENDING_AUDITS \
                 or self.rng.random() >= self.config.llm_audit_rate:
@@ -644,8 +644,8 @@ def _stream_events(lines: list[tuple[float, bytes]]) -> list[tuple[float, Any]]:
         payload = line[5:].strip()
         if payload == b"[DONE]":
             continue
-        with contextlib.suppress(ValueError):
-            out.append((at, json.loads(payload)))
+        with contextlib.suppress(CodecError):
+            out.append((at, load_json(payload, max_bytes=None)))
     return out
 
 
