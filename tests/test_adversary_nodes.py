@@ -247,16 +247,22 @@ def test_a_relay_answers_for_two_identities_from_one_machine(tmp_path: Path) -> 
 # -- swapper and selective node: canaries --------------------------------------------------------
 
 
-async def canary(daemon: NodeDaemon) -> tuple[bool | None, CanaryBook]:
-    """One canary of ``MIXER``'s gateway to ``daemon`` for the trivial embedding model."""
+def mixer_gateway(daemon: NodeDaemon, **config: Any) -> Gateway:
+    """``MIXER``'s gateway in front of ``daemon`` alone (open: no API key)."""
     chain = daemon.gateway
     assert isinstance(chain, FakeGateway)
     daemon.head = chain.block_number()
-    config = GatewayConfig(canary_rate=0, canary_interval_s=0, seed=7,
-                           node_credential=NodeCredentials(MIXER, chain.domain,
-                                                           chain.block_number))
+    settings = GatewayConfig(**{"canary_rate": 0, "canary_interval_s": 0, "seed": 7,
+                                "node_credential": NodeCredentials(MIXER, chain.domain,
+                                                                   chain.block_number),
+                                **config})
     record = NodeRecord(daemon.address, daemon.url, CLASS_CPU, TEST.min_stake, False, True)
-    gateway = Gateway(config, StaticDirectory([record]))
+    return Gateway(settings, StaticDirectory([record]))
+
+
+async def canary(daemon: NodeDaemon) -> tuple[bool | None, CanaryBook]:
+    """One canary of ``MIXER``'s gateway to ``daemon`` for the trivial embedding model."""
+    gateway = mixer_gateway(daemon)
     try:
         await gateway.refresh()
         state = gateway.scheduler.nodes[daemon.address.lower()]
@@ -305,9 +311,10 @@ def test_a_selective_node_degrades_users_requests_and_answers_canaries(tmp_path:
     assert honest == run(reference.embeddings(TRIVIAL_EMBED_MODEL, probe))
 
 
-@pytest.mark.xfail(strict=True, reason="open gap: canary texts are template sentences over a "
-                   "fixed word list (dnanet.gateway.canary), so a node tells them from users' "
-                   "requests and answers only them right")
+@pytest.mark.xfail(strict=True, reason="canary texts are template sentences over a fixed word "
+                   "list (dnanet.gateway.canary), so a node tells them from users' requests "
+                   "and answers only them right; audits of users' answers catch it instead "
+                   "(test_a_selective_node_fails_the_audit_of_a_users_request)")
 def test_a_selective_node_fails_a_canary(tmp_path: Path) -> None:
     selective = node(tmp_path, "selective", "selective")
 
@@ -317,6 +324,37 @@ def test_a_selective_node_fails_a_canary(tmp_path: Path) -> None:
             return verdict
 
     assert run(main()) is False
+
+
+def test_a_selective_node_fails_the_audit_of_a_users_request(tmp_path: Path) -> None:
+    """What no canary can do, an audit does: the gateway checks a user's own answer afterwards
+    against its reference (``audit_rate``, here every answer), and the selective node's
+    stand-in vector for a user's text fails it, as a failed canary; an honest node's passes.
+    The user still gets the answer, at once."""
+    import httpx
+
+    from dnanet.gateway.app import create_gateway_app
+
+    async def audit(daemon: NodeDaemon) -> tuple[list[str], int]:
+        async with serving(daemon):
+            gateway = mixer_gateway(daemon, audit_rate=1.0)
+            transport = httpx.ASGITransport(app=create_gateway_app(gateway))
+            try:
+                async with httpx.AsyncClient(transport=transport, base_url="http://gw") as h:
+                    answer = await h.post("/v1/embeddings", json={
+                        "model": TRIVIAL_EMBED_MODEL,
+                        "input": ["the quarterly report is due on friday"]})
+                assert answer.status_code == 200, answer.text
+                while gateway._tasks:
+                    await asyncio.gather(*list(gateway._tasks))
+                return gateway.canaries.pending(daemon.address), gateway.audited
+            finally:
+                await gateway.stop()
+
+    pending, audited = run(audit(node(tmp_path, "selective", "selective")))
+    assert audited == 1 and len(pending) == 1
+    assert "audit of a user's answer: vector 0 cosine" in pending[0], pending
+    assert run(audit(node(tmp_path, "honest"))) == ([], 1)
 
 
 # -- echo-fast: the echoes' path is not the compute's (open: bounded) ----------------------------

@@ -118,7 +118,7 @@ def test_users_answers_are_audited_at_any_temperature() -> None:
 
     async def run(backend: LlmBackend, requests: list[tuple[str, dict[str, Any]]]
                   ) -> tuple[int, list[str], list[list[Any]]]:
-        async with network([[backend]], config=gateway_config(llm_audit_rate=1.0)) as net:
+        async with network([[backend]], config=gateway_config(audit_rate=1.0)) as net:
             gateway = net.gateway
             answers = [await _ask(net.url, path, body) for path, body in requests]
             await _settle(gateway)

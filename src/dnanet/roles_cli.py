@@ -161,7 +161,7 @@ def _mixer_run(args: argparse.Namespace) -> int:
                               "--gateway-key-file FILE (or --no-gateway)")
         gateway_config = GatewayConfig(api_keys=keys, canary_rate=args.canary_rate,
                                        canary_interval_s=args.canary_interval,
-                                       llm_audit_rate=args.llm_audit_rate)
+                                       audit_rate=args.audit_rate)
     shorten_switch_interval()
     identity = load_identity(Path(args.keystore))
     gateway = open_gateway(args.rpc, Path(args.deployment), identity)
@@ -248,9 +248,10 @@ def add_role_commands(sub: Any) -> None:
                       help="fraction of gateway requests followed by a canary")
     mrun.add_argument("--canary-interval", type=seconds, default=60.0,
                       help="seconds between canaries to every node (0: traffic only)")
-    mrun.add_argument("--llm-audit-rate", type=fraction, default=0.05,
-                      help="fraction of users' answers from the built-in LLM checked "
-                      "afterwards against the mixer's own copy (needs the llm extra)")
+    mrun.add_argument("--audit-rate", type=fraction, default=0.05,
+                      help="fraction of users' answers checked afterwards against the "
+                      "mixer's own copy of the model, for the models it holds (embeddings; "
+                      "the built-in LLM with the llm extra)")
     # Devnets only (every node on one host): the mixers take turns at timed compute steps.
     mrun.add_argument("--timing-lock", metavar="FILE", help=argparse.SUPPRESS)
     mrun.set_defaults(handler=_mixer_run)

@@ -61,7 +61,10 @@ DETECTION: dict[str, Detection] = {d.cheat: d for d in (
     Detection("selective", False, None,
               "canaries are told apart from users' requests: their texts come from public "
               "templates over a fixed word list (dnanet.gateway.canary), so a node answers "
-              "them right and degrades the rest; a dropped request is never a canary verdict"),
+              "them right and degrades the rest; a dropped request is never a canary verdict. "
+              "Audits of users' own answers (audit_rate, 5%) catch the degraded ones they "
+              "draw, each a failed canary: it earns less in proportion to its users' traffic, "
+              "not nothing"),
     Detection("echo-fast", False, None,
               "echoes are timed on their own path; a light responder in front of a slow "
               "machine earns the latency sub-score of the responder's path (25% of the "

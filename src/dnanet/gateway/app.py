@@ -44,7 +44,13 @@ from dnanet.ai.openai_format import (
     read_request,
 )
 from dnanet.errors import CodecError
-from dnanet.gateway.canary import CanaryBook, ReferenceModels, judge, make_canary
+from dnanet.gateway.canary import (
+    CanaryBook,
+    ReferenceModels,
+    compare_embeddings,
+    judge,
+    make_canary,
+)
 from dnanet.gateway.llm_canary import LlmCanaries, LlmCanary, describe_user_request
 from dnanet.gateway.llm_speed import is_long_request
 from dnanet.gateway.scheduler import (
@@ -110,10 +116,11 @@ class GatewayConfig:
     """Fraction of routed requests followed by a canary to a node the scheduler draws."""
     canary_interval_s: float = 60.0
     """Every node gets at least one canary this often (0: only traffic-driven canaries)."""
-    llm_audit_rate: float = 0.05
-    """Fraction of users' answers from a verified LLM that the gateway checks afterwards
-    against its reference, when it holds one (any temperature: docs/scheduling.md, "Audits of
-    users' answers"); a failed audit counts as a failed canary."""
+    audit_rate: float = 0.05
+    """Fraction of users' answers that the gateway checks afterwards against its own
+    reference, for the models it holds one of (embeddings; the built-in LLM at any
+    temperature: docs/scheduling.md, "Audits of users' answers"); a failed audit counts as a
+    failed canary. Unlike a canary, an audited request is a user's: a node cannot tell it."""
     canary_tolerance: float = 0.99
     """Minimum cosine similarity of a canary embedding with the reference."""
     max_body_bytes: int = MAX_AI_BODY_BYTES
@@ -324,30 +331,54 @@ class Gateway:
             attempts.tried.append(node.address)
             yield self.scheduler.acquire(node)
 
+    def _is_audit_drawn(self, has_reference: bool) -> bool:
+        """Whether to audit this user's answer: drawn at ``audit_rate`` for a model the
+        mixer holds a reference of, while fewer than MAX_PENDING_AUDITS are being checked."""
+        return self.config.audit_rate > 0 and has_reference \
+            and self._audits < MAX_PENDING_AUDITS \
+            and self.rng.random() < self.config.audit_rate
+
     def _audit_draw(self, model: str, path: str, node_body: dict[str, Any]
                     ) -> LlmCanary | None:
-        """Whether to audit this user's answer (drawn at ``llm_audit_rate``, for a model the
-        mixer holds, while fewer than MAX_PENDING_AUDITS are being checked): the request as
-        the check reads it, or None."""
-        if self.config.llm_audit_rate <= 0 or not self.llm_canaries.has(model) \
-                or self._audits >= MAX_PENDING_AUDITS \
-                or self.rng.random() >= self.config.llm_audit_rate:
+        """A user's LLM request to audit, as the check reads it; None: not this one."""
+        if not self._is_audit_drawn(self.llm_canaries.has(model)):
             return None
         return describe_user_request(model, path, node_body)
 
     async def _audit(self, node: NodeState, request: LlmCanary,
                      events: list[tuple[float, Any]], sent_at: float) -> None:
-        """Check a user's answer as a canary's; a failure counts as a failed canary."""
+        """Check a user's LLM answer as a canary's (``LlmCanaries.judge``)."""
+        async def check() -> tuple[bool, str | None]:
+            return await self.llm_canaries.judge(node.address, request, events, sent_at,
+                                                 None)
+        await self._audited(node, request.model, check)
+
+    async def _audit_embeddings(self, node: NodeState, model: str, inputs: list[str],
+                                vectors: Any) -> None:
+        """Check a user's embeddings against the reference's, as a canary's are."""
+        async def check() -> tuple[bool, str | None]:
+            backend = await self.references.backend(model)
+            if backend is None:
+                return False, None
+            want = await backend.embeddings(model, inputs)
+            return True, compare_embeddings(vectors, want, self.config.canary_tolerance)
+        await self._audited(node, model, check)
+
+    async def _audited(self, node: NodeState, model: str,
+                       check: Callable[[], Awaitable[tuple[bool, str | None]]]) -> None:
+        """Run one audit's ``check`` (judged, failure reason); a failure is a failed
+        canary of the node, named as an audit."""
         self._audits += 1
         try:
-            judged, reason = await self.llm_canaries.judge(node.address, request, events,
-                                                           sent_at, None)
+            judged, reason = await check()
+        except Exception as exc:  # the reference failed: no verdict on the node
+            log.warning("audit of %s's answer could not run: %s", node.address[:10], exc)
+            return
         finally:
             self._audits -= 1
         self.audited += judged
         if judged:
-            self._canary_verdict(node, request.model, reason and f"audit of a user's "
-                                 f"answer: {reason}")
+            self._canary_verdict(node, model, reason and f"audit of a user's answer: {reason}")
 
     def _maybe_canary(self, model: str) -> None:
         if self.config.canary_rate > 0 and self.rng.random() < self.config.canary_rate \
@@ -475,12 +506,16 @@ class Gateway:
                 req = parse_embeddings(await read_request(request, self.config.max_body_bytes))
                 body = json.dumps(req.node_body()).encode()
                 interactive = _interactive(request, default=False)
-                _node, _data, vectors = await self._route(
+                audit = self._is_audit_drawn(self.references.has(req.model)
+                                             and not self.references.is_chat(req.model))
+                node, _data, vectors = await self._route(
                     req.model, "/v1/embeddings", body, interactive=interactive,
                     parse=lambda d: check_vectors(d, len(req.inputs)))
             except ApiError as exc:
                 return exc.response()
             self._maybe_canary(req.model)
+            if audit:
+                self._spawn(self._audit_embeddings(node, req.model, req.inputs, vectors))
             return JSONResponse(embeddings_response(req.model, vectors, req.encoding_format,
                                                     count_tokens(req.inputs)))
 
