@@ -189,3 +189,30 @@ def test_the_model_file_is_assembled_once_and_checked(tmp_path: Path) -> None:
     again = ensure_gemma_model(tmp_path)
     digest = hashlib.sha256(again.read_bytes()).hexdigest()
     assert digest == GEMMA_SHA256
+
+
+def test_a_stream_outliving_its_event_loop_ends_quietly() -> None:
+    """A daemon that stops while a stream is generating closes its loop under the worker
+    thread: the worker's last hand-over finds the loop closed and ends (it raised
+    'Event loop is closed' in its thread, seen at the end of a devnet run)."""
+    from dnanet.ai.llm import LlmBackend, parse_generation_request
+
+    backend = LlmBackend()
+    errors: list[BaseException | None] = []
+    hook = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args.exc_value)
+
+    async def first_piece() -> Any:
+        await backend.load()
+        request = parse_generation_request({"prompt": "Once upon a time", "max_tokens": 64,
+                                            "temperature": 0}, chat=False)
+        return await anext(backend._stream(request))  # the stream is left open
+
+    try:
+        for _ in range(3):
+            assert isinstance(asyncio.run(first_piece()), str)
+            for worker in [t for t in threading.enumerate() if t.name == "llm-stream"]:
+                worker.join(60)
+    finally:
+        threading.excepthook = hook
+    assert errors == []

@@ -340,15 +340,18 @@ class LlmBackend:
         queue: asyncio.Queue[str | Generation | BaseException] = asyncio.Queue()
         cancelled = threading.Event()
 
-        def emit(piece: str) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, piece)
+        def post(item: str | Generation | BaseException) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop closed (the daemon stopped): nobody is waiting
+                cancelled.set()
 
         def work() -> None:
             try:
-                result: str | Generation | BaseException = self._run(req, emit, cancelled)
+                result: str | Generation | BaseException = self._run(req, post, cancelled)
             except BaseException as exc:  # handed to the consumer, raised there
                 result = exc
-            loop.call_soon_threadsafe(queue.put_nowait, result)
+            post(result)
 
         worker = threading.Thread(target=work, name="llm-stream", daemon=True)
         worker.start()
