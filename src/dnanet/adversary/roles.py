@@ -63,8 +63,10 @@ DETECTION: dict[str, Detection] = {d.cheat: d for d in (
               "templates over a fixed word list (dnanet.gateway.canary), so a node answers "
               "them right and degrades the rest; a dropped request is never a canary verdict. "
               "Audits of users' own answers (audit_rate, 5%) catch the degraded ones they "
-              "draw, each a failed canary: it earns less in proportion to its users' traffic, "
-              "not nothing"),
+              "draw, each a failed canary that zeroes the auditing mixer's next report of it; "
+              "found by more than f mixers in an epoch it is jailed, which takes users' "
+              "traffic through many gateways: with a thin burst through one gateway it loses "
+              "about one report an epoch and earns as an honest node does"),
     Detection("echo-fast", False, None,
               "echoes are timed on their own path; a light responder in front of a slow "
               "machine earns the latency sub-score of the responder's path (25% of the "
