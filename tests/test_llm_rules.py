@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from dnanet.ai.completions import check_text_completion, parse_completion
 from dnanet.ai.llm import (
     CHAT_STOP,
+    DEFAULT_MAX_TOKENS,
     compute_chat_content,
     compute_chat_prompt,
     compute_chat_texts,
@@ -30,7 +31,7 @@ from dnanet.ai.logprobs import (
     format_completion_logprobs,
 )
 from dnanet.ai.openai_format import ApiError, parse_chat
-from dnanet.gateway.llm_canary import make_llm_canary, parse_answer
+from dnanet.gateway.llm_canary import describe_user_request, make_llm_canary, parse_answer
 from dnanet.gateway.llm_speed import (
     LONG_ANSWER_TOKENS,
     GenerationSpeed,
@@ -278,3 +279,22 @@ def test_the_scheduler_weighs_llm_requests_by_measured_speed() -> None:
     drawn = Counter(scheduler.pick(LLM_MODEL, interactive=False, long=True).address  # type: ignore[union-attr]
                     for _ in range(4000))
     assert 0.76 < drawn["0xb"] / 4000 < 0.84
+
+
+def test_a_users_request_is_read_for_its_audit_as_the_node_reads_it() -> None:
+    chat = {"model": LLM_MODEL, "messages": [{"role": "user", "content": "Hi"}],
+            "max_completion_tokens": 12, "stop": ["."], "stream": True, "logprobs": True}
+    audit = describe_user_request(LLM_MODEL, "/v1/chat/completions", chat)
+    assert audit is not None and audit.chat and audit.stream and audit.logprobs
+    assert audit.max_tokens == 12 and audit.stops == [".", CHAT_STOP]
+    assert audit.sampled  # no temperature: the node draws at 1.0
+    text = {"model": LLM_MODEL, "prompt": "Once", "temperature": 0, "logprobs": 0}
+    audit = describe_user_request(LLM_MODEL, "/v1/completions", text)
+    assert audit is not None and not audit.chat and not audit.sampled
+    assert audit.max_tokens == DEFAULT_MAX_TOKENS and audit.prompt == "Once"
+    # Penalties make a server pick other tokens than the model's: not audited.
+    for penalty in ("presence_penalty", "frequency_penalty"):
+        assert describe_user_request(LLM_MODEL, "/v1/completions", {**text, penalty: 0.5}) \
+            is None
+    assert describe_user_request(LLM_MODEL, "/v1/completions",
+                                 {**text, "presence_penalty": 0}) is not None

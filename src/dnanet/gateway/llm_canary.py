@@ -96,10 +96,14 @@ class LlmCanary:
     logprobs alone (canaries are greedy)."""
 
 
-def describe_user_request(model: str, path: str, body: dict[str, Any]) -> LlmCanary:
+def describe_user_request(model: str, path: str, body: dict[str, Any]) -> LlmCanary | None:
     """A user's request for ``model`` (``body`` as sent to the node) as the check reads it:
     the prompt, ``max_tokens`` and stop strings the node runs it with
-    (``parse_generation_request``, the node's own reading)."""
+    (``parse_generation_request``, the node's own reading). None for a request with a
+    presence or frequency penalty: a server that applies them (the built-in backend does
+    not) picks other tokens than the model's top, which the check does not model."""
+    if body.get("presence_penalty") or body.get("frequency_penalty"):
+        return None
     chat = path != COMPLETIONS_PATH
     req = parse_generation_request(body, chat=chat)
     return LlmCanary(model, path, body, req.prompt, chat, bool(body.get("stream")),
