@@ -76,15 +76,19 @@ async def _settle(gateway: Any) -> None:
         await asyncio.gather(*list(gateway._tasks), return_exceptions=True)
 
 
-USER_REQUESTS = [  # (path, body): sampled and greedy, plain and streamed, both APIs
+USER_REQUESTS = [  # (path, body): sampled and greedy, plain and streamed, both APIs; the
+    # draws seeded, so each answer (and the cheaper model's) is the same in every run. Measured
+    # here: the honest draws 0.048-0.072 nats a token from the reference, Q3_K_M's 0.377-0.508
+    # (a short sampled answer can come closer: these make Q3_K_M's run to 32 tokens)
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Name a colour."}],
-                              "max_tokens": 24, "stream": True}),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Why is snow cold?"}],
-                              "max_tokens": 24, "temperature": 0.8, "seed": 3}),
-    ("/v1/completions", {"prompt": "The bakery on the corner sells", "max_tokens": 24,
+                              "max_tokens": 32, "stream": True, "seed": 1}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content":
+                                            "Write a long story about a lighthouse keeper."}],
+                              "max_tokens": 32, "temperature": 0.8, "seed": 5}),
+    ("/v1/completions", {"prompt": "The bakery on the corner sells", "max_tokens": 32,
                          "temperature": 0}),
-    ("/v1/completions", {"prompt": "My favourite river is", "max_tokens": 24,
-                         "stream": True, "temperature": 1.2}),
+    ("/v1/completions", {"prompt": "My favourite river is", "max_tokens": 32,
+                         "stream": True, "temperature": 1.2, "seed": 4}),
 ]
 
 
