@@ -251,38 +251,42 @@ class LlmCanaries:
         return self.replay
 
     def verify(self, canary: LlmCanary, answer: NodeAnswer) -> Verdict:
-        """The answer checked under the reference (blocking: run it in a thread)."""
+        """The answer checked under the reference (blocking: run it in a thread): a sampled
+        one by its logprobs, a greedy one token by token; for a chat answer, each text it can
+        come from until one passes."""
         engine = self._engine()
-        replay = self._replay() if self.token_by_token else None
         texts = compute_chat_texts(answer.text) if canary.chat else [answer.text]
-        if canary.logprobs and answer.logprobs is None:
-            return Verdict(reason="asked for logprobs, the answer has none", tokens=0,
-                           max_gap=0.0, passes=0, replayed=0, cpu_s=0.0)
-        verdict: Verdict | None = None
+        missing = "asked for logprobs, the answer has none" if canary.logprobs else \
+            "a sampled answer without its logprobs" if canary.sampled else None
+        if missing is not None and answer.logprobs is None:
+            return Verdict(reason=missing, tokens=0, max_gap=0.0, passes=0, replayed=0,
+                           cpu_s=0.0)
+        locks = [engine.lock]
+        check: Callable[[str], Verdict]
         if canary.sampled:
-            if answer.logprobs is None:
-                return Verdict(reason="a sampled answer without its logprobs", tokens=0,
-                               max_gap=0.0, passes=0, replayed=0, cpu_s=0.0)
-            with engine.lock:
-                for text in texts:
-                    trial = verify_sampled_answer(
-                        engine, canary.prompt, text, finish_reason=answer.finish_reason,
-                        max_tokens=canary.max_tokens, logprobs=answer.logprobs,
-                        logprob_tolerance=SAMPLED_LOGPROB_TOLERANCE)
-                    if verdict is None or trial.ok:
-                        verdict = trial
-                    if trial.ok:
-                        break
-            assert verdict is not None
-            self.verified += 1
-            return verdict
-        with engine.lock, replay.lock if replay is not None else contextlib.nullcontext():
-            for text in texts:
-                trial = verify_greedy_answer(
+            reported = answer.logprobs or []
+
+            def check(text: str) -> Verdict:
+                return verify_sampled_answer(
+                    engine, canary.prompt, text, finish_reason=answer.finish_reason,
+                    max_tokens=canary.max_tokens, logprobs=reported,
+                    logprob_tolerance=SAMPLED_LOGPROB_TOLERANCE)
+        else:
+            replay = self._replay() if self.token_by_token else None
+            locks += [replay.lock] if replay is not None else []
+
+            def check(text: str) -> Verdict:
+                return verify_greedy_answer(
                     engine, canary.prompt, text, finish_reason=answer.finish_reason,
                     max_tokens=canary.max_tokens, stops=canary.stops, margin=self.margin,
                     replay=replay, reread_above=self.reread_above,
                     logprobs=answer.logprobs if canary.logprobs else None)
+        verdict: Verdict | None = None
+        with contextlib.ExitStack() as held:
+            for lock in locks:
+                held.enter_context(lock)
+            for text in texts:
+                trial = check(text)
                 if verdict is None or trial.ok:
                     verdict = trial
                 if trial.ok:
